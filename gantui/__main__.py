@@ -1,0 +1,3 @@
+from gantui.cli import app
+
+app(prog_name="gantui")

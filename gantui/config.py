@@ -1,0 +1,440 @@
+"""Run configuration: one frozen dataclass, TOML presets, typed ``KEY=VALUE`` overrides.
+
+A preset is a TOML file that overrides only what differs from the defaults below.
+Unknown keys and ill-typed values are errors that name what is valid.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import tomllib
+import typing
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from gantui.errors import GantuiError
+
+Arch = Literal["mlp", "dcgan"]
+Conditioning = Literal["none", "embedding", "onehot"]
+Dataset = Literal["mnist", "folder", "ring8"]
+WeightInit = Literal["dcgan", "default"]
+Loss = Literal["nonsaturating", "saturating", "hinge", "lsgan"]
+
+
+class ConfigError(GantuiError):
+    """A preset, a key or a value that is not valid."""
+
+
+@dataclass(frozen=True)
+class Config:
+    """Everything that defines a run. Defaults reproduce the ``dcgan-mnist`` preset."""
+
+    description: str = "DCGAN on MNIST (28x28 grey)"
+    """One line shown by ``gantui presets``."""
+
+    # --- data -------------------------------------------------------------------------------
+    dataset: Dataset = "mnist"
+    """Where samples come from: ``mnist``, ``folder`` (any images, e.g. CelebA) or ``ring8``."""
+    data: str = ""
+    """Data path: a torchvision MNIST root, or an image folder. Empty: MNIST uses the bundled
+    5,000-digit subset; ``folder`` requires a path."""
+    image_size: int = 28
+    """Side of the square training images in pixels (28, or 4·2^k such as 32 and 64)."""
+    channels: int = 1
+    """Image channels: 1 for grey, 3 for RGB."""
+    num_workers: int = 2
+    """DataLoader worker processes for image folders (in-memory sets need none)."""
+
+    # --- models -----------------------------------------------------------------------------
+    arch: Arch = "dcgan"
+    """Network family: ``mlp`` or ``dcgan`` (strided convolutions with batch norm)."""
+    conditioning: Conditioning = "none"
+    """Class conditioning: ``none``, ``embedding`` (learned label embedding) or ``onehot``."""
+    n_classes: int = 10
+    """Number of classes for conditional models."""
+    nz: int = 100
+    """Latent dimension of z."""
+    ngf: int = 32
+    """DCGAN generator width (feature maps of its last hidden layer)."""
+    ndf: int = 32
+    """DCGAN discriminator width (feature maps of its first layer)."""
+    g_hidden: tuple[int, ...] = (256, 512, 1024)
+    """MLP generator hidden layer sizes."""
+    d_hidden: tuple[int, ...] = (1024, 512, 256)
+    """MLP discriminator hidden layer sizes."""
+    dropout: float = 0.2
+    """Dropout in the MLP discriminator."""
+    embed_dim: int = 10
+    """Size of the label embedding (``conditioning = "embedding"``)."""
+    weight_init: WeightInit = "dcgan"
+    """``dcgan``: N(0, 0.02) weights and N(1, 0.02) batch-norm scales; ``default``: PyTorch's."""
+
+    # --- objective and optimisation ---------------------------------------------------------
+    loss: Loss = "nonsaturating"
+    """``nonsaturating`` (-log D(G(z))), ``saturating`` (log(1 - D(G(z)))), ``hinge`` or
+    ``lsgan``."""
+    lr_g: float = 5e-4
+    """Generator Adam learning rate (live)."""
+    lr_d: float = 2e-4
+    """Discriminator Adam learning rate (live)."""
+    beta1: float = 0.5
+    """Adam beta1 for both networks (live)."""
+    beta2: float = 0.999
+    """Adam beta2 for both networks (live)."""
+    batch_size: int = 128
+    """Real images per discriminator step."""
+    steps: int = 3000
+    """Generator steps to train for (ignored when ``epochs`` > 0)."""
+    epochs: int = 0
+    """If > 0, train this many passes over the data instead of ``steps``."""
+    d_steps: int = 1
+    """Discriminator steps per generator step (live)."""
+    label_smoothing: float = 0.0
+    """One-sided label smoothing: real targets become 1 - this (live)."""
+    seed: int = 0
+    """Seed for weights, noise and data order; the same seed gives the same run."""
+    amp: bool = False
+    """Mixed precision (bfloat16 autocast) on CUDA; ignored on the CPU."""
+
+    # --- cadence ----------------------------------------------------------------------------
+    log_every: int = 50
+    """Steps between metric records (live)."""
+    sample_every: int = 250
+    """Steps between previews of the fixed-noise grid (live)."""
+    checkpoint_every: int = 1000
+    """Steps between checkpoints (live)."""
+    keep_checkpoints: int = 3
+    """How many recent checkpoints to keep."""
+    n_samples: int = 64
+    """Fixed-noise samples in the preview grid (conditional: rounded to a row per class)."""
+
+    def __post_init__(self) -> None:
+        validate(self)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain values for TOML, JSON and checkpoints."""
+        out = {}
+        for f in fields():
+            value = getattr(self, f.name)
+            out[f.name] = list(value) if isinstance(value, tuple) else value
+        return out
+
+    def replace(self, **changes: Any) -> Config:
+        """A copy with ``changes`` applied and validated."""
+        return dataclasses.replace(self, **changes)
+
+    @property
+    def conditional(self) -> bool:
+        """True when G and D see class labels."""
+        return self.conditioning != "none"
+
+    @property
+    def image_shape(self) -> tuple[int, ...]:
+        """Shape of one sample: ``(C, H, W)`` for images, ``(2,)`` for ``ring8``."""
+        if self.dataset == "ring8":
+            return (2,)
+        return (self.channels, self.image_size, self.image_size)
+
+
+LIVE_KEYS: tuple[str, ...] = (
+    "lr_g",
+    "lr_d",
+    "beta1",
+    "beta2",
+    "d_steps",
+    "label_smoothing",
+    "log_every",
+    "sample_every",
+    "checkpoint_every",
+)
+"""Keys that can be changed while a run is training."""
+
+
+def fields() -> list[dataclasses.Field]:
+    """The user-settable fields of :class:`Config`."""
+    return list(dataclasses.fields(Config))
+
+
+def field_names() -> list[str]:
+    """Names of every settable key, in declaration order."""
+    return [f.name for f in fields()]
+
+
+def field_doc(name: str) -> str:
+    """The docstring under a field, read from this module's source (for help screens)."""
+    return _FIELD_DOCS.get(name, "")
+
+
+_TYPES = typing.get_type_hints(Config)
+
+
+def _type_name(tp: Any) -> str:
+    if typing.get_origin(tp) is Literal:
+        return " | ".join(str(a) for a in typing.get_args(tp))
+    if typing.get_origin(tp) is tuple:
+        return "comma-separated integers"
+    return getattr(tp, "__name__", str(tp))
+
+
+def describe_type(key: str) -> str:
+    """Human description of a key's type, e.g. ``float`` or ``nonsaturating | hinge``."""
+    return _type_name(_TYPES[key])
+
+
+def _unknown(key: str, valid: list[str] | tuple[str, ...]) -> ConfigError:
+    return ConfigError(f"unknown key {key!r}; valid keys: {', '.join(valid)}")
+
+
+def coerce(key: str, value: Any) -> Any:
+    """Convert ``value`` (a string from the command line or a TOML value) to ``key``'s type.
+
+    Raises:
+        ConfigError: unknown key, or a value that does not fit the type.
+    """
+    if key not in _TYPES:
+        raise _unknown(key, field_names())
+    tp = _TYPES[key]
+    bad = ConfigError(f"bad value {value!r} for {key}: expected {_type_name(tp)}")
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        if str(value) not in typing.get_args(tp):
+            raise bad
+        return str(value)
+    if origin is tuple:
+        if isinstance(value, str):
+            parts = [p for p in value.replace(" ", "").split(",") if p]
+        elif isinstance(value, (list, tuple)):
+            parts = list(value)
+        else:
+            raise bad
+        try:
+            out = tuple(_as_int(p) for p in parts)
+        except (TypeError, ValueError):
+            raise bad from None
+        return out
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        text = str(value).strip().lower()
+        if text in ("1", "true", "yes", "on"):
+            return True
+        if text in ("0", "false", "no", "off"):
+            return False
+        raise bad
+    if tp is int:
+        try:
+            return _as_int(value)
+        except (TypeError, ValueError):
+            raise bad from None
+    if tp is float:
+        if isinstance(value, bool):
+            raise bad
+        try:
+            out = float(value)
+        except (TypeError, ValueError):
+            raise bad from None
+        if not math.isfinite(out):
+            raise bad
+        return out
+    if tp is str:
+        if not isinstance(value, str):
+            raise bad
+        return value
+    raise bad  # pragma: no cover - every field type is handled above
+
+
+def _as_int(value: Any) -> int:
+    if isinstance(value, bool):
+        raise TypeError("bool is not an int")
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float):
+        if not value.is_integer():
+            raise ValueError("not an integer")
+        return int(value)
+    text = str(value).strip().replace("_", "")
+    try:
+        return int(text)
+    except ValueError:
+        as_float = float(text)  # accepts "1e3"
+        if not as_float.is_integer():
+            raise
+        return int(as_float)
+
+
+def _check(cond: bool, message: str) -> None:
+    if not cond:
+        raise ConfigError(message)
+
+
+def validate(cfg: Config) -> None:
+    """Range checks that a type alone cannot express."""
+    for key in ("image_size", "channels", "n_classes", "nz", "ngf", "ndf", "embed_dim",
+                "batch_size", "d_steps", "log_every", "sample_every", "checkpoint_every",
+                "keep_checkpoints", "n_samples"):
+        _check(getattr(cfg, key) >= 1, f"{key} must be >= 1 (got {getattr(cfg, key)})")
+    for key in ("steps", "epochs", "num_workers", "seed"):
+        _check(getattr(cfg, key) >= 0, f"{key} must be >= 0 (got {getattr(cfg, key)})")
+    _check(cfg.steps > 0 or cfg.epochs > 0, "set steps > 0 or epochs > 0")
+    for key in ("lr_g", "lr_d"):
+        value = getattr(cfg, key)
+        _check(0 < value <= 1, f"{key} must be in (0, 1] (got {value})")
+    for key in ("beta1", "beta2"):
+        value = getattr(cfg, key)
+        _check(0 <= value < 1, f"{key} must be in [0, 1) (got {value})")
+    _check(0 <= cfg.label_smoothing < 0.5,
+           f"label_smoothing must be in [0, 0.5) (got {cfg.label_smoothing})")
+    _check(0 <= cfg.dropout < 1, f"dropout must be in [0, 1) (got {cfg.dropout})")
+    _check(cfg.channels in (1, 3), f"channels must be 1 or 3 (got {cfg.channels})")
+    _check(all(h >= 1 for h in cfg.g_hidden) and len(cfg.g_hidden) >= 1,
+           "g_hidden needs at least one positive size")
+    _check(all(h >= 1 for h in cfg.d_hidden) and len(cfg.d_hidden) >= 1,
+           "d_hidden needs at least one positive size")
+    if cfg.arch == "dcgan":
+        _check(cfg.dataset != "ring8", "dataset ring8 needs arch = mlp")
+        _check(dcgan_start_size(cfg.image_size) is not None,
+               f"arch dcgan needs image_size 28 or 4*2^k (8, 16, 32, 64, 128...); "
+               f"got {cfg.image_size}")
+    if cfg.conditional:
+        _check(cfg.dataset == "mnist", "conditional models need labelled data (dataset mnist)")
+
+
+def dcgan_start_size(image_size: int) -> int | None:
+    """The spatial size a DCGAN generator starts from (4 or 7), or None if unsupported."""
+    for start in (7, 4):
+        size = start
+        while size < image_size:
+            size *= 2
+        if size == image_size and size > start:
+            return start
+    return None
+
+
+# ---- presets ----------------------------------------------------------------------------------
+
+def presets_dir() -> Path:
+    """Directory holding the preset TOML files, installed or in a source checkout."""
+    packaged = Path(__file__).parent / "presets"
+    if packaged.is_dir():
+        return packaged
+    return Path(__file__).resolve().parent.parent / "presets"
+
+
+def preset_names() -> list[str]:
+    """Names of the shipped presets, sorted."""
+    return sorted(p.stem for p in presets_dir().glob("*.toml"))
+
+
+DEFAULT_PRESET = "dcgan-mnist"
+
+
+def read_toml(path: Path) -> dict[str, Any]:
+    """Parse a TOML file, turning syntax errors into a one-line :class:`ConfigError`."""
+    try:
+        with path.open("rb") as fh:
+            return tomllib.load(fh)
+    except FileNotFoundError:
+        raise ConfigError(f"no such file: {path}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: invalid TOML ({exc})") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read {path}: {exc.strerror}") from None
+
+
+def resolve_preset(name_or_path: str) -> tuple[str, dict[str, Any]]:
+    """Find a preset by name or as a path to a TOML file; return ``(name, overrides)``."""
+    candidate = Path(name_or_path).expanduser()
+    if name_or_path.endswith(".toml") or candidate.is_file():
+        return candidate.stem, read_toml(candidate)
+    path = presets_dir() / f"{name_or_path}.toml"
+    if not path.is_file():
+        raise ConfigError(
+            f"unknown preset {name_or_path!r}; available: {', '.join(preset_names())} "
+            f"(or a path to a .toml file)"
+        )
+    return name_or_path, read_toml(path)
+
+
+def build(overrides: dict[str, Any], sets: list[str] | tuple[str, ...] = ()) -> Config:
+    """Defaults, then preset ``overrides``, then ``KEY=VALUE`` strings from ``--set``."""
+    values: dict[str, Any] = {}
+    for key, value in overrides.items():
+        values[key] = coerce(key, value)
+    for item in sets:
+        key, value = parse_assignment(item)
+        values[key] = coerce(key, value)
+    try:
+        return Config(**values)
+    except TypeError as exc:  # pragma: no cover - coerce() rejects unknown keys first
+        raise ConfigError(str(exc)) from None
+
+
+def parse_assignment(item: str) -> tuple[str, str]:
+    """Split ``KEY=VALUE``; a missing ``=`` is a :class:`ConfigError`."""
+    if "=" not in item:
+        raise ConfigError(f"expected KEY=VALUE, got {item!r}")
+    key, value = item.split("=", 1)
+    return key.strip(), value.strip()
+
+
+def load(preset: str | None = None, sets: list[str] | tuple[str, ...] = ()) -> tuple[str, Config]:
+    """Resolve ``preset`` (default ``dcgan-mnist``) and overrides into ``(preset_name, Config)``."""
+    name, overrides = resolve_preset(preset or DEFAULT_PRESET)
+    return name, build(overrides, sets)
+
+
+def from_dict(values: dict[str, Any]) -> Config:
+    """Rebuild a config from :meth:`Config.to_dict` output (checkpoints, config.toml)."""
+    return build(values)
+
+
+def parse_live(key: str, value: Any) -> Any:
+    """Validate a live change: ``key`` must be in :data:`LIVE_KEYS`; returns the typed value."""
+    if key not in LIVE_KEYS:
+        raise ConfigError(f"{key!r} cannot be changed while training; live keys: "
+                          f"{', '.join(LIVE_KEYS)}")
+    return coerce(key, value)
+
+
+def to_toml(values: dict[str, Any]) -> str:
+    """Write a flat dict of str/int/float/bool/list values as TOML."""
+    lines = []
+    for key, value in values.items():
+        lines.append(f"{key} = {_toml_value(value)}")
+    return "\n".join(lines) + "\n"
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, str):
+        escaped = value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+        return f'"{escaped}"'
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    raise TypeError(f"cannot write {type(value).__name__} to TOML")
+
+
+def _read_field_docs() -> dict[str, str]:
+    """Map each field to the docstring written under it in this file."""
+    import ast
+
+    source = Path(__file__).read_text(encoding="utf-8")
+    tree = ast.parse(source)
+    docs: dict[str, str] = {}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ClassDef) and node.name == "Config":
+            body = node.body
+            for prev, nxt in zip(body, body[1:]):
+                if (isinstance(prev, ast.AnnAssign) and isinstance(prev.target, ast.Name)
+                        and isinstance(nxt, ast.Expr) and isinstance(nxt.value, ast.Constant)
+                        and isinstance(nxt.value.value, str)):
+                    docs[prev.target.id] = " ".join(nxt.value.value.split())
+    return docs
+
+
+_FIELD_DOCS = _read_field_docs()

@@ -1,0 +1,117 @@
+"""Config, presets and typed overrides."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from gantui import config
+from gantui.config import Config, ConfigError
+
+REQUIRED_PRESETS = {"ring-8", "mlp-mnist", "dcgan-mnist", "cgan-mnist", "cdcgan-mnist",
+                    "dcgan-celeba"}
+STUDY_KNOBS = {"ngf", "ndf", "nz", "lr_g", "lr_d", "beta1", "beta2", "batch_size", "steps",
+               "epochs", "weight_init", "loss", "d_steps", "label_smoothing", "seed",
+               "log_every", "sample_every", "checkpoint_every"}
+
+
+def test_every_required_preset_ships_with_a_description() -> None:
+    assert REQUIRED_PRESETS <= set(config.preset_names())
+    for name in config.preset_names():
+        preset, cfg = config.load(name)
+        assert preset == name
+        assert cfg.description and "\n" not in cfg.description
+
+
+def test_default_preset_is_dcgan_mnist_with_the_issue_values() -> None:
+    name, cfg = config.load(None)
+    assert name == "dcgan-mnist"
+    assert (cfg.arch, cfg.dataset, cfg.ngf, cfg.ndf, cfg.nz) == ("dcgan", "mnist", 32, 32, 100)
+    assert (cfg.lr_d, cfg.lr_g, cfg.beta1, cfg.weight_init) == (2e-4, 5e-4, 0.5, "dcgan")
+
+
+def test_celeba_preset_is_radford_dcgan() -> None:
+    _, cfg = config.load("dcgan-celeba")
+    assert (cfg.image_size, cfg.channels, cfg.ngf, cfg.ndf, cfg.nz) == (64, 3, 64, 64, 100)
+    assert (cfg.batch_size, cfg.lr_g, cfg.lr_d, cfg.beta1) == (128, 2e-4, 2e-4, 0.5)
+
+
+def test_every_study_knob_is_a_documented_key() -> None:
+    names = set(config.field_names())
+    assert STUDY_KNOBS <= names
+    for name in names:
+        assert config.field_doc(name), f"{name} has no docstring"
+
+
+def test_set_overrides_are_typed() -> None:
+    _, cfg = config.load("ring-8", ["lr_g=1e-4", "steps=1_000", "g_hidden=8, 16",
+                                    "loss=hinge", "amp=true"])
+    assert cfg.lr_g == 1e-4 and isinstance(cfg.lr_g, float)
+    assert cfg.steps == 1000 and isinstance(cfg.steps, int)
+    assert cfg.g_hidden == (8, 16)
+    assert cfg.loss == "hinge" and cfg.amp is True
+
+
+@pytest.mark.parametrize(("item", "fragment"), [
+    ("lr_gg=1", "unknown key 'lr_gg'; valid keys: description, dataset"),
+    ("lr_g=fast", "bad value 'fast' for lr_g: expected float"),
+    ("steps=1.5", "expected int"),
+    ("loss=wasserstein", "expected nonsaturating | saturating | hinge | lsgan"),
+    ("lr_g=0", "lr_g must be in (0, 1]"),
+    ("beta1=1.2", "beta1 must be in [0, 1)"),
+    ("batch_size=0", "batch_size must be >= 1"),
+    ("lr_g=nan", "bad value"),
+    ("novalue", "expected KEY=VALUE"),
+])
+def test_bad_overrides_name_what_is_valid(item: str, fragment: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        config.load("ring-8", [item])
+    assert fragment in str(info.value)
+    assert "\n" not in str(info.value)
+
+
+def test_unknown_preset_lists_the_available_ones() -> None:
+    with pytest.raises(ConfigError, match="unknown preset 'nope'; available: cdcgan-mnist"):
+        config.load("nope")
+
+
+def test_preset_file_with_unknown_key_or_bad_toml(tmp_path: Path) -> None:
+    bad_key = tmp_path / "mine.toml"
+    bad_key.write_text('dataset = "ring8"\narch = "mlp"\nwidth = 3\n')
+    with pytest.raises(ConfigError, match="unknown key 'width'"):
+        config.load(str(bad_key))
+    broken = tmp_path / "broken.toml"
+    broken.write_text("lr_g = = 1\n")
+    with pytest.raises(ConfigError, match="invalid TOML"):
+        config.load(str(broken))
+
+
+def test_preset_from_a_path_overrides_only_what_it_names(tmp_path: Path) -> None:
+    path = tmp_path / "wide.toml"
+    path.write_text('description = "mine"\nngf = 48\n')
+    name, cfg = config.load(str(path))
+    assert name == "wide" and cfg.ngf == 48 and cfg.ndf == Config().ndf
+
+
+def test_cross_field_checks() -> None:
+    with pytest.raises(ConfigError, match="image_size 28 or 4"):
+        config.load("dcgan-mnist", ["image_size=30"])
+    with pytest.raises(ConfigError, match="ring8 needs arch = mlp"):
+        config.load("ring-8", ["arch=dcgan"])
+    with pytest.raises(ConfigError, match="conditional models need labelled data"):
+        config.load("dcgan-celeba", ["conditioning=onehot"])
+
+
+def test_live_keys_are_validated() -> None:
+    assert config.parse_live("lr_d", "3e-4") == 3e-4
+    with pytest.raises(ConfigError, match="cannot be changed while training"):
+        config.parse_live("ngf", "8")
+
+
+def test_toml_round_trip() -> None:
+    import tomllib
+
+    cfg = config.load("cgan-mnist")[1]
+    text = config.to_toml(cfg.to_dict())
+    assert config.from_dict(tomllib.loads(text)) == cfg
