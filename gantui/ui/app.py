@@ -1,0 +1,362 @@
+"""The dashboard: a Textual app over the event stream, with keys that steer the run.
+
+The app never sees the trainer. It polls ``drain()`` on a timer (the only place events enter),
+folds them into a :class:`~gantui.ui.model.RunModel`, and sends commands through a controller
+whose methods return futures, which the same timer checks. The same app therefore serves a
+run in this process (a :class:`~gantui.control.Controller`) or a run elsewhere (a remote
+controller and a run-directory follower).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+from textual.app import App, ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal, Vertical
+from textual.widgets import Footer
+
+from gantui import config as config_mod
+from gantui.errors import GantuiError
+from gantui.events import Alert, Event, Preview, StateChanged
+from gantui.history import SMOOTHING_LEVELS
+from gantui.ui.modals import ChoiceModal, FieldsModal, HelpModal, KeyValueModal
+from gantui.ui.model import LogLine, RunModel
+from gantui.ui.panels import EventLog, HyperPanel, StatusBar
+from gantui.ui.plots import GradSparks, Line, MetricPlot, legend_markup
+from gantui.ui.preview import PreviewPanel, save_png
+
+Drain = Callable[[], list[Event]]
+
+HELP_NOTES = """\
+Plots: each column shows the min and max of the steps it covers, so spikes stay visible.
+z cycles the smoothing (EMA), w switches between the whole run and the recent window.
+Warnings (⚠ in the status bar) are explained in the event log."""
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """How the dashboard ended, returned by ``app.run()`` (and in ``app.return_value``)."""
+
+    action: str
+    """``stop``: the user stopped the run (it reached ``stopped``/``finished``/``error``, or the
+    user gave up waiting: join the trainer); ``detach``: the user left and the run carries on;
+    ``quit``: the run had already ended when the user quit."""
+    state: str
+    """The last run state the dashboard saw."""
+    step: int
+    """The last step the dashboard saw."""
+
+    @property
+    def detached(self) -> bool:
+        """True when the run should keep going without the dashboard."""
+        return self.action == "detach"
+
+
+class GantuiApp(App[Outcome]):
+    """The live dashboard of one run."""
+
+    CSS_PATH = "app.tcss"
+    TITLE = "gantui"
+    ENABLE_COMMAND_PALETTE = False
+    HORIZONTAL_BREAKPOINTS: ClassVar = [(0, "-narrow"), (120, "-wide")]
+    VERTICAL_BREAKPOINTS: ClassVar = [(0, "-short"), (36, "-tall")]
+
+    BINDINGS: ClassVar = [
+        Binding("p", "pause", "Pause/resume"),
+        Binding("c", "checkpoint", "Checkpoint"),
+        Binding("l", "learning_rates", "LRs"),
+        Binding("e", "edit", "Edit"),
+        Binding("s", "save", "Save PNG"),
+        Binding("z", "smoothing", "Smooth"),
+        Binding("w", "window", "Window"),
+        Binding("x", "stop_run", "Stop run"),
+        Binding("question_mark", "help", "Help", key_display="?"),
+        Binding("q", "quit", "Quit"),
+    ]
+
+    CONTROL_ACTIONS = frozenset({"pause", "checkpoint", "learning_rates", "edit", "stop_run"})
+    """Actions that send a command to the trainer."""
+
+    def __init__(self, drain: Drain, controller: Any | None, *, attached: bool = False,
+                 title: str = "gantui", poll_hz: float = 10.0, plot_hz: float = 4.0,
+                 window: int = 200) -> None:
+        """
+        Args:
+            drain: Returns the events that arrived since the last call; polled on a timer
+                in the UI thread (e.g. ``session.queue.drain``).
+            controller: Has ``pause``, ``resume``, ``checkpoint``, ``stop`` and ``set``
+                returning futures (a :class:`~gantui.control.Controller` or a remote one);
+                None for a read-only dashboard.
+            attached: Watching a run owned by another process: ``q`` detaches without
+                stopping and ``x`` stops the run. Otherwise ``q`` offers to stop it.
+            title: Window title.
+            poll_hz: How often the event queue is drained.
+            plot_hz: Most redraws per second of the charts.
+            window: Metric records in the recent window (``w``).
+        """
+        super().__init__()
+        self.drain = drain
+        self.controller = controller
+        self.attached = attached
+        self.title = title
+        self.poll_hz = poll_hz
+        self.plot_interval = 1.0 / plot_hz
+        self.window_size = window
+        self.model = RunModel()
+        self.smoothing = 0.0
+        self.window: int | None = None
+        self.stopping = False
+        """True once the user confirmed a stop; the app exits when the run has ended."""
+        self.pending: list[tuple[str, Future]] = []
+        self._want_paused: bool | None = None
+        self._plotted = (-1, -1.0)  # (metrics_version, monotonic time)
+        self._bindings_key: tuple = ()
+        self._seen = (-1, -1)  # (info_version, image_version)
+
+    # ---- layout ------------------------------------------------------------------------------
+
+    def compose(self) -> ComposeResult:
+        series = self.model.series
+        yield StatusBar(id="status")
+        with Horizontal(id="body"):
+            with Vertical(id="charts"):
+                yield MetricPlot([Line("loss_d", series["loss_d"], 208),
+                                  Line("loss_g", series["loss_g"], 39)],
+                                 id="loss", classes="panel")
+                yield MetricPlot([Line("D(x)", series["d_real"], 76),
+                                  Line("D(G(z))", series["d_fake"], 170)],
+                                 id="dstats", classes="panel")
+                yield GradSparks(series["grad_g"], series["grad_d"], id="grads", classes="panel")
+            with Vertical(id="side"):
+                yield PreviewPanel(id="preview", classes="panel")
+                yield HyperPanel(self.model, id="hyper", classes="panel")
+        yield EventLog(id="log", classes="panel")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        for plot in self.query(MetricPlot):
+            plot.border_title = legend_markup(plot.lines)
+        titles = {"grads": "gradient norms (log scale)", "preview": "samples",
+                  "hyper": "live hyperparameters", "log": "events"}
+        for widget_id, text in titles.items():
+            self.query_one(f"#{widget_id}").border_title = text
+        self.set_interval(1.0 / self.poll_hz, self.poll)
+        self.poll()
+
+    # ---- the one way in: the timer -----------------------------------------------------------
+
+    def poll(self) -> None:
+        """Drain events, check command replies, refresh what changed. Runs in the UI thread."""
+        try:
+            events = self.drain()
+        except Exception as exc:  # a follower or queue failing must not kill the dashboard
+            events = []
+            self.log_line(LogLine(self.model.step, "error", f"event source failed: {exc}"))
+        for event in events:
+            if isinstance(event, StateChanged):
+                self._want_paused = None
+            for line in self.model.apply(event):
+                self.log_line(line)
+            if isinstance(event, Alert):
+                self.notify(event.message, title="gantui", severity="warning", timeout=8)
+        self._check_replies()
+        self._refresh_views()
+        if self.stopping and self.model.ended:
+            self.exit(Outcome("stop", self.model.state, self.model.step))
+
+    def _check_replies(self) -> None:
+        still = []
+        for what, future in self.pending:
+            if not future.done():
+                still.append((what, future))
+                continue
+            exc = future.exception()
+            if exc is not None:
+                self.log_line(LogLine(self.model.step, "error", f"{what} failed: {exc}"))
+                self.notify(f"{what} failed: {exc}", severity="error")
+        self.pending = still
+
+    def _refresh_views(self) -> None:
+        model = self.model
+        now = time.monotonic()
+        version, last = self._plotted
+        if model.metrics_version != version and now - last >= self.plot_interval:
+            self._plotted = (model.metrics_version, now)
+            self.replot()
+        if (model.info_version, model.image_version) != self._seen:
+            self._seen = (model.info_version, model.image_version)
+            self.query_one(StatusBar).show(model, self.view_label())
+            self.query_one(HyperPanel).show()
+            self.query_one(PreviewPanel).show(model.image)
+        key = (model.state, self.stopping, isinstance(model.image, Preview))
+        if key != self._bindings_key:
+            self._bindings_key = key
+            self.refresh_bindings()
+
+    def replot(self) -> None:
+        """Hand the charts the current data version and view settings."""
+        version = self.model.metrics_version
+        for plot in self.query(MetricPlot):
+            plot.replot(version, self.smoothing, self.window)
+        self.query_one(GradSparks).replot(version, self.window)
+        self.query_one(StatusBar).show(self.model, self.view_label())
+
+    def view_label(self) -> str:
+        """The smoothing and window settings, as shown in the status bar."""
+        smooth = f"ema {self.smoothing:g}" if self.smoothing else "raw"
+        window = f"last {self.window}" if self.window else "all"
+        return f"{smooth} · {window}"
+
+    def log_line(self, line: LogLine) -> None:
+        """Add a line to the event log."""
+        self.query_one(EventLog).add(line)
+
+    # ---- keys --------------------------------------------------------------------------------
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        if action in self.CONTROL_ACTIONS:
+            if self.controller is None or not self.model.live or self.stopping:
+                return False
+            if len(self.screen_stack) > 1:  # a dialog is open
+                return False
+            if action == "stop_run":
+                return self.attached
+        if action == "save":
+            return isinstance(self.model.image, Preview)
+        return True
+
+    def _send(self, what: str, future: Future) -> None:
+        self.pending.append((what, future))
+
+    def action_pause(self) -> None:
+        """Pause or resume, depending on what was last asked for or reported."""
+        paused = self._want_paused
+        if paused is None:
+            paused = self.model.state == "paused"
+        if paused:
+            self._send("resume", self.controller.resume(source="ui"))
+        else:
+            self._send("pause", self.controller.pause(source="ui"))
+        self._want_paused = not paused
+
+    def action_checkpoint(self) -> None:
+        """Write a checkpoint between the next two steps."""
+        self._send("checkpoint", self.controller.checkpoint(source="ui"))
+        self.log_line(LogLine(self.model.step, "info", "checkpoint requested"))
+
+    def action_learning_rates(self) -> None:
+        """Open the learning-rate dialog."""
+        values = {key: str(self.model.config.get(key, "")) for key in ("lr_g", "lr_d")}
+        self.push_screen(FieldsModal("Learning rates (applied between steps)", values,
+                                     self.validate_changes), self.apply_changes)
+
+    def action_edit(self) -> None:
+        """Open the dialog for any live hyperparameter."""
+        values = {key: str(value) for key, value in self.model.hyperparameters().items()}
+        docs = {key: config_mod.field_doc(key) for key in values}
+        self.push_screen(KeyValueModal("Live hyperparameters (applied between steps)", values,
+                                       self.validate_changes, docs), self.apply_changes)
+
+    def validate_changes(self, raw: dict[str, str]) -> dict[str, Any]:
+        """Type- and range-check edited values against the run's config; keep real changes.
+
+        Raises:
+            GantuiError: the first invalid key or value, in one line.
+        """
+        typed = {key: config_mod.parse_live(key, value.strip()) for key, value in raw.items()}
+        try:
+            current = config_mod.from_dict(self.model.config)
+        except (GantuiError, TypeError):
+            current = config_mod.Config()
+        current.replace(**typed)  # raises ConfigError on out-of-range values
+        return {k: v for k, v in typed.items() if self.model.config.get(k) != v}
+
+    def apply_changes(self, changes: dict[str, Any] | None) -> None:
+        """Send validated changes (a dialog's result) to the trainer."""
+        if changes is None:
+            return
+        if not changes:
+            self.notify("nothing changed")
+            return
+        if self.controller is None or not self.model.live:
+            self.notify("the run no longer accepts changes", severity="warning")
+            return
+        try:
+            future = self.controller.set(changes, source="ui")
+        except GantuiError as exc:
+            self.notify(str(exc), severity="error")
+            return
+        self._send("set " + ", ".join(changes), future)
+        text = ", ".join(f"{k}={v}" for k, v in changes.items())
+        self.log_line(LogLine(self.model.step, "info", f"requested {text}"))
+
+    def action_save(self) -> None:
+        """Save the current preview grid as a PNG (the run's samples/ folder, or here)."""
+        image = self.model.image
+        if not isinstance(image, Preview):
+            return
+        folder = Path(self.model.run_dir) / "samples" if self.model.run_dir else Path.cwd()
+        try:
+            path = save_png(image, folder)
+        except OSError as exc:
+            self.notify(f"could not save the preview: {exc}", severity="error")
+            return
+        self.log_line(LogLine(image.step, "checkpoint", f"saved preview: {path}"))
+        self.notify(f"saved {path}")
+
+    def action_smoothing(self) -> None:
+        """Cycle the EMA smoothing of the plots."""
+        levels = SMOOTHING_LEVELS
+        index = levels.index(self.smoothing) if self.smoothing in levels else 0
+        self.smoothing = levels[(index + 1) % len(levels)]
+        self.replot()
+
+    def action_window(self) -> None:
+        """Switch the plots between the whole run and the recent window."""
+        self.window = None if self.window else self.window_size
+        self.replot()
+
+    def action_help(self) -> None:
+        """Show the keys and how to read the dashboard."""
+        keys = [(b.key_display or b.key, b.description, bool(self.check_action(b.action, ())))
+                for b in self.BINDINGS]
+        self.push_screen(HelpModal(keys, HELP_NOTES))
+
+    async def action_quit(self) -> None:
+        """Leave. A live run is stopped (after asking) unless we are only watching it."""
+        model = self.model
+        if self.controller is None or not model.live:
+            self.exit(Outcome("quit", model.state, model.step))
+        elif self.attached:
+            self.exit(Outcome("detach", model.state, model.step))
+        elif self.stopping:  # already stopping; the user does not want to wait any more
+            self.exit(Outcome("stop", model.state, model.step))
+        else:
+            self.push_screen(ChoiceModal(
+                "Stop the run? A checkpoint is written first.",
+                [("s", "Checkpoint and stop", "stop"),
+                 ("d", "Keep training, no dashboard", "detach"),
+                 ("n", "Cancel", "cancel")]), self._quit_answer)
+
+    def action_stop_run(self) -> None:
+        """Stop a run we are only watching (after asking)."""
+        self.push_screen(ChoiceModal("Stop the run? A checkpoint is written first.",
+                                     [("s", "Checkpoint and stop", "stop"),
+                                      ("n", "Cancel", "cancel")]), self._quit_answer)
+
+    def _quit_answer(self, answer: str | None) -> None:
+        model = self.model
+        if answer == "detach":
+            self.exit(Outcome("detach", model.state, model.step))
+        elif answer == "stop":
+            self.stopping = True
+            self._send("stop", self.controller.stop(source="ui"))
+            self.log_line(LogLine(model.step, "info",
+                                  "stopping: checkpoint, then end (q again: don't wait)"))
+            self.refresh_bindings()

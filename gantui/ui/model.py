@@ -1,0 +1,189 @@
+"""What the dashboard knows about a run, folded from the event stream.
+
+Plain Python (no Textual): :meth:`RunModel.apply` takes one event and returns the log lines it
+produced, so the model can be tested and reused without a terminal.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from gantui.config import LIVE_KEYS
+from gantui.events import (
+    Alert,
+    Changed,
+    Checkpointed,
+    Event,
+    Metrics,
+    Note,
+    Points,
+    Preview,
+    RunStarted,
+    StateChanged,
+)
+from gantui.history import Series
+
+LIVE_STATES = ("starting", "running", "paused", "checkpointing")
+"""States in which the trainer still answers commands."""
+
+ENDED_STATES = ("finished", "stopped", "error")
+"""States after which the trainer thread is gone."""
+
+SERIES = ("loss_d", "loss_g", "d_real", "d_fake", "d_fake_g", "grad_g", "grad_d")
+"""Metric fields kept as plottable histories."""
+
+
+@dataclass(frozen=True)
+class LogLine:
+    """One line for the event log. ``level``: ``info``, ``change``, ``checkpoint``,
+    ``warning`` or ``error``."""
+
+    step: int
+    level: str
+    text: str
+
+
+@dataclass
+class RunModel:
+    """The dashboard's view of one run."""
+
+    name: str = ""
+    """Run name (the run directory's name)."""
+    preset: str = ""
+    """Preset the run was built from."""
+    device: str = ""
+    """Device the trainer runs on."""
+    run_dir: str = ""
+    """Run directory, empty until :class:`RunStarted` arrives."""
+    total_steps: int = 0
+    """Steps the run will train for."""
+    step: int = 0
+    """Latest step reported by any event."""
+    epoch: int = 0
+    """Latest epoch reported by :class:`Metrics`."""
+    img_per_s: float = 0.0
+    """Throughput over the last log interval."""
+    eta_s: float = 0.0
+    """Estimated seconds to the end of the run."""
+    state: str = "starting"
+    """Latest run state."""
+    state_message: str = ""
+    """Why the state last changed."""
+    config: dict[str, Any] = field(default_factory=dict)
+    """The run's resolved config, with live changes applied."""
+    series: dict[str, Series] = field(default_factory=lambda: {k: Series() for k in SERIES})
+    """Plottable metric histories by field name."""
+    image: Preview | Points | None = None
+    """The latest preview grid or ring8 point cloud."""
+    changed_at: dict[str, int] = field(default_factory=dict)
+    """Step at which each live key last changed."""
+    alerts: int = 0
+    """How many health warnings arrived."""
+    metrics_version: int = 0
+    """Bumped on every :class:`Metrics`: plots redraw only when it moves."""
+    image_version: int = 0
+    """Bumped on every preview or point cloud."""
+    info_version: int = 0
+    """Bumped whenever the status bar or hyperparameter panel would change."""
+    updated: float = field(default_factory=time.monotonic)
+    """Monotonic time of the last event."""
+
+    @property
+    def live(self) -> bool:
+        """True while the trainer answers commands."""
+        return self.state in LIVE_STATES
+
+    @property
+    def ended(self) -> bool:
+        """True once the run reached ``finished``, ``stopped`` or ``error``."""
+        return self.state in ENDED_STATES
+
+    def hyperparameters(self) -> dict[str, Any]:
+        """Current values of every live key (missing ones as None)."""
+        return {key: self.config.get(key) for key in LIVE_KEYS}
+
+    def apply(self, event: Event) -> list[LogLine]:
+        """Fold ``event`` into the model; return the log lines it produced."""
+        self.updated = time.monotonic()
+        step = getattr(event, "step", self.step)
+        self.step = max(self.step, step) if not isinstance(event, RunStarted) else step
+        if isinstance(event, Metrics):
+            return self._metrics(event)
+        if isinstance(event, (Preview, Points)):
+            self.image = event
+            self.image_version += 1
+            return []
+        self.info_version += 1
+        if isinstance(event, RunStarted):
+            return self._started(event)
+        if isinstance(event, Changed):
+            self.config[event.key] = event.new
+            self.changed_at[event.key] = event.step
+            return [LogLine(step, "change",
+                            f"{event.key}: {_fmt(event.old)} → {_fmt(event.new)} at step {step}")]
+        if isinstance(event, Checkpointed):
+            why = f" ({event.reason})" if event.reason else ""
+            return [LogLine(step, "checkpoint", f"checkpoint at step {step}{why}: {event.path}")]
+        if isinstance(event, StateChanged):
+            self.state = event.state
+            self.state_message = event.message
+            level = "error" if event.state == "error" else "info"
+            text = f"state: {event.state}" + (f" ({event.message})" if event.message else "")
+            return [LogLine(step, level, text)]
+        if isinstance(event, Alert):
+            self.alerts += 1
+            level = "error" if event.kind == "nonfinite" else "warning"
+            return [LogLine(step, level, event.message)]
+        if isinstance(event, Note):
+            return [LogLine(step, "info", event.message)]
+        return []  # pragma: no cover - every event type is handled above
+
+    def _started(self, event: RunStarted) -> list[LogLine]:
+        self.name, self.preset, self.device = event.name, event.preset, event.device
+        self.run_dir, self.total_steps = event.run_dir, event.total_steps
+        self.config = dict(event.config)
+        verb = "resumed" if event.resumed else "started"
+        lines = [LogLine(event.step, "info",
+                         f"run {event.name} {verb} at step {event.step} ({event.preset}, "
+                         f"{event.device})")]
+        if event.data_note:
+            lines.append(LogLine(event.step, "info", event.data_note))
+        return lines
+
+    def _metrics(self, m: Metrics) -> list[LogLine]:
+        self.epoch, self.img_per_s, self.eta_s = m.epoch, m.img_per_s, m.eta_s
+        for key in SERIES:
+            self.series[key].append(m.step, getattr(m, key))
+        if self.config.get("lr_g") != m.lr_g or self.config.get("lr_d") != m.lr_d:
+            self.config["lr_g"], self.config["lr_d"] = m.lr_g, m.lr_d
+        self.metrics_version += 1
+        self.info_version += 1
+        return []
+
+
+def _fmt(value: Any) -> str:
+    """Compact display of a hyperparameter value."""
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+def format_value(value: Any) -> str:
+    """How the dashboard shows a hyperparameter value (``None``: unknown)."""
+    return "?" if value is None else _fmt(value)
+
+
+def format_duration(seconds: float) -> str:
+    """``1h02m``, ``3m05s`` or ``42s``; ``--`` for unknown or negative."""
+    if not seconds or seconds < 0 or seconds != seconds or seconds == float("inf"):
+        return "--"
+    seconds = int(seconds)
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    if hours:
+        return f"{hours}h{minutes:02d}m"
+    if minutes:
+        return f"{minutes}m{secs:02d}s"
+    return f"{secs}s"

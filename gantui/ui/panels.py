@@ -1,0 +1,119 @@
+"""Text panels: the status bar, the live hyperparameters and the event log."""
+
+from __future__ import annotations
+
+from rich.text import Text
+from textual.widget import Widget
+from textual.widgets import RichLog, Static
+
+from gantui.ui.model import LogLine, RunModel, format_duration, format_value
+
+STATE_STYLES = {
+    "starting": "bold yellow",
+    "running": "bold green",
+    "paused": "bold yellow reverse",
+    "checkpointing": "bold cyan",
+    "finished": "bold blue",
+    "stopped": "bold blue",
+    "error": "bold white on red",
+}
+
+LEVEL_STYLES = {
+    "info": "",
+    "change": "cyan",
+    "checkpoint": "green",
+    "warning": "bold yellow",
+    "error": "bold white on red",
+}
+
+
+def status_text(model: RunModel, view: str) -> Text:
+    """The one-line status: state, run, preset, device, progress, speed, ETA, view settings."""
+    out = Text(no_wrap=True, overflow="ellipsis", end="")
+    out.append(f" {model.state.upper()} ", style=STATE_STYLES.get(model.state, "bold"))
+    total = model.total_steps
+    pct = f" {100 * model.step / total:.0f}%" if total else ""
+    parts = [  # most important first: narrow terminals cut the end
+        f"step {model.step}/{total or '?'}{pct}",
+        f"{model.img_per_s:.0f} img/s",
+        f"ETA {format_duration(model.eta_s) if model.live else '--'}",
+        f"ep {model.epoch}",
+        model.name or "…",
+        model.preset,
+        model.device,
+    ]
+    out.append(" " + " │ ".join(p for p in parts if p))
+    if model.alerts:
+        out.append(f" │ ⚠ {model.alerts}", style="bold yellow")
+    out.append(f" │ {view}", style="dim")
+    return out
+
+
+class StatusBar(Static):
+    """The top line of the dashboard."""
+
+    def show(self, model: RunModel, view: str) -> None:
+        """Redraw from the model; ``view`` describes the smoothing and window settings."""
+        self.update(status_text(model, view))
+
+
+class HyperPanel(Widget):
+    """Current values of the live hyperparameters; recently changed ones stand out.
+
+    A table when there is a row per key, otherwise the pairs flow and wrap (80x24 terminals).
+    """
+
+    def __init__(self, model: RunModel, *, id: str | None = None,
+                 classes: str | None = None) -> None:
+        super().__init__(id=id, classes=classes)
+        self.model = model
+
+    def show(self) -> None:
+        """Redraw from the model."""
+        self.refresh()
+
+    def render(self) -> Text:
+        model = self.model
+        values = model.hyperparameters()
+        size = self.content_size
+        out = Text(end="", no_wrap=True, overflow="ellipsis")
+        if size.height >= len(values):  # a table: one key per row
+            width = max(len(k) for k in values)
+            for i, (key, value) in enumerate(values.items()):
+                changed = key in model.changed_at
+                out.append(("\n" if i else "") + f"{key:<{width}} ", style="dim")
+                out.append(format_value(value), style="bold cyan" if changed else "bold")
+                if changed:
+                    out.append(f" @{model.changed_at[key]}", style="dim cyan")
+            return out
+        used = 0  # pairs flow, wrapping between pairs, never inside one
+        for key, value in values.items():
+            shown = format_value(value)
+            need = len(key) + 1 + len(shown)
+            if used and used + 2 + need > size.width:
+                out.append("\n")
+                used = 0
+            elif used:
+                out.append("  ")
+                used += 2
+            out.append(f"{key} ", style="dim")
+            out.append(shown, style="bold cyan" if key in model.changed_at else "bold")
+            used += need
+        return out
+
+
+class EventLog(RichLog):
+    """Changes, checkpoints, warnings and lifecycle lines, newest at the bottom."""
+
+    def __init__(self, *, id: str | None = None, classes: str | None = None) -> None:
+        super().__init__(max_lines=1000, wrap=True, markup=False, id=id, classes=classes)
+        self.entries: list[LogLine] = []
+        """Every line written, for tests and for anyone inspecting the app."""
+
+    def add(self, line: LogLine) -> None:
+        """Append one line, styled by its level."""
+        self.entries.append(line)
+        text = Text(f"{line.step:>7} ", style="dim")
+        prefix = {"warning": "⚠ ", "error": "✖ "}.get(line.level, "")
+        text.append(prefix + line.text, style=LEVEL_STYLES.get(line.level, ""))
+        self.write(text)

@@ -1,0 +1,230 @@
+"""The sample preview: image grids as half-block characters, ring8 point clouds as a scatter.
+
+Each terminal cell shows two vertically stacked pixels: ``▀`` painted with the top pixel as
+foreground and the bottom pixel as background. Colours are plain RGB; Rich maps them to the
+nearest 256 or 16 colour when the terminal has no truecolor.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import plotext
+from rich.color import Color
+from rich.console import Console, ConsoleOptions, RenderResult
+from rich.segment import Segment
+from rich.style import Style
+from rich.text import Text
+from textual.widget import Widget
+
+from gantui.events import Points, Preview
+
+MIN_SAMPLE_PX = 8
+"""Smallest on-screen size (in pixels, i.e. cells wide / half-cells high) a sample may shrink
+to before the preview shows a top-left sub-grid instead of the whole grid."""
+
+
+def preview_array(preview: Preview) -> np.ndarray:
+    """The preview's pixels as a ``(height, width, channels)`` uint8 array."""
+    flat = np.frombuffer(preview.pixels, dtype=np.uint8)
+    return flat.reshape(preview.height, preview.width, preview.channels)
+
+
+def resample(image: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Resize ``(H, W, C)`` to ``(height, width, C)``: area average when shrinking, nearest
+    neighbour when growing."""
+    out = image.astype(np.float32)
+    for axis, target in ((0, height), (1, width)):
+        size = out.shape[axis]
+        if target == size:
+            continue
+        if target < size:
+            edges = np.linspace(0, size, target + 1).astype(np.int64)
+            sums = np.add.reduceat(out, edges[:-1], axis=axis)
+            counts = np.diff(edges).astype(np.float32)
+            shape = [1, 1, 1]
+            shape[axis] = target
+            out = sums / counts.reshape(shape)
+        else:
+            idx = ((np.arange(target) + 0.5) * size / target).astype(np.int64)
+            out = np.take(out, idx, axis=axis)
+    return np.clip(out + 0.5, 0, 255).astype(np.uint8)
+
+
+def fit(src_h: int, src_w: int, cols: int, rows: int) -> tuple[int, int]:
+    """Largest ``(pixel_height, pixel_width)`` with the source's aspect ratio that fits in
+    ``cols`` x ``rows`` cells (two pixels per cell vertically); the height is kept even."""
+    if cols <= 0 or rows <= 0 or src_h <= 0 or src_w <= 0:
+        return 0, 0
+    scale = min(cols / src_w, 2 * rows / src_h)
+    width = max(1, min(cols, round(src_w * scale)))
+    height = max(2, min(2 * rows, round(src_h * scale)))
+    return height - height % 2, width
+
+
+def samples_shown(height: int, width: int, nrow: int, cols: int, rows: int) -> int:
+    """How many samples per grid row to show so that none is drawn smaller than
+    :data:`MIN_SAMPLE_PX`: ``nrow`` (the whole grid) or fewer (a top-left sub-grid)."""
+    nrow = max(1, nrow)
+    cell = width / nrow  # samples are square: a grid row is as tall as a sample is wide
+    grid_rows = max(1, round(height / cell))
+    k = nrow
+    while k > 1:
+        _, pw = fit(round(min(k, grid_rows) * cell), round(k * cell), cols, rows)
+        if pw / k >= MIN_SAMPLE_PX:
+            break
+        k -= 1
+    return k
+
+
+def crop_grid(image: np.ndarray, nrow: int, k: int) -> np.ndarray:
+    """The top-left ``k`` x ``k`` samples of a grid with ``nrow`` samples per row."""
+    if k >= nrow:
+        return image
+    h, w = image.shape[:2]
+    cell = w / max(1, nrow)
+    grid_rows = max(1, round(h / cell))
+    return image[: round(min(k, grid_rows) * cell), : round(k * cell)]
+
+
+class HalfBlockImage:
+    """A Rich renderable drawing a ``(H, W, C)`` uint8 image (H even) with ``▀`` cells."""
+
+    def __init__(self, image: np.ndarray) -> None:
+        if image.ndim == 2:
+            image = image[:, :, None]
+        if image.shape[0] % 2:
+            image = np.concatenate([image, image[-1:]], axis=0)
+        self.image = image
+
+    def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
+        for row in self.rows():
+            yield from row
+            yield Segment.line()
+
+    def rows(self) -> list[list[Segment]]:
+        """One list of segments per terminal row."""
+        img = self.image
+        if img.shape[2] == 1:
+            img = np.repeat(img, 3, axis=2)
+        img = img[:, :, :3]
+        cache: dict[tuple, Style] = {}
+        out = []
+        for y in range(0, img.shape[0], 2):
+            top, bottom = img[y].tolist(), img[y + 1].tolist()
+            segments = []
+            for t, b in zip(top, bottom, strict=True):
+                key = (*t, *b)
+                style = cache.get(key)
+                if style is None:
+                    style = Style(color=Color.from_rgb(*t), bgcolor=Color.from_rgb(*b))
+                    cache[key] = style
+                segments.append(Segment("▀", style))
+            out.append(segments)
+        return out
+
+
+def render_preview(preview: Preview, cols: int, rows: int) -> tuple[HalfBlockImage | None, int]:
+    """Fit a preview grid into ``cols`` x ``rows`` cells; return the image and samples per
+    row shown (``nrow`` when the whole grid fits)."""
+    shown = samples_shown(preview.height, preview.width, preview.nrow, cols, rows)
+    image = crop_grid(preview_array(preview), preview.nrow, shown)
+    height, width = fit(image.shape[0], image.shape[1], cols, rows)
+    if height == 0 or width == 0:
+        return None, shown
+    return HalfBlockImage(resample(image, height, width)), shown
+
+
+def scatter_text(points: Points, cols: int, rows: int) -> Text:
+    """Generated points and the true modes as a plotext scatter of ``cols`` x ``rows``."""
+    plotext.terminal.limit(False, False)  # we size plots to widgets, not to the terminal
+    fig = plotext.figure
+    fig.clear()
+    fig.plot_size(cols, rows)
+    fig.theme("simple")
+    if points.points:
+        xs, ys = zip(*points.points, strict=True)
+        fake = fig.signal(list(xs), list(ys),
+                          marker=plotext.marker("braille", plotext.pixel(foreground=39)))
+        fake.label("G(z)")
+        fig.draw(fake)
+    if points.modes:
+        mx, my = zip(*points.modes, strict=True)
+        modes = fig.signal(list(mx), list(my),
+                           marker=plotext.marker("x", plotext.pixel(foreground=196)))
+        modes.label("modes")
+        fig.draw(modes)
+    fig.ruler("x").lim(-3, 3)
+    fig.ruler("y").lim(-3, 3)
+    return Text.from_ansi(fig.build().string(), no_wrap=True, end="")
+
+
+class PreviewPanel(Widget):
+    """The latest preview grid (half blocks) or ring8 scatter, fitted to the widget.
+
+    Its border title says which step is shown and what was cropped.
+    """
+
+    def __init__(self, *, id: str | None = None, classes: str | None = None) -> None:
+        super().__init__(id=id, classes=classes)
+        self.image: Preview | Points | None = None
+        self._key: tuple | None = None
+        self._rendered: object = Text()
+
+    def show(self, image: Preview | Points | None) -> None:
+        """Display a new preview or point cloud."""
+        if image is not self.image:
+            self.image = image
+            self.border_title = self.caption()
+            self.refresh()
+
+    def on_resize(self) -> None:
+        self.border_title = self.caption()
+
+    def caption(self) -> str:
+        """One line describing what is on screen."""
+        image = self.image
+        if isinstance(image, Preview):
+            size = self.content_size
+            k = samples_shown(image.height, image.width, image.nrow, size.width, size.height)
+            part = "" if k >= image.nrow else f" · top-left {k}×{k}"
+            return f"samples · step {image.step} · diversity {image.diversity:.3f}{part}"
+        if isinstance(image, Points):
+            return (f"samples · step {image.step} · modes {image.modes_covered}/"
+                    f"{len(image.modes)} · HQ {image.high_quality:.0%}")
+        return "samples"
+
+    def render(self) -> object:
+        size = self.content_size
+        key = (id(self.image), size.width, size.height)
+        if key == self._key:
+            return self._rendered
+        self._key = key
+        image = self.image
+        if image is None:
+            self._rendered = Text("waiting for the first preview…", style="dim")
+        elif isinstance(image, Points):
+            self._rendered = scatter_text(image, size.width, size.height)
+        else:
+            rendered, _ = render_preview(image, size.width, size.height)
+            self._rendered = rendered if rendered is not None else Text("")
+        return self._rendered
+
+
+def save_png(preview: Preview, folder: Path) -> Path:
+    """Write the preview grid at its full stored resolution as a PNG in ``folder``.
+
+    Never overwrites: a second save of the same step gets a numbered name.
+    """
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"preview-step{preview.step:07d}.png"
+    n = 1
+    while path.exists():
+        path = folder / f"preview-step{preview.step:07d}-{n}.png"
+        n += 1
+    pixels = preview_array(preview)
+    Image.fromarray(pixels[:, :, 0] if preview.channels == 1 else pixels).save(path)
+    return path
