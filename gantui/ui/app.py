@@ -122,30 +122,37 @@ class GantuiApp(App[Outcome]):
     # ---- layout ------------------------------------------------------------------------------
 
     def compose(self) -> ComposeResult:
+        # Widgets are kept as attributes: queries would search whichever screen is on top.
         series = self.model.series
-        yield StatusBar(id="status")
+        self.status = StatusBar(id="status")
+        self.plots = [
+            MetricPlot([Line("loss_d", series["loss_d"], 208),
+                        Line("loss_g", series["loss_g"], 39)], id="loss", classes="panel"),
+            MetricPlot([Line("D(x)", series["d_real"], 76),
+                        Line("D(G(z))", series["d_fake"], 170)], id="dstats", classes="panel"),
+        ]
+        self.grads = GradSparks(series["grad_g"], series["grad_d"], id="grads", classes="panel")
+        self.preview = PreviewPanel(id="preview", classes="panel")
+        self.hyper = HyperPanel(self.model, id="hyper", classes="panel")
+        self.event_log = EventLog(id="log", classes="panel")
+        yield self.status
         with Horizontal(id="body"):
             with Vertical(id="charts"):
-                yield MetricPlot([Line("loss_d", series["loss_d"], 208),
-                                  Line("loss_g", series["loss_g"], 39)],
-                                 id="loss", classes="panel")
-                yield MetricPlot([Line("D(x)", series["d_real"], 76),
-                                  Line("D(G(z))", series["d_fake"], 170)],
-                                 id="dstats", classes="panel")
-                yield GradSparks(series["grad_g"], series["grad_d"], id="grads", classes="panel")
+                yield from self.plots
+                yield self.grads
             with Vertical(id="side"):
-                yield PreviewPanel(id="preview", classes="panel")
-                yield HyperPanel(self.model, id="hyper", classes="panel")
-        yield EventLog(id="log", classes="panel")
+                yield self.preview
+                yield self.hyper
+        yield self.event_log
         yield Footer()
 
     def on_mount(self) -> None:
-        for plot in self.query(MetricPlot):
+        for plot in self.plots:
             plot.border_title = legend_markup(plot.lines)
-        titles = {"grads": "gradient norms (log scale)", "preview": "samples",
-                  "hyper": "live hyperparameters", "log": "events"}
-        for widget_id, text in titles.items():
-            self.query_one(f"#{widget_id}").border_title = text
+        self.grads.border_title = "gradient norms (log scale)"
+        self.preview.border_title = "samples"
+        self.hyper.border_title = "live hyperparameters"
+        self.event_log.border_title = "events"
         self.set_interval(1.0 / self.poll_hz, self.poll)
         self.poll()
 
@@ -153,6 +160,8 @@ class GantuiApp(App[Outcome]):
 
     def poll(self) -> None:
         """Drain events, check command replies, refresh what changed. Runs in the UI thread."""
+        if self._exit:  # exiting: leave the rest of the queue to the caller
+            return
         try:
             events = self.drain()
         except Exception as exc:  # a follower or queue failing must not kill the dashboard
@@ -191,9 +200,9 @@ class GantuiApp(App[Outcome]):
             self.replot()
         if (model.info_version, model.image_version) != self._seen:
             self._seen = (model.info_version, model.image_version)
-            self.query_one(StatusBar).show(model, self.view_label())
-            self.query_one(HyperPanel).show()
-            self.query_one(PreviewPanel).show(model.image)
+            self.status.show(model, self.view_label())
+            self.hyper.show()
+            self.preview.show(model.image)
         key = (model.state, self.stopping, isinstance(model.image, Preview))
         if key != self._bindings_key:
             self._bindings_key = key
@@ -202,10 +211,10 @@ class GantuiApp(App[Outcome]):
     def replot(self) -> None:
         """Hand the charts the current data version and view settings."""
         version = self.model.metrics_version
-        for plot in self.query(MetricPlot):
+        for plot in self.plots:
             plot.replot(version, self.smoothing, self.window)
-        self.query_one(GradSparks).replot(version, self.window)
-        self.query_one(StatusBar).show(self.model, self.view_label())
+        self.grads.replot(version, self.window)
+        self.status.show(self.model, self.view_label())
 
     def view_label(self) -> str:
         """The smoothing and window settings, as shown in the status bar."""
@@ -215,7 +224,7 @@ class GantuiApp(App[Outcome]):
 
     def log_line(self, line: LogLine) -> None:
         """Add a line to the event log."""
-        self.query_one(EventLog).add(line)
+        self.event_log.add(line)
 
     # ---- keys --------------------------------------------------------------------------------
 

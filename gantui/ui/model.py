@@ -134,7 +134,7 @@ class RunModel:
             return [LogLine(step, level, text)]
         if isinstance(event, Alert):
             self.alerts += 1
-            level = "error" if event.kind == "nonfinite" else "warning"
+            level = "error" if event.kind in ("nonfinite", "error") else "warning"
             return [LogLine(step, level, event.message)]
         if isinstance(event, Note):
             return [LogLine(step, "info", event.message)]
