@@ -84,7 +84,7 @@ class GantuiApp(App[Outcome]):
     """Actions that send a command to the trainer."""
 
     def __init__(self, drain: Drain, controller: Any | None, *, attached: bool = False,
-                 title: str = "gantui", poll_hz: float = 10.0, plot_hz: float = 4.0,
+                 title: str = "gantui", poll_hz: float = 10.0, plot_hz: float = 2.0,
                  window: int = 200) -> None:
         """
         Args:
@@ -97,7 +97,8 @@ class GantuiApp(App[Outcome]):
                 stopping and ``x`` stops the run. Otherwise ``q`` offers to stop it.
             title: Window title.
             poll_hz: How often the event queue is drained.
-            plot_hz: Most redraws per second of the charts.
+            plot_hz: Most redraws per second of charts, preview and status (a state change
+                redraws at once).
             window: Metric records in the recent window (``w``).
         """
         super().__init__()
@@ -115,7 +116,8 @@ class GantuiApp(App[Outcome]):
         """True once the user confirmed a stop; the app exits when the run has ended."""
         self.pending: list[tuple[str, Future]] = []
         self._want_paused: bool | None = None
-        self._plotted = (-1, -1.0)  # (metrics_version, monotonic time)
+        self._plotted = -1  # metrics_version last handed to the charts
+        self._last_view = 0.0  # monotonic time of the last redraw
         self._bindings_key: tuple = ()
         self._seen = (-1, -1)  # (info_version, image_version)
 
@@ -192,21 +194,26 @@ class GantuiApp(App[Outcome]):
         self.pending = still
 
     def _refresh_views(self) -> None:
+        """Redraw what changed, at most ``plot_hz`` times a second (a state change at once),
+        so a fast run's stream of metrics costs the trainer next to nothing."""
         model = self.model
+        key = (model.state, self.stopping, isinstance(model.image, Preview))
+        urgent = key != self._bindings_key
+        if urgent:
+            self._bindings_key = key
+            self.refresh_bindings()
         now = time.monotonic()
-        version, last = self._plotted
-        if model.metrics_version != version and now - last >= self.plot_interval:
-            self._plotted = (model.metrics_version, now)
+        if not urgent and now - self._last_view < self.plot_interval:
+            return
+        self._last_view = now
+        if model.metrics_version != self._plotted:
+            self._plotted = model.metrics_version
             self.replot()
         if (model.info_version, model.image_version) != self._seen:
             self._seen = (model.info_version, model.image_version)
             self.status.show(model, self.view_label())
             self.hyper.show()
             self.preview.show(model.image)
-        key = (model.state, self.stopping, isinstance(model.image, Preview))
-        if key != self._bindings_key:
-            self._bindings_key = key
-            self.refresh_bindings()
 
     def replot(self) -> None:
         """Hand the charts the current data version and view settings."""

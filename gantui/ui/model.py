@@ -145,12 +145,9 @@ class RunModel:
         self.run_dir, self.total_steps = event.run_dir, event.total_steps
         self.config = dict(event.config)
         verb = "resumed" if event.resumed else "started"
-        lines = [LogLine(event.step, "info",
-                         f"run {event.name} {verb} at step {event.step} ({event.preset}, "
-                         f"{event.device})")]
-        if event.data_note:
-            lines.append(LogLine(event.step, "info", event.data_note))
-        return lines
+        # The data note also arrives as a Note event: not repeated here.
+        return [LogLine(event.step, "info", f"run {event.name} {verb} at step {event.step} "
+                                            f"({event.preset}, {event.device})")]
 
     def _metrics(self, m: Metrics) -> list[LogLine]:
         self.epoch, self.img_per_s, self.eta_s = m.epoch, m.img_per_s, m.eta_s

@@ -20,6 +20,9 @@ from textual.widget import Widget
 
 from gantui.events import Points, Preview
 
+SCATTER_POINTS = 256
+"""Most generated points drawn in the ring8 scatter (plotext's cost grows per point)."""
+
 MIN_SAMPLE_PX = 8
 """Smallest on-screen size (in pixels, i.e. cells wide / half-cells high) a sample may shrink
 to before the preview shows a top-left sub-grid instead of the whole grid."""
@@ -144,7 +147,7 @@ def scatter_text(points: Points, cols: int, rows: int) -> Text:
     fig.plot_size(cols, rows)
     fig.theme("simple")
     if points.points:
-        xs, ys = zip(*points.points, strict=True)
+        xs, ys = zip(*points.points[:SCATTER_POINTS], strict=True)
         fake = fig.signal(list(xs), list(ys),
                           marker=plotext.marker("braille", plotext.pixel(foreground=39)))
         fake.label("G(z)")
