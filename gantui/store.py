@@ -1,0 +1,272 @@
+"""The run directory: boring and strict.
+
+```
+runs/<name>/
+  config.toml        resolved config at the start (live changes are in events.jsonl)
+  metrics.jsonl      one object per log interval, flushed per write
+  events.jsonl       lifecycle and control journal: {"event": ..., "step": ..., ...}
+  samples/           full-resolution PNG grids, step-numbered
+  checkpoints/       ckpt-00001000.pt ... written atomically, the last few kept
+  run.json           who is running it: pid, host, start time (for `gantui runs`)
+```
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import socket
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from gantui.config import to_toml
+from gantui.errors import GantuiError
+
+CHECKPOINT_VERSION = 1
+CHECKPOINT_KEYS = ("version", "step", "config", "G", "D", "opt_g", "opt_d", "rng", "data",
+                   "fixed_noise")
+_CKPT_RE = re.compile(r"^ckpt-(\d{8,})\.pt$")
+
+
+class StoreError(GantuiError):
+    """A run directory that cannot be created, read or resumed."""
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` via a temp file, fsync and rename: all or nothing."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
+def _fsync_dir(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+class JsonlWriter:
+    """Append-only JSON lines, flushed after each record."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._fh = open(path, "a", encoding="utf-8")
+
+    def write(self, record: dict[str, Any]) -> None:
+        self._fh.write(json.dumps(record, separators=(",", ":"), default=_json_default) + "\n")
+        self._fh.flush()
+
+    def close(self) -> None:
+        self._fh.close()
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, tuple):
+        return list(value)
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    """Every complete record in a JSON-lines file; a torn last line is ignored."""
+    records = []
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return records
+    for line in text.splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(record, dict):
+            records.append(record)
+    return records
+
+
+def default_run_name(runs_dir: Path, preset: str) -> str:
+    """``<preset>-YYYYmmdd-HHMMSS``, with ``-2``, ``-3``... if that run already exists."""
+    base = f"{preset}-{time.strftime('%Y%m%d-%H%M%S')}"
+    name, n = base, 1
+    while (runs_dir / name).exists():
+        n += 1
+        name = f"{base}-{n}"
+    return name
+
+
+class RunStore:
+    """Reads and writes one run directory."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.samples = path / "samples"
+        self.checkpoints = path / "checkpoints"
+        self._metrics: JsonlWriter | None = None
+        self._events: JsonlWriter | None = None
+
+    # ---- creation ------------------------------------------------------------------------
+
+    @classmethod
+    def create(cls, runs_dir: Path, name: str, config: dict[str, Any]) -> RunStore:
+        """Make a new run directory; refuses to reuse one that already holds a run."""
+        if not name or "/" in name or name in (".", ".."):
+            raise StoreError(f"invalid run name {name!r}")
+        path = runs_dir / name
+        if (path / "config.toml").exists():
+            raise StoreError(f"run {path} already exists; resume it with --resume {path} "
+                             f"or pick another --name")
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StoreError(f"cannot create run directory {path}: {exc.strerror}") from None
+        store = cls(path)
+        store._make_dirs()
+        atomic_write_bytes(path / "config.toml", to_toml(config).encode())
+        return store
+
+    @classmethod
+    def open(cls, path: Path) -> RunStore:
+        """Open an existing run directory (for resume, watch, ctl)."""
+        if not path.is_dir():
+            raise StoreError(f"no run directory at {path}")
+        if not (path / "config.toml").is_file():
+            raise StoreError(f"{path} is not a gantui run (no config.toml)")
+        store = cls(path)
+        store._make_dirs()
+        return store
+
+    def _make_dirs(self) -> None:
+        self.samples.mkdir(exist_ok=True)
+        self.checkpoints.mkdir(exist_ok=True)
+
+    def write_owner(self, info: dict[str, Any]) -> None:
+        """Record which process is running this run (``run.json``)."""
+        record = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.time()}
+        record.update(info)
+        atomic_write_bytes(self.path / "run.json", json.dumps(record, indent=1).encode())
+
+    def owner(self) -> dict[str, Any]:
+        """The contents of ``run.json``, or {} if absent or unreadable."""
+        try:
+            return json.loads((self.path / "run.json").read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError):
+            return {}
+
+    # ---- journals ------------------------------------------------------------------------
+
+    def append_metrics(self, record: dict[str, Any]) -> None:
+        """Append one metrics record to ``metrics.jsonl``."""
+        if self._metrics is None:
+            self._metrics = JsonlWriter(self.path / "metrics.jsonl")
+        self._metrics.write(record)
+
+    def append_event(self, record: dict[str, Any]) -> None:
+        """Append one lifecycle/control record to ``events.jsonl``."""
+        if self._events is None:
+            self._events = JsonlWriter(self.path / "events.jsonl")
+        self._events.write(record)
+
+    def metrics(self) -> list[dict[str, Any]]:
+        """Every metrics record so far."""
+        return read_jsonl(self.path / "metrics.jsonl")
+
+    def events(self) -> list[dict[str, Any]]:
+        """Every journal record so far."""
+        return read_jsonl(self.path / "events.jsonl")
+
+    def close(self) -> None:
+        """Close the journal files."""
+        for writer in (self._metrics, self._events):
+            if writer is not None:
+                writer.close()
+        self._metrics = self._events = None
+
+    # ---- samples -------------------------------------------------------------------------
+
+    def save_grid(self, step: int, grid: torch.Tensor, name: str | None = None) -> Path:
+        """Save a (C, H, W) float grid in [0, 1] as ``samples/step-XXXXXXXX.png``."""
+        from PIL import Image
+
+        array = grid.mul(255).round().clamp(0, 255).to(torch.uint8).permute(1, 2, 0).cpu()
+        array = array.squeeze(2) if array.shape[2] == 1 else array
+        path = self.samples / (name or f"step-{step:08d}.png")
+        tmp = path.with_name(f".{path.name}.tmp")
+        Image.fromarray(array.numpy()).save(tmp, format="PNG")
+        os.replace(tmp, path)
+        return path
+
+    # ---- checkpoints ---------------------------------------------------------------------
+
+    def checkpoint_paths(self) -> list[Path]:
+        """Checkpoint files, oldest first."""
+        found = [p for p in self.checkpoints.glob("ckpt-*.pt") if _CKPT_RE.match(p.name)]
+        return sorted(found, key=lambda p: int(_CKPT_RE.match(p.name).group(1)))
+
+    def save_checkpoint(self, state: dict[str, Any], keep: int) -> Path:
+        """Write ``state`` atomically as ``ckpt-<step>.pt`` and prune to the newest ``keep``."""
+        missing = [k for k in CHECKPOINT_KEYS if k not in state]
+        if missing:
+            raise StoreError(f"checkpoint state lacks {', '.join(missing)}")
+        path = self.checkpoints / f"ckpt-{state['step']:08d}.pt"
+        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+        with open(tmp, "wb") as fh:
+            torch.save(state, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+        _fsync_dir(self.checkpoints)
+        for old in self.checkpoint_paths()[:-keep]:
+            old.unlink(missing_ok=True)
+        return path
+
+    def load_checkpoint(self, warn=None) -> tuple[Path, dict[str, Any]]:
+        """The newest checkpoint that loads; broken newer ones are reported through ``warn``.
+
+        Raises:
+            StoreError: no checkpoint loads.
+        """
+        paths = self.checkpoint_paths()
+        if not paths:
+            raise StoreError(f"{self.path} has no checkpoints to resume from")
+        for path in reversed(paths):
+            try:
+                state = load_checkpoint_file(path)
+            except StoreError as exc:
+                if warn is not None:
+                    warn(f"{exc}; falling back to an older checkpoint")
+                continue
+            return path, state
+        raise StoreError(f"no loadable checkpoint in {self.checkpoints}")
+
+
+def load_checkpoint_file(path: Path) -> dict[str, Any]:
+    """Load one checkpoint with ``weights_only=True`` and check its keys and version."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many types for a torn or foreign file
+        raise StoreError(f"checkpoint {path.name} is unreadable ({type(exc).__name__})") from None
+    if not isinstance(state, dict):
+        raise StoreError(f"checkpoint {path.name} is not a gantui checkpoint")
+    missing = [k for k in CHECKPOINT_KEYS if k not in state]
+    if missing:
+        raise StoreError(f"checkpoint {path.name} lacks {', '.join(missing)}")
+    if state["version"] != CHECKPOINT_VERSION:
+        raise StoreError(f"checkpoint {path.name} has version {state['version']}, "
+                         f"this gantui reads {CHECKPOINT_VERSION}")
+    return state
