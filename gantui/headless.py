@@ -1,0 +1,144 @@
+"""Prints the event stream as lines when there is no dashboard (``--no-ui``, pipes, nohup)."""
+
+from __future__ import annotations
+
+import signal
+import sys
+import time
+from typing import TextIO
+
+from gantui import events as ev
+from gantui.session import Session
+
+
+def format_duration(seconds: float) -> str:
+    """``1:02:03`` style; ``-`` for unknown."""
+    if seconds != seconds or seconds < 0 or seconds > 1e8:  # NaN, negative or absurd
+        return "-"
+    seconds = int(round(seconds))
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}"
+
+
+class LinePrinter:
+    """Turns events into readable lines. Write errors (a vanished terminal) silence it."""
+
+    def __init__(self, out: TextIO | None = None) -> None:
+        self.out = out if out is not None else sys.stdout
+        self.total = 0
+        self.broken = False
+
+    def line(self, event: ev.Event) -> str | None:
+        """The line for ``event``, or None for events not printed (previews)."""
+        if isinstance(event, ev.RunStarted):
+            self.total = event.total_steps
+            verb = "resuming" if event.resumed else "starting"
+            return (f"{verb} {event.name} ({event.preset}) on {event.device}: "
+                    f"{event.total_steps} steps -> {event.run_dir}")
+        if isinstance(event, ev.Metrics):
+            width = len(str(self.total))
+            return (f"step {event.step:>{width}}/{self.total} ep {event.epoch:<3d} "
+                    f"loss_d {event.loss_d:7.4f}  loss_g {event.loss_g:7.4f}  "
+                    f"D(x) {event.d_real:.3f}  D(G(z)) {event.d_fake:.3f}/{event.d_fake_g:.3f}  "
+                    f"{event.img_per_s:8,.0f} img/s  eta {format_duration(event.eta_s)}")
+        if isinstance(event, ev.Points):
+            return (f"step {event.step}: samples cover {event.modes_covered}/{len(event.modes)} "
+                    f"modes, {event.high_quality:.0%} high quality")
+        if isinstance(event, ev.Changed):
+            return f"step {event.step}: {event.key} {event.old} -> {event.new}"
+        if isinstance(event, ev.Checkpointed):
+            return f"step {event.step}: checkpoint {event.path} ({event.reason})"
+        if isinstance(event, ev.StateChanged):
+            if event.state == "checkpointing" or (event.state in ("running", "starting")
+                                                  and not event.message):
+                return None
+            return f"step {event.step}: {event.state}" + (f": {event.message}"
+                                                          if event.message else "")
+        if isinstance(event, ev.Alert):
+            return f"step {event.step}: WARNING {event.message}"
+        if isinstance(event, ev.Note):
+            return f"{event.message}"
+        return None
+
+    def __call__(self, event: ev.Event) -> None:
+        text = self.line(event)
+        if text is None or self.broken:
+            return
+        try:
+            print(text, file=self.out, flush=True)
+        except (OSError, ValueError):  # EIO/EPIPE after the terminal went away
+            self.broken = True
+
+
+def run_headless(session: Session, out: TextIO | None = None, poll: float = 0.2) -> int:
+    """Print ``session``'s events until its trainer ends; returns the process exit code.
+
+    Ctrl-C or SIGTERM asks the trainer to checkpoint and stop; a second Ctrl-C abandons the
+    wait (the last checkpoint on disk stays intact). SIGHUP is ignored: training carries on.
+    """
+    printer = LinePrinter(out)
+    interrupts = 0
+
+    def on_signal(signum: int, _frame) -> None:
+        nonlocal interrupts
+        interrupts += 1
+        if interrupts > 1 and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        session.controller.stop(source=signal.Signals(signum).name)
+        printer(ev.Note(session.trainer.step, f"{signal.Signals(signum).name}: writing a "
+                        f"checkpoint, then stopping (Ctrl-C again to quit without waiting)"))
+
+    previous = _install({signal.SIGINT: on_signal, signal.SIGTERM: on_signal,
+                         signal.SIGHUP: signal.SIG_IGN})
+    try:
+        while session.alive:
+            for event in session.queue.drain():
+                printer(event)
+            session.join(poll)
+        for event in session.queue.drain():
+            printer(event)
+    except KeyboardInterrupt:
+        printer(ev.Note(session.trainer.step, "interrupted; the last checkpoint on disk is "
+                        f"intact. Resume with: gantui train --resume {session.run_dir}"))
+        return 130
+    finally:
+        _install(previous)
+    return finish(session, printer)
+
+
+def finish(session: Session, printer: LinePrinter) -> int:
+    """Print how the run ended and how to continue it; returns the exit code."""
+    state = session.state
+    if session.error or state == "error":
+        reason = f"{type(session.error[0]).__name__}: {session.error[0]}" if session.error else ""
+        detail = f": {reason}" if reason else ""
+        printer(ev.Note(session.trainer.step, f"run ended with an error{detail}; run directory "
+                        f"{session.run_dir}"))
+        return 1
+    if state == "stopped":
+        printer(ev.Note(session.trainer.step, f"resume with: gantui train --resume "
+                        f"{session.run_dir}"))
+    return 0
+
+
+def _install(handlers: dict) -> dict:
+    """Install signal handlers (main thread only); returns the previous ones."""
+    previous = {}
+    for signum, handler in handlers.items():
+        try:
+            previous[signum] = signal.signal(signum, handler)
+        except (ValueError, OSError):  # not the main thread, or an unsupported signal
+            continue
+    return previous
+
+
+def follow(session: Session, timeout: float) -> list[ev.Event]:
+    """Collect events until the run ends or ``timeout`` passes (for scripts and tests)."""
+    deadline = time.monotonic() + timeout
+    seen: list[ev.Event] = []
+    while session.alive and time.monotonic() < deadline:
+        seen.extend(session.queue.drain())
+        session.join(0.05)
+    seen.extend(session.queue.drain())
+    return seen

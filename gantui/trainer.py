@@ -1,0 +1,514 @@
+"""The training loop. Flat, step-based, and silent but for ``emit(event)``.
+
+One iteration, top to bottom: apply pending commands -> wait while paused -> D step(s) ->
+G step -> log -> sample -> checkpoint. Statistics accumulate on the device and are read once
+per log interval, so a CUDA run never syncs with the host between logs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torchvision.utils import make_grid
+
+from gantui import events as ev
+from gantui.config import Config
+from gantui.control import Command, Controller
+from gantui.data import Batches, RingBatches, make_batches, ring_modes
+from gantui.errors import GantuiError
+from gantui.losses import d_loss, d_prob, g_loss
+from gantui.metrics import HealthMonitor, diversity, ring_coverage
+from gantui.models import build_models
+from gantui.store import CHECKPOINT_VERSION, RunStore
+
+PREVIEW_MAX_SIDE = 256
+RING_PREVIEW_POINTS = 512
+RING_EVAL_POINTS = 2500
+# Events that go to events.jsonl; metrics go to metrics.jsonl; previews to samples/.
+JOURNALED = (ev.RunStarted, ev.Changed, ev.Checkpointed, ev.StateChanged, ev.Alert, ev.Note)
+# Slots of the on-device statistics accumulator.
+LOSS_D, D_REAL, D_FAKE, GRAD_D, LOSS_G, D_FAKE_G, GRAD_G = range(7)
+
+
+class Trainer:
+    """Owns the models, optimizers, data stream and run store of one run.
+
+    Build it in the main thread (bad data or config fail fast), then call :meth:`run` in a
+    background thread. ``on_nonfinite`` is ``"stop"`` (headless) or ``"pause"`` (dashboard).
+    """
+
+    def __init__(self, cfg: Config, *, store: RunStore, emit: ev.Emit, controller: Controller,
+                 device: torch.device, preset: str, name: str,
+                 resume_state: dict[str, Any] | None = None, on_nonfinite: str = "stop",
+                 notes: list[ev.Event] | tuple[ev.Event, ...] = ()) -> None:
+        self.cfg = cfg
+        self.store = store
+        self.controller = controller
+        self.device = device
+        self.preset = preset
+        self.name = name
+        self.on_nonfinite = on_nonfinite
+        self._user_emit = emit
+        self._notes = list(notes)
+
+        torch.manual_seed(cfg.seed)
+        self.G, self.D = build_models(cfg)
+        self.G.to(device)
+        self.D.to(device)
+        betas = (cfg.beta1, cfg.beta2)
+        self.opt_g = torch.optim.Adam(self.G.parameters(), lr=cfg.lr_g, betas=betas)
+        self.opt_d = torch.optim.Adam(self.D.parameters(), lr=cfg.lr_d, betas=betas)
+        self.batches: Batches = make_batches(cfg, device)
+        self.noise = torch.Generator(device=device).manual_seed(cfg.seed + 1)
+        self.fixed_noise, self.fixed_labels, self.grid_nrow = self._fixed_inputs()
+        self.amp = cfg.amp and device.type == "cuda"
+
+        self.step = 0
+        self.total_steps = self._total_steps()
+        self.health = HealthMonitor()
+        self.paused = False
+        self.stopping = False
+        self.state = "starting"
+        self.last_good_checkpoint: Path | None = None
+        self._stop_replies: list[Command] = []
+        self._acc = torch.zeros(7, device=device)
+        self._n_d = self._n_g = 0
+        self._images = 0
+        self._t_log = time.perf_counter()
+        self._paused_for = 0.0
+        self.resumed = resume_state is not None
+        if resume_state is not None:
+            self._restore(resume_state)
+            if self.step >= self.total_steps:
+                raise GantuiError(f"{store.path} already finished {self.step} of "
+                                  f"{self.total_steps} steps; train longer with --set steps=N")
+
+    # ---- setup -------------------------------------------------------------------------
+
+    def _total_steps(self) -> int:
+        if self.cfg.epochs > 0:
+            if self.batches.steps_per_epoch is None:
+                raise GantuiError(f"dataset {self.cfg.dataset} has no epochs; set steps instead")
+            return self.cfg.epochs * self.batches.steps_per_epoch
+        return self.cfg.steps
+
+    def _fixed_inputs(self) -> tuple[torch.Tensor, torch.Tensor | None, int]:
+        """The noise (and labels) behind every preview: a row per class when conditional."""
+        cfg = self.cfg
+        gen = torch.Generator().manual_seed(cfg.seed + 2)
+        if cfg.conditional:
+            cols = max(1, cfg.n_samples // cfg.n_classes)
+            labels = torch.arange(cfg.n_classes).repeat_interleave(cols)
+            z = torch.randn(len(labels), cfg.nz, generator=gen)
+            return z.to(self.device), labels.to(self.device), cols
+        z = torch.randn(cfg.n_samples, cfg.nz, generator=gen)
+        return z.to(self.device), None, max(1, round(math.sqrt(cfg.n_samples)))
+
+    # ---- the loop ----------------------------------------------------------------------
+
+    def run(self) -> str:
+        """Train until done or stopped; returns the final state."""
+        cfg = self.cfg
+        self._emit(ev.RunStarted(str(self.store.path), self.name, self.preset, str(self.device),
+                                 self.step, self.total_steps, cfg.to_dict(), self.batches.note,
+                                 self.resumed))
+        self._emit(ev.Note(self.step, self.batches.note))
+        for note in self._notes:
+            self._emit(note)
+        self._set_state("running")
+        self._t_log = time.perf_counter()
+        try:
+            while self.step < self.total_steps and not self.stopping:
+                self._apply_commands()
+                if self.paused:
+                    self._wait_while_paused()
+                    continue
+
+                # ---- Update D: maximise log D(x) + log(1 - D(G(z))) ----
+                for _ in range(self.cfg.d_steps):
+                    self.d_step()
+                # ---- Update G: fool D ----
+                self.g_step()
+                self.step += 1
+
+                if self.step % self.cfg.log_every == 0 and not self.log():
+                    if self.on_nonfinite == "stop":
+                        return self._end("error", "training diverged (non-finite loss)")
+                    continue
+                if self.step % self.cfg.sample_every == 0:
+                    self.sample()
+                if self.step % self.cfg.checkpoint_every == 0:
+                    self.checkpoint("periodic")
+            self._apply_commands()
+            if self.stopping:
+                return self._end("stopped", f"stopped at step {self.step}")
+            return self._end("finished", f"finished {self.total_steps} steps")
+        except Exception as exc:
+            self._emit(ev.Alert(self.step, "error", f"training crashed: {type(exc).__name__}: "
+                                f"{exc}"))
+            self._fail_replies(exc)
+            self._set_state("error", f"{type(exc).__name__}: {exc}")
+            raise
+        finally:
+            self.store.close()
+
+    def _autocast(self):
+        if self.amp:
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def _noise(self, n: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        z = torch.randn(n, self.cfg.nz, device=self.device, generator=self.noise)
+        y = None
+        if self.cfg.conditional:
+            y = torch.randint(0, self.cfg.n_classes, (n,), device=self.device,
+                              generator=self.noise)
+        return z, y
+
+    def d_step(self) -> None:
+        """One discriminator update on a real batch and a detached fake batch."""
+        x, y = self.batches.next()
+        n = x.shape[0]
+        z, y_fake = self._noise(n)
+        with self._autocast():
+            with torch.no_grad():
+                fake = self.G(z, y_fake)
+            out_real = self.D(x, y)
+            out_fake = self.D(fake, y_fake)
+            loss = d_loss(self.cfg.loss, out_real.float(), out_fake.float(),
+                          self.cfg.label_smoothing)
+        self.opt_d.zero_grad(set_to_none=True)
+        loss.backward()
+        grad = torch.nn.utils.get_total_norm([p.grad for p in self.D.parameters()
+                                              if p.grad is not None])
+        self.opt_d.step()
+        self._acc[[LOSS_D, D_REAL, D_FAKE, GRAD_D]] += torch.stack([
+            loss.detach().float(), d_prob(self.cfg.loss, out_real),
+            d_prob(self.cfg.loss, out_fake), grad.float()])
+        self._n_d += 1
+        self._images += n
+
+    def g_step(self) -> None:
+        """One generator update through a frozen discriminator."""
+        z, y = self._noise(self.cfg.batch_size)
+        self.D.requires_grad_(False)
+        try:
+            with self._autocast():
+                out = self.D(self.G(z, y), y)
+                loss = g_loss(self.cfg.loss, out.float())
+            self.opt_g.zero_grad(set_to_none=True)
+            loss.backward()
+        finally:
+            self.D.requires_grad_(True)
+        grad = torch.nn.utils.get_total_norm([p.grad for p in self.G.parameters()
+                                              if p.grad is not None])
+        self.opt_g.step()
+        self._acc[[LOSS_G, D_FAKE_G, GRAD_G]] += torch.stack([
+            loss.detach().float(), d_prob(self.cfg.loss, out), grad.float()])
+        self._n_g += 1
+
+    # ---- log / sample / checkpoint -----------------------------------------------------
+
+    def log(self) -> bool:
+        """Read the accumulated statistics (one host sync), record and emit them.
+
+        Returns:
+            False when a loss went non-finite (the run is then stopped or paused).
+        """
+        values = self._acc.tolist()
+        now = time.perf_counter()
+        elapsed = max(now - self._t_log - self._paused_for, 1e-9)
+        steps = self._n_g
+        n_d, n_g = max(self._n_d, 1), max(self._n_g, 1)
+        for slot in (LOSS_D, D_REAL, D_FAKE, GRAD_D):
+            values[slot] /= n_d
+        for slot in (LOSS_G, D_FAKE_G, GRAD_G):
+            values[slot] /= n_g
+        metrics = ev.Metrics(
+            step=self.step, epoch=self.batches.epoch(),
+            loss_d=values[LOSS_D], loss_g=values[LOSS_G], d_real=values[D_REAL],
+            d_fake=values[D_FAKE], d_fake_g=values[D_FAKE_G], grad_g=values[GRAD_G],
+            grad_d=values[GRAD_D], lr_g=self.opt_g.param_groups[0]["lr"],
+            lr_d=self.opt_d.param_groups[0]["lr"], img_per_s=self._images / elapsed,
+            eta_s=(self.total_steps - self.step) * elapsed / max(steps, 1), time=time.time())
+        self._acc.zero_()
+        self._n_d = self._n_g = self._images = 0
+        self._t_log = now
+        self._paused_for = 0.0
+        self._emit(metrics)
+        if self.batches.skipped:
+            self._emit_once_per_count("data", self.batches.skipped)
+        if not all(math.isfinite(v) for v in values):
+            self._nonfinite()
+            return False
+        for kind, message in self.health.on_metrics(metrics.d_real, metrics.d_fake,
+                                                    metrics.grad_g, metrics.grad_d):
+            self._emit(ev.Alert(self.step, kind, message))
+        return True
+
+    def _emit_once_per_count(self, kind: str, count: int) -> None:
+        if count != getattr(self, "_skipped_reported", 0):
+            self._skipped_reported = count
+            self._emit(ev.Alert(self.step, kind, f"{count} unreadable image file(s) skipped "
+                                "so far"))
+
+    def _nonfinite(self) -> None:
+        kept = self.last_good_checkpoint or "none yet"
+        message = (f"loss became non-finite (NaN/inf) at step {self.step}: training diverged. "
+                   f"The last good checkpoint is kept ({kept}); resume from it with a lower "
+                   f"learning rate")
+        self._emit(ev.Alert(self.step, "nonfinite", message))
+        if self.on_nonfinite == "pause":
+            self.paused = True
+            self._set_state("paused", "non-finite loss")
+
+    @torch.no_grad()
+    def sample(self) -> None:
+        """Run G in eval mode on the fixed noise; save the grid and emit a preview."""
+        self.G.eval()
+        try:
+            if isinstance(self.batches, RingBatches):
+                self._sample_points()
+                return
+            images = self.G(self.fixed_noise, self.fixed_labels).float()
+        finally:
+            self.G.train()
+        grid = make_grid(images.add(1).div(2).clamp(0, 1), nrow=self.grid_nrow, padding=2)
+        grid = grid[:images.shape[1]]  # make_grid repeats grey images into 3 channels
+        self.store.save_grid(self.step, grid)
+        preview = _downsample(grid, PREVIEW_MAX_SIDE)
+        c, h, w = preview.shape
+        pixels = preview.mul(255).round().to(torch.uint8).permute(1, 2, 0).contiguous()
+        score = diversity(images)
+        self._emit(ev.Preview(self.step, pixels.cpu().numpy().tobytes(), h, w, c,
+                              self.grid_nrow, score))
+        for kind, message in self.health.on_samples(score):
+            self._emit(ev.Alert(self.step, kind, message))
+
+    def _sample_points(self) -> None:
+        gen = torch.Generator().manual_seed(self.cfg.seed + 3)
+        z = torch.randn(RING_EVAL_POINTS, self.cfg.nz, generator=gen).to(self.device)
+        points = self.G(z).float().cpu()
+        covered, quality = ring_coverage(points)
+        shown = tuple((round(x, 4), round(y, 4)) for x, y in points[:RING_PREVIEW_POINTS].tolist())
+        modes = tuple(tuple(m) for m in ring_modes().tolist())
+        self.store.save_grid(self.step, _scatter_image(points))
+        self._emit(ev.Points(self.step, shown, modes, covered, quality))
+        for kind, message in self.health.on_samples(diversity(points[:256])):
+            self._emit(ev.Alert(self.step, kind, message))
+
+    def params_finite(self) -> bool:
+        """True when every weight of G and D is finite (one host sync)."""
+        flags = [p.isfinite().all() for m in (self.G, self.D) for p in m.parameters()]
+        return bool(torch.stack(flags).all())
+
+    def checkpoint(self, reason: str) -> Path | None:
+        """Write a checkpoint atomically, unless the weights went bad (then keep the last)."""
+        if not self.params_finite():
+            self._emit(ev.Alert(self.step, "nonfinite", "checkpoint skipped: the weights are "
+                                f"not finite; the last good checkpoint is kept "
+                                f"({self.last_good_checkpoint or 'none yet'})"))
+            return None
+        previous = self.state
+        self._set_state("checkpointing", reason, journal=False)
+        path = self.store.save_checkpoint(self.state_dict(), self.cfg.keep_checkpoints)
+        self.last_good_checkpoint = path
+        self._emit(ev.Checkpointed(self.step, str(path), reason))
+        self._set_state(previous, journal=False)
+        return path
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to continue exactly: one dict of tensors and plain values."""
+        cuda_rng = torch.cuda.get_rng_state_all() if self.device.type == "cuda" else []
+        return {
+            "version": CHECKPOINT_VERSION,
+            "step": self.step,
+            "config": self.cfg.to_dict(),
+            "preset": self.preset,
+            "G": self.G.state_dict(),
+            "D": self.D.state_dict(),
+            "opt_g": self.opt_g.state_dict(),
+            "opt_d": self.opt_d.state_dict(),
+            "rng": {"torch": torch.get_rng_state(), "cuda": cuda_rng,
+                    "noise": self.noise.get_state()},
+            "data": self.batches.state_dict(),
+            "fixed_noise": self.fixed_noise.cpu(),
+            "fixed_labels": None if self.fixed_labels is None else self.fixed_labels.cpu(),
+        }
+
+    def _restore(self, state: dict[str, Any]) -> None:
+        """Mirror of :meth:`state_dict`; the config was already rebuilt from ``state``."""
+        self.G.load_state_dict(state["G"])
+        self.D.load_state_dict(state["D"])
+        self.opt_g.load_state_dict(state["opt_g"])
+        self.opt_d.load_state_dict(state["opt_d"])
+        self._apply_optimizer_settings()
+        self.step = int(state["step"])
+        torch.set_rng_state(state["rng"]["torch"])
+        if self.device.type == "cuda" and state["rng"]["cuda"]:
+            torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+        self.noise.set_state(state["rng"]["noise"])
+        self.batches.load_state_dict(state["data"])
+        self.fixed_noise = state["fixed_noise"].to(self.device)
+        labels = state.get("fixed_labels")
+        self.fixed_labels = None if labels is None else labels.to(self.device)
+
+    # ---- control -----------------------------------------------------------------------
+
+    def _apply_commands(self) -> None:
+        while (command := self.controller.get()) is not None:
+            self._apply(command)
+
+    def _wait_while_paused(self) -> None:
+        started = time.perf_counter()
+        while self.paused and not self.stopping:
+            command = self.controller.get(timeout=0.1)
+            if command is not None:
+                self._apply(command)
+        self._paused_for += time.perf_counter() - started
+
+    def _apply(self, command: Command) -> None:
+        """Carry out one command and answer its future; refusals are journaled."""
+        try:
+            ack = self._carry_out(command)
+        except GantuiError as exc:
+            self._emit(ev.Alert(self.step, "control", f"refused {command.action} from "
+                                f"{command.source}: {exc}"))
+            command.reply.set_exception(exc)
+            return
+        if ack is not None:
+            command.reply.set_result(ack)
+
+    def _carry_out(self, command: Command) -> dict[str, Any] | None:
+        action = command.action
+        ack: dict[str, Any] = {"action": action, "step": self.step}
+        if action == "pause":
+            if not self.paused:
+                self.paused = True
+                self._set_state("paused", f"paused by {command.source}")
+        elif action == "resume":
+            if self.paused:
+                self.paused = False
+                self._set_state("running", f"resumed by {command.source}")
+        elif action == "checkpoint":
+            path = self.checkpoint(f"requested by {command.source}")
+            if path is None:
+                raise GantuiError("checkpoint refused: the weights are not finite")
+            ack["path"] = str(path)
+        elif action == "stop":
+            self.stopping = True
+            self._stop_replies.append(command)
+            return None  # answered once the final checkpoint is written
+        elif action == "set":
+            ack["changes"] = self._set(command.changes)
+        return ack
+
+    def _set(self, changes: dict[str, Any]) -> list[dict[str, Any]]:
+        new_cfg = self.cfg.replace(**changes)  # validates ranges together
+        applied = []
+        for key, value in changes.items():
+            old = getattr(self.cfg, key)
+            if old == value:
+                continue
+            applied.append({"key": key, "old": old, "new": value})
+        self.cfg = new_cfg
+        self._apply_optimizer_settings()
+        for change in applied:
+            self._emit(ev.Changed(self.step, change["key"], change["old"], change["new"]))
+        return applied
+
+    def _apply_optimizer_settings(self) -> None:
+        """Push the live lr and betas of :attr:`cfg` into both optimizers."""
+        betas = (self.cfg.beta1, self.cfg.beta2)
+        for opt, lr in ((self.opt_g, self.cfg.lr_g), (self.opt_d, self.cfg.lr_d)):
+            for group in opt.param_groups:
+                group["lr"] = lr
+                group["betas"] = betas
+
+    # ---- lifecycle ---------------------------------------------------------------------
+
+    def _end(self, state: str, message: str) -> str:
+        if state in ("finished", "stopped"):
+            path = self.last_good_checkpoint
+            if path is None or _checkpoint_step(path) != self.step:
+                path = self.checkpoint("final" if state == "finished" else "stop")
+            if path is not None:
+                message += f"; checkpoint {path}"
+        for command in self._stop_replies:
+            command.reply.set_result({"action": "stop", "step": self.step,
+                                      "path": str(self.last_good_checkpoint or "")})
+        self._stop_replies.clear()
+        self._fail_pending(state)
+        self._set_state(state, message)
+        return state
+
+    def _fail_pending(self, state: str) -> None:
+        """Answer commands that arrived too late to be applied."""
+        while (command := self.controller.get()) is not None:
+            command.reply.set_exception(GantuiError(f"run already {state}"))
+
+    def _fail_replies(self, exc: Exception) -> None:
+        for command in self._stop_replies:
+            command.reply.set_exception(GantuiError(f"run crashed: {exc}"))
+        self._stop_replies.clear()
+        self._fail_pending("crashed")
+
+    def _set_state(self, state: str, message: str = "", journal: bool = True) -> None:
+        self.state = state
+        event = ev.StateChanged(self.step, state, message)
+        if journal:
+            self._emit(event)
+        else:
+            self._user_emit(event)
+
+    def _emit(self, event: ev.Event) -> None:
+        """Record ``event`` in the run directory, then hand it to the consumer."""
+        if isinstance(event, ev.Metrics):
+            self.store.append_metrics(_metrics_record(event))
+        elif isinstance(event, JOURNALED):
+            self.store.append_event(ev.to_record(event))
+        self._user_emit(event)
+
+
+def _checkpoint_step(path: Path) -> int:
+    return int(path.stem.split("-")[1])
+
+
+def _metrics_record(event: ev.Metrics) -> dict[str, Any]:
+    record = ev.to_record(event)
+    record.pop("event")
+    return record
+
+
+def _downsample(grid: torch.Tensor, max_side: int) -> torch.Tensor:
+    """Shrink a (C, H, W) grid so its longer side is at most ``max_side`` (area filter)."""
+    _, h, w = grid.shape
+    scale = max_side / max(h, w)
+    if scale >= 1:
+        return grid
+    size = (max(1, round(h * scale)), max(1, round(w * scale)))
+    return torch.nn.functional.interpolate(grid[None], size=size, mode="area")[0]
+
+
+def _scatter_image(points: torch.Tensor, size: int = 256, extent: float = 3.0) -> torch.Tensor:
+    """A (3, size, size) picture of 2-D points (black) over the ring's modes (red)."""
+    image = torch.ones(3, size, size)
+
+    def to_pixels(xy: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        ij = ((xy.clamp(-extent, extent) + extent) / (2 * extent) * (size - 1)).round().long()
+        return size - 1 - ij[:, 1], ij[:, 0]
+
+    mode_rows, mode_cols = to_pixels(ring_modes())
+    for dr in range(-3, 4):
+        for dc in range(-3, 4):
+            r = (mode_rows + dr).clamp(0, size - 1)
+            c = (mode_cols + dc).clamp(0, size - 1)
+            image[1, r, c] = image[2, r, c] = 0.6  # a pale red square under each mode
+    rows, cols = to_pixels(points)
+    image[:, rows, cols] = 0.0
+    return image
