@@ -1,0 +1,55 @@
+"""Shared toy-size fixtures: real pieces, tiny sizes, the CPU."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from gantui import config
+from gantui.config import Config
+
+TINY_RING = [
+    "g_hidden=32,32", "d_hidden=32,32", "batch_size=64", "steps=60", "log_every=10",
+    "sample_every=20", "checkpoint_every=30", "n_samples=64",
+]
+
+
+def tiny(preset: str = "ring-8", *extra: str) -> Config:
+    """A preset shrunk to toy size; ``extra`` are further ``KEY=VALUE`` overrides."""
+    sets = list(TINY_RING) if preset == "ring-8" else [
+        "ngf=8", "ndf=8", "g_hidden=32,32", "d_hidden=32,32", "nz=8", "batch_size=16",
+        "steps=6", "log_every=2", "sample_every=3", "checkpoint_every=3", "n_samples=20",
+        "num_workers=0", "epochs=0",
+    ]
+    return config.load(preset, [*sets, *extra])[1]
+
+
+@pytest.fixture
+def tiny_cfg() -> Config:
+    """ring-8 with tiny MLPs: 60 steps in well under a second on the CPU."""
+    return tiny()
+
+
+@pytest.fixture
+def runs_dir(tmp_path: Path) -> Path:
+    """A fresh runs directory."""
+    path = tmp_path / "runs"
+    path.mkdir()
+    return path
+
+
+def make_image_folder(root: Path, n: int = 24, size: int = 40, bad: int = 0) -> Path:
+    """Write ``n`` small random RGB images (nested, mixed formats) plus ``bad`` broken files."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for i in range(n):
+        sub = root / f"part{i % 3}"
+        sub.mkdir(parents=True, exist_ok=True)
+        array = rng.integers(0, 255, (size, size + 8 * (i % 2), 3), dtype=np.uint8)
+        Image.fromarray(array).save(sub / f"img{i:03d}.{'png' if i % 2 else 'jpg'}")
+    for i in range(bad):
+        (root / f"broken{i}.jpg").write_bytes(b"not a jpeg at all")
+    return root
