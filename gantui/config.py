@@ -429,7 +429,7 @@ def _read_field_docs() -> dict[str, str]:
     for node in ast.walk(tree):
         if isinstance(node, ast.ClassDef) and node.name == "Config":
             body = node.body
-            for prev, nxt in zip(body, body[1:]):
+            for prev, nxt in zip(body, body[1:], strict=False):
                 if (isinstance(prev, ast.AnnAssign) and isinstance(prev.target, ast.Name)
                         and isinstance(nxt, ast.Expr) and isinstance(nxt.value, ast.Constant)
                         and isinstance(nxt.value.value, str)):

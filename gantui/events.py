@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import collections
 import threading
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields
-from typing import Any, Callable
+from typing import Any
 
 State = str
 """Run state: ``starting``, ``running``, ``paused``, ``checkpointing``, ``finished``,
@@ -124,7 +125,8 @@ class Note:
     message: str
 
 
-Event = RunStarted | Metrics | Preview | Points | Changed | Checkpointed | StateChanged | Alert | Note
+Event = (RunStarted | Metrics | Preview | Points | Changed | Checkpointed | StateChanged | Alert
+         | Note)
 Emit = Callable[[Event], None]
 
 _NAMES: dict[type, str] = {
