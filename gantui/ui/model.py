@@ -127,7 +127,9 @@ class RunModel:
             why = f" ({event.reason})" if event.reason else ""
             return [LogLine(step, "checkpoint", f"checkpoint at step {step}{why}: {event.path}")]
         if isinstance(event, StateChanged):
-            self.state = event.state
+            previous, self.state = self.state, event.state
+            if "checkpointing" in (previous, event.state) and not event.message:
+                return []  # the Checkpointed line says it better
             self.state_message = event.message
             level = "error" if event.state == "error" else "info"
             text = f"state: {event.state}" + (f" ({event.message})" if event.message else "")

@@ -150,14 +150,13 @@ def scatter_text(points: Points, cols: int, rows: int) -> Text:
         xs, ys = zip(*points.points[:SCATTER_POINTS], strict=True)
         fake = fig.signal(list(xs), list(ys),
                           marker=plotext.marker("braille", plotext.pixel(foreground=39)))
-        fake.label("G(z)")
         fig.draw(fake)
     if points.modes:
         mx, my = zip(*points.modes, strict=True)
         modes = fig.signal(list(mx), list(my),
                            marker=plotext.marker("x", plotext.pixel(foreground=196)))
-        modes.label("modes")
         fig.draw(modes)
+    fig.legend(False)  # the panel title explains the markers
     fig.ruler("x").lim(-3, 3)
     fig.ruler("y").lim(-3, 3)
     return Text.from_ansi(fig.build().string(), no_wrap=True, end="")
@@ -194,7 +193,7 @@ class PreviewPanel(Widget):
             part = "" if k >= image.nrow else f" · top-left {k}×{k}"
             return f"samples · step {image.step} · diversity {image.diversity:.3f}{part}"
         if isinstance(image, Points):
-            return (f"samples · step {image.step} · modes {image.modes_covered}/"
+            return (f"G(z) vs modes (x) · step {image.step} · covered {image.modes_covered}/"
                     f"{len(image.modes)} · HQ {image.high_quality:.0%}")
         return "samples"
 
