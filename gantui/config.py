@@ -184,7 +184,8 @@ def describe_type(key: str) -> str:
 
 
 def _unknown(key: str, valid: list[str] | tuple[str, ...]) -> ConfigError:
-    return ConfigError(f"unknown key {key!r}; valid keys: {', '.join(valid)}")
+    kind = "live keys" if tuple(valid) == LIVE_KEYS else "valid keys"
+    return ConfigError(f"unknown key {key!r}; {kind}: {', '.join(valid)}")
 
 
 def coerce(key: str, value: Any) -> Any:
@@ -392,6 +393,8 @@ def from_dict(values: dict[str, Any]) -> Config:
 
 def parse_live(key: str, value: Any) -> Any:
     """Validate a live change: ``key`` must be in :data:`LIVE_KEYS`; returns the typed value."""
+    if key not in _TYPES:
+        raise _unknown(key, LIVE_KEYS)
     if key not in LIVE_KEYS:
         raise ConfigError(f"{key!r} cannot be changed while training; live keys: "
                           f"{', '.join(LIVE_KEYS)}")

@@ -36,7 +36,7 @@ class Controller:
 
     def submit(self, command: Command) -> Future:
         """Queue ``command`` for the trainer; the future resolves once it is applied."""
-        if command.action not in ACTIONS:
+        if command.action not in ACTIONS and command.action != "journal":
             raise ValueError(f"unknown action {command.action!r}")
         self._inbox.put(command)
         return command.reply
@@ -65,6 +65,11 @@ class Controller:
         """
         typed = {key: parse_live(key, value) for key, value in changes.items()}
         return self.submit(Command("set", typed, source=source))
+
+    def journal(self, kind: str, message: str) -> None:
+        """Ask the trainer to journal an :class:`~gantui.events.Alert` (never blocks): a refused
+        outside request, a lost terminal..."""
+        self._inbox.put(Command("journal", {"kind": kind, "message": message}))
 
     def get(self, timeout: float | None = None) -> Command | None:
         """Next command (trainer side); blocks up to ``timeout`` seconds, None if none came."""

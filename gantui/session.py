@@ -18,6 +18,7 @@ from gantui import events as ev
 from gantui.config import LIVE_KEYS, Config, ConfigError
 from gantui.control import Controller
 from gantui.errors import GantuiError
+from gantui.remote import ControlServer, ensure_not_live
 from gantui.store import RunStore, default_run_name
 from gantui.trainer import Trainer
 
@@ -55,6 +56,8 @@ class Session:
     queue: ev.EventQueue
     run_dir: Path
     thread: threading.Thread
+    server: ControlServer
+    """Serves ``control.sock`` so ``gantui ctl`` / ``gantui watch`` can steer the run."""
     error: list[BaseException] = field(default_factory=list)
     """The exception that ended the trainer thread, if any."""
 
@@ -77,6 +80,7 @@ def prepare_resume(run_dir: Path, sets: list[str] | tuple[str, ...] = (),
                    warn=None) -> tuple[RunStore, str, Config, dict[str, Any], Path]:
     """Open ``run_dir`` and its newest loadable checkpoint; apply allowed ``--set`` overrides."""
     store = RunStore.open(run_dir)
+    ensure_not_live(run_dir)
     path, state = store.load_checkpoint(warn=warn)
     values = dict(state["config"])
     for item in sets:
@@ -130,8 +134,11 @@ def start(cfg: Config | None, preset: str, *, runs_dir: Path = Path("runs"),
     trainer = Trainer(cfg, store=store, emit=queue.put, controller=controller,
                       device=torch_device, preset=preset, name=run_name,
                       resume_state=resume_state, on_nonfinite=on_nonfinite, notes=notes)
+    server = ControlServer(store.path, controller, status=trainer.status,
+                           refuse=lambda message: controller.journal("control", message))
+    server.start()
     store.write_owner({"preset": preset, "device": str(torch_device)})
-    session = Session(trainer, controller, queue, store.path, threading.Thread())
+    session = Session(trainer, controller, queue, store.path, threading.Thread(), server)
     session.thread = threading.Thread(target=_run, args=(session,), name="gantui-trainer",
                                       daemon=True)
     session.thread.start()
@@ -143,3 +150,5 @@ def _run(session: Session) -> None:
         session.trainer.run()
     except BaseException as exc:  # reported to the consumer; the thread must not die silently
         session.error.append(exc)
+    finally:
+        session.server.close()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,7 @@ import torch
 from torchvision.utils import make_grid
 
 from gantui import events as ev
-from gantui.config import Config
+from gantui.config import LIVE_KEYS, Config
 from gantui.control import Command, Controller
 from gantui.data import Batches, RingBatches, make_batches, ring_modes
 from gantui.errors import GantuiError
@@ -302,6 +303,13 @@ class Trainer:
         for kind, message in self.health.on_samples(diversity(points[:256])):
             self._emit(ev.Alert(self.step, kind, message))
 
+    def status(self) -> dict[str, Any]:
+        """A plain snapshot for ``gantui ctl`` and ``gantui runs`` (safe from any thread)."""
+        cfg = self.cfg
+        return {"step": self.step, "total_steps": self.total_steps, "state": self.state,
+                "name": self.name, "preset": self.preset, "device": str(self.device),
+                "pid": os.getpid(), "live": {key: getattr(cfg, key) for key in LIVE_KEYS}}
+
     def params_finite(self) -> bool:
         """True when every weight of G and D is finite (one host sync)."""
         flags = [p.isfinite().all() for m in (self.G, self.D) for p in m.parameters()]
@@ -406,6 +414,9 @@ class Trainer:
             return None  # answered once the final checkpoint is written
         elif action == "set":
             ack["changes"] = self._set(command.changes)
+        elif action == "journal":
+            self._emit(ev.Alert(self.step, str(command.changes["kind"]),
+                                str(command.changes["message"])))
         return ack
 
     def _set(self, changes: dict[str, Any]) -> list[dict[str, Any]]:
