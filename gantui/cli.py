@@ -102,5 +102,60 @@ def train(
     raise typer.Exit(run_dashboard(session))
 
 
+@app.command()
+def ctl(
+    run_dir: Annotated[Path, typer.Argument(help="The run directory of a live run.")],
+    action: Annotated[str, typer.Argument(
+        help="pause, resume, checkpoint, stop, status, or set KEY=VALUE...")],
+    assignments: Annotated[list[str] | None, typer.Argument(
+        metavar="[KEY=VALUE]...", help="For set: live keys and their new values.")] = None,
+) -> None:
+    """Send a command to a live run and print its acknowledgement."""
+    from gantui import config
+    from gantui.remote import request
+
+    actions = ("pause", "resume", "checkpoint", "stop", "status", "set")
+    if action not in actions:
+        fail(f"unknown action {action!r}; expected {', '.join(actions)}")
+    message: dict = {"action": action, "source": "ctl"}
+    try:
+        if action == "set":
+            if not assignments:
+                fail("set needs KEY=VALUE pairs, e.g. gantui ctl RUN set lr_g=1e-4; live keys: "
+                     + ", ".join(config.LIVE_KEYS))
+            changes = {}
+            for item in assignments:
+                key, value = config.parse_assignment(item)
+                config.parse_live(key, value)
+                changes[key] = value
+            message["changes"] = changes
+        elif assignments:
+            fail(f"{action} takes no KEY=VALUE arguments")
+        ack = request(run_dir, message)
+    except GantuiError as exc:
+        fail(exc)
+    typer.echo(describe_ack(action, ack))
+
+
+def describe_ack(action: str, ack: dict) -> str:
+    """One human line for a control acknowledgement."""
+    step = ack.get("step")
+    if action == "status":
+        live = ", ".join(f"{k}={v}" for k, v in ack.get("live", {}).items())
+        return (f"{ack.get('name')} ({ack.get('preset')}) {ack.get('state')} at step {step}/"
+                f"{ack.get('total_steps')} on {ack.get('device')}, pid {ack.get('pid')}; {live}")
+    if action == "set":
+        changes = ack.get("changes", [])
+        if not changes:
+            return f"no change at step {step} (values already set)"
+        return "; ".join(f"set {c['key']} {c['old']} -> {c['new']} at step {step}"
+                         for c in changes)
+    if action in ("checkpoint", "stop") and ack.get("path"):
+        verb = "checkpoint written" if action == "checkpoint" else "stopped"
+        return f"{verb} at step {step}: {ack['path']}"
+    past = {"pause": "paused", "resume": "resumed", "stop": "stopped"}.get(action, action)
+    return f"{past} at step {step}"
+
+
 def main() -> None:  # pragma: no cover - console entry point alias
     app(prog_name="gantui")

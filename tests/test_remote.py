@@ -1,0 +1,178 @@
+"""Steering a live run from another process: the control socket and ``gantui ctl``."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import stat
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from gantui.remote import RemoteError, request, socket_path
+from gantui.session import start
+from gantui.store import RunStore, load_checkpoint_file
+
+from .conftest import tiny
+from .test_cli import TINY, gantui, spawn, wait_for
+
+
+def raw(run_dir: Path, payload: bytes) -> dict:
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.connect(str(socket_path(run_dir)))
+        sock.sendall(payload)
+        sock.shutdown(socket.SHUT_WR)
+        data = b""
+        while chunk := sock.recv(4096):
+            data += chunk
+    return json.loads(data)
+
+
+def test_headless_run_steered_by_ctl(tmp_path: Path) -> None:
+    proc = spawn("train", "--no-ui", "--preset", "ring-8", *TINY, "--set", "steps=10000000",
+                 "--set", "log_every=10", "--set", "checkpoint_every=100000", "--name", "r",
+                 "--device", "cpu", cwd=tmp_path)
+    run = tmp_path / "runs" / "r"
+    try:
+        wait_for(lambda: socket_path(run).exists() and (run / "metrics.jsonl").exists())
+        out = gantui("ctl", str(run), "pause", cwd=tmp_path)
+        assert out.returncode == 0 and out.stdout.startswith("paused at step "), out.stderr
+        held = int(out.stdout.split()[-1])
+        time.sleep(1.0)
+        status = gantui("ctl", str(run), "status", cwd=tmp_path)
+        assert f"paused at step {held}/" in status.stdout
+
+        out = gantui("ctl", str(run), "set", "lr_g=2e-4", "label_smoothing=0.1", cwd=tmp_path)
+        assert out.returncode == 0, out.stderr
+        assert f"set lr_g 0.001 -> 0.0002 at step {held}" in out.stdout
+        bad = gantui("ctl", str(run), "set", "lr_g=abc", cwd=tmp_path)
+        assert bad.returncode == 1 and bad.stderr.startswith("error: bad value 'abc' for lr_g")
+        bad = gantui("ctl", str(run), "set", "ngf=3", cwd=tmp_path)
+        assert bad.returncode == 1 and "cannot be changed while training" in bad.stderr
+        assert gantui("ctl", str(run), "resume", cwd=tmp_path).returncode == 0
+
+        store = RunStore.open(run)
+        wait_for(lambda: any(r["step"] > held for r in store.metrics()))
+        after = [r for r in store.metrics() if r["step"] > held]
+        assert after[0]["lr_g"] == 2e-4
+        assert {"event": "set", "key": "lr_g", "old": 1e-3, "new": 2e-4,
+                "step": held} in store.events()
+
+        out = gantui("ctl", str(run), "stop", cwd=tmp_path)
+        assert out.returncode == 0 and out.stdout.startswith("stopped at step"), out.stderr
+        ckpt = Path(out.stdout.strip().split(": ", 1)[1])
+        assert proc.wait(timeout=60) == 0
+    finally:
+        proc.kill()
+    assert load_checkpoint_file(tmp_path / ckpt)["step"] > held
+    assert not socket_path(run).exists()
+    dead = gantui("ctl", str(run), "pause", cwd=tmp_path)
+    assert dead.returncode == 1 and dead.stderr.strip() == (
+        f"error: no live run at {run} (no control socket; it has ended or never started)")
+
+
+def test_ctl_against_a_dead_process_fails_cleanly(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    run.mkdir()
+    stale = socket.socket(socket.AF_UNIX)
+    stale.bind(str(socket_path(run)))  # a socket file whose process died
+    stale.close()
+    out = gantui("ctl", str(run), "checkpoint", cwd=tmp_path)
+    assert out.returncode == 1
+    assert out.stderr.strip() == f"error: no live run at {run} (its process has exited)"
+    assert "Traceback" not in out.stderr
+    out = gantui("ctl", str(run), "explode", cwd=tmp_path)
+    assert out.returncode == 1 and "unknown action 'explode'" in out.stderr
+
+
+@pytest.fixture
+def live(runs_dir: Path):
+    cfg = tiny("ring-8", "steps=10000000", "log_every=10", "checkpoint_every=100000")
+    session = start(cfg, "ring-8", runs_dir=runs_dir, device="cpu")
+    yield session
+    session.controller.stop()
+    session.join(30)
+
+
+def test_socket_is_owner_only(live) -> None:
+    mode = stat.S_IMODE(os.stat(socket_path(live.run_dir)).st_mode)
+    assert mode == 0o600
+
+
+@pytest.mark.skipif(os.getuid() != 0, reason="needs root to act as another user")
+def test_another_user_cannot_steer(live) -> None:
+    pid = os.fork()
+    if pid == 0:  # child: become nobody and try to connect
+        code = 3
+        try:
+            os.setuid(65534)
+            request(live.run_dir, {"action": "stop"}, timeout=5)
+            code = 0
+        except RemoteError as exc:
+            code = 1 if "permission denied" in str(exc) else 2
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 1
+    assert live.alive and live.state == "running"
+
+
+@pytest.mark.parametrize(("payload", "error"), [
+    (b"not json\n", "not a JSON object"),
+    (b"[1, 2]\n", "not a JSON object"),
+    (b'{"action": "rm -rf"}\n', "unknown action 'rm -rf'"),
+    (b'{"action": "set", "changes": ["lr_g"]}\n', "non-empty 'changes' object"),
+    (b'{"action": "set", "changes": {"lr_g": {"$gt": 1}}}\n', "strings or numbers"),
+    (b'{"action": "set", "changes": {"__class__": "x"}}\n', "unknown key '__class__'"),
+    (b"\xff\xfe\n", "not a JSON object"),
+    (b"x" * 70_000, "larger than"),
+])
+def test_malformed_commands_are_refused_and_journaled(live, payload: bytes, error: str) -> None:
+    reply = raw(live.run_dir, payload)
+    assert reply["ok"] is False and error in reply["error"]
+    step = live.trainer.step
+    wait_for(lambda: live.trainer.step > step, timeout=30)  # training carries on
+    journal = RunStore.open(live.run_dir).events()
+    wait_for(lambda: any(r["event"] == "alert" and r["kind"] == "control"
+                         for r in RunStore.open(live.run_dir).events()), timeout=30)
+    assert journal is not None
+
+
+def test_a_silent_client_does_not_stall_training(live) -> None:
+    with socket.socket(socket.AF_UNIX) as idle:
+        idle.connect(str(socket_path(live.run_dir)))  # connects and says nothing
+        step = live.trainer.step
+        wait_for(lambda: live.trainer.step > step + 50, timeout=30)
+        assert request(live.run_dir, {"action": "status"})["state"] == "running"
+
+
+def test_a_live_run_cannot_be_trained_twice(live) -> None:
+    from gantui.errors import GantuiError
+
+    with pytest.raises(GantuiError, match="being trained by a live process"):
+        start(None, "", resume=live.run_dir, sets=["steps=20000000"], device="cpu")
+    assert live.alive
+
+
+def test_long_run_paths_still_get_a_socket(tmp_path: Path) -> None:
+    deep = tmp_path / ("d" * 60) / ("e" * 60)
+    deep.mkdir(parents=True)
+    cfg = tiny("ring-8", "steps=10000000")
+    session = start(cfg, "ring-8", runs_dir=deep, name="x" * 20, device="cpu")
+    try:
+        assert len(str(socket_path(session.run_dir))) > 108
+        assert request(session.run_dir, {"action": "status"})["state"] in ("starting",
+                                                                             "running")
+    finally:
+        session.controller.stop()
+        session.join(30)
+
+
+def test_python_api_and_cli_share_validation(tmp_path: Path) -> None:
+    out = subprocess.run([sys.executable, "-m", "gantui", "ctl", str(tmp_path), "set"],
+                         capture_output=True, text=True)
+    assert out.returncode == 1 and "set needs KEY=VALUE pairs" in out.stderr
