@@ -1,0 +1,403 @@
+"""Turns a run directory, written by any process, back into the trainer's event stream.
+
+``gantui watch`` feeds the dashboard from :class:`RunFollower` instead of a live trainer, so a
+run started elsewhere (headless, under nohup, with its own dashboard, or long finished) looks
+the same as a run started here. The follower only reads: it never locks, writes or blocks the
+run, and it expects files to be mid-write at any moment.
+
+```
+events.jsonl   ─► RunStarted, Changed, Checkpointed, StateChanged, Alert, Note (from_record)
+metrics.jsonl  ─► Metrics (records without the "event" key)
+samples/*.png  ─► Preview of the newest grid, downsampled
+```
+
+Torch is not imported here: watching must start fast and stay light.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import re
+import time
+import tomllib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from gantui import events as ev
+
+CHUNK_BYTES = 4 << 20
+"""How much of a journal is read per system call; bounds memory on a huge first drain."""
+FINGERPRINT_BYTES = 64
+"""Bytes before the read offset remembered to notice a file rewritten in place."""
+RECENT_DIR_S = 2.0
+"""A samples folder modified this recently is rescanned even if its mtime did not move
+(filesystems with coarse timestamps)."""
+
+_SAMPLE_RE = re.compile(r"^step-(\d+)\.png$")
+_METRIC_FIELDS = tuple(f.name for f in dataclasses.fields(ev.Metrics))
+_METRIC_KEYS = frozenset(_METRIC_FIELDS)
+_INT_FIELDS = frozenset({"step", "epoch"})
+_GREY_MODES = frozenset({"1", "L", "LA", "La", "I", "I;16", "I;16B", "I;16L", "F"})
+
+
+class _Tail:
+    """The complete lines appended to one file since the last read.
+
+    Remembers the byte offset read so far, the file's identity and the bytes just before the
+    offset, so that a file replaced (new inode), truncated (shorter) or rewritten in place
+    (different bytes at the old end) is noticed and reported as a restart.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.offset = 0
+        self.identity: tuple[int, int] | None = None
+        self.fingerprint = b""
+        self.partial = b""
+
+    def reset(self) -> None:
+        """Forget everything read: the next read starts at the first byte."""
+        self.offset = 0
+        self.identity = None
+        self.fingerprint = b""
+        self.partial = b""
+
+    def poll(self) -> str:
+        """``"same"`` when nothing new is there (or no file yet), ``"grown"`` when bytes were
+        appended, ``"restart"`` when the file was replaced, truncated or rewritten."""
+        try:
+            st = os.stat(self.path)
+        except OSError:  # not written yet, or being replaced right now
+            return "same"
+        if self.identity is not None and (st.st_dev, st.st_ino) != self.identity:
+            return "restart"
+        if st.st_size < self.offset:
+            return "restart"
+        if st.st_size == self.offset:
+            return "same"
+        return "restart" if self._rewritten() else "grown"
+
+    def lines(self) -> Iterator[bytes]:
+        """Yield each complete line past the offset, advancing it as it goes.
+
+        A trailing line without its newline is held back until the rest arrives, unless it
+        already parses as a whole JSON object (a writer that omits the final newline).
+        """
+        try:
+            fh = open(self.path, "rb")
+        except OSError:
+            return
+        with fh:
+            st = os.fstat(fh.fileno())
+            if self.identity is not None and (st.st_dev, st.st_ino) != self.identity:
+                return  # replaced since poll(): the next poll() says restart
+            self.identity = (st.st_dev, st.st_ino)
+            fh.seek(self.offset)
+            while True:
+                chunk = fh.read(CHUNK_BYTES)
+                if not chunk:
+                    break
+                self.offset += len(chunk)
+                self._remember(chunk)
+                data = self.partial + chunk if self.partial else chunk
+                cut = data.rfind(b"\n")
+                if cut < 0:
+                    self.partial = data
+                    continue
+                self.partial = data[cut + 1:]
+                yield from data[:cut].split(b"\n")
+        if self.partial and _parses_as_object(self.partial):
+            line, self.partial = self.partial, b""
+            yield line
+
+    def _remember(self, chunk: bytes) -> None:
+        if len(chunk) >= FINGERPRINT_BYTES:
+            self.fingerprint = chunk[-FINGERPRINT_BYTES:]
+        else:
+            self.fingerprint = (self.fingerprint + chunk)[-FINGERPRINT_BYTES:]
+
+    def _rewritten(self) -> bool:
+        """True when the bytes just before the offset are no longer what was read there."""
+        if not self.fingerprint:
+            return False
+        try:
+            with open(self.path, "rb") as fh:
+                fh.seek(self.offset - len(self.fingerprint))
+                return fh.read(len(self.fingerprint)) != self.fingerprint
+        except OSError:
+            return False
+
+
+def _parses_as_object(line: bytes) -> bool:
+    # A JSON object cut short never parses: only a complete record missing its newline does.
+    try:
+        return isinstance(json.loads(line), dict)
+    except ValueError:
+        return False
+
+
+def _records(tail: _Tail) -> Iterator[dict[str, Any]]:
+    """The JSON objects among ``tail``'s new lines; blank, torn or foreign lines are skipped."""
+    for line in tail.lines():
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except ValueError:  # a torn line left by a crash, or bytes that are not UTF-8 JSON
+            continue
+        if isinstance(record, dict):
+            yield record
+
+
+def metrics_from_record(record: dict[str, Any]) -> ev.Metrics | None:
+    """Rebuild :class:`~gantui.events.Metrics` from a ``metrics.jsonl`` record.
+
+    Extra keys are ignored; a missing or non-numeric value becomes NaN (``epoch``: 0). A
+    record without an integral ``step`` gives None.
+    """
+    if record.keys() == _METRIC_KEYS and all(
+            type(record[k]) is float or type(record[k]) is int for k in _METRIC_FIELDS):
+        return ev.Metrics(**record)  # the trainer's own records: no per-field work
+    step = _as_int(record.get("step"))
+    if step is None:
+        return None
+    values: dict[str, Any] = {"step": step, "epoch": _as_int(record.get("epoch")) or 0}
+    for name in _METRIC_FIELDS:
+        if name not in _INT_FIELDS:
+            values[name] = _as_float(record.get(name))
+    return ev.Metrics(**values)
+
+
+def _as_int(value: Any) -> int | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return None
+
+
+def _as_float(value: Any) -> float:
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    return math.nan
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as fh:
+            return tomllib.load(fh)
+    except (OSError, tomllib.TOMLDecodeError):
+        return {}
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        value = json.loads(path.read_bytes())
+    except (OSError, ValueError):
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def grid_nrow(config: dict[str, Any]) -> int:
+    """Samples per grid row, as the trainer lays out the fixed-noise grid; 1 when unknown and
+    for ``ring8``, whose PNG is one scatter plot rather than a grid."""
+    n = _as_int(config.get("n_samples"))
+    if n is None or n < 1 or config.get("dataset") == "ring8":
+        return 1
+    if config.get("conditioning", "none") != "none":
+        classes = _as_int(config.get("n_classes"))
+        return max(1, n // classes) if classes and classes > 0 else 1
+    return max(1, round(math.sqrt(n)))
+
+
+def decode_preview(path: Path, step: int, nrow: int, max_side: int) -> ev.Preview | None:
+    """Read a sample PNG as a :class:`~gantui.events.Preview`, its longer side shrunk to at
+    most ``max_side`` with a box (area) filter; None when the file is not a readable image."""
+    from PIL import Image  # Pillow only when there is a picture to show
+
+    try:
+        with Image.open(path) as image:
+            image.load()
+            mode = "L" if image.mode in _GREY_MODES else "RGB"
+            picture = image if image.mode == mode else image.convert(mode)
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError):
+        return None
+    width, height = picture.size
+    scale = max_side / max(width, height)
+    if scale < 1:
+        size = (max(1, round(width * scale)), max(1, round(height * scale)))
+        picture = picture.resize(size, Image.Resampling.BOX)
+        width, height = size
+    return ev.Preview(step=step, pixels=picture.tobytes(), height=height, width=width,
+                      channels=1 if mode == "L" else 3, nrow=nrow, diversity=math.nan)
+
+
+class RunFollower:
+    """Replays a run directory as events, then follows what is appended to it.
+
+    The first :meth:`drain` gives the history: the latest :class:`~gantui.events.RunStarted`
+    first, then every metric and journal entry in step order, and a preview of the newest
+    sample grid. Later drains give only what was written since. When a journal is replaced,
+    truncated or rewritten, the follower starts over and replays the history again.
+
+    Args:
+        run_dir: the run directory (it need not exist yet).
+        preview_max_side: previews are shrunk so their longer side is at most this.
+    """
+
+    def __init__(self, run_dir: Path, preview_max_side: int = 256) -> None:
+        self.run_dir = Path(run_dir)
+        self.preview_max_side = preview_max_side
+        self._metrics = _Tail(self.run_dir / "metrics.jsonl")
+        self._journal = _Tail(self.run_dir / "events.jsonl")
+        self._started = False
+        self._config: dict[str, Any] | None = None
+        self._samples_mtime: int | None = None
+        self._sample_seen: tuple[str, int, int, int] | None = None
+
+    def _start_over(self) -> None:
+        self._metrics.reset()
+        self._journal.reset()
+        self._started = False
+        self._config = None
+        self._samples_mtime = None
+        self._sample_seen = None
+
+    def drain(self) -> list[ev.Event]:
+        """Everything new since the last call, in the order the trainer emitted it.
+
+        Cheap when nothing changed (a few ``stat`` calls); never raises on missing, torn or
+        half-written files.
+        """
+        tails = (self._metrics, self._journal)
+        status = [tail.poll() for tail in tails]
+        if "restart" in status:
+            self._start_over()
+            status = [tail.poll() for tail in tails]
+        metrics_status, journal_status = status
+        # The journal first: the trainer writes a step's metrics before its journal entries,
+        # so metrics read afterwards are never older than the entries already in hand.
+        journal = self._journal_events() if journal_status == "grown" else []
+        metrics = self._metrics_events() if metrics_status == "grown" else []
+        preview = self._new_preview()
+        others = _insert_by_step(journal, preview) if preview is not None else journal
+        first = self._first_run_started(others) if not self._started else None
+        merged = _merge_by_step(metrics, others)
+        return [first, *merged] if first is not None else merged
+
+    # ---- journals ----------------------------------------------------------------------
+
+    def _journal_events(self) -> list[ev.Event]:
+        found: list[ev.Event] = []
+        for record in _records(self._journal):
+            event = ev.from_record(record)
+            if event is None or isinstance(event, (ev.Metrics, ev.Preview, ev.Points)):
+                continue  # not a journal entry: unknown, or written elsewhere by the trainer
+            if isinstance(event, ev.RunStarted):
+                event = dataclasses.replace(event, run_dir=str(self.run_dir))
+            found.append(event)
+        return found
+
+    def _metrics_events(self) -> list[ev.Metrics]:
+        found = []
+        for record in _records(self._metrics):
+            metrics = metrics_from_record(record)
+            if metrics is not None:
+                found.append(metrics)
+        return found
+
+    def _first_run_started(self, journal: list[ev.Event]) -> ev.RunStarted | None:
+        """The RunStarted to lead the history with, taken out of ``journal``: the latest one
+        recorded (earlier ones are dropped), else one made from config.toml and run.json."""
+        starts = [i for i, e in enumerate(journal) if isinstance(e, ev.RunStarted)]
+        if starts:
+            latest = journal[starts[-1]]
+            for i in reversed(starts):
+                del journal[i]
+            self._started = True
+            assert isinstance(latest, ev.RunStarted)
+            return latest
+        config = self._run_config()
+        if not config:
+            return None  # not a run yet (or not one at all): wait for its files
+        owner = _read_json(self.run_dir / "run.json")
+        self._started = True
+        steps = _as_int(config.get("steps")) or 0
+        epochs = _as_int(config.get("epochs")) or 0
+        return ev.RunStarted(
+            run_dir=str(self.run_dir), name=self.run_dir.name,
+            preset=str(owner.get("preset") or config.get("preset") or "custom"),
+            device=str(owner.get("device") or "?"), step=0,
+            total_steps=steps if epochs <= 0 else 0, config=config, data_note="")
+
+    def _run_config(self) -> dict[str, Any]:
+        if not self._config:
+            self._config = _read_toml(self.run_dir / "config.toml")
+        return self._config
+
+    # ---- samples -----------------------------------------------------------------------
+
+    def _new_preview(self) -> ev.Preview | None:
+        """A preview of the newest sample grid, if it is not the one shown last."""
+        folder = self.run_dir / "samples"
+        try:
+            mtime = os.stat(folder).st_mtime_ns
+        except OSError:
+            return None
+        recent = time.time() - mtime / 1e9 < RECENT_DIR_S
+        if mtime == self._samples_mtime and not recent:
+            return None
+        self._samples_mtime = mtime
+        newest: tuple[int, str] | None = None
+        try:
+            with os.scandir(folder) as entries:
+                for entry in entries:
+                    match = _SAMPLE_RE.match(entry.name)
+                    if match and (newest is None or (int(match[1]), entry.name) > newest):
+                        newest = (int(match[1]), entry.name)
+        except OSError:
+            return None
+        if newest is None:
+            return None
+        step, name = newest
+        try:
+            st = os.stat(folder / name)
+        except OSError:
+            return None
+        seen = (name, st.st_ino, st.st_mtime_ns, st.st_size)
+        if seen == self._sample_seen:
+            return None
+        self._sample_seen = seen  # a broken file is not retried until it changes
+        nrow = grid_nrow(self._run_config())
+        return decode_preview(folder / name, step, nrow, self.preview_max_side)
+
+
+def _insert_by_step(journal: list[ev.Event], preview: ev.Preview) -> list[ev.Event]:
+    """``journal`` with ``preview`` before the first entry at or after its step (the trainer
+    saves a grid before checkpointing at the same step)."""
+    at = next((i for i, e in enumerate(journal) if e.step >= preview.step), len(journal))
+    return [*journal[:at], preview, *journal[at:]]
+
+
+def _merge_by_step(metrics: list[ev.Metrics], others: list[ev.Event]) -> list[ev.Event]:
+    """Interleave two streams by step, keeping each one's own order; at equal steps metrics
+    come first, as the trainer logs before it samples or checkpoints. Linear time."""
+    if not others:
+        return list(metrics)
+    merged: list[ev.Event] = []
+    i, n = 0, len(metrics)
+    for event in others:
+        j = i
+        while j < n and metrics[j].step <= event.step:
+            j += 1
+        merged.extend(metrics[i:j])
+        merged.append(event)
+        i = j
+    merged.extend(metrics[i:])
+    return merged
