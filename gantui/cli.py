@@ -103,6 +103,53 @@ def train(
 
 
 @app.command()
+def runs(
+    runs_dir: Annotated[Path, typer.Option(help="Where run directories live.")] = Path("runs"),
+) -> None:
+    """List runs: preset, state (running, finished, stopped, crashed), step, losses, age."""
+    import time
+
+    from gantui.remote import ping
+    from gantui.runs import format_table, scan_runs
+
+    if not runs_dir.is_dir():
+        fail(f"no runs directory at {runs_dir}")
+    found = scan_runs(runs_dir, is_live=ping)
+    if not found:
+        typer.echo(f"no runs in {runs_dir}")
+        return
+    typer.echo(format_table(found, time.time()))
+
+
+@app.command()
+def watch(
+    run_dir: Annotated[Path, typer.Argument(help="A run directory, live or finished.")],
+) -> None:
+    """Open the dashboard on a run started anywhere; q detaches, x stops the run."""
+    from gantui.follow import RunFollower
+    from gantui.remote import RemoteController, ping
+    from gantui.store import RunStore
+
+    try:
+        RunStore.open(run_dir)
+    except GantuiError as exc:
+        fail(exc)
+    if not sys.stdout.isatty():
+        fail("gantui watch needs a terminal; use gantui runs or gantui ctl RUN status")
+    from gantui.ui import GantuiApp
+
+    controller = RemoteController(run_dir) if ping(run_dir) else None
+    follower = RunFollower(run_dir)
+    app = GantuiApp(follower.drain, controller, attached=True,
+                    title=f"gantui watch · {run_dir.name}")
+    try:
+        app.run()
+    finally:
+        if controller is not None:
+            controller.close()
+
+
+@app.command()
 def ctl(
     run_dir: Annotated[Path, typer.Argument(help="The run directory of a live run.")],
     action: Annotated[str, typer.Argument(
