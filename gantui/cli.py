@@ -75,6 +75,11 @@ def train(
     if data is not None:
         overrides.append(f"data={data}")
     headless = no_ui or not sys.stdout.isatty()
+    hangup = None
+    if not headless:
+        from gantui.ui.run import Hangup
+
+        hangup = Hangup()  # from now on a dropped connection cannot kill the run
     try:
         if resume is not None:
             if preset is not None:
@@ -99,7 +104,7 @@ def train(
         raise typer.Exit(run_headless(session))
     from gantui.ui.run import run_dashboard
 
-    raise typer.Exit(run_dashboard(session))
+    raise typer.Exit(run_dashboard(session, hangup))
 
 
 @app.command()

@@ -146,6 +146,10 @@ class RunModel:
         self.name, self.preset, self.device = event.name, event.preset, event.device
         self.run_dir, self.total_steps = event.run_dir, event.total_steps
         self.config = dict(event.config)
+        # A (re)start replays history from here on (a follower starting over after a journal
+        # was replaced): begin the plots afresh rather than drawing points twice.
+        self.series = {key: Series() for key in SERIES}
+        self.metrics_version += 1
         verb = "resumed" if event.resumed else "started"
         # The data note also arrives as a Note event: not repeated here.
         return [LogLine(event.step, "info", f"run {event.name} {verb} at step {event.step} "

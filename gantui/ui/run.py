@@ -5,49 +5,61 @@ from __future__ import annotations
 import os
 import signal
 import traceback
+from collections.abc import Callable
 
 from gantui.headless import LinePrinter, finish, run_headless
 from gantui.session import Session
 from gantui.ui.app import GantuiApp, Outcome
 
 
-def run_dashboard(session: Session) -> int:
+class Hangup:
+    """Catches SIGHUP from the moment it is made, before the dashboard is even up, so a
+    connection that drops during start-up cannot kill the run."""
+
+    def __init__(self) -> None:
+        self.received = False
+        self.on_hangup: Callable[[], None] | None = None
+        signal.signal(signal.SIGHUP, self._handle)
+
+    def _handle(self, _signum, _frame) -> None:
+        self.received = True
+        if self.on_hangup is not None:
+            self.on_hangup()
+
+
+def run_dashboard(session: Session, hangup: Hangup | None = None) -> int:
     """Show the dashboard for ``session``; returns the process exit code.
 
     SIGHUP (a dropped SSH connection) closes the dashboard and training carries on headless,
     journaled in ``events.jsonl``; SIGTERM asks for a checkpoint and stop. Leaving with
     "keep training" (``q`` then ``d``) continues headless in this terminal.
     """
+    hangup = hangup or Hangup()
+    if hangup.received:
+        return _continue_after_hangup(session)
     app = GantuiApp(session.queue.drain, session.controller, attached=False,
                     title=f"gantui · {session.run_dir.name}")
-    hung_up = False
 
-    def on_hup(_signum, _frame) -> None:
-        nonlocal hung_up
-        hung_up = True
+    def leave() -> None:
         app.exit(Outcome("detach", session.state, session.trainer.step))
 
     def on_term(_signum, _frame) -> None:
         session.controller.stop(source="SIGTERM")
-        app.exit(Outcome("detach", session.state, session.trainer.step))
+        leave()
 
-    previous = {sig: signal.signal(sig, handler)
-                for sig, handler in ((signal.SIGHUP, on_hup), (signal.SIGTERM, on_term))}
+    hangup.on_hangup = leave
+    previous_term = signal.signal(signal.SIGTERM, on_term)
     crashed: BaseException | None = None
     try:
         outcome = app.run()
     except Exception as exc:  # the dashboard broke; the run must not die with it
         crashed, outcome = exc, None
     finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+        signal.signal(signal.SIGTERM, previous_term)
+        hangup.on_hangup = None
 
-    if hung_up:
-        _detach_from_terminal()
-        session.controller.journal("disconnect", "terminal disconnected (SIGHUP): the dashboard "
-                                   "closed and training continues headless; reattach with "
-                                   f"gantui watch {session.run_dir}")
-        return run_headless(session)
+    if hangup.received:
+        return _continue_after_hangup(session)
     if crashed is not None:
         session.controller.journal("error", f"the dashboard crashed ({type(crashed).__name__}: "
                                    f"{crashed}); training continues headless")
@@ -57,6 +69,14 @@ def run_dashboard(session: Session) -> int:
         return run_headless(session)
     session.join()
     return finish(session, LinePrinter())
+
+
+def _continue_after_hangup(session: Session) -> int:
+    _detach_from_terminal()
+    session.controller.journal("disconnect", "terminal disconnected (SIGHUP): the dashboard "
+                               "closed and training continues headless; reattach with "
+                               f"gantui watch {session.run_dir}")
+    return run_headless(session)
 
 
 def _detach_from_terminal() -> None:
