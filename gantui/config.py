@@ -86,7 +86,8 @@ class Config:
     batch_size: int = 128
     """Real images per discriminator step."""
     steps: int = 3000
-    """Generator steps to train for (ignored when ``epochs`` > 0)."""
+    """Generator steps to train for (ignored when ``epochs`` > 0; an explicit ``--set steps=N``
+    clears a preset's ``epochs``)."""
     epochs: int = 0
     """If > 0, train this many passes over the data instead of ``steps``."""
     d_steps: int = 1
@@ -366,10 +367,20 @@ def build(overrides: dict[str, Any], sets: list[str] | tuple[str, ...] = ()) -> 
     for item in sets:
         key, value = parse_assignment(item)
         values[key] = coerce(key, value)
+    values.update(steps_over_epochs(values, sets))
     try:
         return Config(**values)
     except TypeError as exc:  # pragma: no cover - coerce() rejects unknown keys first
         raise ConfigError(str(exc)) from None
+
+
+def steps_over_epochs(values: dict[str, Any], sets: list[str] | tuple[str, ...]) -> dict:
+    """An explicit ``--set steps=N`` wins over a preset's ``epochs`` (unless epochs is set too):
+    ``{"epochs": 0}`` when that applies, else {}."""
+    keys = {parse_assignment(item)[0] for item in sets}
+    if "steps" in keys and "epochs" not in keys and values.get("epochs"):
+        return {"epochs": 0}
+    return {}
 
 
 def parse_assignment(item: str) -> tuple[str, str]:

@@ -92,6 +92,7 @@ def prepare_resume(run_dir: Path, sets: list[str] | tuple[str, ...] = (),
             raise ConfigError(f"{key} cannot change when resuming (the checkpoint depends on "
                               f"it); keys you can change: {', '.join(RESUME_KEYS)}")
         values[key] = value
+    values.update(config_mod.steps_over_epochs(values, sets))
     cfg = config_mod.from_dict(values)
     preset = str(state.get("preset", "custom"))
     return store, preset, cfg, state, path

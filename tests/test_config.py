@@ -115,3 +115,11 @@ def test_toml_round_trip() -> None:
     cfg = config.load("cgan-mnist")[1]
     text = config.to_toml(cfg.to_dict())
     assert config.from_dict(tomllib.loads(text)) == cfg
+
+
+def test_explicit_steps_win_over_a_preset_epochs() -> None:
+    assert config.load("dcgan-celeba")[1].epochs == 5
+    cfg = config.load("dcgan-celeba", ["steps=400"])[1]
+    assert (cfg.steps, cfg.epochs) == (400, 0)
+    cfg = config.load("dcgan-celeba", ["steps=400", "epochs=2"])[1]
+    assert (cfg.steps, cfg.epochs) == (400, 2)
