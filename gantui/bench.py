@@ -1,6 +1,6 @@
 """Throughput benchmark: the same run headless and with the dashboard, side by side.
 
-``python -m gantui.bench [--preset dcgan-mnist] [--steps 500] [--rounds 2] [--set K=V]`` runs
+``python -m gantui.bench [--preset P] [--steps N] [--rounds R] [--device D] [--set K=V]`` runs
 the real ``gantui train`` command (with the preset's own log and sample cadence) alternately
 with ``--no-ui`` and with the dashboard in a pseudo-terminal (120x40), and compares the
 images/s each run recorded in ``metrics.jsonl`` (the first log interval, with its warm-up, is
@@ -26,8 +26,9 @@ from pathlib import Path
 from gantui.store import read_jsonl
 
 
-def _train_args(preset: str, steps: int, name: str, extra: list[str]) -> list[str]:
-    return [sys.executable, "-m", "gantui", "train", "--preset", preset, "--device", "cpu",
+def _train_args(preset: str, steps: int, name: str, extra: list[str],
+                device: str = "cpu") -> list[str]:
+    return [sys.executable, "-m", "gantui", "train", "--preset", preset, "--device", device,
             "--name", name, "--set", f"steps={steps}", "--set", "checkpoint_every=1000000",
             *[item for s in extra for item in ("--set", s)]]
 
@@ -86,6 +87,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--preset", default="dcgan-mnist")
     parser.add_argument("--steps", type=int, default=500)
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--device", default="cpu")
     parser.add_argument("--set", dest="sets", action="append", default=[],
                         help="extra KEY=VALUE overrides for both runs")
     opts = parser.parse_args(argv)
@@ -95,7 +97,7 @@ def main(argv: list[str] | None = None) -> None:
         for round_ in range(opts.rounds):
             for mode in ("headless", "dashboard"):
                 name = f"{mode}-{round_}"
-                args = _train_args(opts.preset, opts.steps, name, opts.sets)
+                args = _train_args(opts.preset, opts.steps, name, opts.sets, opts.device)
                 if mode == "headless":
                     run_headless(args, cwd)
                 else:

@@ -188,7 +188,7 @@ class Trainer:
         grad = torch.nn.utils.get_total_norm([p.grad for p in self.D.parameters()
                                               if p.grad is not None])
         self.opt_d.step()
-        self._acc[[LOSS_D, D_REAL, D_FAKE, GRAD_D]] += torch.stack([
+        self._acc[LOSS_D:GRAD_D + 1] += torch.stack([  # slices: no index tensor to upload
             loss.detach().float(), d_prob(self.cfg.loss, out_real),
             d_prob(self.cfg.loss, out_fake), grad.float()])
         self._n_d += 1
@@ -209,7 +209,7 @@ class Trainer:
         grad = torch.nn.utils.get_total_norm([p.grad for p in self.G.parameters()
                                               if p.grad is not None])
         self.opt_g.step()
-        self._acc[[LOSS_G, D_FAKE_G, GRAD_G]] += torch.stack([
+        self._acc[LOSS_G:GRAD_G + 1] += torch.stack([
             loss.detach().float(), d_prob(self.cfg.loss, out), grad.float()])
         self._n_g += 1
 

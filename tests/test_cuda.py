@@ -1,0 +1,53 @@
+"""CUDA paths: no host sync inside training steps, AMP runs. Skipped without a GPU."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from gantui.control import Controller
+from gantui.store import RunStore
+from gantui.trainer import Trainer
+
+from .conftest import make_image_folder, tiny
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+def build(cfg, tmp_path: Path) -> Trainer:
+    store = RunStore.create(tmp_path, "cuda", cfg.to_dict())
+    return Trainer(cfg, store=store, emit=lambda event: None, controller=Controller(),
+                   device=torch.device("cuda"), preset="test", name="cuda")
+
+
+@pytest.mark.parametrize("preset", ["dcgan-mnist", "cdcgan-mnist", "mlp-mnist", "ring-8"])
+@pytest.mark.parametrize("amp", [False, True])
+def test_training_steps_do_not_sync_with_the_host(preset: str, amp: bool,
+                                                  tmp_path: Path) -> None:
+    trainer = build(tiny(preset, "batch_size=64", f"amp={amp}"), tmp_path)
+    for _ in range(3):  # warm up: cuDNN autotuning, allocator growth, the epoch permutation
+        trainer.d_step()
+        trainer.g_step()
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for _ in range(5):
+            trainer.d_step()
+            trainer.g_step()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert trainer.log()  # the one sync per log interval, with finite values
+
+
+def test_folder_data_on_cuda(tmp_path: Path) -> None:
+    root = make_image_folder(tmp_path / "imgs", n=40, size=72)
+    trainer = build(tiny("dcgan-celeba", f"data={root}", "batch_size=16", "num_workers=2",
+                         "amp=true"), tmp_path)
+    for _ in range(4):
+        trainer.d_step()
+        trainer.g_step()
+    assert trainer.log()
+    trainer.sample()
+    assert trainer.checkpoint("test") is not None
