@@ -75,6 +75,12 @@ class Series:
         """The most recent value, or None when empty."""
         return float(self._values[self._n - 1]) if self._n else None
 
+    def clear(self) -> None:
+        """Forget every point (the arrays are kept for reuse)."""
+        self._n = 0
+        self._ema.clear()
+        self.nonfinite = 0
+
     def append(self, step: float, value: float) -> None:
         """Add one point."""
         self.extend([step], [value])

@@ -101,3 +101,13 @@ def test_smoothing_is_incremental_and_consistent():
 def test_extend_rejects_mismatched_lengths():
     with pytest.raises(ValueError):
         Series().extend([1, 2], [1.0])
+
+
+def test_clear_empties_a_series_for_reuse() -> None:
+    series = Series()
+    series.extend([1, 2, 3], [1.0, float("nan"), 3.0])
+    series.smoothed(0.9)
+    series.clear()
+    assert len(series) == 0 and series.nonfinite == 0 and series.last is None
+    series.append(10, 5.0)
+    assert series.steps.tolist() == [10] and series.smoothed(0.9).tolist() == [5.0]

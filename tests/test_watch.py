@@ -43,6 +43,9 @@ def test_watch_shows_a_finished_run_and_follows_appended_metrics(runs_dir: Path)
             assert app.model.state == "finished" and app.model.preset == "dcgan-mnist"
             assert len(app.model.series["loss_d"]) == len(RunStore.open(run).metrics())
             assert app.model.image is not None  # the newest samples/ PNG
+            await until(pilot, lambda: all(p.draws for p in app.plots))
+            for plot in app.plots:  # the charts draw the run's data, not a placeholder
+                assert "waiting for metrics" not in plot.render().plain
             with open(run / "metrics.jsonl", "a") as fh:  # another process writes more
                 fh.write(json.dumps({**last, "step": last["step"] + 7, "loss_d": 9.5}) + "\n")
             await until(pilot, lambda: app.model.step == last["step"] + 7)

@@ -41,6 +41,8 @@ Warnings (⚠ in the status bar) are explained in the event log."""
 
 UI_CPU_BUDGET = 0.03
 """Most of a core the dashboard's redraws may use on average (3%)."""
+MAX_VIEW_INTERVAL = 5.0
+"""Seconds after which the views redraw whatever the budget says, so they never look stuck."""
 
 
 @dataclass(frozen=True)
@@ -160,6 +162,7 @@ class GantuiApp(App[Outcome]):
         self.preview.border_title = "samples"
         self.hyper.border_title = "live hyperparameters"
         self.event_log.border_title = "events"
+        self._last_view_cpu = time.thread_time()  # start-up work is not the views' cost
         self.set_interval(1.0 / self.poll_hz, self.poll)
         self.poll()
 
@@ -229,6 +232,8 @@ class GantuiApp(App[Outcome]):
         elapsed = now - self._last_view
         if elapsed < self.plot_interval:
             return False
+        if elapsed >= MAX_VIEW_INTERVAL:
+            return True
         return time.thread_time() - self._last_view_cpu <= UI_CPU_BUDGET * elapsed
 
     def replot(self) -> None:

@@ -148,7 +148,8 @@ class RunModel:
         self.config = dict(event.config)
         # A (re)start replays history from here on (a follower starting over after a journal
         # was replaced): begin the plots afresh rather than drawing points twice.
-        self.series = {key: Series() for key in SERIES}
+        for series in self.series.values():  # in place: the charts hold these objects
+            series.clear()
         self.metrics_version += 1
         verb = "resumed" if event.resumed else "started"
         # The data note also arrives as a Note event: not repeated here.
