@@ -23,7 +23,7 @@ import threading
 import time
 from pathlib import Path
 
-from gantui.store import read_jsonl
+from gantui.files import read_jsonl
 
 
 def _train_args(preset: str, steps: int, name: str, extra: list[str],

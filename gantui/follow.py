@@ -22,12 +22,12 @@ import math
 import os
 import re
 import time
-import tomllib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from gantui import events as ev
+from gantui.files import read_json_dict, read_toml_dict
 
 CHUNK_BYTES = 4 << 20
 """How much of a journal is read per system call; bounds memory on a huge first drain."""
@@ -188,22 +188,6 @@ def _as_float(value: Any) -> float:
     return math.nan
 
 
-def _read_toml(path: Path) -> dict[str, Any]:
-    try:
-        with path.open("rb") as fh:
-            return tomllib.load(fh)
-    except (OSError, tomllib.TOMLDecodeError):
-        return {}
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        value = json.loads(path.read_bytes())
-    except (OSError, ValueError):
-        return {}
-    return value if isinstance(value, dict) else {}
-
-
 def grid_nrow(config: dict[str, Any]) -> int:
     """Samples per grid row, as the trainer lays out the fixed-noise grid; 1 when unknown and
     for ``ring8``, whose PNG is one scatter plot rather than a grid."""
@@ -326,7 +310,7 @@ class RunFollower:
         config = self._run_config()
         if not config:
             return None  # not a run yet (or not one at all): wait for its files
-        owner = _read_json(self.run_dir / "run.json")
+        owner = read_json_dict(self.run_dir / "run.json")
         self._started = True
         steps = _as_int(config.get("steps")) or 0
         epochs = _as_int(config.get("epochs")) or 0
@@ -338,7 +322,7 @@ class RunFollower:
 
     def _run_config(self) -> dict[str, Any]:
         if not self._config:
-            self._config = _read_toml(self.run_dir / "config.toml")
+            self._config = read_toml_dict(self.run_dir / "config.toml")
         return self._config
 
     # ---- samples -----------------------------------------------------------------------

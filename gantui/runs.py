@@ -12,11 +12,12 @@ from __future__ import annotations
 import json
 import math
 import os
-import tomllib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from gantui.files import read_json_dict, read_toml_dict
 
 ENDED_STATES = ("finished", "stopped", "error")
 """Journaled states after which the process is gone for good."""
@@ -120,22 +121,6 @@ def run_state(run_dir: Path, is_live: Callable[[Path], bool]) -> str:
     return _state_from(_journal_summary(run_dir)[0], run_dir, is_live)
 
 
-def _read_toml(path: Path) -> dict[str, Any]:
-    try:
-        with path.open("rb") as fh:
-            return tomllib.load(fh)
-    except (OSError, tomllib.TOMLDecodeError):
-        return {}
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        value = json.loads(path.read_bytes())
-    except (OSError, ValueError):
-        return {}
-    return value if isinstance(value, dict) else {}
-
-
 def _int(value: Any) -> int | None:
     if isinstance(value, bool):
         return None
@@ -166,8 +151,8 @@ def read_run(run_dir: Path, is_live: Callable[[Path], bool]) -> RunInfo | None:
     """
     if not (run_dir / "config.toml").is_file():
         return None
-    config = _read_toml(run_dir / "config.toml")
-    owner = _read_json(run_dir / "run.json")
+    config = read_toml_dict(run_dir / "config.toml")
+    owner = read_json_dict(run_dir / "run.json")
     last_state, last_start = _journal_summary(run_dir)
     last_metrics = next(_reverse_records(run_dir / "metrics.jsonl"), {})
     step = _int(last_metrics.get("step"))

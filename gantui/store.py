@@ -25,6 +25,7 @@ import torch
 
 from gantui.config import to_toml
 from gantui.errors import GantuiError
+from gantui.files import read_json_dict, read_jsonl
 
 CHECKPOINT_VERSION = 1
 CHECKPOINT_KEYS = ("version", "step", "config", "G", "D", "opt_g", "opt_d", "rng", "data",
@@ -81,23 +82,6 @@ def _json_default(value: Any) -> Any:
     if isinstance(value, Path):
         return str(value)
     raise TypeError(f"not JSON serialisable: {type(value).__name__}")
-
-
-def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    """Every complete record in a JSON-lines file; a torn last line is ignored."""
-    records = []
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        return records
-    for line in text.splitlines():
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if isinstance(record, dict):
-            records.append(record)
-    return records
 
 
 def default_run_name(runs_dir: Path, preset: str) -> str:
@@ -163,10 +147,7 @@ class RunStore:
 
     def owner(self) -> dict[str, Any]:
         """The contents of ``run.json``, or {} if absent or unreadable."""
-        try:
-            return json.loads((self.path / "run.json").read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError):
-            return {}
+        return read_json_dict(self.path / "run.json")
 
     # ---- journals ------------------------------------------------------------------------
 

@@ -12,10 +12,10 @@ from PIL import Image
 
 from gantui import events as ev
 from gantui import follow as follow_mod
+from gantui.files import read_jsonl
 from gantui.follow import RunFollower, grid_nrow, metrics_from_record
 from gantui.headless import follow
 from gantui.session import start
-from gantui.store import read_jsonl
 from gantui.trainer import JOURNALED
 
 from .conftest import make_image_folder, tiny

@@ -10,10 +10,10 @@ import pytest
 
 from gantui import events as ev
 from gantui import runs as runs_mod
+from gantui.files import read_jsonl
 from gantui.headless import follow
 from gantui.runs import RunInfo, format_age, format_table, read_run, run_state, scan_runs
 from gantui.session import start
-from gantui.store import read_jsonl
 
 from .conftest import tiny
 
