@@ -80,6 +80,7 @@ class Trainer:
         self._acc = torch.zeros(7, device=device)
         self._n_d = self._n_g = 0
         self._images = 0
+        self._skipped_reported = 0
         self._t_log = time.perf_counter()
         self._paused_for = 0.0
         self.resumed = resume_state is not None
@@ -253,7 +254,7 @@ class Trainer:
         return True
 
     def _emit_once_per_count(self, kind: str, count: int) -> None:
-        if count != getattr(self, "_skipped_reported", 0):
+        if count != self._skipped_reported:
             self._skipped_reported = count
             self._emit(ev.Alert(self.step, kind, f"{count} unreadable image file(s) skipped "
                                 "so far"))
