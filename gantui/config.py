@@ -271,6 +271,15 @@ def _check(cond: bool, message: str) -> None:
         raise ConfigError(message)
 
 
+UPPER_BOUNDS = {
+    "d_steps": 100, "seed": 2**32 - 1, "steps": 10**12, "epochs": 10**6, "n_samples": 1024,
+    "num_workers": 64, "keep_checkpoints": 1000, "image_size": 1024, "batch_size": 65536,
+    "log_every": 10**9, "sample_every": 10**9, "checkpoint_every": 10**9,
+}
+"""Largest accepted values: beyond them a value is a typo, and a live one could stall a run
+(``d_steps`` loops inside a step, where no command can interrupt it)."""
+
+
 def validate(cfg: Config) -> None:
     """Range checks that a type alone cannot express."""
     for key in ("image_size", "channels", "n_classes", "nz", "ngf", "ndf", "embed_dim",
@@ -279,6 +288,9 @@ def validate(cfg: Config) -> None:
         _check(getattr(cfg, key) >= 1, f"{key} must be >= 1 (got {getattr(cfg, key)})")
     for key in ("steps", "epochs", "num_workers", "seed"):
         _check(getattr(cfg, key) >= 0, f"{key} must be >= 0 (got {getattr(cfg, key)})")
+    for key, most in UPPER_BOUNDS.items():
+        value = getattr(cfg, key)
+        _check(value <= most, f"{key} must be <= {most:,} (got {value:,})")
     _check(cfg.steps > 0 or cfg.epochs > 0, "set steps > 0 or epochs > 0")
     for key in ("lr_g", "lr_d"):
         value = getattr(cfg, key)
@@ -294,6 +306,8 @@ def validate(cfg: Config) -> None:
            "g_hidden needs at least one positive size")
     _check(all(h >= 1 for h in cfg.d_hidden) and len(cfg.d_hidden) >= 1,
            "d_hidden needs at least one positive size")
+    _check(not (cfg.dataset == "ring8" and cfg.data),
+           "dataset ring8 is synthesised and reads no files; drop --data")
     if cfg.arch == "dcgan":
         _check(cfg.dataset != "ring8", "dataset ring8 needs arch = mlp")
         _check(dcgan_start_size(cfg.image_size) is not None,

@@ -63,6 +63,8 @@ def test_set_overrides_are_typed() -> None:
     ("batch_size=0", "batch_size must be >= 1"),
     ("lr_g=nan", "bad value"),
     ("novalue", "expected KEY=VALUE"),
+    ("d_steps=1e300", "d_steps must be <= 100"),
+    ("seed=99999999999999999999", "seed must be <= 4,294,967,295"),
 ])
 def test_bad_overrides_name_what_is_valid(item: str, fragment: str) -> None:
     with pytest.raises(ConfigError) as info:
