@@ -58,8 +58,8 @@ def train(
     data: Annotated[str | None, typer.Option(
         help="Data path: a torchvision MNIST root or a folder of images (CelebA).")] = None,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
-    runs_dir: Annotated[Path, typer.Option(help="Where run directories are created.")] = Path(
-        "runs"),
+    runs_dir: Annotated[Path | None, typer.Option(
+        help="Where run directories are created (default ./runs).")] = None,
     name: Annotated[str | None, typer.Option(
         help="Run directory name (default: <preset>-<timestamp>).")] = None,
     resume: Annotated[Path | None, typer.Option(
@@ -82,8 +82,9 @@ def train(
         hangup = Hangup()  # from now on a dropped connection cannot kill the run
     try:
         if resume is not None:
-            if preset is not None:
-                fail("--preset and --resume do not mix: a resumed run keeps its own config")
+            if preset is not None or name is not None or runs_dir is not None:
+                fail("--preset, --name and --runs-dir do not mix with --resume: a resumed run "
+                     "keeps its own config and directory")
             from gantui.session import start
 
             session = start(None, "", resume=resume, sets=overrides, device=device,
@@ -92,7 +93,8 @@ def train(
             preset_name, cfg = config.load(preset, overrides)  # fails fast, before torch loads
             from gantui.session import start
 
-            session = start(cfg, preset_name, runs_dir=runs_dir, name=name, device=device,
+            session = start(cfg, preset_name, runs_dir=runs_dir or Path("runs"), name=name,
+                            device=device,
                             on_nonfinite="stop" if headless else "pause")
     except GantuiError as exc:
         fail(exc)
@@ -114,12 +116,12 @@ def runs(
     """List runs: preset, state (running, finished, stopped, crashed), step, losses, age."""
     import time
 
-    from gantui.remote import ping
+    from gantui.lock import is_locked
     from gantui.runs import format_table, scan_runs
 
     if not runs_dir.is_dir():
         fail(f"no runs directory at {runs_dir}")
-    found = scan_runs(runs_dir, is_live=ping)
+    found = scan_runs(runs_dir, is_live=is_locked)
     if not found:
         typer.echo(f"no runs in {runs_dir}")
         return
@@ -132,7 +134,8 @@ def watch(
 ) -> None:
     """Open the dashboard on a run started anywhere; q detaches, x stops the run."""
     from gantui.follow import RunFollower
-    from gantui.remote import RemoteController, ping
+    from gantui.lock import is_locked
+    from gantui.remote import RemoteController
     from gantui.store import RunStore
 
     try:
@@ -143,7 +146,7 @@ def watch(
         fail("gantui watch needs a terminal; use gantui runs or gantui ctl RUN status")
     from gantui.ui import GantuiApp
 
-    controller = RemoteController(run_dir) if ping(run_dir) else None
+    controller = RemoteController(run_dir) if is_locked(run_dir) else None
     follower = RunFollower(run_dir)
     app = GantuiApp(follower.drain, controller, attached=True,
                     title=f"gantui watch · {run_dir.name}")

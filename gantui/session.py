@@ -18,7 +18,8 @@ from gantui import events as ev
 from gantui.config import LIVE_KEYS, Config, ConfigError
 from gantui.control import Controller
 from gantui.errors import GantuiError
-from gantui.remote import ControlServer, ensure_not_live
+from gantui.lock import RunBusy, RunLock
+from gantui.remote import ControlServer
 from gantui.store import RunStore, default_run_name
 from gantui.trainer import Trainer
 
@@ -58,6 +59,8 @@ class Session:
     thread: threading.Thread
     server: ControlServer
     """Serves ``control.sock`` so ``gantui ctl`` / ``gantui watch`` can steer the run."""
+    lock: RunLock
+    """This process's claim on the run directory, held until the trainer ends."""
     error: list[BaseException] = field(default_factory=list)
     """The exception that ended the trainer thread, if any."""
 
@@ -76,11 +79,10 @@ class Session:
         return self.trainer.state
 
 
-def prepare_resume(run_dir: Path, sets: list[str] | tuple[str, ...] = (),
-                   warn=None) -> tuple[RunStore, str, Config, dict[str, Any], Path]:
-    """Open ``run_dir`` and its newest loadable checkpoint; apply allowed ``--set`` overrides."""
-    store = RunStore.open(run_dir)
-    ensure_not_live(run_dir)
+def prepare_resume(store: RunStore, sets: list[str] | tuple[str, ...] = (),
+                   warn=None) -> tuple[str, Config, dict[str, Any], Path]:
+    """The newest loadable checkpoint of ``store`` and its config, with the allowed ``--set``
+    overrides applied: ``(preset, config, state, checkpoint path)``."""
     path, state = store.load_checkpoint(warn=warn)
     values = dict(state["config"])
     for item in sets:
@@ -94,8 +96,7 @@ def prepare_resume(run_dir: Path, sets: list[str] | tuple[str, ...] = (),
         values[key] = value
     values.update(config_mod.steps_over_epochs(values, sets))
     cfg = config_mod.from_dict(values)
-    preset = str(state.get("preset", "custom"))
-    return store, preset, cfg, state, path
+    return str(state.get("preset", "custom")), cfg, state, path
 
 
 def start(cfg: Config | None, preset: str, *, runs_dir: Path = Path("runs"),
@@ -103,6 +104,10 @@ def start(cfg: Config | None, preset: str, *, runs_dir: Path = Path("runs"),
           sets: list[str] | tuple[str, ...] = (), on_nonfinite: str = "stop",
           queue_size: int = 10_000) -> Session:
     """Set up a run (new, or resumed from ``resume``) and start its trainer thread.
+
+    The process holds the run's lock (:mod:`gantui.lock`) until the trainer ends, so no other
+    process can train the same run. A start that fails leaves nothing behind: a new run's
+    directory is removed, a resumed run's files are untouched.
 
     Args:
         cfg: the configuration of a new run (ignored when resuming).
@@ -115,31 +120,56 @@ def start(cfg: Config | None, preset: str, *, runs_dir: Path = Path("runs"),
         on_nonfinite: ``stop`` or ``pause`` when a loss goes NaN/inf.
     """
     torch_device = resolve_device(device)
-    queue = ev.EventQueue(queue_size)
-    notes: list[ev.Event] = []
-
-    def warn(message: str) -> None:
-        notes.append(ev.Alert(0, "data", message))
-
-    resume_state = None
     if resume is not None:
-        store, preset, cfg, resume_state, ckpt = prepare_resume(resume, sets, warn=warn)
-        run_name = store.path.name
-        notes.append(ev.Note(int(resume_state["step"]),
-                             f"resuming from {ckpt} at step {resume_state['step']}"))
+        store = RunStore.open(resume)
     else:
         assert cfg is not None
-        run_name = name or default_run_name(runs_dir, preset)
-        store = RunStore.create(runs_dir, run_name, cfg.to_dict() | {"preset": preset})
+        store = RunStore.create(runs_dir, name or default_run_name(preset),
+                                cfg.to_dict() | {"preset": preset}, unique=name is None)
+    lock = RunLock(store.path)
+    try:
+        lock.acquire()
+    except RunBusy:
+        if resume is None:
+            store.remove_unused()
+        raise
+    try:
+        return _start_locked(store, lock, cfg, preset, torch_device, resume is not None, sets,
+                             on_nonfinite, queue_size)
+    except BaseException:
+        lock.release()
+        if resume is None:
+            store.remove_unused()
+        raise
+
+
+def _start_locked(store: RunStore, lock: RunLock, cfg: Config | None, preset: str,
+                  device: torch.device, resuming: bool, sets: list[str] | tuple[str, ...],
+                  on_nonfinite: str, queue_size: int) -> Session:
+    warnings: list[str] = []
+    resume_state = None
+    notes: list[ev.Event] = []
+    if resuming:
+        preset, cfg, resume_state, ckpt = prepare_resume(store, sets, warn=warnings.append)
+        step = int(resume_state["step"])
+        notes = [ev.Alert(step, "data", w) for w in warnings]
+        notes.append(ev.Note(step, f"resuming from {ckpt} at step {step}"))
+    assert cfg is not None
+    queue = ev.EventQueue(queue_size)
     controller = Controller()
-    trainer = Trainer(cfg, store=store, emit=queue.put, controller=controller,
-                      device=torch_device, preset=preset, name=run_name,
-                      resume_state=resume_state, on_nonfinite=on_nonfinite, notes=notes)
+    trainer = Trainer(cfg, store=store, emit=queue.put, controller=controller, device=device,
+                      preset=preset, name=store.path.name, resume_state=resume_state,
+                      on_nonfinite=on_nonfinite, notes=notes)
+    if resume_state is not None:
+        moved = store.supersede_metrics_after(trainer.step)
+        if moved:
+            trainer.add_note(ev.Note(trainer.step, f"{moved} metrics record(s) written after "
+                                     f"the checkpoint moved to metrics-superseded.jsonl"))
     server = ControlServer(store.path, controller, status=trainer.status,
                            refuse=lambda message: controller.journal("control", message))
     server.start()
-    store.write_owner({"preset": preset, "device": str(torch_device)})
-    session = Session(trainer, controller, queue, store.path, threading.Thread(), server)
+    store.write_owner({"preset": preset, "device": str(device)})
+    session = Session(trainer, controller, queue, store.path, threading.Thread(), server, lock)
     session.thread = threading.Thread(target=_run, args=(session,), name="gantui-trainer",
                                       daemon=True)
     session.thread.start()
@@ -153,3 +183,4 @@ def _run(session: Session) -> None:
         session.error.append(exc)
     finally:
         session.server.close()
+        session.lock.release()

@@ -136,10 +136,13 @@ def test_malformed_commands_are_refused_and_journaled(live, payload: bytes, erro
     assert reply["ok"] is False and error in reply["error"]
     step = live.trainer.step
     wait_for(lambda: live.trainer.step > step, timeout=30)  # training carries on
-    journal = RunStore.open(live.run_dir).events()
-    wait_for(lambda: any(r["event"] == "alert" and r["kind"] == "control"
-                         for r in RunStore.open(live.run_dir).events()), timeout=30)
-    assert journal is not None
+
+    def journaled() -> list[str]:
+        return [r["message"] for r in RunStore.open(live.run_dir).events()
+                if r["event"] == "alert" and r["kind"] == "control"]
+
+    wait_for(lambda: journaled(), timeout=30)
+    assert len(journaled()) == 1 and error in journaled()[0]
 
 
 def test_a_silent_client_does_not_stall_training(live) -> None:
@@ -152,10 +155,35 @@ def test_a_silent_client_does_not_stall_training(live) -> None:
 
 def test_a_live_run_cannot_be_trained_twice(live) -> None:
     from gantui.errors import GantuiError
+    from gantui.lock import is_locked
 
+    assert is_locked(live.run_dir)
     with pytest.raises(GantuiError, match="being trained by a live process"):
         start(None, "", resume=live.run_dir, sets=["steps=20000000"], device="cpu")
     assert live.alive
+    live.controller.stop().result(timeout=30)
+    live.join(30)
+    assert not is_locked(live.run_dir)
+
+
+def test_a_stopped_process_still_owns_its_run(tmp_path: Path) -> None:
+    """Ctrl-Z / SIGSTOP: the process cannot answer, but it is alive and keeps the run."""
+    import signal
+
+    proc = spawn("train", "--no-ui", "--preset", "ring-8", *TINY, "--set", "steps=10000000",
+                 "--name", "z", "--device", "cpu", cwd=tmp_path)
+    run = tmp_path / "runs" / "z"
+    try:
+        wait_for(lambda: socket_path(run).exists() and (run / "metrics.jsonl").exists())
+        proc.send_signal(signal.SIGSTOP)
+        listing = gantui("runs", cwd=tmp_path)
+        assert "crashed" not in listing.stdout and "running" in listing.stdout
+        again = gantui("train", "--no-ui", "--resume", str(run), cwd=tmp_path)
+        assert again.returncode == 1 and "being trained by a live process" in again.stderr
+    finally:
+        proc.send_signal(signal.SIGCONT)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0
 
 
 def test_long_run_paths_still_get_a_socket(tmp_path: Path) -> None:

@@ -1,0 +1,67 @@
+"""Who owns a run: an exclusive ``flock`` on ``RUN_DIR/run.lock`` held by the training process.
+
+The kernel drops the lock when the process exits, however it exits (kill -9, a crash), so a
+held lock means a live owner even when that owner is paused (Ctrl-Z, SIGSTOP) or too busy to
+answer on its control socket.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+from pathlib import Path
+
+from gantui.errors import GantuiError
+
+LOCK_NAME = "run.lock"
+
+
+class RunBusy(GantuiError):
+    """Another live process owns the run."""
+
+
+class RunLock:
+    """The training process's claim on a run directory."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self.path = run_dir / LOCK_NAME
+        self._fd: int | None = None
+
+    def acquire(self) -> None:
+        """Take the lock without waiting.
+
+        Raises:
+            RunBusy: a live process holds it.
+        """
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise RunBusy(f"{self.path.parent} is being trained by a live process; steer it "
+                          f"with gantui ctl or gantui watch") from None
+        self._fd = fd
+
+    def release(self) -> None:
+        """Give the lock back (the file stays; it is only a handle)."""
+        if self._fd is not None:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            os.close(self._fd)
+            self._fd = None
+
+
+def is_locked(run_dir: Path) -> bool:
+    """True while a live process owns ``run_dir`` (paused or busy ones included)."""
+    try:
+        fd = os.open(run_dir / LOCK_NAME, os.O_RDONLY)
+    except FileNotFoundError:
+        return False
+    except PermissionError:
+        return True  # another user's run: we cannot tell, and must not take it
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)  # closing drops the shared lock we may have taken
+    return False
