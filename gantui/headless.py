@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 import signal
 import sys
 import time
-from typing import TextIO
+from typing import NoReturn, TextIO
 
 from gantui import events as ev
 from gantui.session import Session
@@ -74,37 +76,52 @@ class LinePrinter:
 def run_headless(session: Session, out: TextIO | None = None, poll: float = 0.2) -> int:
     """Print ``session``'s events until its trainer ends; returns the process exit code.
 
-    Ctrl-C or SIGTERM asks the trainer to checkpoint and stop; a second Ctrl-C abandons the
-    wait (the last checkpoint on disk stays intact). SIGHUP is ignored: training carries on.
+    Ctrl-C or SIGTERM asks the trainer to checkpoint and stop; a second Ctrl-C quits at once
+    (the checkpoints already on disk stay intact). SIGHUP is ignored: training carries on.
     """
     printer = LinePrinter(out)
-    interrupts = 0
+    received: list[str] = []  # signal names; the handler only records, the loop reports
 
     def on_signal(signum: int, _frame) -> None:
-        nonlocal interrupts
-        interrupts += 1
-        if interrupts > 1 and signum == signal.SIGINT:
+        received.append(signal.Signals(signum).name)
+        if len(received) > 1 and signum == signal.SIGINT:
             raise KeyboardInterrupt
         session.controller.stop(source=signal.Signals(signum).name)
-        printer(ev.Note(session.trainer.step, f"{signal.Signals(signum).name}: writing a "
-                        f"checkpoint, then stopping (Ctrl-C again to quit without waiting)"))
 
     previous = _install({signal.SIGINT: on_signal, signal.SIGTERM: on_signal,
                          signal.SIGHUP: signal.SIG_IGN})
+    reported = 0
     try:
         while session.alive:
+            if len(received) > reported:
+                reported = len(received)
+                printer(ev.Note(session.trainer.step, f"{received[-1]}: writing a checkpoint, "
+                                "then stopping (Ctrl-C again to quit without waiting)"))
             for event in session.queue.drain():
                 printer(event)
             session.join(poll)
         for event in session.queue.drain():
             printer(event)
     except KeyboardInterrupt:
-        printer(ev.Note(session.trainer.step, "interrupted; the last checkpoint on disk is "
-                        f"intact. Resume with: gantui train --resume {session.run_dir}"))
-        return 130
+        printer(ev.Note(session.trainer.step, "interrupted; the checkpoints on disk are intact. "
+                        f"Resume with: gantui train --resume {session.run_dir}"))
+        abandon(session, 130)
     finally:
         _install(previous)
     return finish(session, printer)
+
+
+def abandon(session: Session, code: int) -> NoReturn:
+    """Quit now without waiting for the trainer: close the control socket, drop any partial
+    checkpoint of ours, and exit without unwinding the training thread mid-kernel."""
+    with contextlib.suppress(Exception):
+        session.server.close()
+    with contextlib.suppress(Exception):
+        session.trainer.store.discard_partial()
+    with contextlib.suppress(Exception):
+        sys.stdout.flush()
+        sys.stderr.flush()
+    os._exit(code)
 
 
 def finish(session: Session, printer: LinePrinter) -> int:

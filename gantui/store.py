@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import socket
 import time
 from pathlib import Path
@@ -40,11 +41,14 @@ class StoreError(GantuiError):
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` via a temp file, fsync and rename: all or nothing."""
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)  # only left when a write failed
     _fsync_dir(path.parent)
 
 
@@ -84,14 +88,9 @@ def _json_default(value: Any) -> Any:
     raise TypeError(f"not JSON serialisable: {type(value).__name__}")
 
 
-def default_run_name(runs_dir: Path, preset: str) -> str:
-    """``<preset>-YYYYmmdd-HHMMSS``, with ``-2``, ``-3``... if that run already exists."""
-    base = f"{preset}-{time.strftime('%Y%m%d-%H%M%S')}"
-    name, n = base, 1
-    while (runs_dir / name).exists():
-        n += 1
-        name = f"{base}-{n}"
-    return name
+def default_run_name(preset: str) -> str:
+    """``<preset>-YYYYmmdd-HHMMSS`` (:meth:`RunStore.create` adds ``-2``... if taken)."""
+    return f"{preset}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
 class RunStore:
@@ -107,22 +106,68 @@ class RunStore:
     # ---- creation ------------------------------------------------------------------------
 
     @classmethod
-    def create(cls, runs_dir: Path, name: str, config: dict[str, Any]) -> RunStore:
-        """Make a new run directory; refuses to reuse one that already holds a run."""
+    def create(cls, runs_dir: Path, name: str, config: dict[str, Any],
+               unique: bool = False) -> RunStore:
+        """Claim a new run directory atomically (``mkdir``); never reuses one that holds a run.
+
+        Args:
+            unique: on a name already taken, try ``name-2``, ``name-3``... instead of failing.
+        """
         if not name or "/" in name or name in (".", ".."):
             raise StoreError(f"invalid run name {name!r}")
-        path = runs_dir / name
-        if (path / "config.toml").exists():
-            raise StoreError(f"run {path} already exists; resume it with --resume {path} "
-                             f"or pick another --name")
         try:
-            path.mkdir(parents=True, exist_ok=True)
+            runs_dir.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
-            raise StoreError(f"cannot create run directory {path}: {exc.strerror}") from None
+            raise StoreError(f"cannot create runs directory {runs_dir}: {exc.strerror}") \
+                from None
+        candidate, n = name, 1
+        while True:
+            path = runs_dir / candidate
+            try:
+                path.mkdir()
+                break
+            except FileExistsError:
+                if unique:
+                    n += 1
+                    candidate = f"{name}-{n}"
+                    continue
+                if (path / "config.toml").exists():
+                    raise StoreError(f"run {path} already exists; resume it with --resume "
+                                     f"{path} or pick another --name") from None
+                raise StoreError(f"{path} already exists and is not a gantui run; pick "
+                                 f"another --name") from None
+            except OSError as exc:
+                raise StoreError(f"cannot create run directory {path}: {exc.strerror}") \
+                    from None
         store = cls(path)
         store._make_dirs()
         atomic_write_bytes(path / "config.toml", to_toml(config).encode())
         return store
+
+    def remove_unused(self) -> None:
+        """Delete a run directory that a failed start created and nothing was written to."""
+        if self.checkpoint_paths() or (self.path / "metrics.jsonl").exists():
+            return
+        shutil.rmtree(self.path, ignore_errors=True)
+
+    def supersede_metrics_after(self, step: int) -> int:
+        """On resume: move metrics records past ``step`` (written after the checkpoint by a run
+        that then crashed) to ``metrics-superseded.jsonl``, so ``metrics.jsonl`` counts steps
+        up once more. Returns how many records moved; nothing is deleted."""
+        path = self.path / "metrics.jsonl"
+        records = read_jsonl(path)
+        later = [r for r in records if r.get("step", 0) > step]
+        if not later:
+            return 0
+        with open(self.path / "metrics-superseded.jsonl", "a", encoding="utf-8") as fh:
+            for record in later:
+                fh.write(json.dumps(record, separators=(",", ":")) + "\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        kept = "".join(json.dumps(r, separators=(",", ":")) + "\n" for r in records
+                       if r.get("step", 0) <= step)
+        atomic_write_bytes(path, kept.encode())
+        return len(later)
 
     @classmethod
     def open(cls, path: Path) -> RunStore:
@@ -199,6 +244,11 @@ class RunStore:
         found = [p for p in self.checkpoints.glob("ckpt-*.pt") if _CKPT_RE.match(p.name)]
         return sorted(found, key=lambda p: int(_CKPT_RE.match(p.name).group(1)))
 
+    def discard_partial(self) -> None:
+        """Remove this process's half-written checkpoint, if it is quitting mid-save."""
+        for tmp in self.checkpoints.glob(f".ckpt-*.tmp-{os.getpid()}"):
+            tmp.unlink(missing_ok=True)
+
     def save_checkpoint(self, state: dict[str, Any], keep: int) -> Path:
         """Write ``state`` atomically as ``ckpt-<step>.pt`` and prune to the newest ``keep``."""
         missing = [k for k in CHECKPOINT_KEYS if k not in state]
@@ -206,14 +256,18 @@ class RunStore:
             raise StoreError(f"checkpoint state lacks {', '.join(missing)}")
         path = self.checkpoints / f"ckpt-{state['step']:08d}.pt"
         tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        with open(tmp, "wb") as fh:
-            torch.save(state, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
+        try:
+            with open(tmp, "wb") as fh:
+                torch.save(state, fh)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)  # a failed save (full disk) leaves no debris
         _fsync_dir(self.checkpoints)
         for old in self.checkpoint_paths()[:-keep]:
-            old.unlink(missing_ok=True)
+            if old != path:  # never the one just written, whatever its number
+                old.unlink(missing_ok=True)
         return path
 
     def load_checkpoint(self, warn=None) -> tuple[Path, dict[str, Any]]:
@@ -229,8 +283,14 @@ class RunStore:
             try:
                 state = load_checkpoint_file(path)
             except StoreError as exc:
+                aside = path.with_name(path.name + ".bad")
+                try:
+                    path.rename(aside)  # kept for inspection, out of the rotation
+                    where = f"moved aside as {aside.name}"
+                except OSError:
+                    where = "left in place"
                 if warn is not None:
-                    warn(f"{exc}; falling back to an older checkpoint")
+                    warn(f"{exc} ({where}); falling back to an older checkpoint")
                 continue
             return path, state
         raise StoreError(f"no loadable checkpoint in {self.checkpoints}")

@@ -111,6 +111,10 @@ class Trainer:
         z = torch.randn(cfg.n_samples, cfg.nz, generator=gen)
         return z.to(self.device), None, max(1, round(math.sqrt(cfg.n_samples)))
 
+    def add_note(self, event: ev.Event) -> None:
+        """Queue a lifecycle event to be journaled when the run starts."""
+        self._notes.append(event)
+
     # ---- the loop ----------------------------------------------------------------------
 
     def run(self) -> str:
@@ -145,16 +149,23 @@ class Trainer:
                 if self.step % self.cfg.sample_every == 0:
                     self.sample()
                 if self.step % self.cfg.checkpoint_every == 0:
-                    self.checkpoint("periodic")
+                    self._periodic_checkpoint()
             self._apply_commands()
             if self.stopping:
                 return self._end("stopped", f"stopped at step {self.step}")
             return self._end("finished", f"finished {self.total_steps} steps")
         except Exception as exc:
-            self._emit(ev.Alert(self.step, "error", f"training crashed: {type(exc).__name__}: "
-                                f"{exc}"))
-            self._fail_replies(exc)
-            self._set_state("error", f"{type(exc).__name__}: {exc}")
+            error, why = exc, f"{type(exc).__name__}: {exc}"
+            # Each step of the wind-down on its own: a full disk must not keep the others
+            # (answering waiting clients, the final state) from happening.
+            for wind_down in (
+                lambda: self._emit(ev.Alert(self.step, "error", f"training crashed: {why}")),
+                lambda: self.checkpoint("crash"),  # skipped by itself if the weights are bad
+                lambda: self._fail_replies(error),
+                lambda: self._set_state("error", why),
+            ):
+                with contextlib.suppress(Exception):
+                    wind_down()
             raise
         finally:
             self.store.close()
@@ -310,6 +321,17 @@ class Trainer:
         return {"step": self.step, "total_steps": self.total_steps, "state": self.state,
                 "name": self.name, "preset": self.preset, "device": str(self.device),
                 "pid": os.getpid(), "live": {key: getattr(cfg, key) for key in LIVE_KEYS}}
+
+    def _periodic_checkpoint(self) -> None:
+        """A scheduled checkpoint; failing to write one (a full disk) is a warning, not the end
+        of the run, and the previous checkpoints stay."""
+        try:
+            self.checkpoint("periodic")
+        except OSError as exc:
+            self._set_state("running", journal=False)
+            self._emit(ev.Alert(self.step, "error", f"checkpoint at step {self.step} failed "
+                                f"({exc.strerror or exc}); training continues and the earlier "
+                                f"checkpoints are kept"))
 
     def params_finite(self) -> bool:
         """True when every weight of G and D is finite (one host sync)."""

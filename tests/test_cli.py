@@ -87,6 +87,9 @@ def test_ring8_through_the_cli_covers_most_modes(tmp_path: Path) -> None:
     (["--preset", "ring-8", "--device", "tpu"], "expected auto, cpu, cuda or cuda:N"),
     (["--resume", "/no/such/run"], "no run directory"),
     (["--preset", "/tmp/definitely-missing.toml"], "no such file"),
+    (["--preset", "ring-8", "--set", "seed=99999999999999999999"], "seed must be <="),
+    (["--preset", "ring-8", "--data", "/tmp"], "ring8 is synthesised"),
+    (["--resume", "runs/x", "--name", "y"], "do not mix with --resume"),
 ])
 def test_bad_input_is_one_line_and_nonzero(tmp_path: Path, args: list[str],
                                            fragment: str) -> None:
@@ -95,6 +98,8 @@ def test_bad_input_is_one_line_and_nonzero(tmp_path: Path, args: list[str],
     assert "Traceback" not in out.stderr + out.stdout
     lines = out.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and fragment in lines[0], lines
+    runs = tmp_path / "runs"
+    assert not runs.exists() or not any(runs.iterdir()), "a failed start left a run behind"
 
 
 def test_cuda_request_without_cuda_is_a_clear_error(tmp_path: Path) -> None:
@@ -130,6 +135,43 @@ def test_signal_mid_run_checkpoints_and_says_how_to_resume(tmp_path: Path, sig) 
     assert resumed.returncode == 0, resumed.stderr
     assert f"resuming from {path}" in resumed.stdout
     assert load_checkpoint_file(store.checkpoint_paths()[-1])["step"] == state["step"] + 40
+
+
+def test_second_ctrl_c_quits_at_once_and_cleans_up(tmp_path: Path) -> None:
+    proc = spawn("train", "--no-ui", "--preset", "ring-8", *TINY, "--set", "steps=10000000",
+                 "--set", "log_every=20", "--name", "r", "--device", "cpu", cwd=tmp_path)
+    run = tmp_path / "runs" / "r"
+    try:
+        wait_for(lambda: (run / "metrics.jsonl").exists() and (run / "control.sock").exists())
+        proc.send_signal(signal.SIGINT)
+        proc.send_signal(signal.SIGINT)
+        stdout, stderr = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode in (0, 130)  # 0 if the stop finished before the second signal
+    assert "Traceback" not in stderr and "terminate called" not in stderr
+    assert f"gantui train --resume {Path('runs') / 'r'}" in stdout
+    assert not (run / "control.sock").exists()
+    assert not list((run / "checkpoints").glob(".*tmp*"))
+
+
+def test_resume_after_a_crash_supersedes_metrics_past_the_checkpoint(tmp_path: Path) -> None:
+    out = gantui("train", "--no-ui", "--preset", "ring-8", *TINY, "--set", "steps=40",
+                 "--set", "log_every=10", "--set", "checkpoint_every=20", "--name", "c",
+                 "--device", "cpu", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    run = tmp_path / "runs" / "c"
+    store = RunStore.open(run)
+    for ckpt in store.checkpoint_paths()[1:]:  # as if killed after step 40's metrics,
+        ckpt.unlink()                          # before its checkpoint reached the disk
+    assert store.checkpoint_paths()[-1].name == "ckpt-00000020.pt"
+    resumed = gantui("train", "--no-ui", "--resume", str(run), cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr
+    steps = [r["step"] for r in store.metrics()]
+    assert steps == [10, 20, 30, 40]  # counted up once, no repeats
+    from gantui.files import read_jsonl
+
+    assert [r["step"] for r in read_jsonl(run / "metrics-superseded.jsonl")] == [30, 40]
 
 
 def test_default_preset_trains_headless_when_piped(tmp_path: Path) -> None:

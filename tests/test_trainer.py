@@ -213,3 +213,47 @@ def test_losses_and_inits_are_selectable(runs_dir: Path) -> None:
         session = start(cfg, "dcgan-mnist", runs_dir=runs_dir, device="cpu")
         follow(session, 60)
         assert session.state == "finished", loss
+
+
+def test_a_failed_periodic_checkpoint_warns_and_training_goes_on(runs_dir: Path,
+                                                                 monkeypatch) -> None:
+    original = RunStore.save_checkpoint
+    calls = []
+
+    def disk_full_once(self, state, keep):
+        calls.append(state["step"])
+        if len(calls) == 1:
+            raise OSError(28, "No space left on device")
+        return original(self, state, keep)
+
+    monkeypatch.setattr(RunStore, "save_checkpoint", disk_full_once)
+    cfg = tiny("ring-8", "steps=60", "checkpoint_every=30")
+    session = start(cfg, "ring-8", runs_dir=runs_dir, device="cpu")
+    events = follow(session, 60)
+    assert session.state == "finished" and not session.error
+    alerts = [e.message for e in events if isinstance(e, ev.Alert)]
+    assert any("checkpoint at step 30 failed (No space left on device)" in a for a in alerts)
+    assert [p.name for p in RunStore.open(session.run_dir).checkpoint_paths()] == [
+        "ckpt-00000060.pt"]
+
+
+def test_a_crash_journals_the_error_and_saves_a_crash_checkpoint(runs_dir: Path) -> None:
+    cfg = tiny("ring-8", "steps=100000", "checkpoint_every=100000")
+    session = start(cfg, "ring-8", runs_dir=runs_dir, device="cpu")
+    session.controller.pause().result(timeout=30)
+    held = session.trainer.step
+
+    def broken():
+        raise RuntimeError("simulated data failure")
+
+    session.trainer.batches.next = broken
+    session.controller.resume()
+    session.join(30)
+    assert session.state == "error"
+    assert isinstance(session.error[0], RuntimeError)
+    journal = RunStore.open(session.run_dir).events()
+    assert any(r["event"] == "alert" and "simulated data failure" in r["message"]
+               for r in journal)
+    crash = [r for r in journal if r["event"] == "checkpoint" and r["reason"] == "crash"]
+    assert crash and load_checkpoint_file(Path(crash[0]["path"]))["step"] == held
+    assert journal[-1]["event"] == "state" and journal[-1]["state"] == "error"
