@@ -205,7 +205,8 @@ class GantuiApp(App[Outcome]):
         """Redraw what changed, at most ``plot_hz`` times a second (a state change at once),
         so a fast run's stream of metrics costs the trainer next to nothing."""
         model = self.model
-        key = (model.state, self.stopping, isinstance(model.image, Preview))
+        key = (model.state, self.stopping, isinstance(model.image, Preview),
+               tuple(model.changed_at.items()))  # a retuned value shows at once
         urgent = key != self._bindings_key
         if urgent:
             self._bindings_key = key
