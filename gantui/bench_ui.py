@@ -21,8 +21,8 @@ def redraw_times(points: int = 1_000_000, sizes: tuple[tuple[int, int], ...] = (
         sizes: Chart sizes ``(columns, rows)`` to draw.
         repeats: Redraws measured per case.
     """
+    from gantui.chart import Line, plot_text
     from gantui.history import Series
-    from gantui.ui.plots import Line, plot_text
 
     rng = np.random.default_rng(0)
     steps = np.arange(points, dtype=np.float64)
