@@ -158,6 +158,81 @@ def watch(
 
 
 @app.command()
+def sample(
+    run_dir: Annotated[Path, typer.Argument(help="A run directory with a checkpoint.")],
+    n: Annotated[int, typer.Option(
+        "-n", help="Samples in the grid (conditional runs: a row per class).")] = 64,
+    interpolate: Annotated[int, typer.Option(
+        help="Instead of a grid: rows of this many steps walking alpha*z1 + (1-alpha)*z2.",
+        min=0)] = 0,
+    rows: Annotated[int, typer.Option(help="Rows of the interpolation.", min=1)] = 8,
+    seed: Annotated[int, typer.Option(help="Seed for z: the same seed, the same z.")] = 0,
+    checkpoint: Annotated[Path | None, typer.Option(
+        help="A checkpoint file (default: the run's newest loadable one).")] = None,
+    out: Annotated[Path | None, typer.Option(
+        help="PNG to write (default: RUN_DIR/samples/sample-...png).")] = None,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "cpu",
+) -> None:
+    """Draw samples from a run's generator: a grid, or latent interpolations."""
+    if not 1 <= n <= 1024:
+        fail(f"-n must be between 1 and 1024 (got {n})")
+    from gantui import sampling
+    from gantui.session import resolve_device
+    from gantui.store import RunStore
+
+    try:
+        store = RunStore.open(run_dir)
+        generator, cfg, step = sampling.load_generator(run_dir, checkpoint,
+                                                       resolve_device(device))
+        if interpolate:
+            z, labels = sampling.interpolation(cfg, rows, interpolate, seed)
+            nrow, kind = interpolate, f"interp{interpolate}"
+        else:
+            labels, nrow = sampling.class_rows(cfg, n)
+            z = sampling.latents(cfg, n if labels is None else len(labels), seed)
+            kind = "grid"
+        grid = sampling.render(generator, cfg, z, labels, nrow)
+        name = f"sample-step{step:08d}-{kind}-seed{seed}.png"
+        path = store.save_grid(step, grid, name=name) if out is None else None
+        if out is not None:
+            from gantui.store import save_png
+
+            path = save_png(grid, out)
+    except GantuiError as exc:
+        fail(exc)
+    except OSError as exc:
+        fail(f"cannot write {out}: {exc.strerror or exc}")
+    typer.echo(f"wrote {path} (step {step}, {cfg.arch}, {kind})")
+
+
+@app.command()
+def compare(
+    run_dirs: Annotated[list[Path], typer.Argument(help="Two or more run directories.")],
+    metric: Annotated[str, typer.Option(
+        help="loss_d, loss_g, d_real, d_fake, d_fake_g, grad_g, grad_d or img_per_s.")] =
+        "loss_g",
+    smooth: Annotated[float, typer.Option(help="EMA smoothing in [0, 1).", min=0.0,
+                                          max=0.999)] = 0.9,
+    height: Annotated[int, typer.Option(help="Chart height in lines.", min=6)] = 20,
+) -> None:
+    """Plot one metric for several runs on one chart, with a summary table."""
+    from rich.console import Console
+    from rich.text import Text
+
+    from gantui.compare import chart, legend, load_runs, summary
+
+    console = Console(highlight=False)
+    try:
+        runs = load_runs(run_dirs)
+        text = chart(runs, metric, max(40, console.width), height, smoothing=smooth)
+    except GantuiError as exc:
+        fail(exc)
+    console.print(Text(f"{metric} (EMA {smooth:g})  ") + legend(runs))
+    console.print(text)
+    console.print(summary(runs))
+
+
+@app.command()
 def ctl(
     run_dir: Annotated[Path, typer.Argument(help="The run directory of a live run.")],
     action: Annotated[str, typer.Argument(

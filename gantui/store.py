@@ -227,15 +227,7 @@ class RunStore:
 
     def save_grid(self, step: int, grid: torch.Tensor, name: str | None = None) -> Path:
         """Save a (C, H, W) float grid in [0, 1] as ``samples/step-XXXXXXXX.png``."""
-        from PIL import Image
-
-        array = grid.mul(255).round().clamp(0, 255).to(torch.uint8).permute(1, 2, 0).cpu()
-        array = array.squeeze(2) if array.shape[2] == 1 else array
-        path = self.samples / (name or f"step-{step:08d}.png")
-        tmp = path.with_name(f".{path.name}.tmp")
-        Image.fromarray(array.numpy()).save(tmp, format="PNG")
-        os.replace(tmp, path)
-        return path
+        return save_png(grid, self.samples / (name or f"step-{step:08d}.png"))
 
     # ---- checkpoints ---------------------------------------------------------------------
 
@@ -294,6 +286,21 @@ class RunStore:
                 continue
             return path, state
         raise StoreError(f"no loadable checkpoint in {self.checkpoints}")
+
+
+def save_png(grid: torch.Tensor, path: Path) -> Path:
+    """Write a (C, H, W) float image in [0, 1] as a PNG (grey or RGB), atomically."""
+    from PIL import Image
+
+    array = grid.mul(255).round().clamp(0, 255).to(torch.uint8).permute(1, 2, 0).cpu()
+    array = array.squeeze(2) if array.shape[2] == 1 else array
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        Image.fromarray(array.numpy()).save(tmp, format="PNG")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
 
 
 def load_checkpoint_file(path: Path) -> dict[str, Any]:

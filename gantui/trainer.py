@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torchvision.utils import make_grid
 
 from gantui import events as ev
 from gantui.config import LIVE_KEYS, Config
@@ -25,6 +24,7 @@ from gantui.errors import GantuiError
 from gantui.losses import d_loss, d_prob, g_loss
 from gantui.metrics import HealthMonitor, diversity, ring_coverage
 from gantui.models import build_models
+from gantui.sampling import grid_image, scatter_image
 from gantui.store import CHECKPOINT_VERSION, RunStore
 
 PREVIEW_MAX_SIDE = 256
@@ -291,8 +291,7 @@ class Trainer:
             images = self.G(self.fixed_noise, self.fixed_labels).float()
         finally:
             self.G.train()
-        grid = make_grid(images.add(1).div(2).clamp(0, 1), nrow=self.grid_nrow, padding=2)
-        grid = grid[:images.shape[1]]  # make_grid repeats grey images into 3 channels
+        grid = grid_image(images, self.grid_nrow)
         self.store.save_grid(self.step, grid)
         preview = _downsample(grid, PREVIEW_MAX_SIDE)
         c, h, w = preview.shape
@@ -310,7 +309,7 @@ class Trainer:
         covered, quality = ring_coverage(points)
         shown = tuple((round(x, 4), round(y, 4)) for x, y in points[:RING_PREVIEW_POINTS].tolist())
         modes = tuple(tuple(m) for m in ring_modes().tolist())
-        self.store.save_grid(self.step, _scatter_image(points))
+        self.store.save_grid(self.step, scatter_image(points))
         self._emit(ev.Points(self.step, shown, modes, covered, quality))
         for kind, message in self.health.on_samples(diversity(points[:256])):
             self._emit(ev.Alert(self.step, kind, message))
@@ -527,22 +526,3 @@ def _downsample(grid: torch.Tensor, max_side: int) -> torch.Tensor:
         return grid
     size = (max(1, round(h * scale)), max(1, round(w * scale)))
     return torch.nn.functional.interpolate(grid[None], size=size, mode="area")[0]
-
-
-def _scatter_image(points: torch.Tensor, size: int = 256, extent: float = 3.0) -> torch.Tensor:
-    """A (3, size, size) picture of 2-D points (black) over the ring's modes (red)."""
-    image = torch.ones(3, size, size)
-
-    def to_pixels(xy: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        ij = ((xy.clamp(-extent, extent) + extent) / (2 * extent) * (size - 1)).round().long()
-        return size - 1 - ij[:, 1], ij[:, 0]
-
-    mode_rows, mode_cols = to_pixels(ring_modes())
-    for dr in range(-3, 4):
-        for dc in range(-3, 4):
-            r = (mode_rows + dr).clamp(0, size - 1)
-            c = (mode_cols + dc).clamp(0, size - 1)
-            image[1, r, c] = image[2, r, c] = 0.6  # a pale red square under each mode
-    rows, cols = to_pixels(points)
-    image[:, rows, cols] = 0.0
-    return image

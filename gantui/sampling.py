@@ -1,0 +1,104 @@
+"""Samples from a trained generator: grids, latent interpolations, a row per class.
+
+Used by ``gantui sample``; everything here reads a checkpoint and writes a PNG, and never
+touches a live run.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import torch
+from torchvision.utils import make_grid
+
+from gantui import config as config_mod
+from gantui.config import Config
+from gantui.data import ring_modes
+from gantui.errors import GantuiError
+from gantui.models import build_models
+from gantui.store import RunStore, load_checkpoint_file
+
+
+def load_generator(run_dir: Path, checkpoint: Path | None = None,
+                   device: torch.device | None = None) -> tuple[torch.nn.Module, Config, int]:
+    """G from a run's newest loadable checkpoint (or ``checkpoint``), in eval mode.
+
+    Returns:
+        ``(generator, config, step)``.
+    """
+    if checkpoint is not None:
+        state = load_checkpoint_file(checkpoint)
+    else:
+        _, state = RunStore.open(run_dir).load_checkpoint()
+    cfg = config_mod.from_dict(state["config"])
+    generator, _ = build_models(cfg)
+    generator.load_state_dict(state["G"])
+    generator.to(device or torch.device("cpu")).eval()
+    return generator, cfg, int(state["step"])
+
+
+def latents(cfg: Config, n: int, seed: int) -> torch.Tensor:
+    """``n`` latent vectors from a seeded generator (the same seed, the same z)."""
+    return torch.randn(n, cfg.nz, generator=torch.Generator().manual_seed(seed))
+
+
+def class_rows(cfg: Config, n: int) -> tuple[torch.Tensor | None, int]:
+    """Labels for a grid with a row per class (conditional runs) and the row length."""
+    if not cfg.conditional:
+        return None, max(1, round(math.sqrt(n)))
+    cols = max(1, n // cfg.n_classes)
+    return torch.arange(cfg.n_classes).repeat_interleave(cols), cols
+
+
+def interpolation(cfg: Config, rows: int, steps: int, seed: int) -> tuple[torch.Tensor,
+                                                                          torch.Tensor | None]:
+    """Each row walks from z2 to z1 as ``alpha z1 + (1 - alpha) z2``, alpha in [0, 1].
+
+    Conditional runs keep one class per row (row ``i`` has class ``i mod n_classes``).
+    """
+    if steps < 2:
+        raise GantuiError("--interpolate needs at least 2 steps")
+    ends = latents(cfg, 2 * rows, seed).view(rows, 2, cfg.nz)
+    alpha = torch.linspace(0, 1, steps).view(1, steps, 1)
+    z = (alpha * ends[:, :1] + (1 - alpha) * ends[:, 1:]).reshape(rows * steps, cfg.nz)
+    labels = None
+    if cfg.conditional:
+        labels = (torch.arange(rows) % cfg.n_classes).repeat_interleave(steps)
+    return z, labels
+
+
+def grid_image(images: torch.Tensor, nrow: int) -> torch.Tensor:
+    """Images in [-1, 1], shape (N, C, H, W), as one (C, H', W') grid in [0, 1]."""
+    grid = make_grid(images.add(1).div(2).clamp(0, 1), nrow=nrow, padding=2)
+    return grid[:images.shape[1]]  # make_grid repeats grey images into 3 channels
+
+
+def scatter_image(points: torch.Tensor, size: int = 256, extent: float = 3.0) -> torch.Tensor:
+    """A (3, size, size) picture of 2-D points (black) over the ring's modes (pale red)."""
+    image = torch.ones(3, size, size)
+
+    def to_pixels(xy: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        ij = ((xy.clamp(-extent, extent) + extent) / (2 * extent) * (size - 1)).round().long()
+        return size - 1 - ij[:, 1], ij[:, 0]
+
+    mode_rows, mode_cols = to_pixels(ring_modes())
+    for dr in range(-3, 4):
+        for dc in range(-3, 4):
+            r = (mode_rows + dr).clamp(0, size - 1)
+            c = (mode_cols + dc).clamp(0, size - 1)
+            image[1, r, c] = image[2, r, c] = 0.6
+    rows, cols = to_pixels(points)
+    image[:, rows, cols] = 0.0
+    return image
+
+
+@torch.no_grad()
+def render(generator: torch.nn.Module, cfg: Config, z: torch.Tensor,
+           labels: torch.Tensor | None, nrow: int) -> torch.Tensor:
+    """Generate samples for ``z`` (and labels): an image grid, or a scatter for ``ring8``."""
+    device = next(generator.parameters()).device
+    out = generator(z.to(device), None if labels is None else labels.to(device)).float().cpu()
+    if cfg.dataset == "ring8":
+        return scatter_image(out)
+    return grid_image(out, nrow)
