@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from gantui import events as ev
-from gantui.files import read_json_dict, read_toml_dict
+from gantui.files import as_int, read_json_dict, read_toml_dict
 
 CHUNK_BYTES = 4 << 20
 """How much of a journal is read per system call; bounds memory on a huge first drain."""
@@ -162,24 +162,14 @@ def metrics_from_record(record: dict[str, Any]) -> ev.Metrics | None:
     if record.keys() == _METRIC_KEYS and all(
             type(record[k]) is float or type(record[k]) is int for k in _METRIC_FIELDS):
         return ev.Metrics(**record)  # the trainer's own records: no per-field work
-    step = _as_int(record.get("step"))
+    step = as_int(record.get("step"))
     if step is None:
         return None
-    values: dict[str, Any] = {"step": step, "epoch": _as_int(record.get("epoch")) or 0}
+    values: dict[str, Any] = {"step": step, "epoch": as_int(record.get("epoch")) or 0}
     for name in _METRIC_FIELDS:
         if name not in _INT_FIELDS:
             values[name] = _as_float(record.get(name))
     return ev.Metrics(**values)
-
-
-def _as_int(value: Any) -> int | None:
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, int):
-        return value
-    if isinstance(value, float) and value.is_integer():
-        return int(value)
-    return None
 
 
 def _as_float(value: Any) -> float:
@@ -191,11 +181,11 @@ def _as_float(value: Any) -> float:
 def grid_nrow(config: dict[str, Any]) -> int:
     """Samples per grid row, as the trainer lays out the fixed-noise grid; 1 when unknown and
     for ``ring8``, whose PNG is one scatter plot rather than a grid."""
-    n = _as_int(config.get("n_samples"))
+    n = as_int(config.get("n_samples"))
     if n is None or n < 1 or config.get("dataset") == "ring8":
         return 1
     if config.get("conditioning", "none") != "none":
-        classes = _as_int(config.get("n_classes"))
+        classes = as_int(config.get("n_classes"))
         return max(1, n // classes) if classes and classes > 0 else 1
     return max(1, round(math.sqrt(n)))
 
@@ -312,8 +302,8 @@ class RunFollower:
             return None  # not a run yet (or not one at all): wait for its files
         owner = read_json_dict(self.run_dir / "run.json")
         self._started = True
-        steps = _as_int(config.get("steps")) or 0
-        epochs = _as_int(config.get("epochs")) or 0
+        steps = as_int(config.get("steps")) or 0
+        epochs = as_int(config.get("epochs")) or 0
         return ev.RunStarted(
             run_dir=str(self.run_dir), name=self.run_dir.name,
             preset=str(owner.get("preset") or config.get("preset") or "custom"),

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from gantui.files import read_json_dict, read_toml_dict
+from gantui.files import as_int, read_json_dict, read_toml_dict
 
 ENDED_STATES = ("finished", "stopped", "error")
 """Journaled states after which the process is gone for good."""
@@ -121,16 +121,6 @@ def run_state(run_dir: Path, is_live: Callable[[Path], bool]) -> str:
     return _state_from(_journal_summary(run_dir)[0], run_dir, is_live)
 
 
-def _int(value: Any) -> int | None:
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, int):
-        return value
-    if isinstance(value, float) and value.is_integer():
-        return int(value)
-    return None
-
-
 def _float(value: Any) -> float | None:
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         return float(value)
@@ -155,12 +145,12 @@ def read_run(run_dir: Path, is_live: Callable[[Path], bool]) -> RunInfo | None:
     owner = read_json_dict(run_dir / "run.json")
     last_state, last_start = _journal_summary(run_dir)
     last_metrics = next(_reverse_records(run_dir / "metrics.jsonl"), {})
-    step = _int(last_metrics.get("step"))
+    step = as_int(last_metrics.get("step"))
     if step is None:
-        step = max((_int(r.get("step")) or 0 for r in (last_state, last_start) if r), default=0)
-    total = _int((last_start or {}).get("total_steps"))
+        step = max((as_int(r.get("step")) or 0 for r in (last_state, last_start) if r), default=0)
+    total = as_int((last_start or {}).get("total_steps"))
     if total is None:
-        total = _int(config.get("steps")) or 0
+        total = as_int(config.get("steps")) or 0
     written = [_mtime(run_dir / name) for name in ("events.jsonl", "metrics.jsonl")]
     written = [t for t in written if t is not None] or [_mtime(run_dir / "config.toml") or 0.0]
     preset = owner.get("preset") or config.get("preset") or "?"
@@ -168,7 +158,7 @@ def read_run(run_dir: Path, is_live: Callable[[Path], bool]) -> RunInfo | None:
         path=run_dir, name=run_dir.name, preset=str(preset),
         state=_state_from(last_state, run_dir, is_live), step=step, total_steps=total,
         loss_d=_float(last_metrics.get("loss_d")), loss_g=_float(last_metrics.get("loss_g")),
-        updated=max(written), pid=_int(owner.get("pid")))
+        updated=max(written), pid=as_int(owner.get("pid")))
 
 
 def scan_runs(runs_dir: Path, is_live: Callable[[Path], bool]) -> list[RunInfo]:

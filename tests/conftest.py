@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import pytest
@@ -53,3 +54,12 @@ def make_image_folder(root: Path, n: int = 24, size: int = 40, bad: int = 0) -> 
     for i in range(bad):
         (root / f"broken{i}.jpg").write_bytes(b"not a jpeg at all")
     return root
+
+
+async def until(pilot, condition, timeout: float = 30.0) -> None:
+    """Let a Textual app run until ``condition()`` holds (fails after ``timeout`` seconds)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not condition():
+        assert loop.time() < deadline, "condition not reached in time"
+        await pilot.pause(0.05)

@@ -20,6 +20,8 @@ from gantui.ui.modals import ChoiceModal, FieldsModal, HelpModal, KeyValueModal
 from gantui.ui.plots import MetricPlot
 from gantui.ui.preview import PreviewPanel
 
+from .conftest import until
+
 
 def grid(channels: int, step: int = 1) -> ev.Preview:
     side = 4 * 28 + 10
@@ -73,15 +75,6 @@ class FakeLoop:
             self.state = "stopped"
             self.pending.append(ev.StateChanged(self.step, "stopped", "stopped"))
         command.reply.set_result({"action": command.action, "step": self.step})
-
-
-async def until(pilot, condition, timeout: float = 10.0) -> None:
-    """Let the app run until ``condition()`` holds (fails after ``timeout`` seconds)."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not condition():
-        assert loop.time() < deadline, "condition not reached in time"
-        await pilot.pause(0.05)
 
 
 def run(coro) -> Any:

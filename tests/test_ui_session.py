@@ -12,14 +12,7 @@ from gantui import session as session_mod
 from gantui.ui import GantuiApp
 from gantui.ui.modals import ChoiceModal, FieldsModal
 
-
-async def until(pilot, condition, timeout: float = 30.0) -> None:
-    """Let the app run until ``condition()`` holds (fails after ``timeout`` seconds)."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not condition():
-        assert loop.time() < deadline, "condition not reached in time"
-        await pilot.pause(0.05)
+from .conftest import until
 
 
 def journal(run_dir) -> list[dict]:

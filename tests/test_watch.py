@@ -18,16 +18,8 @@ from gantui.session import start
 from gantui.store import RunStore
 from gantui.ui import GantuiApp
 
-from .conftest import tiny
+from .conftest import tiny, until
 from .test_cli import wait_for
-
-
-async def until(pilot, condition, timeout: float = 30.0) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not condition():
-        assert loop.time() < deadline, "condition not reached in time"
-        await pilot.pause(0.05)
 
 
 def test_watch_shows_a_finished_run_and_follows_appended_metrics(runs_dir: Path) -> None:
