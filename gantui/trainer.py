@@ -74,6 +74,7 @@ class Trainer:
         self.health = HealthMonitor()
         self.paused = False
         self.stopping = False
+        self._mid_step = False
         self.state = "starting"
         self.last_good_checkpoint: Path | None = None
         self._stop_replies: list[Command] = []
@@ -135,12 +136,14 @@ class Trainer:
                     self._wait_while_paused()
                     continue
 
+                self._mid_step = True  # from here to step += 1 the weights are half-updated
                 # ---- Update D: maximise log D(x) + log(1 - D(G(z))) ----
                 for _ in range(self.cfg.d_steps):
                     self.d_step()
                 # ---- Update G: fool D ----
                 self.g_step()
                 self.step += 1
+                self._mid_step = False
 
                 if self.step % self.cfg.log_every == 0 and not self.log():
                     if self.on_nonfinite == "stop":
@@ -160,7 +163,7 @@ class Trainer:
             # (answering waiting clients, the final state) from happening.
             for wind_down in (
                 lambda: self._emit(ev.Alert(self.step, "error", f"training crashed: {why}")),
-                lambda: self.checkpoint("crash"),  # skipped by itself if the weights are bad
+                self._crash_checkpoint,
                 lambda: self._fail_replies(error),
                 lambda: self._set_state("error", why),
             ):
@@ -321,6 +324,14 @@ class Trainer:
                 "name": self.name, "preset": self.preset, "device": str(self.device),
                 "pid": os.getpid(), "live": {key: getattr(cfg, key) for key in LIVE_KEYS}}
 
+    def _crash_checkpoint(self) -> None:
+        """After a crash between steps (logging, sampling), keep the completed step. A crash
+        inside a step leaves D updated and G not: that state is not a resume point, so the
+        last checkpoint stays the newest."""
+        if self._mid_step or _checkpoint_step_of(self.last_good_checkpoint) == self.step:
+            return
+        self.checkpoint("crash")
+
     def _periodic_checkpoint(self) -> None:
         """A scheduled checkpoint; failing to write one (a full disk) is a warning, not the end
         of the run, and the previous checkpoints stay."""
@@ -328,9 +339,10 @@ class Trainer:
             self.checkpoint("periodic")
         except OSError as exc:
             self._set_state("running", journal=False)
+            kept = ("the earlier checkpoints are kept" if self.last_good_checkpoint
+                    else "there is no checkpoint yet")
             self._emit(ev.Alert(self.step, "error", f"checkpoint at step {self.step} failed "
-                                f"({exc.strerror or exc}); training continues and the earlier "
-                                f"checkpoints are kept"))
+                                f"({exc.strerror or exc}); training continues and {kept}"))
 
     def params_finite(self) -> bool:
         """True when every weight of G and D is finite (one host sync)."""
@@ -468,7 +480,7 @@ class Trainer:
     def _end(self, state: str, message: str) -> str:
         if state in ("finished", "stopped"):
             path = self.last_good_checkpoint
-            if path is None or _checkpoint_step(path) != self.step:
+            if _checkpoint_step_of(path) != self.step:
                 path = self.checkpoint("final" if state == "finished" else "stop")
             if path is not None:
                 message += f"; checkpoint {path}"
@@ -508,8 +520,8 @@ class Trainer:
         self._user_emit(event)
 
 
-def _checkpoint_step(path: Path) -> int:
-    return int(path.stem.split("-")[1])
+def _checkpoint_step_of(path: Path | None) -> int | None:
+    return None if path is None else int(path.stem.split("-")[1])
 
 
 def _metrics_record(event: ev.Metrics) -> dict[str, Any]:

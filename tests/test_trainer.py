@@ -237,23 +237,40 @@ def test_a_failed_periodic_checkpoint_warns_and_training_goes_on(runs_dir: Path,
         "ckpt-00000060.pt"]
 
 
-def test_a_crash_journals_the_error_and_saves_a_crash_checkpoint(runs_dir: Path) -> None:
-    cfg = tiny("ring-8", "steps=100000", "checkpoint_every=100000")
+def test_a_crash_inside_a_step_journals_it_and_keeps_the_checkpoints(runs_dir: Path) -> None:
+    cfg = tiny("ring-8", "steps=100000", "checkpoint_every=20")
     session = start(cfg, "ring-8", runs_dir=runs_dir, device="cpu")
+    store = RunStore.open(session.run_dir)
+    while not store.checkpoint_paths():
+        follow_some(session, 0.05)
     session.controller.pause().result(timeout=30)
-    held = session.trainer.step
+    before = {p.name: p.read_bytes() for p in store.checkpoint_paths()}
 
-    def broken():
-        raise RuntimeError("simulated data failure")
+    def broken():  # D has just been updated, G has not: no resume point
+        raise RuntimeError("simulated out of memory")
 
-    session.trainer.batches.next = broken
+    session.trainer.g_step = broken
     session.controller.resume()
     session.join(30)
-    assert session.state == "error"
-    assert isinstance(session.error[0], RuntimeError)
-    journal = RunStore.open(session.run_dir).events()
-    assert any(r["event"] == "alert" and "simulated data failure" in r["message"]
+    assert session.state == "error" and isinstance(session.error[0], RuntimeError)
+    journal = store.events()
+    assert any(r["event"] == "alert" and "simulated out of memory" in r["message"]
                for r in journal)
-    crash = [r for r in journal if r["event"] == "checkpoint" and r["reason"] == "crash"]
-    assert crash and load_checkpoint_file(Path(crash[0]["path"]))["step"] == held
+    assert not any(r["event"] == "checkpoint" and r["reason"] == "crash" for r in journal)
+    assert {p.name: p.read_bytes() for p in store.checkpoint_paths()} == before
     assert journal[-1]["event"] == "state" and journal[-1]["state"] == "error"
+
+
+def test_a_crash_between_steps_saves_the_completed_step(runs_dir: Path) -> None:
+    cfg = tiny("ring-8", "steps=100000", "checkpoint_every=100000", "sample_every=7")
+    session = start(cfg, "ring-8", runs_dir=runs_dir, device="cpu")
+
+    def broken():
+        raise OSError(5, "Input/output error")
+
+    session.trainer.sample = broken
+    session.join(30)
+    assert session.state == "error"
+    crash = [r for r in RunStore.open(session.run_dir).events()
+             if r["event"] == "checkpoint" and r["reason"] == "crash"]
+    assert len(crash) == 1 and load_checkpoint_file(Path(crash[0]["path"]))["step"] == 7
