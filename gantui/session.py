@@ -83,7 +83,7 @@ def prepare_resume(store: RunStore, sets: list[str] | tuple[str, ...] = (),
                    warn=None) -> tuple[str, Config, dict[str, Any], Path]:
     """The newest loadable checkpoint of ``store`` and its config, with the allowed ``--set``
     overrides applied: ``(preset, config, state, checkpoint path)``."""
-    path, state = store.load_checkpoint(warn=warn)
+    path, state = store.load_checkpoint(warn=warn, quarantine=True)  # we hold the lock
     values = dict(state["config"])
     for item in sets:
         key, value = config_mod.parse_assignment(item)
@@ -168,11 +168,16 @@ def _start_locked(store: RunStore, lock: RunLock, cfg: Config | None, preset: st
     server = ControlServer(store.path, controller, status=trainer.status,
                            refuse=lambda message: controller.journal("control", message))
     server.start()
-    store.write_owner({"preset": preset, "device": str(device)})
-    session = Session(trainer, controller, queue, store.path, threading.Thread(), server, lock)
-    session.thread = threading.Thread(target=_run, args=(session,), name="gantui-trainer",
-                                      daemon=True)
-    session.thread.start()
+    try:
+        store.write_owner({"preset": preset, "device": str(device)})
+        session = Session(trainer, controller, queue, store.path, threading.Thread(), server,
+                          lock)
+        session.thread = threading.Thread(target=_run, args=(session,), name="gantui-trainer",
+                                          daemon=True)
+        session.thread.start()
+    except BaseException:
+        server.close()
+        raise
     return session
 
 

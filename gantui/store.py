@@ -26,7 +26,7 @@ import torch
 
 from gantui.config import to_toml
 from gantui.errors import GantuiError
-from gantui.files import read_json_dict, read_jsonl
+from gantui.files import as_int, read_json_dict, read_jsonl
 
 CHECKPOINT_VERSION = 1
 CHECKPOINT_KEYS = ("version", "step", "config", "G", "D", "opt_g", "opt_d", "rng", "data",
@@ -36,6 +36,10 @@ _CKPT_RE = re.compile(r"^ckpt-(\d{8,})\.pt$")
 
 class StoreError(GantuiError):
     """A run directory that cannot be created, read or resumed."""
+
+
+class CorruptCheckpoint(StoreError):
+    """A checkpoint file that cannot be unpickled at all (torn, truncated, foreign)."""
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -156,7 +160,7 @@ class RunStore:
         up once more. Returns how many records moved; nothing is deleted."""
         path = self.path / "metrics.jsonl"
         records = read_jsonl(path)
-        later = [r for r in records if r.get("step", 0) > step]
+        later = [r for r in records if (as_int(r.get("step")) or 0) > step]
         if not later:
             return 0
         with open(self.path / "metrics-superseded.jsonl", "a", encoding="utf-8") as fh:
@@ -165,7 +169,7 @@ class RunStore:
             fh.flush()
             os.fsync(fh.fileno())
         kept = "".join(json.dumps(r, separators=(",", ":")) + "\n" for r in records
-                       if r.get("step", 0) <= step)
+                       if (as_int(r.get("step")) or 0) <= step)
         atomic_write_bytes(path, kept.encode())
         return len(later)
 
@@ -262,8 +266,13 @@ class RunStore:
                 old.unlink(missing_ok=True)
         return path
 
-    def load_checkpoint(self, warn=None) -> tuple[Path, dict[str, Any]]:
+    def load_checkpoint(self, warn=None, quarantine: bool = False) -> tuple[Path, dict[str, Any]]:
         """The newest checkpoint that loads; broken newer ones are reported through ``warn``.
+
+        Args:
+            quarantine: rename corrupt (unreadable) newer files to ``*.bad`` so they leave the
+                rotation; only for the process that owns the run (resume). Files of another
+                version or layout are never renamed.
 
         Raises:
             StoreError: no checkpoint loads.
@@ -275,14 +284,16 @@ class RunStore:
             try:
                 state = load_checkpoint_file(path)
             except StoreError as exc:
-                aside = path.with_name(path.name + ".bad")
-                try:
-                    path.rename(aside)  # kept for inspection, out of the rotation
-                    where = f"moved aside as {aside.name}"
-                except OSError:
-                    where = "left in place"
+                where = ""
+                if quarantine and isinstance(exc, CorruptCheckpoint):
+                    aside = path.with_name(path.name + ".bad")
+                    try:
+                        path.rename(aside)  # kept for inspection, out of the rotation
+                        where = f" (moved aside as {aside.name})"
+                    except OSError:
+                        where = " (left in place)"
                 if warn is not None:
-                    warn(f"{exc} ({where}); falling back to an older checkpoint")
+                    warn(f"{exc}{where}; falling back to an older checkpoint")
                 continue
             return path, state
         raise StoreError(f"no loadable checkpoint in {self.checkpoints}")
@@ -308,7 +319,8 @@ def load_checkpoint_file(path: Path) -> dict[str, Any]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for a torn or foreign file
-        raise StoreError(f"checkpoint {path.name} is unreadable ({type(exc).__name__})") from None
+        raise CorruptCheckpoint(f"checkpoint {path.name} is unreadable "
+                                f"({type(exc).__name__})") from None
     if not isinstance(state, dict):
         raise StoreError(f"checkpoint {path.name} is not a gantui checkpoint")
     missing = [k for k in CHECKPOINT_KEYS if k not in state]

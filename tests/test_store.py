@@ -52,6 +52,19 @@ def test_truncated_newest_falls_back_with_a_warning(tmp_path: Path) -> None:
     _, state = store.load_checkpoint(warn=warnings.append)
     assert state["step"] == 1
     assert len(warnings) == 1 and "ckpt-00000002.pt is unreadable" in warnings[0]
+    assert newest.exists()  # readers (sample, watch) never move files
+    _, state = store.load_checkpoint(warn=warnings.append, quarantine=True)  # the owner does
+    assert state["step"] == 1 and not newest.exists()
+    assert (store.checkpoints / "ckpt-00000002.pt.bad").exists()
+    assert [p.name for p in store.checkpoint_paths()] == ["ckpt-00000001.pt"]
+
+
+def test_other_versions_are_never_quarantined(tmp_path: Path) -> None:
+    store = RunStore.create(tmp_path, "r", {})
+    store.save_checkpoint(_state(1), keep=3)
+    future = store.save_checkpoint({**_state(2), "version": 2}, keep=3)
+    _, state = store.load_checkpoint(warn=lambda m: None, quarantine=True)
+    assert state["step"] == 1 and future.exists()
 
 
 class Evil:
