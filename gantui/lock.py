@@ -16,6 +16,25 @@ from gantui.errors import GantuiError
 LOCK_NAME = "run.lock"
 
 
+_HELD: set[int] = set()
+"""Lock descriptors this process holds."""
+
+
+def _close_in_child() -> None:
+    """Forked children (DataLoader workers) must not keep the run's lock alive: an flock
+    belongs to the open file, which a fork shares. Closing the child's copy leaves the
+    parent's lock in place."""
+    for fd in _HELD:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+    _HELD.clear()
+
+
+os.register_at_fork(after_in_child=_close_in_child)
+
+
 class RunBusy(GantuiError):
     """Another live process owns the run."""
 
@@ -33,7 +52,10 @@ class RunLock:
         Raises:
             RunBusy: a live process holds it.
         """
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        except OSError as exc:
+            raise GantuiError(f"cannot lock {self.path}: {exc.strerror}") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -41,10 +63,12 @@ class RunLock:
             raise RunBusy(f"{self.path.parent} is being trained by a live process; steer it "
                           f"with gantui ctl or gantui watch") from None
         self._fd = fd
+        _HELD.add(fd)
 
     def release(self) -> None:
         """Give the lock back (the file stays; it is only a handle)."""
         if self._fd is not None:
+            _HELD.discard(self._fd)
             fcntl.flock(self._fd, fcntl.LOCK_UN)
             os.close(self._fd)
             self._fd = None

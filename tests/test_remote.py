@@ -204,3 +204,24 @@ def test_python_api_and_cli_share_validation(tmp_path: Path) -> None:
     out = subprocess.run([sys.executable, "-m", "gantui", "ctl", str(tmp_path), "set"],
                          capture_output=True, text=True)
     assert out.returncode == 1 and "set needs KEY=VALUE pairs" in out.stderr
+
+
+def test_forked_children_do_not_keep_the_run_locked(tmp_path: Path) -> None:
+    """DataLoader workers are forked: their copy of the lock must not outlive the owner's."""
+    import signal as sig
+
+    from gantui.lock import RunLock, is_locked
+
+    lock = RunLock(tmp_path)
+    lock.acquire()
+    child = os.fork()
+    if child == 0:
+        time.sleep(30)
+        os._exit(0)
+    try:
+        assert is_locked(tmp_path)
+        lock.release()
+        assert not is_locked(tmp_path)
+    finally:
+        os.kill(child, sig.SIGKILL)
+        os.waitpid(child, 0)
