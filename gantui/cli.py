@@ -98,6 +98,8 @@ def train(
                             on_nonfinite="stop" if headless else "pause")
     except GantuiError as exc:
         fail(exc)
+    except OSError as exc:  # a full disk or a read-only runs directory, say
+        fail(f"{exc.filename or 'run directory'}: {exc.strerror or exc}")
     except KeyboardInterrupt:
         raise typer.Exit(130) from None
     if headless:
@@ -180,6 +182,7 @@ def sample(
     from gantui.session import resolve_device
     from gantui.store import RunStore
 
+    path: Path | None = None
     try:
         store = RunStore.open(run_dir)
         generator, cfg, step = sampling.load_generator(run_dir, checkpoint,
@@ -192,16 +195,14 @@ def sample(
             z = sampling.latents(cfg, n if labels is None else len(labels), seed)
             kind = "grid"
         grid = sampling.render(generator, cfg, z, labels, nrow)
-        name = f"sample-step{step:08d}-{kind}-seed{seed}.png"
-        path = store.save_grid(step, grid, name=name) if out is None else None
-        if out is not None:
-            from gantui.store import save_png
+        path = out or store.samples / f"sample-step{step:08d}-{kind}-seed{seed}.png"
+        from gantui.store import save_png
 
-            path = save_png(grid, out)
+        save_png(grid, path)
     except GantuiError as exc:
         fail(exc)
     except OSError as exc:
-        fail(f"cannot write {out}: {exc.strerror or exc}")
+        fail(f"cannot write {path}: {exc.strerror or exc}")
     typer.echo(f"wrote {path} (step {step}, {cfg.arch}, {kind})")
 
 

@@ -15,7 +15,7 @@ from rich.text import Text
 
 from gantui.chart import Line, plot_text
 from gantui.errors import GantuiError
-from gantui.files import read_json_dict, read_jsonl, read_toml_dict
+from gantui.files import as_int, read_json_dict, read_jsonl, read_toml_dict
 from gantui.history import Series
 
 METRICS = ("loss_d", "loss_g", "d_real", "d_fake", "d_fake_g", "grad_g", "grad_d", "img_per_s")
@@ -58,7 +58,9 @@ def load_runs(run_dirs: list[Path]) -> list[RunCurves]:
             raise GantuiError(f"{path} is not a gantui run (no config.toml)")
         preset = (read_json_dict(path / "run.json").get("preset")
                   or read_toml_dict(path / "config.toml").get("preset", "?"))
-        runs.append(RunCurves(path.name, str(preset), read_jsonl(path / "metrics.jsonl")))
+        records = [r for r in read_jsonl(path / "metrics.jsonl")
+                   if as_int(r.get("step")) is not None]  # skip foreign or torn records
+        runs.append(RunCurves(path.name, str(preset), records))
     return runs
 
 

@@ -77,7 +77,8 @@ def run_headless(session: Session, out: TextIO | None = None, poll: float = 0.2)
     """Print ``session``'s events until its trainer ends; returns the process exit code.
 
     Ctrl-C or SIGTERM asks the trainer to checkpoint and stop; a second Ctrl-C quits at once
-    (the checkpoints already on disk stay intact). SIGHUP is ignored: training carries on.
+    (the checkpoints already on disk stay intact; the run lock goes with the process).
+    SIGHUP is ignored: training carries on.
     """
     printer = LinePrinter(out)
     received: list[str] = []  # signal names; the handler only records, the loop reports
@@ -85,7 +86,13 @@ def run_headless(session: Session, out: TextIO | None = None, poll: float = 0.2)
     def on_signal(signum: int, _frame) -> None:
         received.append(signal.Signals(signum).name)
         if len(received) > 1 and signum == signal.SIGINT:
-            raise KeyboardInterrupt
+            for sig in (signal.SIGINT, signal.SIGTERM):  # no third signal mid-exit
+                signal.signal(sig, signal.SIG_IGN)
+            with contextlib.suppress(Exception):  # a print may be under way in this thread
+                printer(ev.Note(session.trainer.step, "interrupted; the checkpoints on disk "
+                                "are intact. Resume with: gantui train --resume "
+                                f"{session.run_dir}"))
+            abandon(session, 130)
         session.controller.stop(source=signal.Signals(signum).name)
 
     previous = _install({signal.SIGINT: on_signal, signal.SIGTERM: on_signal,
@@ -102,10 +109,6 @@ def run_headless(session: Session, out: TextIO | None = None, poll: float = 0.2)
             session.join(poll)
         for event in session.queue.drain():
             printer(event)
-    except KeyboardInterrupt:
-        printer(ev.Note(session.trainer.step, "interrupted; the checkpoints on disk are intact. "
-                        f"Resume with: gantui train --resume {session.run_dir}"))
-        abandon(session, 130)
     finally:
         _install(previous)
     return finish(session, printer)
