@@ -286,7 +286,3 @@ def describe_ack(action: str, ack: dict) -> str:
         return f"{verb} at step {step}: {ack['path']}"
     past = {"pause": "paused", "resume": "resumed", "stop": "stopped"}.get(action, action)
     return f"{past} at step {step}"
-
-
-def main() -> None:  # pragma: no cover - console entry point alias
-    app(prog_name="gantui")

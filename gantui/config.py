@@ -179,11 +179,6 @@ def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", str(tp))
 
 
-def describe_type(key: str) -> str:
-    """Human description of a key's type, e.g. ``float`` or ``nonsaturating | hinge``."""
-    return _type_name(_TYPES[key])
-
-
 def _unknown(key: str, valid: list[str] | tuple[str, ...]) -> ConfigError:
     kind = "live keys" if tuple(valid) == LIVE_KEYS else "valid keys"
     return ConfigError(f"unknown key {key!r}; {kind}: {', '.join(valid)}")

@@ -209,13 +209,3 @@ class EventQueue:
             at = next((i for i, (seq, _) in enumerate(items) if seq > image[0]), len(items))
             items.insert(at, image)
         return [event for _, event in items]
-
-
-def fanout(*consumers: Emit) -> Emit:
-    """One ``emit`` that calls each consumer in turn."""
-
-    def emit(event: Event) -> None:
-        for consumer in consumers:
-            consumer(event)
-
-    return emit

@@ -176,8 +176,3 @@ def build_models(cfg: Config) -> tuple[nn.Module, nn.Module]:
         g.apply(dcgan_init)
         d.apply(dcgan_init)
     return g, d
-
-
-def count_params(module: nn.Module) -> int:
-    """Number of trainable parameters."""
-    return sum(p.numel() for p in module.parameters() if p.requires_grad)
