@@ -124,7 +124,7 @@ def test_control_pause_set_checkpoint_stop(runs_dir: Path) -> None:
     path = Path(session.controller.checkpoint().result(timeout=30)["path"])
     assert path.is_file() and load_checkpoint_file(path)["step"] == held
     session.controller.resume().result(timeout=30)
-    follow_until = [e for e in follow_some(session, 0.5)]
+    follow_some(session, 0.5)
     assert session.trainer.step > held
     stop = session.controller.stop().result(timeout=30)
     session.join(30)
@@ -136,7 +136,19 @@ def test_control_pause_set_checkpoint_stop(runs_dir: Path) -> None:
     assert [r["state"] for r in journal if r["event"] == "state"][-1] == "stopped"
     metrics = RunStore.open(session.run_dir).metrics()
     assert metrics[-1]["lr_g"] == 1e-4
-    assert follow_until is not None
+
+
+def checkpoint_bytes(store: RunStore) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in store.checkpoint_paths()}
+
+
+def pause_after_first_checkpoint(session) -> tuple[RunStore, dict[str, bytes]]:
+    """Let the run write a checkpoint, pause it, and snapshot the checkpoints on disk."""
+    store = RunStore.open(session.run_dir)
+    while not store.checkpoint_paths():
+        follow_some(session, 0.05)
+    session.controller.pause().result(timeout=30)
+    return store, checkpoint_bytes(store)
 
 
 def follow_some(session, seconds: float) -> list[ev.Event]:
@@ -169,11 +181,7 @@ def test_bad_live_values_are_refused_without_change(runs_dir: Path) -> None:
 def test_nonfinite_loss_stops_and_keeps_the_last_good_checkpoint(runs_dir: Path) -> None:
     cfg = tiny("ring-8", "steps=100000", "checkpoint_every=10", "log_every=5")
     session = start(cfg, "ring-8", runs_dir=runs_dir, device="cpu")
-    store = RunStore.open(session.run_dir)
-    while not store.checkpoint_paths():
-        follow_some(session, 0.05)
-    session.controller.pause().result(timeout=30)
-    before = {p.name: p.read_bytes() for p in store.checkpoint_paths()}
+    store, before = pause_after_first_checkpoint(session)
     assert before
     with torch.no_grad():
         for p in session.trainer.G.parameters():
@@ -183,8 +191,7 @@ def test_nonfinite_loss_stops_and_keeps_the_last_good_checkpoint(runs_dir: Path)
     assert session.state == "error"
     alerts = [e for e in events if isinstance(e, ev.Alert) and e.kind == "nonfinite"]
     assert alerts and "last good checkpoint is kept" in alerts[0].message
-    after = {p.name: p.read_bytes() for p in store.checkpoint_paths()}
-    assert after == before
+    assert checkpoint_bytes(store) == before
 
 
 def test_nonfinite_pauses_when_asked(runs_dir: Path) -> None:
@@ -240,11 +247,7 @@ def test_a_failed_periodic_checkpoint_warns_and_training_goes_on(runs_dir: Path,
 def test_a_crash_inside_a_step_journals_it_and_keeps_the_checkpoints(runs_dir: Path) -> None:
     cfg = tiny("ring-8", "steps=100000", "checkpoint_every=20")
     session = start(cfg, "ring-8", runs_dir=runs_dir, device="cpu")
-    store = RunStore.open(session.run_dir)
-    while not store.checkpoint_paths():
-        follow_some(session, 0.05)
-    session.controller.pause().result(timeout=30)
-    before = {p.name: p.read_bytes() for p in store.checkpoint_paths()}
+    store, before = pause_after_first_checkpoint(session)
 
     def broken():  # D has just been updated, G has not: no resume point
         raise RuntimeError("simulated out of memory")
@@ -257,7 +260,7 @@ def test_a_crash_inside_a_step_journals_it_and_keeps_the_checkpoints(runs_dir: P
     assert any(r["event"] == "alert" and "simulated out of memory" in r["message"]
                for r in journal)
     assert not any(r["event"] == "checkpoint" and r["reason"] == "crash" for r in journal)
-    assert {p.name: p.read_bytes() for p in store.checkpoint_paths()} == before
+    assert checkpoint_bytes(store) == before
     assert journal[-1]["event"] == "state" and journal[-1]["state"] == "error"
 
 
