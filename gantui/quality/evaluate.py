@@ -1,0 +1,314 @@
+"""The evaluation harness: how good is this generator, in numbers that compare across steps.
+
+The trainer builds one :class:`Evaluator` per run and calls :meth:`Evaluator.evaluate` with its
+generator every so often. What is measured depends on the data:
+
+* ``ring`` (``ring8``): modes covered and the high-quality fraction (VEEGAN / PacGAN), from
+  2,500 samples.
+* ``mnist``: 5,000 generated digits scored by the digit judge (:mod:`gantui.quality.judge`)
+  against its held-out real digits: ``judge_fd`` (primary), ``kid``, ``is``, ``classes``,
+  ``class_entropy``, ``precision``/``recall``/``density``/``coverage``, and ``cond_acc`` for
+  conditional models; ``judge_acc`` records the yardstick's own accuracy.
+* ``folder``: ``rcfd`` always; ``fid`` and ``kid`` when torch-fidelity and Inception weights
+  are available (:mod:`gantui.quality.fid`), from 2,000 generated vs 2,000 real images.
+
+Every evaluation draws the same z (and y) from a private generator seeded by ``cfg.seed``,
+so successive scores differ only because G did; the global RNG is never touched.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from gantui.config import Config
+from gantui.errors import GantuiError
+from gantui.quality import fid as fidlib
+from gantui.quality import scores
+from gantui.quality.judge import cache_root, load_judge, to_unit
+
+Log = Callable[[str], None]
+
+DEFAULT_N = {"ring": 2500, "mnist": 5000, "folder": 2000}
+"""Generated samples per evaluation (and, for folders, real reference images)."""
+BATCH = 500
+"""Samples generated per forward pass."""
+PRDC_K = 5
+"""Neighbourhood size of precision, recall, density and coverage."""
+HIGHER_IS_BETTER = {
+    "modes": True, "hq": True, "cond_acc": True, "is": True, "classes": True,
+    "class_entropy": True, "precision": True, "recall": True, "density": True,
+    "coverage": True, "judge_acc": True,
+    "judge_fd": False, "kid": False, "kid_std": False, "fid": False, "rcfd": False,
+}
+"""Which way each value improves (for displays; :func:`primary_order` decides "better")."""
+
+
+class EvaluationError(GantuiError):
+    """An evaluation that cannot be set up (unknown dataset, too few samples or images)."""
+
+
+@dataclass(frozen=True)
+class Score:
+    """One evaluation of a generator."""
+
+    step: int
+    """Training step the generator was at."""
+    values: dict[str, float]
+    """Every measured value by name, e.g. ``{"judge_fd": 7.1, "kid": 0.004, "is": 8.9}``."""
+    primary: str
+    """Name of the headline value (the first of :func:`primary_order` that was measured)."""
+    seconds: float
+    """Wall time of this evaluation."""
+
+
+def primary_order(kind: str, conditional: bool) -> list[tuple[str, bool]]:
+    """The metrics that decide "better", in order: ``[(name, higher_is_better), ...]``.
+
+    Compared lexicographically: the first metric that differs decides. For folders ``fid``
+    comes first and is skipped where it was not measured, leaving ``rcfd``.
+    """
+    if kind == "ring":
+        return [("modes", True), ("hq", True)]
+    if kind == "mnist":
+        return [("cond_acc", True), ("judge_fd", False)] if conditional else [
+            ("judge_fd", False)]
+    if kind == "folder":
+        return [("fid", False), ("rcfd", False)]
+    raise EvaluationError(f"unknown evaluation kind {kind!r} (expected ring, mnist or folder)")
+
+
+def _order_of(score: Score) -> list[tuple[str, bool]]:
+    """The order a score was made under, known from its primary metric."""
+    kind = {"modes": "ring", "hq": "ring", "judge_fd": "mnist", "cond_acc": "mnist",
+            "fid": "folder", "rcfd": "folder"}.get(score.primary)
+    if kind is None:
+        return [(score.primary, HIGHER_IS_BETTER.get(score.primary, False))]
+    return primary_order(kind, conditional=score.primary == "cond_acc")
+
+
+def is_better(a: Score, b: Score | None) -> bool:
+    """True when ``a`` is strictly better than ``b`` (always, when ``b`` is None).
+
+    The metrics of ``a``'s :func:`primary_order` that both scores hold are compared in order;
+    the first that differs decides, and a tie on all of them is not better. NaN is worse than
+    any number. Scores with no such metric in common (the yardstick changed, e.g. FID became
+    available on resume) cannot be compared, and the newer one ``a`` counts as better.
+    """
+    if b is None:
+        return True
+    common = [(m, up) for m, up in _order_of(a) if m in a.values and m in b.values]
+    if not common:
+        return True
+    for metric, higher in common:
+        va, vb = _rank(a.values[metric], higher), _rank(b.values[metric], higher)
+        if va != vb:
+            return va > vb
+    return False
+
+
+def _rank(value: float, higher: bool) -> float:
+    """``value`` turned so that larger is better, with NaN the worst."""
+    if math.isnan(value):
+        return -math.inf
+    return value if higher else -value
+
+
+class Evaluator:
+    """Scores generators for one run's config; reference statistics are computed once.
+
+    Args:
+        cfg: the run's config (dataset, conditioning, nz, image size, channels, seed, data).
+        device: where G runs and features are computed.
+        n: generated samples per evaluation (default :data:`DEFAULT_N` for the kind);
+            folders also take up to ``n`` real images as the reference.
+        fid_weights: a local Inception weights file for folder FID; default: a known file
+            in the torch hub cache. Nothing is ever downloaded.
+        cache_dir: where the digit judge and real Inception features are cached (default
+            ``$GANTUI_CACHE`` or ``~/.cache/gantui``).
+        log: called with one-line messages for the user (judge training, FID unavailable).
+
+    Raises:
+        EvaluationError: unknown dataset or ``n`` below 10; gantui.data.DataError: the
+            data for the reference is missing.
+    """
+
+    kind: str
+    """``ring``, ``mnist`` or ``folder``."""
+
+    def __init__(self, cfg: Config, device: torch.device, *, n: int | None = None,
+                 fid_weights: str = "", cache_dir: Path | None = None,
+                 log: Log | None = None) -> None:
+        kinds = {"ring8": "ring", "mnist": "mnist", "folder": "folder"}
+        if cfg.dataset not in kinds:
+            raise EvaluationError(f"no evaluation for dataset {cfg.dataset!r}")
+        self.cfg = cfg
+        self.device = torch.device(device)
+        self.kind = kinds[cfg.dataset]
+        self.n = DEFAULT_N[self.kind] if n is None else n
+        if self.n < 10:
+            raise EvaluationError(f"evaluation needs n >= 10 samples (got {self.n})")
+        self.log: Log = log or (lambda _message: None)
+        self.cache_dir = cache_root(cache_dir)
+        self.order = primary_order(self.kind, cfg.conditional)
+        if self.kind == "mnist":
+            self._setup_mnist()
+        elif self.kind == "folder":
+            self._setup_folder(fid_weights)
+
+    # ---- set-up per kind ------------------------------------------------------------------
+
+    def _setup_mnist(self) -> None:
+        from gantui.data import fit_images  # the resize training applies to real digits
+
+        judge, self.judge_info, held_images, _ = load_judge(
+            "full" if self.cfg.data else "bundled", self.cfg.data, self.cache_dir, self.log,
+            device=self.device)
+        self.judge = judge.to(self.device).eval()
+        real = to_unit(fit_images(held_images, self.cfg))
+        with torch.no_grad():
+            self.real_feats = torch.cat([self.judge.features(real[i:i + BATCH].to(self.device))
+                                         for i in range(0, len(real), BATCH)])
+        self.real_stats = scores.gaussian_stats(self.real_feats)
+
+    def _setup_folder(self, fid_weights: str) -> None:
+        self.rcfd_net = fidlib.RandomConvFeatures().to(self.device)
+        self.reference = fidlib.folder_reference(Path(self.cfg.data), self.n,
+                                                 self.cfg.image_size, self.cfg.channels)
+        real = self.reference.images
+        with torch.no_grad():
+            feats = torch.cat([self.rcfd_net(fidlib.from_uint8(real[i:i + BATCH])
+                                             .to(self.device))
+                               for i in range(0, len(real), BATCH)])
+        self.rcfd_stats = scores.gaussian_stats(feats)
+        self.inception: nn.Module | None = None
+        try:
+            fidlib.require_torch_fidelity()
+            weights = fidlib.find_inception_weights(fid_weights)
+            if weights is None:
+                raise fidlib.FidUnavailable(fidlib.missing_weights_message())
+            self.inception = fidlib.load_inception(weights, self.device)
+            self.real_inception = fidlib.real_inception_features(
+                self.inception, self.reference, weights, self.cache_dir, self.log).to(
+                self.device)
+            self.real_inception_stats = scores.gaussian_stats(self.real_inception)
+        except fidlib.FidUnavailable as exc:  # said once, here; evaluations then skip FID
+            self.inception = None
+            self.log(str(exc))
+
+    @property
+    def has_fid(self) -> bool:
+        """True when folder evaluations include Inception ``fid`` and ``kid``."""
+        return self.kind == "folder" and self.inception is not None
+
+    # ---- evaluation -----------------------------------------------------------------------
+
+    def _noise(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The evaluation's z (and balanced labels y): the same at every call."""
+        gen = torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + 4242)
+        z = torch.randn(self.n, self.cfg.nz, generator=gen)
+        y = None
+        if self.cfg.conditional:
+            y = torch.arange(self.n) % self.cfg.n_classes
+            y = y[torch.randperm(self.n, generator=gen)]
+        return z, y
+
+    def _batches(self, G: nn.Module) -> Iterator[tuple[torch.Tensor, torch.Tensor | None]]:
+        """Yield ``(samples, labels or None)`` batches of G's output on the device."""
+        z, y = self._noise()
+        for i in range(0, self.n, BATCH):
+            zb = z[i:i + BATCH].to(self.device)
+            yb = y[i:i + BATCH].to(self.device) if y is not None else None
+            yield G(zb, yb).float(), yb
+
+    def evaluate(self, G: nn.Module, step: int) -> Score:
+        """Score ``G`` (called as ``G(z, y)``) at training step ``step``.
+
+        G runs in eval mode under ``torch.no_grad()``; its training mode is restored after.
+        """
+        started = time.perf_counter()
+        was_training = G.training
+        G.eval()
+        try:
+            with torch.no_grad():
+                if self.kind == "ring":
+                    values = self._ring(G)
+                elif self.kind == "mnist":
+                    values = self._mnist(G)
+                else:
+                    values = self._folder(G)
+        finally:
+            G.train(was_training)
+        primary = next(m for m, _ in self.order if m in values)
+        return Score(step=step, values=values, primary=primary,
+                     seconds=time.perf_counter() - started)
+
+    def _ring(self, G: nn.Module) -> dict[str, float]:
+        from gantui.metrics import ring_coverage
+
+        points = torch.cat([x.reshape(len(x), -1).cpu() for x, _ in self._batches(G)])
+        if points.shape[1] != 2:
+            _raise_shape(points, "(N, 2)")
+        modes, hq = ring_coverage(points)  # non-finite points count as low quality
+        return {"modes": float(modes), "hq": float(hq)}
+
+    def _mnist(self, G: nn.Module) -> dict[str, float]:
+        feats, logits, labels = [], [], []
+        for x, y in self._batches(G):
+            if x.ndim != 4 or x.shape[1] not in (1, 3):
+                _raise_shape(x, "(N, 1 or 3, H, W) images")
+            f, lg = self.judge.features_and_logits(torch.nan_to_num(x).clamp(-1, 1))
+            feats.append(f)
+            logits.append(lg)
+            if y is not None:
+                labels.append(y)
+        fake = torch.cat(feats)
+        logits = torch.cat(logits)
+        pred = logits.argmax(dim=1)
+        kid_mean, kid_std = scores.kid(self.real_feats, fake)
+        present, entropy = scores.class_histogram(pred, logits.shape[1])
+        values = {
+            "judge_fd": scores.frechet_from_stats(*self.real_stats, *scores.gaussian_stats(fake)),
+            "kid": kid_mean,
+            "kid_std": kid_std,
+            "is": scores.classifier_score(logits.softmax(dim=1)),
+            "classes": float(present),
+            "class_entropy": entropy,
+            **scores.prdc(self.real_feats, fake, k=PRDC_K),
+            "judge_acc": self.judge_info.accuracy,
+        }
+        if labels:
+            values["cond_acc"] = scores.conditional_accuracy(pred, torch.cat(labels))
+        return values
+
+    def _folder(self, G: nn.Module) -> dict[str, float]:
+        rcfd, incep = [], []
+        for x, _ in self._batches(G):
+            if x.ndim != 4 or x.shape[1:] != (self.cfg.channels, self.cfg.image_size,
+                                              self.cfg.image_size):
+                _raise_shape(x, f"(N, {self.cfg.channels}, {self.cfg.image_size}, "
+                                f"{self.cfg.image_size})")
+            images = fidlib.to_uint8(torch.nan_to_num(x))  # scored as they would be saved
+            rcfd.append(self.rcfd_net(fidlib.from_uint8(images)))
+            if self.inception is not None:
+                incep.append(fidlib.inception_features(self.inception, images))
+        values = {"rcfd": scores.frechet_from_stats(*self.rcfd_stats,
+                                                    *scores.gaussian_stats(torch.cat(rcfd)))}
+        if incep:
+            fake = torch.cat(incep)
+            values["fid"] = scores.frechet_from_stats(*self.real_inception_stats,
+                                                      *scores.gaussian_stats(fake))
+            # torch-fidelity's KID defaults: 100 subsets of 1,000 (fewer when n is smaller)
+            values["kid"], values["kid_std"] = scores.kid(self.real_inception, fake,
+                                                          subsets=100, subset_size=1000)
+        return values
+
+
+def _raise_shape(x: torch.Tensor, expected: str) -> None:
+    raise EvaluationError(f"the generator returned shape {tuple(x.shape)}; expected {expected}")
