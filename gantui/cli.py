@@ -13,6 +13,7 @@ from typing import Annotated, NoReturn
 import typer
 
 from gantui.errors import GantuiError
+from gantui.text import safe
 
 app = typer.Typer(
     name="gantui",
@@ -25,8 +26,8 @@ app = typer.Typer(
 
 
 def fail(message: object, code: int = 1) -> NoReturn:
-    """Print ``error: message`` on stderr and exit non-zero."""
-    typer.echo(f"error: {message}", err=True)
+    """Print ``error: message`` on stderr (made printable) and exit non-zero."""
+    typer.echo(f"error: {safe(message, 2000)}", err=True)
     raise typer.Exit(code)
 
 
@@ -171,6 +172,8 @@ def sample(
     seed: Annotated[int, typer.Option(help="Seed for z: the same seed, the same z.")] = 0,
     checkpoint: Annotated[Path | None, typer.Option(
         help="A checkpoint file (default: the run's newest loadable one).")] = None,
+    best: Annotated[bool, typer.Option(
+        "--best", help="Use checkpoints/best.pt, the best model by the quality metric.")] = False,
     out: Annotated[Path | None, typer.Option(
         help="PNG to write (default: RUN_DIR/samples/sample-...png).")] = None,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "cpu",
@@ -178,6 +181,8 @@ def sample(
     """Draw samples from a run's generator: a grid, or latent interpolations."""
     if not 1 <= n <= 1024:
         fail(f"-n must be between 1 and 1024 (got {n})")
+    if best and checkpoint is not None:
+        fail("--best and --checkpoint name two different checkpoints; pick one")
     from gantui import sampling
     from gantui.session import resolve_device
     from gantui.store import RunStore
@@ -186,7 +191,7 @@ def sample(
     try:
         store = RunStore.open(run_dir)
         generator, cfg, step = sampling.load_generator(run_dir, checkpoint,
-                                                       resolve_device(device))
+                                                       resolve_device(device), best=best)
         if interpolate:
             z, labels = sampling.interpolation(cfg, rows, interpolate, seed)
             nrow, kind = interpolate, f"interp{interpolate}"
@@ -195,22 +200,80 @@ def sample(
             z = sampling.latents(cfg, n if labels is None else len(labels), seed)
             kind = "grid"
         grid = sampling.render(generator, cfg, z, labels, nrow)
-        path = out or store.samples / f"sample-step{step:08d}-{kind}-seed{seed}.png"
+        which = "-best" if best else ""
+        path = out or store.samples / f"sample-step{step:08d}{which}-{kind}-seed{seed}.png"
         from gantui.store import save_png
 
         save_png(grid, path)
     except GantuiError as exc:
         fail(exc)
     except OSError as exc:
-        fail(f"cannot write {path}: {exc.strerror or exc}")
-    typer.echo(f"wrote {path} (step {step}, {cfg.arch}, {kind})")
+        where = exc.filename or path or run_dir
+        verb = "write" if path is not None else "read"
+        fail(f"cannot {verb} {safe(where)}: {exc.strerror or exc}")
+    typer.echo(f"wrote {safe(path)} (step {step}, {cfg.arch}, {kind})")
+
+
+@app.command(name="eval")
+def eval_(
+    run_dir: Annotated[Path, typer.Argument(help="A run directory, live or finished.")],
+    checkpoint: Annotated[Path | None, typer.Option(
+        help="A checkpoint file (default: the run's newest loadable one).")] = None,
+    best: Annotated[bool, typer.Option(
+        "--best", help="Score checkpoints/best.pt, the best model kept by the run.")] = False,
+    n: Annotated[int | None, typer.Option(
+        "-n", help="Generated samples (default: ring 2,500, MNIST 5,000, folders 2,000).")] =
+        None,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object, for scripts.")] =
+        False,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "cpu",
+) -> None:
+    """Score a checkpoint: ring modes, the MNIST digit judge (FD, KID, classes...), FID."""
+    import json
+
+    if best and checkpoint is not None:
+        fail("--best and --checkpoint name two different checkpoints; pick one")
+    if n is not None and not 10 <= n <= 100_000:
+        fail(f"-n must be between 10 and 100,000 (got {n})")
+    from gantui import sampling
+    from gantui.quality.evaluate import Evaluator
+    from gantui.quality.tracker import score_table
+    from gantui.session import resolve_device
+
+    notes: list[str] = []
+    try:
+        torch_device = resolve_device(device)
+        generator, cfg, step = sampling.load_generator(run_dir, checkpoint, torch_device,
+                                                       best=best)
+        log = notes.append if as_json else (lambda m: typer.echo(safe(m), err=True))
+        evaluator = Evaluator(cfg, torch_device, n=n or cfg.eval_samples or None,
+                              fid_weights=cfg.fid_weights, log=log)
+        score = evaluator.evaluate(generator, step)
+    except GantuiError as exc:
+        fail(exc)
+    except OSError as exc:
+        fail(f"cannot read {safe(exc.filename or run_dir)}: {exc.strerror or exc}")
+    source = str(checkpoint) if checkpoint else ("best.pt" if best else "newest checkpoint")
+    if as_json:
+        typer.echo(json.dumps({"run": str(run_dir), "checkpoint": source, "step": step,
+                               "primary": score.primary, "values": score.values,
+                               "n": evaluator.n, "seconds": round(score.seconds, 3),
+                               "notes": notes}))
+        return
+    from rich.console import Console
+
+    console = Console(highlight=False)
+    console.print(f"{safe(run_dir)} · {source} · step {step} · {evaluator.n:,} samples · "
+                  f"{score.seconds:.1f} s", markup=False)
+    console.print(score_table(score))
 
 
 @app.command()
 def compare(
     run_dirs: Annotated[list[Path], typer.Argument(help="Two or more run directories.")],
     metric: Annotated[str, typer.Option(
-        help="loss_d, loss_g, d_real, d_fake, d_fake_g, grad_g, grad_d or img_per_s.")] =
+        help="loss_d, loss_g, d_real, d_fake, d_fake_g, grad_g, grad_d, img_per_s, or a "
+        "quality value: judge_fd, kid, is, classes, cond_acc, modes, hq, fid, rcfd...")] =
         "loss_g",
     smooth: Annotated[float, typer.Option(help="EMA smoothing in [0, 1).", min=0.0,
                                           max=0.999)] = 0.9,
@@ -265,7 +328,11 @@ def ctl(
         ack = request(run_dir, message)
     except GantuiError as exc:
         fail(exc)
-    typer.echo(describe_ack(action, ack))
+    try:
+        line = describe_ack(action, ack)
+    except (AttributeError, KeyError, TypeError):
+        fail(f"the run at {run_dir} sent a reply this gantui cannot read")
+    typer.echo(safe(line))
 
 
 def describe_ack(action: str, ack: dict) -> str:

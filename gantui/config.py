@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import tomllib
 import typing
 from dataclasses import dataclass
@@ -15,6 +16,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from gantui.errors import GantuiError
+from gantui.text import safe, shown
 
 Arch = Literal["mlp", "dcgan"]
 Conditioning = Literal["none", "embedding", "onehot"]
@@ -99,6 +101,36 @@ class Config:
     amp: bool = False
     """Mixed precision (bfloat16 autocast) on CUDA; ignored on the CPU."""
 
+    # --- stabilizers ------------------------------------------------------------------------
+    ema: float = 0.0
+    """Decay of an exponential moving average of G's weights (e.g. 0.999); 0 is off. When on,
+    previews, evaluation, ``gantui sample`` and ``gantui eval`` use the averaged G."""
+    spectral_norm: bool = False
+    """Spectral normalisation of every D layer (Miyato et al., SN-GAN); D's batch norms are
+    dropped when it is on, as in SN-GAN."""
+    r1_gamma: float = 0.0
+    """Weight of the R1 penalty, gamma/2 * |grad_x D(x)|^2 on real data (Mescheder et al.);
+    0 is off (live)."""
+    r1_every: int = 1
+    """Apply R1 every this many D steps, scaled to match (lazy regularisation, StyleGAN2)."""
+    instance_noise: float = 0.0
+    """Std of Gaussian noise added to every input of D, annealed linearly to 0 over the run;
+    0 is off (live)."""
+    pack: int = 1
+    """PacGAN packing degree: D judges this many samples concatenated at once (1 is off).
+    ``batch_size`` must be a multiple of it."""
+
+    # --- quality ----------------------------------------------------------------------------
+    eval_every: int = 1000
+    """Steps between quality evaluations (live; 0 turns them off): ring modes, the MNIST digit
+    judge's scores, FID for image folders (see ``gantui eval``)."""
+    eval_samples: int = 0
+    """Generated samples per evaluation; 0 picks the standard size (ring 2,500, MNIST 5,000,
+    image folders 2,000)."""
+    fid_weights: str = ""
+    """Path to the Inception weights file (``pt_inception-2015-12-05``) for FID on image
+    folders; empty looks in the torch hub cache. Nothing is downloaded."""
+
     # --- cadence ----------------------------------------------------------------------------
     log_every: int = 50
     """Steps between metric records (live)."""
@@ -149,6 +181,9 @@ LIVE_KEYS: tuple[str, ...] = (
     "log_every",
     "sample_every",
     "checkpoint_every",
+    "eval_every",
+    "r1_gamma",
+    "instance_noise",
 )
 """Keys that can be changed while a run is training."""
 
@@ -181,7 +216,7 @@ def _type_name(tp: Any) -> str:
 
 def _unknown(key: str, valid: list[str] | tuple[str, ...]) -> ConfigError:
     kind = "live keys" if tuple(valid) == LIVE_KEYS else "valid keys"
-    return ConfigError(f"unknown key {key!r}; {kind}: {', '.join(valid)}")
+    return ConfigError(f"unknown key {shown(key)}; {kind}: {', '.join(valid)}")
 
 
 def coerce(key: str, value: Any) -> Any:
@@ -193,7 +228,7 @@ def coerce(key: str, value: Any) -> Any:
     if key not in _TYPES:
         raise _unknown(key, field_names())
     tp = _TYPES[key]
-    bad = ConfigError(f"bad value {value!r} for {key}: expected {_type_name(tp)}")
+    bad = ConfigError(f"bad value {shown(value)} for {key}: expected {_type_name(tp)}")
     origin = typing.get_origin(tp)
     if origin is Literal:
         if str(value) not in typing.get_args(tp):
@@ -201,7 +236,7 @@ def coerce(key: str, value: Any) -> Any:
         return str(value)
     if origin is tuple:
         if isinstance(value, str):
-            parts = [p for p in value.replace(" ", "").split(",") if p]
+            parts = [p.strip(" ") for p in value.split(",") if p.strip(" ")]
         elif isinstance(value, (list, tuple)):
             parts = list(value)
         else:
@@ -226,18 +261,20 @@ def coerce(key: str, value: Any) -> Any:
         except (TypeError, ValueError):
             raise bad from None
     if tp is float:
-        if isinstance(value, bool):
+        if isinstance(value, bool) or not isinstance(value, (int, float, str)):
             raise bad
+        if isinstance(value, str) and not _FLOAT_RE.match(value):
+            raise bad  # ASCII only: no "1_000", no other scripts' digits
         try:
             out = float(value)
-        except (TypeError, ValueError):
+        except (OverflowError, ValueError):
             raise bad from None
         if not math.isfinite(out):
             raise bad
         return out
     if tp is str:
-        if not isinstance(value, str):
-            raise bad
+        if not isinstance(value, str) or safe(value) != value:
+            raise bad  # control characters would reach the terminal in every log line
         return value
     raise bad  # pragma: no cover - every field type is handled above
 
@@ -251,14 +288,30 @@ def _as_int(value: Any) -> int:
         if not value.is_integer():
             raise ValueError("not an integer")
         return int(value)
-    text = str(value).strip().replace("_", "")
-    try:
-        return int(text)
-    except ValueError:
-        as_float = float(text)  # accepts "1e3"
-        if not as_float.is_integer():
-            raise
-        return int(as_float)
+    if not isinstance(value, str):
+        raise TypeError(f"not a number: {type(value).__name__}")
+    if _INT_RE.match(value):
+        return int(value)  # over Python's digit limit: ValueError
+    if not _FLOAT_RE.match(value):
+        raise ValueError("not an ASCII number")
+    as_float = float(value)  # accepts "1e3"
+    if not as_float.is_integer():
+        raise ValueError("not an integer")
+    return int(as_float)
+
+
+_DIGITS = r"[0-9]+(?:_[0-9]+)*"
+_INT_RE = re.compile(rf"[+-]?{_DIGITS}\Z", re.ASCII)
+_FLOAT_RE = re.compile(rf"[+-]?(?:{_DIGITS}(?:\.(?:{_DIGITS})?)?|\.{_DIGITS})"
+                       rf"(?:[eE][+-]?{_DIGITS})?\Z", re.ASCII)
+"""The numbers ``--set`` and ``ctl`` accept, as TOML writes them: ASCII digits with an optional
+sign, decimal point and exponent, underscores only between digits (``5000``, ``10_000``,
+``1e-4``, ``.5``); no spaces and no other scripts' digits."""
+
+
+def _got(value: int | float) -> str:
+    """A rejected number as echoed in an error: grouped digits, cut when absurdly long."""
+    return safe(f"{value:,}" if isinstance(value, int) else f"{value}", 40)
 
 
 def _check(cond: bool, message: str) -> None:
@@ -270,6 +323,8 @@ UPPER_BOUNDS = {
     "d_steps": 100, "seed": 2**32 - 1, "steps": 10**12, "epochs": 10**6, "n_samples": 1024,
     "num_workers": 64, "keep_checkpoints": 1000, "image_size": 1024, "batch_size": 65536,
     "log_every": 10**9, "sample_every": 10**9, "checkpoint_every": 10**9,
+    "nz": 65536, "ngf": 4096, "ndf": 4096, "n_classes": 10000, "embed_dim": 4096,
+    "eval_every": 10**9, "eval_samples": 100_000, "pack": 16, "r1_every": 1000,
 }
 """Largest accepted values: beyond them a value is a typo, and a live one could stall a run
 (``d_steps`` loops inside a step, where no command can interrupt it)."""
@@ -280,12 +335,12 @@ def validate(cfg: Config) -> None:
     for key in ("image_size", "channels", "n_classes", "nz", "ngf", "ndf", "embed_dim",
                 "batch_size", "d_steps", "log_every", "sample_every", "checkpoint_every",
                 "keep_checkpoints", "n_samples"):
-        _check(getattr(cfg, key) >= 1, f"{key} must be >= 1 (got {getattr(cfg, key)})")
-    for key in ("steps", "epochs", "num_workers", "seed"):
-        _check(getattr(cfg, key) >= 0, f"{key} must be >= 0 (got {getattr(cfg, key)})")
+        _check(getattr(cfg, key) >= 1, f"{key} must be >= 1 (got {_got(getattr(cfg, key))})")
+    for key in ("steps", "epochs", "num_workers", "seed", "eval_every", "eval_samples"):
+        _check(getattr(cfg, key) >= 0, f"{key} must be >= 0 (got {_got(getattr(cfg, key))})")
     for key, most in UPPER_BOUNDS.items():
         value = getattr(cfg, key)
-        _check(value <= most, f"{key} must be <= {most:,} (got {value:,})")
+        _check(value <= most, f"{key} must be <= {most:,} (got {_got(value)})")
     _check(cfg.steps > 0 or cfg.epochs > 0, "set steps > 0 or epochs > 0")
     for key in ("lr_g", "lr_d"):
         value = getattr(cfg, key)
@@ -296,11 +351,22 @@ def validate(cfg: Config) -> None:
     _check(0 <= cfg.label_smoothing < 0.5,
            f"label_smoothing must be in [0, 0.5) (got {cfg.label_smoothing})")
     _check(0 <= cfg.dropout < 1, f"dropout must be in [0, 1) (got {cfg.dropout})")
-    _check(cfg.channels in (1, 3), f"channels must be 1 or 3 (got {cfg.channels})")
-    _check(all(h >= 1 for h in cfg.g_hidden) and len(cfg.g_hidden) >= 1,
-           "g_hidden needs at least one positive size")
-    _check(all(h >= 1 for h in cfg.d_hidden) and len(cfg.d_hidden) >= 1,
-           "d_hidden needs at least one positive size")
+    _check(cfg.ema == 0 or 0.5 <= cfg.ema < 1,
+           f"ema must be 0 (off) or a decay in [0.5, 1), e.g. 0.999 (got {cfg.ema})")
+    _check(0 <= cfg.r1_gamma <= 1e4, f"r1_gamma must be in [0, 10000] (got {cfg.r1_gamma})")
+    _check(0 <= cfg.instance_noise <= 10,
+           f"instance_noise must be in [0, 10] (got {cfg.instance_noise})")
+    for key in ("pack", "r1_every"):
+        _check(getattr(cfg, key) >= 1, f"{key} must be >= 1 (got {_got(getattr(cfg, key))})")
+    _check(cfg.batch_size % cfg.pack == 0,
+           f"batch_size ({cfg.batch_size}) must be a multiple of pack ({cfg.pack})")
+    _check(cfg.pack == 1 or not cfg.conditional,
+           "pack > 1 needs an unconditional model (PacGAN packs samples of any class)")
+    _check(cfg.channels in (1, 3), f"channels must be 1 or 3 (got {_got(cfg.channels)})")
+    for key in ("g_hidden", "d_hidden"):
+        sizes = getattr(cfg, key)
+        _check(1 <= len(sizes) <= 64 and all(1 <= h <= 65536 for h in sizes),
+               f"{key} needs 1 to 64 layer sizes, each from 1 to 65,536")
     _check(not (cfg.dataset == "ring8" and cfg.data),
            "dataset ring8 is synthesised and reads no files; drop --data")
     if cfg.arch == "dcgan":
@@ -310,6 +376,8 @@ def validate(cfg: Config) -> None:
                f"got {cfg.image_size}")
     if cfg.conditional:
         _check(cfg.dataset == "mnist", "conditional models need labelled data (dataset mnist)")
+        _check(cfg.n_classes >= 10, f"MNIST has 10 classes: n_classes must be >= 10 "
+                                    f"(got {cfg.n_classes})")
 
 
 def dcgan_start_size(image_size: int) -> int | None:
@@ -350,6 +418,10 @@ def read_toml(path: Path) -> dict[str, Any]:
         raise ConfigError(f"no such file: {path}") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: invalid TOML ({exc})") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: invalid TOML (not UTF-8 text)") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: invalid TOML (nested too deeply)") from None
     except OSError as exc:
         raise ConfigError(f"cannot read {path}: {exc.strerror}") from None
 
@@ -393,11 +465,12 @@ def steps_over_epochs(values: dict[str, Any], sets: list[str] | tuple[str, ...])
 
 
 def parse_assignment(item: str) -> tuple[str, str]:
-    """Split ``KEY=VALUE``; a missing ``=`` is a :class:`ConfigError`."""
+    """Split ``KEY=VALUE`` exactly as written (no spaces around ``=``); a missing ``=`` is a
+    :class:`ConfigError`."""
     if "=" not in item:
-        raise ConfigError(f"expected KEY=VALUE, got {item!r}")
+        raise ConfigError(f"expected KEY=VALUE, got {shown(item)}")
     key, value = item.split("=", 1)
-    return key.strip(), value.strip()
+    return key, value
 
 
 def load(preset: str | None = None, sets: list[str] | tuple[str, ...] = ()) -> tuple[str, Config]:

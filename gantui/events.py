@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import collections
 import threading
+import typing
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields
 from typing import Any
@@ -80,6 +81,25 @@ class Points:
 
 
 @dataclass(frozen=True)
+class Quality:
+    """One evaluation of G (every ``eval_every`` steps): every measured value by name, the
+    primary one, and the best primary value so far with its step. Recorded in
+    ``quality.jsonl``."""
+
+    step: int
+    values: dict[str, float]
+    primary: str
+    best_step: int
+    best_value: float
+    seconds: float
+
+    @property
+    def value(self) -> float:
+        """The primary metric's value."""
+        return self.values.get(self.primary, float("nan"))
+
+
+@dataclass(frozen=True)
 class Changed:
     """A live hyperparameter changed between steps."""
 
@@ -110,7 +130,7 @@ class StateChanged:
 @dataclass(frozen=True)
 class Alert:
     """A health warning worded for a person. ``kind``: ``d_wins``, ``grad_explode``,
-    ``nonfinite``, ``collapse``, ``data`` or ``control``."""
+    ``nonfinite``, ``collapse``, ``quality``, ``data``, ``control`` or ``error``."""
 
     step: int
     kind: str
@@ -125,8 +145,8 @@ class Note:
     message: str
 
 
-Event = (RunStarted | Metrics | Preview | Points | Changed | Checkpointed | StateChanged | Alert
-         | Note)
+Event = (RunStarted | Metrics | Preview | Points | Quality | Changed | Checkpointed | StateChanged
+         | Alert | Note)
 Emit = Callable[[Event], None]
 
 _NAMES: dict[type, str] = {
@@ -134,6 +154,7 @@ _NAMES: dict[type, str] = {
     Metrics: "metrics",
     Preview: "preview",
     Points: "points",
+    Quality: "quality",
     Changed: "set",
     Checkpointed: "checkpoint",
     StateChanged: "state",
@@ -156,19 +177,74 @@ def to_record(event: Event) -> dict[str, Any]:
 
 
 def from_record(record: dict[str, Any]) -> Event | None:
-    """Rebuild an event from :func:`to_record` output; unknown or malformed records give None."""
+    """Rebuild an event from :func:`to_record` output; unknown or malformed records give None.
+
+    Every field is checked against its declared type (a journal may hold anything): ints must
+    be ints (not bools), floats may be any number, strings strings, ``config`` an object of
+    plain values, point lists pairs of numbers. ``old``/``new`` of a change may be any plain
+    value.
+    """
     cls = _TYPES.get(record.get("event", ""))
     if cls is None:
         return None
-    names = {f.name for f in fields(cls)}
-    values = {k: v for k, v in record.items() if k in names}
-    for key in ("points", "modes"):
-        if key in values:
-            values[key] = tuple(tuple(p) for p in values[key])
+    values: dict[str, Any] = {}
+    for f in fields(cls):
+        if f.name not in record:
+            continue
+        value = _checked(_HINTS[cls][f.name], record[f.name])
+        if value is _BAD:
+            return None
+        values[f.name] = value
     try:
         return cls(**values)
-    except TypeError:
+    except TypeError:  # a required field missing
         return None
+
+
+_BAD = object()
+_HINTS = {cls: typing.get_type_hints(cls) for cls in _TYPES.values()}
+_PLAIN = (str, int, float, bool, type(None))
+
+
+def _checked(hint: Any, value: Any) -> Any:
+    """``value`` if it fits ``hint`` (converted where harmless), else :data:`_BAD`."""
+    if hint is int:
+        ok = type(value) is int and -2**63 < value < 2**63
+        return value if ok else _BAD
+    if hint is float:
+        if type(value) not in (int, float):
+            return _BAD
+        try:
+            return float(value)
+        except OverflowError:
+            return _BAD
+    if hint is str:
+        return value if isinstance(value, str) else _BAD
+    if hint is bool:
+        return value if isinstance(value, bool) else _BAD
+    if hint is bytes:
+        return _BAD  # previews are never journaled
+    if typing.get_origin(hint) is dict:
+        if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
+            return _BAD
+        if typing.get_args(hint)[1] is float:  # quality values: numbers only
+            numbers = {k: _checked(float, v) for k, v in value.items()}
+            return _BAD if any(v is _BAD for v in numbers.values()) else numbers
+        if not all(isinstance(v, _PLAIN) or (isinstance(v, list) and all(
+                isinstance(i, _PLAIN) for i in v)) for v in value.values()):
+            return _BAD
+        return value
+    if typing.get_origin(hint) is tuple:  # point lists: ((x, y), ...)
+        if not isinstance(value, list):
+            return _BAD
+        pairs = []
+        for pair in value:
+            if not (isinstance(pair, list) and len(pair) == 2
+                    and all(type(v) in (int, float) for v in pair)):
+                return _BAD
+            pairs.append((float(pair[0]), float(pair[1])))
+        return tuple(pairs)
+    return value if isinstance(value, _PLAIN) else _BAD  # Any: a changed value
 
 
 class EventQueue:

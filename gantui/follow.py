@@ -17,7 +17,7 @@ Torch is not imported here: watching must start fast and stay light.
 from __future__ import annotations
 
 import dataclasses
-import json
+import heapq
 import math
 import os
 import re
@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from gantui import events as ev
-from gantui.files import as_int, read_json_dict, read_toml_dict
+from gantui.files import MAX_INT, as_float, as_int, parse_record, read_json_dict, read_toml_dict
 
 CHUNK_BYTES = 4 << 20
 """How much of a journal is read per system call; bounds memory on a huge first drain."""
@@ -41,6 +41,7 @@ _SAMPLE_RE = re.compile(r"^step-(\d+)\.png$")
 _METRIC_FIELDS = tuple(f.name for f in dataclasses.fields(ev.Metrics))
 _METRIC_KEYS = frozenset(_METRIC_FIELDS)
 _INT_FIELDS = frozenset({"step", "epoch"})
+_FLOAT_FIELDS = tuple(name for name in _METRIC_FIELDS if name not in _INT_FIELDS)
 _GREY_MODES = frozenset({"1", "L", "LA", "La", "I", "I;16", "I;16B", "I;16L", "F"})
 
 
@@ -134,22 +135,14 @@ class _Tail:
 
 def _parses_as_object(line: bytes) -> bool:
     # A JSON object cut short never parses: only a complete record missing its newline does.
-    try:
-        return isinstance(json.loads(line), dict)
-    except ValueError:
-        return False
+    return parse_record(line) is not None
 
 
 def _records(tail: _Tail) -> Iterator[dict[str, Any]]:
     """The JSON objects among ``tail``'s new lines; blank, torn or foreign lines are skipped."""
     for line in tail.lines():
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except ValueError:  # a torn line left by a crash, or bytes that are not UTF-8 JSON
-            continue
-        if isinstance(record, dict):
+        record = parse_record(line)  # None for a torn line, or bytes that are not UTF-8 JSON
+        if record is not None:
             yield record
 
 
@@ -159,8 +152,9 @@ def metrics_from_record(record: dict[str, Any]) -> ev.Metrics | None:
     Extra keys are ignored; a missing or non-numeric value becomes NaN (``epoch``: 0). A
     record without an integral ``step`` gives None.
     """
-    if record.keys() == _METRIC_KEYS and all(
-            type(record[k]) is float or type(record[k]) is int for k in _METRIC_FIELDS):
+    if (record.keys() == _METRIC_KEYS
+            and all(type(record[k]) is float for k in _FLOAT_FIELDS)
+            and all(type(record[k]) is int and 0 <= record[k] <= MAX_INT for k in _INT_FIELDS)):
         return ev.Metrics(**record)  # the trainer's own records: no per-field work
     step = as_int(record.get("step"))
     if step is None:
@@ -173,9 +167,8 @@ def metrics_from_record(record: dict[str, Any]) -> ev.Metrics | None:
 
 
 def _as_float(value: Any) -> float:
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return float(value)
-    return math.nan
+    number = as_float(value)
+    return math.nan if number is None else number
 
 
 def grid_nrow(config: dict[str, Any]) -> int:
@@ -200,7 +193,7 @@ def decode_preview(path: Path, step: int, nrow: int, max_side: int) -> ev.Previe
             image.load()
             mode = "L" if image.mode in _GREY_MODES else "RGB"
             picture = image if image.mode == mode else image.convert(mode)
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError):
+    except Exception:  # noqa: BLE001 - decoders raise many types on hostile bytes
         return None
     width, height = picture.size
     scale = max_side / max(width, height)
@@ -230,14 +223,15 @@ class RunFollower:
         self.preview_max_side = preview_max_side
         self._metrics = _Tail(self.run_dir / "metrics.jsonl")
         self._journal = _Tail(self.run_dir / "events.jsonl")
+        self._quality = _Tail(self.run_dir / "quality.jsonl")
         self._started = False
         self._config: dict[str, Any] | None = None
         self._samples_mtime: int | None = None
         self._sample_seen: tuple[str, int, int, int] | None = None
 
     def _start_over(self) -> None:
-        self._metrics.reset()
-        self._journal.reset()
+        for tail in (self._metrics, self._journal, self._quality):
+            tail.reset()
         self._started = False
         self._config = None
         self._samples_mtime = None
@@ -249,15 +243,17 @@ class RunFollower:
         Cheap when nothing changed (a few ``stat`` calls); never raises on missing, torn or
         half-written files.
         """
-        tails = (self._metrics, self._journal)
+        tails = (self._metrics, self._journal, self._quality)
         status = [tail.poll() for tail in tails]
         if "restart" in status:
             self._start_over()
             status = [tail.poll() for tail in tails]
-        metrics_status, journal_status = status
+        metrics_status, journal_status, quality_status = status
         # The journal first: the trainer writes a step's metrics before its journal entries,
         # so metrics read afterwards are never older than the entries already in hand.
         journal = self._journal_events() if journal_status == "grown" else []
+        if quality_status == "grown":
+            journal = list(heapq.merge(journal, self._quality_events(), key=_step))
         metrics = self._metrics_events() if metrics_status == "grown" else []
         preview = self._new_preview()
         others = _insert_by_step(journal, preview) if preview is not None else journal
@@ -276,6 +272,14 @@ class RunFollower:
             if isinstance(event, ev.RunStarted):
                 event = dataclasses.replace(event, run_dir=str(self.run_dir))
             found.append(event)
+        return found
+
+    def _quality_events(self) -> list[ev.Quality]:
+        found = []
+        for record in _records(self._quality):
+            event = ev.from_record({**record, "event": "quality"})
+            if isinstance(event, ev.Quality):
+                found.append(event)
         return found
 
     def _metrics_events(self) -> list[ev.Metrics]:
@@ -350,6 +354,10 @@ class RunFollower:
         self._sample_seen = seen  # a broken file is not retried until it changes
         nrow = grid_nrow(self._run_config())
         return decode_preview(folder / name, step, nrow, self.preview_max_side)
+
+
+def _step(event: ev.Event) -> int:
+    return event.step
 
 
 def _insert_by_step(journal: list[ev.Event], preview: ev.Preview) -> list[ev.Event]:

@@ -10,7 +10,9 @@ import time
 from typing import NoReturn, TextIO
 
 from gantui import events as ev
+from gantui.quality.describe import describe_value
 from gantui.session import Session
+from gantui.text import safe
 
 
 def format_duration(seconds: float) -> str:
@@ -47,6 +49,8 @@ class LinePrinter:
         if isinstance(event, ev.Points):
             return (f"step {event.step}: samples cover {event.modes_covered}/{len(event.modes)} "
                     f"modes, {event.high_quality:.0%} high quality")
+        if isinstance(event, ev.Quality):
+            return f"step {event.step}: quality {quality_line(event)}"
         if isinstance(event, ev.Changed):
             return f"step {event.step}: {event.key} {event.old} -> {event.new}"
         if isinstance(event, ev.Checkpointed):
@@ -67,10 +71,26 @@ class LinePrinter:
         text = self.line(event)
         if text is None or self.broken:
             return
+        text = safe(text)  # a request or a journal may carry escapes or lone surrogates
         try:
-            print(text, file=self.out, flush=True)
+            try:
+                print(text, file=self.out, flush=True)
+            except UnicodeEncodeError:  # a terminal whose encoding lacks a character
+                encoding = getattr(self.out, "encoding", None) or "ascii"
+                printable = text.encode(encoding, "backslashreplace").decode(encoding)
+                print(printable, file=self.out, flush=True)
         except (OSError, ValueError):  # EIO/EPIPE after the terminal went away
             self.broken = True
+
+
+def quality_line(event: ev.Quality) -> str:
+    """``judge_fd 7.12 (best 6.80 at step 2000) · classes 10 · cond_acc 97.1% · 2.1 s``."""
+    head = describe_value(event.primary, event.value)
+    best = ("best" if event.best_step == event.step else
+            f"best {describe_value(event.primary, event.best_value)} at step {event.best_step}")
+    extras = [describe_value(k, event.values[k]) for k in ("hq", "classes", "cond_acc", "kid")
+              if k in event.values and k != event.primary]
+    return " · ".join([f"{head} ({best})", *extras, f"{event.seconds:.1f} s"])
 
 
 def run_headless(session: Session, out: TextIO | None = None, poll: float = 0.2) -> int:

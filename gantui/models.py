@@ -65,7 +65,8 @@ class MLPDiscriminator(nn.Module):
         super().__init__()
         self.label, code = _label_code(cfg)
         layers: list[nn.Module] = []
-        width = math.prod(cfg.image_shape) + code
+        self.pack = cfg.pack
+        width = (math.prod(cfg.image_shape) + code) * cfg.pack
         for hidden in cfg.d_hidden:
             layers += [nn.Linear(width, hidden), nn.LeakyReLU(0.2)]
             if cfg.dropout > 0:
@@ -78,7 +79,7 @@ class MLPDiscriminator(nn.Module):
         h = x.flatten(1)
         if self.label is not None:
             h = torch.cat([h, self.label(y)], dim=1)
-        return self.net(h).squeeze(1)
+        return self.net(packed(h, self.pack)).squeeze(1)
 
 
 def _levels(cfg: Config) -> tuple[int, int]:
@@ -131,16 +132,17 @@ class DCGANDiscriminator(nn.Module):
         start, k = _levels(cfg)
         self.label, code = _label_code(cfg)
         width = cfg.ndf
-        # (N, C+code, S, S) -> (N, ndf, S/2, S/2), no batch norm on the input layer
+        self.pack = cfg.pack
+        # (N/pack, (C+code)*pack, S, S) -> (N/pack, ndf, S/2, S/2), no batch norm on the input
         layers: list[nn.Module] = [
-            nn.Conv2d(cfg.channels + code, width, 4, 2, 1, bias=False),
+            nn.Conv2d((cfg.channels + code) * cfg.pack, width, 4, 2, 1, bias=False),
             nn.LeakyReLU(0.2, inplace=True),
         ]
         for _ in range(k - 1):
-            # (N, w, s, s) -> (N, 2w, s/2, s/2)
+            # (N, w, s, s) -> (N, 2w, s/2, s/2); SN-GAN drops the batch norms
             layers += [
                 nn.Conv2d(width, width * 2, 4, 2, 1, bias=False),
-                nn.BatchNorm2d(width * 2),
+                nn.Identity() if cfg.spectral_norm else nn.BatchNorm2d(width * 2),
                 nn.LeakyReLU(0.2, inplace=True),
             ]
             width *= 2
@@ -152,7 +154,16 @@ class DCGANDiscriminator(nn.Module):
         if self.label is not None:
             code = self.label(y)[:, :, None, None].expand(-1, -1, x.shape[2], x.shape[3])
             x = torch.cat([x, code.to(x.dtype)], dim=1)
-        return self.net(x).flatten()
+        return self.net(packed(x, self.pack)).flatten()
+
+
+def packed(x: torch.Tensor, pack: int) -> torch.Tensor:
+    """PacGAN: ``pack`` consecutive samples side by side along dim 1, as one input of D.
+    (N, F...) -> (N // pack, pack * F, ...); a ragged tail of fewer than ``pack`` is dropped."""
+    if pack == 1:
+        return x
+    n = x.shape[0] // pack * pack
+    return x[:n].reshape(n // pack, pack * x.shape[1], *x.shape[2:])
 
 
 def dcgan_init(module: nn.Module) -> None:
@@ -175,4 +186,8 @@ def build_models(cfg: Config) -> tuple[nn.Module, nn.Module]:
     if cfg.weight_init == "dcgan":
         g.apply(dcgan_init)
         d.apply(dcgan_init)
+    if cfg.spectral_norm:
+        for module in list(d.modules()):
+            if isinstance(module, (nn.Conv2d, nn.Linear)):
+                nn.utils.parametrizations.spectral_norm(module)
     return g, d

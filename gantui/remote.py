@@ -30,9 +30,12 @@ from typing import Any
 
 from gantui.control import ACTIONS, Controller
 from gantui.errors import GantuiError
+from gantui.files import parse_record
+from gantui.text import safe, shown
 
 SOCKET_NAME = "control.sock"
-MAX_REQUEST = 64 * 1024
+MAX_REQUEST = 8 * 1024
+"""Largest request accepted, checked before parsing (a real one is under 1 KiB)."""
 READ_TIMEOUT = 5.0
 ACK_TIMEOUT = 60.0
 _UNIX_PATH_MAX = 100  # sun_path is 108 bytes on Linux; keep a margin
@@ -150,6 +153,9 @@ class ControlServer:
                 reply = {"ok": False, "error": f"malformed request: {exc}"}
             except (OSError, TimeoutError):
                 return
+            except Exception as exc:  # noqa: BLE001 - no request may kill this thread
+                self._refused(f"control request failed: {type(exc).__name__}")
+                reply = {"ok": False, "error": f"request failed: {type(exc).__name__}"}
             with contextlib.suppress(OSError):
                 _send(conn, reply)
                 _discard_input(conn)
@@ -159,9 +165,9 @@ class ControlServer:
         if action == "status":
             return {"ok": True, "ack": self.status()}
         if action not in ACTIONS:
-            raise _BadRequest(f"unknown action {action!r}; expected status or "
+            raise _BadRequest(f"unknown action {shown(action)}; expected status or "
                               f"{', '.join(ACTIONS)}")
-        source = str(request.get("source", "ctl"))[:32]
+        source = safe(request.get("source", "ctl"), 32)  # printed, drawn and journaled
         try:
             if action == "set":
                 changes = request.get("changes")
@@ -218,12 +224,8 @@ def _read_request(conn: socket.socket) -> dict[str, Any]:
         data += chunk
         if len(data) > MAX_REQUEST:
             raise _BadRequest(f"request larger than {MAX_REQUEST} bytes")
-    line = data.split(b"\n", 1)[0]
-    try:
-        request = json.loads(line.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        raise _BadRequest("not a JSON object") from None
-    if not isinstance(request, dict):
+    request = parse_record(data.split(b"\n", 1)[0])
+    if request is None:  # not UTF-8 JSON, nested too deep, a number of thousands of digits...
         raise _BadRequest("not a JSON object")
     return request
 
@@ -279,14 +281,13 @@ def request(run_dir: Path, message: dict[str, Any], timeout: float = ACK_TIMEOUT
         raise RemoteError(f"cannot reach the run at {run_dir}: {exc.strerror or exc}") from None
     finally:
         sock.close()
-    try:
-        reply = json.loads(data.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        raise RemoteError(f"the run at {run_dir} closed the connection without answering") \
-            from None
+    reply = parse_record(data)
+    if reply is None:
+        raise RemoteError(f"the run at {run_dir} closed the connection without answering")
     if not reply.get("ok"):
-        raise RemoteError(str(reply.get("error", "refused")))
-    return reply.get("ack", {})
+        raise RemoteError(safe(reply.get("error", "refused"), 400))
+    ack = reply.get("ack", {})
+    return ack if isinstance(ack, dict) else {}
 
 
 class RemoteController:

@@ -9,7 +9,6 @@ comes from the tail of ``metrics.jsonl``, the state from the last ``state`` reco
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from collections.abc import Callable, Iterator
@@ -17,7 +16,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from gantui.files import as_int, read_json_dict, read_toml_dict
+from gantui.files import (
+    as_float,
+    as_int,
+    parse_record,
+    read_json_dict,
+    read_toml_dict,
+    toml_readable,
+)
+from gantui.text import safe
 
 ENDED_STATES = ("finished", "stopped", "error")
 """Journaled states after which the process is gone for good."""
@@ -36,7 +43,8 @@ class RunInfo:
     preset: str
     """The preset it was started from (``?`` when unrecorded)."""
     state: str
-    """``finished``, ``stopped``, ``error``, ``crashed``, or a live state such as ``running``."""
+    """``finished``, ``stopped``, ``error``, ``crashed``, a live state such as ``running``, or
+    ``unreadable`` (its ``config.toml`` is not valid TOML)."""
     step: int
     """The step of the last metrics record (or of the last journal entry without metrics)."""
     total_steps: int
@@ -49,6 +57,9 @@ class RunInfo:
     """Modification time (epoch seconds) of the newest journal or metrics write."""
     pid: int | None
     """The owning process id from ``run.json``, if recorded."""
+    quality: str = ""
+    """The last quality evaluation's primary metric and value (``judge_fd 7.12``), with the
+    best one when it was elsewhere; empty before the first evaluation."""
 
 
 def _reverse_records(path: Path) -> Iterator[dict[str, Any]]:
@@ -71,23 +82,13 @@ def _reverse_records(path: Path) -> Iterator[dict[str, Any]]:
             lines = data.split(b"\n")
             rest = lines.pop(0) if start > 0 else b""
             for line in reversed(lines):
-                record = _parse(line)
+                record = parse_record(line)
                 if record is not None:
                     yield record
         if rest:
-            record = _parse(rest)
+            record = parse_record(rest)
             if record is not None:
                 yield record
-
-
-def _parse(line: bytes) -> dict[str, Any] | None:
-    if not line.strip():
-        return None
-    try:
-        record = json.loads(line)
-    except ValueError:
-        return None
-    return record if isinstance(record, dict) else None
 
 
 def _journal_summary(run_dir: Path) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
@@ -121,12 +122,6 @@ def run_state(run_dir: Path, is_live: Callable[[Path], bool]) -> str:
     return _state_from(_journal_summary(run_dir)[0], run_dir, is_live)
 
 
-def _float(value: Any) -> float | None:
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return float(value)
-    return None
-
-
 def _mtime(path: Path) -> float | None:
     try:
         return path.stat().st_mtime
@@ -141,7 +136,8 @@ def read_run(run_dir: Path, is_live: Callable[[Path], bool]) -> RunInfo | None:
     """
     if not (run_dir / "config.toml").is_file():
         return None
-    config = read_toml_dict(run_dir / "config.toml")
+    readable = toml_readable(run_dir / "config.toml")
+    config = read_toml_dict(run_dir / "config.toml") if readable else {}
     owner = read_json_dict(run_dir / "run.json")
     last_state, last_start = _journal_summary(run_dir)
     last_metrics = next(_reverse_records(run_dir / "metrics.jsonl"), {})
@@ -151,14 +147,39 @@ def read_run(run_dir: Path, is_live: Callable[[Path], bool]) -> RunInfo | None:
     total = as_int((last_start or {}).get("total_steps"))
     if total is None:
         total = as_int(config.get("steps")) or 0
-    written = [_mtime(run_dir / name) for name in ("events.jsonl", "metrics.jsonl")]
+    written = [_mtime(run_dir / name) for name in ("events.jsonl", "metrics.jsonl",
+                                                   "quality.jsonl")]
     written = [t for t in written if t is not None] or [_mtime(run_dir / "config.toml") or 0.0]
     preset = owner.get("preset") or config.get("preset") or "?"
     return RunInfo(
         path=run_dir, name=run_dir.name, preset=str(preset),
-        state=_state_from(last_state, run_dir, is_live), step=step, total_steps=total,
-        loss_d=_float(last_metrics.get("loss_d")), loss_g=_float(last_metrics.get("loss_g")),
-        updated=max(written), pid=as_int(owner.get("pid")))
+        state=_state_from(last_state, run_dir, is_live) if readable else "unreadable",
+        step=step, total_steps=total,
+        loss_d=as_float(last_metrics.get("loss_d")), loss_g=as_float(last_metrics.get("loss_g")),
+        updated=max(written), pid=as_int(owner.get("pid")),
+        quality=_quality(next(_reverse_records(run_dir / "quality.jsonl"), {})))
+
+
+def _quality(record: dict[str, Any]) -> str:
+    """``judge_fd=7.12`` (``,best=6.8@2000`` when the best was elsewhere) from a
+    quality.jsonl record, without spaces so the table splits on them; "" when unusable."""
+    primary, values = record.get("primary"), record.get("values")
+    if not isinstance(primary, str) or not isinstance(values, dict):
+        return ""
+    value = as_float(values.get(primary))
+    if value is None:
+        return ""
+    text = f"{primary}={_short(primary, value)}"
+    best, at = as_float(record.get("best_value")), as_int(record.get("best_step"))
+    if best is not None and at is not None and at != as_int(record.get("step")):
+        text += f",best={_short(primary, best)}@{at}"
+    return safe(text, 48).replace(" ", "_")
+
+
+def _short(metric: str, value: float) -> str:
+    if metric in ("hq", "cond_acc"):
+        return f"{value:.1%}"
+    return f"{value:g}" if metric == "modes" else f"{value:.3g}"
 
 
 def scan_runs(runs_dir: Path, is_live: Callable[[Path], bool]) -> list[RunInfo]:
@@ -189,12 +210,13 @@ def _loss(value: float | None) -> str:
 
 def format_table(runs: list[RunInfo], now: float) -> str:
     """An aligned plain-text table, one run per line under a header:
-    ``NAME PRESET STATE STEP LOSS_D LOSS_G AGE`` (``STEP`` as ``step/total``)."""
-    header = ("NAME", "PRESET", "STATE", "STEP", "LOSS_D", "LOSS_G", "AGE")
-    right = (False, False, False, True, True, True, True)
+    ``NAME PRESET STATE STEP LOSS_D LOSS_G QUALITY AGE`` (``STEP`` as ``step/total``)."""
+    header = ("NAME", "PRESET", "STATE", "STEP", "LOSS_D", "LOSS_G", "QUALITY", "AGE")
+    right = (False, False, False, True, True, True, False, True)
     rows = [header] + [
-        (r.name, r.preset, r.state, f"{r.step}/{r.total_steps}" if r.total_steps else str(r.step),
-         _loss(r.loss_d), _loss(r.loss_g), format_age(now - r.updated))
+        (safe(r.name, 60), safe(r.preset, 30), safe(r.state, 20),
+         f"{r.step}/{r.total_steps}" if r.total_steps else str(r.step),
+         _loss(r.loss_d), _loss(r.loss_g), r.quality or "-", format_age(now - r.updated))
         for r in runs]
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
     lines = []

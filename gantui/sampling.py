@@ -12,30 +12,51 @@ from pathlib import Path
 import torch
 from torchvision.utils import make_grid
 
-from gantui import config as config_mod
 from gantui.config import Config
 from gantui.data import ring_modes
 from gantui.errors import GantuiError
+from gantui.files import read_toml_dict
 from gantui.models import build_models
-from gantui.store import RunStore, load_checkpoint_file
+from gantui.restore import checker, checkpoint_config
+from gantui.store import RunStore, StoreError, load_checkpoint_file
 
 
 def load_generator(run_dir: Path, checkpoint: Path | None = None,
-                   device: torch.device | None = None) -> tuple[torch.nn.Module, Config, int]:
-    """G from a run's newest loadable checkpoint (or ``checkpoint``), in eval mode.
+                   device: torch.device | None = None, best: bool = False
+                   ) -> tuple[torch.nn.Module, Config, int]:
+    """G from a run's newest loadable checkpoint (or ``checkpoint``, or ``best.pt`` when
+    ``best``), in eval mode; the EMA generator when the checkpoint has one.
 
     Returns:
         ``(generator, config, step)``.
     """
-    if checkpoint is not None:
-        state = load_checkpoint_file(checkpoint)
-    else:
-        _, state = RunStore.open(run_dir).load_checkpoint()
-    cfg = config_mod.from_dict(state["config"])
+    state = load_state(run_dir, checkpoint, best)
+    cfg = checkpoint_config(state)
     generator, _ = build_models(cfg)
-    generator.load_state_dict(state["G"])
+    ema = state.get("G_ema")
+    generator.load_state_dict(ema if isinstance(ema, dict) else state["G"])
     generator.to(device or torch.device("cpu")).eval()
     return generator, cfg, int(state["step"])
+
+
+def load_state(run_dir: Path, checkpoint: Path | None = None, best: bool = False
+               ) -> dict:
+    """The checkpoint a command asked for, checked to be usable (see :mod:`gantui.restore`).
+
+    Raises:
+        StoreError: none is usable, with why.
+    """
+    if checkpoint is not None:  # the user's choice: it need not be this run's own
+        return load_checkpoint_file(checkpoint, checker({}, optimizers=False))
+    store = RunStore.open(run_dir)
+    run_config = read_toml_dict(run_dir / "config.toml")
+    if best:
+        if not store.best_path.is_file():
+            raise StoreError(f"{run_dir} has no best checkpoint yet (checkpoints/best.pt is "
+                             f"written when a quality evaluation improves; see eval_every)")
+        return load_checkpoint_file(store.best_path, checker(run_config, optimizers=False))
+    _, state = store.load_checkpoint(check=checker(run_config, optimizers=False))
+    return state
 
 
 def latents(cfg: Config, n: int, seed: int) -> torch.Tensor:

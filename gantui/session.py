@@ -15,17 +15,16 @@ import torch
 
 from gantui import config as config_mod
 from gantui import events as ev
-from gantui.config import LIVE_KEYS, Config, ConfigError
+from gantui.config import Config, ConfigError
 from gantui.control import Controller
 from gantui.errors import GantuiError
+from gantui.files import read_toml_dict
 from gantui.lock import RunBusy, RunLock
 from gantui.remote import ControlServer
+from gantui.restore import RESUME_KEYS, checker
 from gantui.store import RunStore, default_run_name
+from gantui.text import shown
 from gantui.trainer import Trainer
-
-# Keys a resumed run may change; others would no longer fit the checkpoint.
-RESUME_KEYS = (*LIVE_KEYS, "steps", "epochs", "data", "num_workers", "keep_checkpoints",
-               "amp")
 
 
 def resolve_device(spec: str) -> torch.device:
@@ -83,13 +82,15 @@ def prepare_resume(store: RunStore, sets: list[str] | tuple[str, ...] = (),
                    warn=None) -> tuple[str, Config, dict[str, Any], Path]:
     """The newest loadable checkpoint of ``store`` and its config, with the allowed ``--set``
     overrides applied: ``(preset, config, state, checkpoint path)``."""
-    path, state = store.load_checkpoint(warn=warn, quarantine=True)  # we hold the lock
+    check = checker(read_toml_dict(store.path / "config.toml"))
+    path, state = store.load_checkpoint(warn=warn, quarantine=True,  # we hold the lock
+                                        check=check)
     values = dict(state["config"])
     for item in sets:
         key, value = config_mod.parse_assignment(item)
         if key not in RESUME_KEYS:
             if key not in config_mod.field_names():
-                raise ConfigError(f"unknown key {key!r}; keys you can change on resume: "
+                raise ConfigError(f"unknown key {shown(key)}; keys you can change on resume: "
                                   f"{', '.join(RESUME_KEYS)}")
             raise ConfigError(f"{key} cannot change when resuming (the checkpoint depends on "
                               f"it); keys you can change: {', '.join(RESUME_KEYS)}")
@@ -149,11 +150,16 @@ def _start_locked(store: RunStore, lock: RunLock, cfg: Config | None, preset: st
     warnings: list[str] = []
     resume_state = None
     notes: list[ev.Event] = []
+    store.check_journals()
     if resuming:
         preset, cfg, resume_state, ckpt = prepare_resume(store, sets, warn=warnings.append)
         step = int(resume_state["step"])
         notes = [ev.Alert(step, "data", w) for w in warnings]
         notes.append(ev.Note(step, f"resuming from {ckpt} at step {step}"))
+        stale = store.remove_stale_temp_files()
+        if stale:
+            notes.append(ev.Note(step, f"removed {len(stale)} half-written temp file(s) left "
+                                 f"by an earlier process: {', '.join(p.name for p in stale[:3])}"))
     assert cfg is not None
     queue = ev.EventQueue(queue_size)
     controller = Controller()

@@ -27,11 +27,13 @@ import torch
 from gantui.config import to_toml
 from gantui.errors import GantuiError
 from gantui.files import as_int, read_json_dict, read_jsonl
+from gantui.text import safe
 
 CHECKPOINT_VERSION = 1
 CHECKPOINT_KEYS = ("version", "step", "config", "G", "D", "opt_g", "opt_d", "rng", "data",
                    "fixed_noise")
 _CKPT_RE = re.compile(r"^ckpt-(\d{8,})\.pt$")
+BEST_NAME = "best.pt"
 
 
 class StoreError(GantuiError):
@@ -70,14 +72,28 @@ def _fsync_dir(folder: Path) -> None:
 
 
 class JsonlWriter:
-    """Append-only JSON lines, flushed after each record."""
+    """Append-only JSON lines, flushed after each record.
+
+    A file left ending mid-line (its writer was killed during a write) is first terminated
+    with a newline, so the torn record stays a lone unreadable line that readers skip, and
+    the first new record is not glued to it.
+    """
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self._fh = open(path, "a", encoding="utf-8")
+        self._fh = open(path, "a+b")
+        size = self._fh.seek(0, os.SEEK_END)
+        if size:
+            self._fh.seek(size - 1)
+            torn = self._fh.read(1) != b"\n"
+            self._fh.seek(0, os.SEEK_END)
+            if torn:
+                self._fh.write(b"\n")
+                self._fh.flush()
 
     def write(self, record: dict[str, Any]) -> None:
-        self._fh.write(json.dumps(record, separators=(",", ":"), default=_json_default) + "\n")
+        line = json.dumps(record, separators=(",", ":"), default=_json_default) + "\n"
+        self._fh.write(line.encode())  # one write: a reader sees a line whole or torn, once
         self._fh.flush()
 
     def close(self) -> None:
@@ -106,6 +122,7 @@ class RunStore:
         self.checkpoints = path / "checkpoints"
         self._metrics: JsonlWriter | None = None
         self._events: JsonlWriter | None = None
+        self._quality: JsonlWriter | None = None
 
     # ---- creation ------------------------------------------------------------------------
 
@@ -185,8 +202,44 @@ class RunStore:
         return store
 
     def _make_dirs(self) -> None:
-        self.samples.mkdir(exist_ok=True)
-        self.checkpoints.mkdir(exist_ok=True)
+        for folder in (self.samples, self.checkpoints):
+            try:
+                folder.mkdir(exist_ok=True)
+            except FileExistsError:
+                raise StoreError(f"{folder} exists but is not a directory; move it aside") \
+                    from None
+            except OSError as exc:
+                raise StoreError(f"cannot create {folder}: {exc.strerror or exc}") from None
+
+    def check_journals(self) -> None:
+        """Before training into this directory: its journals must be regular files (or
+        absent), so a run never starts only to crash at its first log.
+
+        Raises:
+            StoreError: ``metrics.jsonl`` or ``events.jsonl`` is a directory or similar.
+        """
+        for name in ("metrics.jsonl", "events.jsonl", "quality.jsonl"):
+            path = self.path / name
+            if path.exists() and not path.is_file():
+                raise StoreError(f"{path} exists but is not a regular file; move it aside")
+
+    def remove_stale_temp_files(self) -> list[Path]:
+        """Delete half-written temp files (``.NAME.tmp-PID``) whose writer is gone: a
+        ``kill -9`` during a save leaves them. Only for the run's owner (it holds the lock, so
+        no other process writes checkpoints). Returns what was removed."""
+        removed = []
+        for folder in (self.path, self.checkpoints, self.samples):
+            for tmp in folder.glob(".*.tmp-*"):
+                pid = as_int(_int_or_none(tmp.name.rpartition(".tmp-")[2]))
+                if pid is None or pid == os.getpid() or (_pid_alive(pid)
+                                                         and folder != self.checkpoints):
+                    continue
+                try:
+                    tmp.unlink()
+                except OSError:
+                    continue
+                removed.append(tmp)
+        return removed
 
     def write_owner(self, info: dict[str, Any]) -> None:
         """Record which process is running this run (``run.json``)."""
@@ -212,6 +265,16 @@ class RunStore:
             self._events = JsonlWriter(self.path / "events.jsonl")
         self._events.write(record)
 
+    def append_quality(self, record: dict[str, Any]) -> None:
+        """Append one evaluation to ``quality.jsonl``."""
+        if self._quality is None:
+            self._quality = JsonlWriter(self.path / "quality.jsonl")
+        self._quality.write(record)
+
+    def quality(self) -> list[dict[str, Any]]:
+        """Every evaluation so far."""
+        return read_jsonl(self.path / "quality.jsonl")
+
     def metrics(self) -> list[dict[str, Any]]:
         """Every metrics record so far."""
         return read_jsonl(self.path / "metrics.jsonl")
@@ -222,10 +285,10 @@ class RunStore:
 
     def close(self) -> None:
         """Close the journal files."""
-        for writer in (self._metrics, self._events):
+        for writer in (self._metrics, self._events, self._quality):
             if writer is not None:
                 writer.close()
-        self._metrics = self._events = None
+        self._metrics = self._events = self._quality = None
 
     # ---- samples -------------------------------------------------------------------------
 
@@ -242,7 +305,7 @@ class RunStore:
 
     def discard_partial(self) -> None:
         """Remove this process's half-written checkpoint, if it is quitting mid-save."""
-        for tmp in self.checkpoints.glob(f".ckpt-*.tmp-{os.getpid()}"):
+        for tmp in self.checkpoints.glob(f".*.pt.tmp-{os.getpid()}"):
             tmp.unlink(missing_ok=True)
 
     def save_checkpoint(self, state: dict[str, Any], keep: int) -> Path:
@@ -251,28 +314,34 @@ class RunStore:
         if missing:
             raise StoreError(f"checkpoint state lacks {', '.join(missing)}")
         path = self.checkpoints / f"ckpt-{state['step']:08d}.pt"
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        try:
-            with open(tmp, "wb") as fh:
-                torch.save(state, fh)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)  # a failed save (full disk) leaves no debris
-        _fsync_dir(self.checkpoints)
+        _atomic_torch_save(state, path)
         for old in self.checkpoint_paths()[:-keep]:
             if old != path:  # never the one just written, whatever its number
                 old.unlink(missing_ok=True)
         return path
 
-    def load_checkpoint(self, warn=None, quarantine: bool = False) -> tuple[Path, dict[str, Any]]:
+    @property
+    def best_path(self) -> Path:
+        """``checkpoints/best.pt``: the best model by the quality metric, never pruned."""
+        return self.checkpoints / BEST_NAME
+
+    def save_best(self, state: dict[str, Any]) -> Path:
+        """Write ``state`` (a checkpoint with a ``best`` entry) atomically as ``best.pt``."""
+        if not isinstance(state.get("best"), dict):
+            raise StoreError("a best checkpoint records its metric and step under 'best'")
+        _atomic_torch_save(state, self.best_path)
+        return self.best_path
+
+    def load_checkpoint(self, warn=None, quarantine: bool = False,
+                        check=None) -> tuple[Path, dict[str, Any]]:
         """The newest checkpoint that loads; broken newer ones are reported through ``warn``.
 
         Args:
             quarantine: rename corrupt (unreadable) newer files to ``*.bad`` so they leave the
                 rotation; only for the process that owns the run (resume). Files of another
                 version or layout are never renamed.
+            check: called with each loaded candidate; a :class:`StoreError` from it (the
+                checkpoint belongs to another run, its shapes do not fit) skips to an older one.
 
         Raises:
             StoreError: no checkpoint loads.
@@ -280,10 +349,12 @@ class RunStore:
         paths = self.checkpoint_paths()
         if not paths:
             raise StoreError(f"{self.path} has no checkpoints to resume from")
+        reasons: list[str] = []
         for path in reversed(paths):
             try:
-                state = load_checkpoint_file(path)
+                state = load_checkpoint_file(path, check)
             except StoreError as exc:
+                reasons.append(str(exc))
                 where = ""
                 if quarantine and isinstance(exc, CorruptCheckpoint):
                     aside = path.with_name(path.name + ".bad")
@@ -296,7 +367,35 @@ class RunStore:
                     warn(f"{exc}{where}; falling back to an older checkpoint")
                 continue
             return path, state
-        raise StoreError(f"no loadable checkpoint in {self.checkpoints}")
+        more = f" (and {len(reasons) - 1} older)" if len(reasons) > 1 else ""
+        raise StoreError(f"no loadable checkpoint in {self.checkpoints}: {reasons[0]}{more}")
+
+
+def _atomic_torch_save(state: dict[str, Any], path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "wb") as fh:
+            torch.save(state, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)  # a failed save (full disk) leaves no debris
+    _fsync_dir(path.parent)
+
+
+def _int_or_none(text: str) -> int | None:
+    return int(text) if text.isascii() and text.isdigit() and len(text) < 12 else None
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):
+        return True
+    return True
 
 
 def save_png(grid: torch.Tensor, path: Path) -> Path:
@@ -314,19 +413,45 @@ def save_png(grid: torch.Tensor, path: Path) -> Path:
     return path
 
 
-def load_checkpoint_file(path: Path) -> dict[str, Any]:
-    """Load one checkpoint with ``weights_only=True`` and check its keys and version."""
+def load_checkpoint_file(path: Path, check=None) -> dict[str, Any]:
+    """Load one checkpoint with ``weights_only=True`` and check its keys, version and the
+    types of its fields; then ``check(state)`` if given (see :meth:`RunStore.load_checkpoint`).
+
+    Raises:
+        CorruptCheckpoint: the file does not unpickle.
+        StoreError: it is not a checkpoint this gantui can use.
+    """
+    name = safe(path.name, 80)
     try:
+        if not path.is_file():
+            why = "not a file" if path.exists() else "no such file"
+            raise StoreError(f"checkpoint {safe(path)} is unreadable ({why})")
         state = torch.load(path, map_location="cpu", weights_only=True)
+    except StoreError:
+        raise
     except Exception as exc:  # torch raises many types for a torn or foreign file
-        raise CorruptCheckpoint(f"checkpoint {path.name} is unreadable "
+        raise CorruptCheckpoint(f"checkpoint {name} is unreadable "
                                 f"({type(exc).__name__})") from None
     if not isinstance(state, dict):
-        raise StoreError(f"checkpoint {path.name} is not a gantui checkpoint")
+        raise StoreError(f"checkpoint {name} is not a gantui checkpoint")
     missing = [k for k in CHECKPOINT_KEYS if k not in state]
     if missing:
-        raise StoreError(f"checkpoint {path.name} lacks {', '.join(missing)}")
+        raise StoreError(f"checkpoint {name} lacks {', '.join(missing)}")
     if state["version"] != CHECKPOINT_VERSION:
-        raise StoreError(f"checkpoint {path.name} has version {state['version']}, "
+        raise StoreError(f"checkpoint {name} has version {safe(state['version'], 20)}, "
                          f"this gantui reads {CHECKPOINT_VERSION}")
+    wrong = [key for key, kind in _FIELD_TYPES.items() if not isinstance(state[key], kind)]
+    if as_int(state["step"]) is None or state["step"] < 0:
+        wrong.insert(0, "step")
+    if wrong:
+        raise StoreError(f"checkpoint {name} is malformed (wrong type of {', '.join(wrong)})")
+    if check is not None:
+        try:
+            check(state)
+        except StoreError as exc:
+            raise StoreError(f"checkpoint {name} cannot be used: {exc}") from None
     return state
+
+
+_FIELD_TYPES = {"config": dict, "G": dict, "D": dict, "opt_g": dict, "opt_d": dict,
+                "rng": dict, "data": dict, "fixed_noise": torch.Tensor}

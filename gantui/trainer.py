@@ -8,6 +8,7 @@ per log interval, so a CUDA run never syncs with the host between logs.
 from __future__ import annotations
 
 import contextlib
+import copy
 import math
 import os
 import time
@@ -24,13 +25,17 @@ from gantui.errors import GantuiError
 from gantui.losses import d_loss, d_prob, g_loss
 from gantui.metrics import HealthMonitor, diversity, ring_coverage
 from gantui.models import build_models
+from gantui.quality.evaluate import Evaluator, Score
+from gantui.quality.tracker import QualityTracker, describe
 from gantui.sampling import grid_image, scatter_image
-from gantui.store import CHECKPOINT_VERSION, RunStore
+from gantui.store import CHECKPOINT_VERSION, RunStore, StoreError
+from gantui.text import safe
 
 PREVIEW_MAX_SIDE = 256
 RING_PREVIEW_POINTS = 512
 RING_EVAL_POINTS = 2500
-# Events that go to events.jsonl; metrics go to metrics.jsonl; previews to samples/.
+# Events that go to events.jsonl; metrics go to metrics.jsonl, quality evaluations to
+# quality.jsonl, previews to samples/.
 JOURNALED = (ev.RunStarted, ev.Changed, ev.Checkpointed, ev.StateChanged, ev.Alert, ev.Note)
 # Slots of the on-device statistics accumulator.
 LOSS_D, D_REAL, D_FAKE, GRAD_D, LOSS_G, D_FAKE_G, GRAD_G = range(7)
@@ -61,6 +66,11 @@ class Trainer:
         self.G, self.D = build_models(cfg)
         self.G.to(device)
         self.D.to(device)
+        self.G_ema: torch.nn.Module | None = None
+        """An exponential moving average of G's weights (``ema`` > 0): what previews,
+        evaluation and sampling show."""
+        if cfg.ema:
+            self.G_ema = _frozen_copy(self.G)
         betas = (cfg.beta1, cfg.beta2)
         self.opt_g = torch.optim.Adam(self.G.parameters(), lr=cfg.lr_g, betas=betas)
         self.opt_d = torch.optim.Adam(self.D.parameters(), lr=cfg.lr_d, betas=betas)
@@ -72,6 +82,10 @@ class Trainer:
         self.step = 0
         self.total_steps = self._total_steps()
         self.health = HealthMonitor()
+        self.quality = QualityTracker()
+        self._evaluator: Evaluator | None = None
+        self._eval_broken = False
+        self._excluded = 0.0  # seconds in this log interval spent evaluating, not training
         self.paused = False
         self.stopping = False
         self._mid_step = False
@@ -86,7 +100,12 @@ class Trainer:
         self._paused_for = 0.0
         self.resumed = resume_state is not None
         if resume_state is not None:
-            self._restore(resume_state)
+            try:
+                self._restore(resume_state)
+            except (KeyError, TypeError, ValueError, RuntimeError, IndexError,
+                    OverflowError) as exc:  # a hand-made checkpoint that passed every check
+                raise StoreError(f"the checkpoint cannot be resumed: {type(exc).__name__} "
+                                 f"({safe(exc, 120)})") from None
             if self.step >= self.total_steps:
                 raise GantuiError(f"{store.path} already finished {self.step} of "
                                   f"{self.total_steps} steps; train longer with --set steps=N")
@@ -151,11 +170,18 @@ class Trainer:
                     continue
                 if self.step % self.cfg.sample_every == 0:
                     self.sample()
+                if self.cfg.eval_every and self.step % self.cfg.eval_every == 0:
+                    self.evaluate()
                 if self.step % self.cfg.checkpoint_every == 0:
                     self._periodic_checkpoint()
             self._apply_commands()
+            finite = self.log() if self._n_g else True  # the last steps of a partial interval
+            if finite and self._final_evaluation_due():
+                self.evaluate()
             if self.stopping:
                 return self._end("stopped", f"stopped at step {self.step}")
+            if not finite:
+                return self._end("error", "training diverged (non-finite loss)")
             return self._end("finished", f"finished {self.total_steps} steps")
         except Exception as exc:
             error, why = exc, f"{type(exc).__name__}: {exc}"
@@ -191,15 +217,20 @@ class Trainer:
         x, y = self.batches.next()
         n = x.shape[0]
         z, y_fake = self._noise(n)
+        r1 = self.cfg.r1_gamma > 0 and self.step % self.cfg.r1_every == 0
         with self._autocast():
             with torch.no_grad():
-                fake = self.G(z, y_fake)
+                fake = self._instance_noise(self.G(z, y_fake))
+            x = self._instance_noise(x)
+            if r1:
+                x = x.detach().requires_grad_(True)
             out_real = self.D(x, y)
             out_fake = self.D(fake, y_fake)
             loss = d_loss(self.cfg.loss, out_real.float(), out_fake.float(),
                           self.cfg.label_smoothing)
+            total = loss + self._r1_penalty(out_real, x) if r1 else loss
         self.opt_d.zero_grad(set_to_none=True)
-        loss.backward()
+        total.backward()
         grad = torch.nn.utils.get_total_norm([p.grad for p in self.D.parameters()
                                               if p.grad is not None])
         self.opt_d.step()
@@ -215,7 +246,7 @@ class Trainer:
         self.D.requires_grad_(False)
         try:
             with self._autocast():
-                out = self.D(self.G(z, y), y)
+                out = self.D(self._instance_noise(self.G(z, y)), y)
                 loss = g_loss(self.cfg.loss, out.float())
             self.opt_g.zero_grad(set_to_none=True)
             loss.backward()
@@ -224,9 +255,97 @@ class Trainer:
         grad = torch.nn.utils.get_total_norm([p.grad for p in self.G.parameters()
                                               if p.grad is not None])
         self.opt_g.step()
+        if self.G_ema is not None:
+            self._update_ema()
         self._acc[LOSS_G:GRAD_G + 1] += torch.stack([
             loss.detach().float(), d_prob(self.cfg.loss, out), grad.float()])
         self._n_g += 1
+
+    def _instance_noise(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` plus N(0, sigma^2) noise, sigma annealed from ``instance_noise`` to 0."""
+        if not self.cfg.instance_noise:
+            return x
+        sigma = self.cfg.instance_noise * max(0.0, 1.0 - self.step / self.total_steps)
+        if sigma == 0:
+            return x
+        noise = torch.randn(x.shape, device=x.device, generator=self.noise, dtype=x.dtype)
+        return x + sigma * noise
+
+    def _r1_penalty(self, out_real: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """R1: gamma/2 E|grad_x D(x)|^2 on real data, times ``r1_every`` when applied lazily."""
+        (grad,) = torch.autograd.grad(out_real.float().sum(), x, create_graph=True)
+        penalty = grad.float().pow(2).flatten(1).sum(1).mean()
+        return penalty * (0.5 * self.cfg.r1_gamma * self.cfg.r1_every)
+
+    @torch.no_grad()
+    def _update_ema(self) -> None:
+        decay = self.cfg.ema
+        assert self.G_ema is not None
+        ema_params = list(self.G_ema.parameters())
+        torch._foreach_lerp_(ema_params, list(self.G.parameters()), 1.0 - decay)
+        for ema_buf, buf in zip(self.G_ema.buffers(), self.G.buffers(), strict=True):
+            ema_buf.copy_(buf)  # batch-norm statistics follow G's
+
+    # ---- evaluate ----------------------------------------------------------------------
+
+    def _final_evaluation_due(self) -> bool:
+        every = self.cfg.eval_every
+        latest = self.quality.latest
+        return (bool(every) and not self._eval_broken and self.step >= every
+                and (latest is None or latest.step != self.step))
+
+    def evaluate(self) -> Score | None:
+        """Score G (the EMA G when on) between steps; record, emit, keep the best model.
+
+        An evaluation that fails (missing data for its reference, say) is reported once and
+        switches evaluation off for this run: a metric never ends a training run.
+        """
+        if self._eval_broken:
+            return None
+        started = time.perf_counter()
+        try:
+            if self._evaluator is None:
+                cfg = self.cfg
+                self._evaluator = Evaluator(cfg, self.device, n=cfg.eval_samples or None,
+                                            fid_weights=cfg.fid_weights,
+                                            log=lambda m: self._emit(ev.Note(self.step, m)))
+            score = self._evaluator.evaluate(self.G_eval, self.step)
+        except Exception as exc:  # noqa: BLE001 - see the docstring
+            self._eval_broken = True
+            self._emit(ev.Alert(self.step, "error", f"quality evaluation failed "
+                                f"({type(exc).__name__}: {safe(exc, 200)}); it is off for "
+                                f"the rest of this run"))
+            return None
+        finally:
+            self.G.train()
+            self._excluded += time.perf_counter() - started
+        improved, warnings = self.quality.update(score)
+        best = self.quality.best
+        assert best is not None
+        self._emit(ev.Quality(self.step, dict(score.values), score.primary, best.step,
+                              best.values.get(score.primary, math.nan), score.seconds))
+        if improved:
+            self._save_best(score)
+        for kind, message in warnings:
+            self._emit(ev.Alert(self.step, kind, message))
+        return score
+
+    def _save_best(self, score: Score) -> None:
+        if not self.params_finite():
+            return
+        state = self.state_dict()
+        state["best"] = {"step": score.step, "metric": score.primary,
+                         "value": score.values.get(score.primary), "values": dict(score.values)}
+        started = time.perf_counter()
+        try:
+            path = self.store.save_best(state)
+        except OSError as exc:
+            self._emit(ev.Alert(self.step, "error", f"writing the best checkpoint failed "
+                                f"({exc.strerror or exc}); training continues"))
+            return
+        finally:
+            self._excluded += time.perf_counter() - started
+        self._emit(ev.Checkpointed(self.step, str(path), f"best {describe(score)}"))
 
     # ---- log / sample / checkpoint -----------------------------------------------------
 
@@ -238,7 +357,7 @@ class Trainer:
         """
         values = self._acc.tolist()
         now = time.perf_counter()
-        elapsed = max(now - self._t_log - self._paused_for, 1e-9)
+        elapsed = max(now - self._t_log - self._paused_for - self._excluded, 1e-9)
         steps = self._n_g
         n_d, n_g = max(self._n_d, 1), max(self._n_g, 1)
         for slot in (LOSS_D, D_REAL, D_FAKE, GRAD_D):
@@ -255,7 +374,7 @@ class Trainer:
         self._acc.zero_()
         self._n_d = self._n_g = self._images = 0
         self._t_log = now
-        self._paused_for = 0.0
+        self._paused_for = self._excluded = 0.0
         self._emit(metrics)
         if self.batches.skipped:
             self._emit_once_per_count("data", self.batches.skipped)
@@ -283,15 +402,20 @@ class Trainer:
             self.paused = True
             self._set_state("paused", "non-finite loss")
 
+    @property
+    def G_eval(self) -> torch.nn.Module:
+        """The generator to show and score: the EMA one when ``ema`` is on."""
+        return self.G_ema if self.G_ema is not None else self.G
+
     @torch.no_grad()
     def sample(self) -> None:
         """Run G in eval mode on the fixed noise; save the grid and emit a preview."""
-        self.G.eval()
+        self.G_eval.eval()
         try:
             if isinstance(self.batches, RingBatches):
                 self._sample_points()
                 return
-            images = self.G(self.fixed_noise, self.fixed_labels).float()
+            images = self.G_eval(self.fixed_noise, self.fixed_labels).float()
         finally:
             self.G.train()
         grid = grid_image(images, self.grid_nrow)
@@ -308,7 +432,7 @@ class Trainer:
     def _sample_points(self) -> None:
         gen = torch.Generator().manual_seed(self.cfg.seed + 3)
         z = torch.randn(RING_EVAL_POINTS, self.cfg.nz, generator=gen).to(self.device)
-        points = self.G(z).float().cpu()
+        points = self.G_eval(z).float().cpu()
         covered, quality = ring_coverage(points)
         shown = tuple((round(x, 4), round(y, 4)) for x, y in points[:RING_PREVIEW_POINTS].tolist())
         modes = tuple(tuple(m) for m in ring_modes().tolist())
@@ -322,7 +446,10 @@ class Trainer:
         cfg = self.cfg
         return {"step": self.step, "total_steps": self.total_steps, "state": self.state,
                 "name": self.name, "preset": self.preset, "device": str(self.device),
-                "pid": os.getpid(), "live": {key: getattr(cfg, key) for key in LIVE_KEYS}}
+                "pid": os.getpid(), "live": {key: getattr(cfg, key) for key in LIVE_KEYS},
+                "best": None if self.quality.best is None else {
+                    "step": self.quality.best.step, "metric": self.quality.best.primary,
+                    "value": self.quality.best.values.get(self.quality.best.primary)}}
 
     def _crash_checkpoint(self) -> None:
         """After a crash between steps (logging, sampling), keep the completed step. A crash
@@ -381,6 +508,8 @@ class Trainer:
             "data": self.batches.state_dict(),
             "fixed_noise": self.fixed_noise.cpu(),
             "fixed_labels": None if self.fixed_labels is None else self.fixed_labels.cpu(),
+            "G_ema": None if self.G_ema is None else self.G_ema.state_dict(),
+            "quality": self.quality.state_dict(),
         }
 
     def _restore(self, state: dict[str, Any]) -> None:
@@ -399,6 +528,12 @@ class Trainer:
         self.fixed_noise = state["fixed_noise"].to(self.device)
         labels = state.get("fixed_labels")
         self.fixed_labels = None if labels is None else labels.to(self.device)
+        if self.G_ema is not None:  # absent (ema switched on at this resume): start from G
+            ema = state.get("G_ema")
+            self.G_ema.load_state_dict(ema if isinstance(ema, dict) else self.G.state_dict())
+        quality = state.get("quality")
+        if isinstance(quality, dict):
+            self.quality.load_state_dict(quality)
 
     # ---- control -----------------------------------------------------------------------
 
@@ -515,9 +650,17 @@ class Trainer:
         """Record ``event`` in the run directory, then hand it to the consumer."""
         if isinstance(event, ev.Metrics):
             self.store.append_metrics(_metrics_record(event))
+        elif isinstance(event, ev.Quality):
+            self.store.append_quality(_metrics_record(event))
         elif isinstance(event, JOURNALED):
             self.store.append_event(ev.to_record(event))
         self._user_emit(event)
+
+
+def _frozen_copy(module: torch.nn.Module) -> torch.nn.Module:
+    copied = copy.deepcopy(module).eval()
+    copied.requires_grad_(False)
+    return copied
 
 
 def _checkpoint_step_of(path: Path | None) -> int | None:

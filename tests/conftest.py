@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 from pathlib import Path
 
 import pytest
@@ -24,6 +25,15 @@ def tiny(preset: str = "ring-8", *extra: str) -> Config:
         "num_workers=0", "epochs=0",
     ]
     return config.load(preset, [*sets, *extra])[1]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def gantui_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One cache (the digit judge, Inception statistics) for the whole session, in a fresh
+    folder: tests never read or write the user's ``~/.cache/gantui``. Subprocesses inherit it."""
+    path = tmp_path_factory.mktemp("gantui-cache")
+    os.environ["GANTUI_CACHE"] = str(path)
+    return path
 
 
 @pytest.fixture

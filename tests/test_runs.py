@@ -117,7 +117,7 @@ def test_scan_skips_non_runs_and_survives_broken_ones(tmp_path: Path) -> None:
     (broken / "metrics.jsonl").write_bytes(b'{"step": "x", "loss_d": null}\n\x00\x01')
     (info,) = scan_runs(tmp_path, dead)
     assert (info.name, info.preset, info.state, info.step, info.total_steps) == (
-        "broken", "?", "crashed", 0, 0)
+        "broken", "?", "unreadable", 0, 0)  # its config.toml is not TOML
     assert info.loss_d is None and info.loss_g is None and info.pid is None
     assert scan_runs(tmp_path / "missing", dead) == []
 
@@ -191,11 +191,13 @@ def test_table_is_aligned_with_ages_and_unknown_losses() -> None:
         _info("c", "finished", 300, 300, 0.5, 5 * 86400),
     ], now=10_000_000.0)
     lines = table.splitlines()
-    assert lines[0].split() == ["NAME", "PRESET", "STATE", "STEP", "LOSS_D", "LOSS_G", "AGE"]
+    assert lines[0].split() == ["NAME", "PRESET", "STATE", "STEP", "LOSS_D", "LOSS_G",
+                                "QUALITY", "AGE"]
     assert lines[1].split() == ["long-run-name", "ring-8", "running", "1200/5000", "1.2346",
-                                "-1.2346", "3m"]
-    assert lines[2].split() == ["b", "ring-8", "crashed", "7/100", "-", "-", "3h"]
-    assert lines[3].split() == ["c", "ring-8", "finished", "300/300", "0.5000", "-0.5000", "5d"]
+                                "-1.2346", "-", "3m"]
+    assert lines[2].split() == ["b", "ring-8", "crashed", "7/100", "-", "-", "-", "3h"]
+    assert lines[3].split() == ["c", "ring-8", "finished", "300/300", "0.5000", "-0.5000", "-",
+                                "5d"]
     for column in ("PRESET", "STATE"):  # left-aligned: every cell starts under its header
         at = lines[0].index(column)
         assert all(line[at - 1] == " " and line[at] != " " for line in lines)

@@ -201,7 +201,7 @@ def test_nonfinite_pauses_when_asked(runs_dir: Path) -> None:
     with torch.no_grad():
         for p in session.trainer.D.parameters():
             p.fill_(float("inf"))
-    session.controller.resume()
+    session.controller.resume().result(timeout=30)  # not the pause from before
     for _ in range(300):
         if session.state == "paused":
             break

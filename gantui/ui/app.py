@@ -25,6 +25,8 @@ from gantui import config as config_mod
 from gantui.errors import GantuiError
 from gantui.events import Alert, Event, Preview, StateChanged
 from gantui.history import SMOOTHING_LEVELS
+from gantui.quality.describe import describe_value, format_value
+from gantui.text import safe
 from gantui.ui.modals import ChoiceModal, FieldsModal, HelpModal, KeyValueModal
 from gantui.ui.model import LogLine, RunModel
 from gantui.ui.panels import EventLog, HyperPanel, StatusBar
@@ -140,6 +142,10 @@ class GantuiApp(App[Outcome]):
             MetricPlot([Line("D(x)", series["d_real"], 76),
                         Line("D(G(z))", series["d_fake"], 170)], id="dstats", classes="panel"),
         ]
+        self.quality_plot = MetricPlot([Line("quality", series["quality"], 220),
+                                        Line("best", series["quality_best"], 46)],
+                                       id="quality", classes="panel")
+        self.quality_plot.display = False  # until the first evaluation
         self.grads = GradSparks(series["grad_g"], series["grad_d"], id="grads", classes="panel")
         self.preview = PreviewPanel(id="preview", classes="panel")
         self.hyper = HyperPanel(self.model, id="hyper", classes="panel")
@@ -148,6 +154,7 @@ class GantuiApp(App[Outcome]):
         with Horizontal(id="body"):
             with Vertical(id="charts"):
                 yield from self.plots
+                yield self.quality_plot
                 yield self.grads
             with Vertical(id="side"):
                 yield self.preview
@@ -183,7 +190,8 @@ class GantuiApp(App[Outcome]):
             for line in self.model.apply(event):
                 self.log_line(line)
             if isinstance(event, Alert):
-                self.notify(event.message, title="gantui", severity="warning", timeout=8)
+                self.notify(safe(event.message), title="gantui", severity="warning",
+                            timeout=8, markup=False)
         self._check_replies()
         self._refresh_views()
         if self.stopping and self.model.ended:
@@ -224,6 +232,20 @@ class GantuiApp(App[Outcome]):
             self.status.show(model, self.view_label())
             self.hyper.show()
             self.preview.show(model.image)
+            self._show_quality()
+
+    def _show_quality(self) -> None:
+        """The quality chart appears with the first evaluation; its title names the metric,
+        the latest value and the best one with its step (the best checkpoint's)."""
+        quality = self.model.quality
+        if quality is None:
+            return
+        self.quality_plot.display = True
+        now, best = self.quality_plot.lines
+        self.quality_plot.border_title = legend_markup([
+            Line(describe_value(quality.primary, quality.value), now.series, now.color),
+            Line(f"best {format_value(quality.primary, quality.best_value)} "
+                 f"@{quality.best_step}", best.series, best.color)])
 
     def _redraw_due(self, now: float) -> bool:
         """True once ``plot_interval`` has passed and this thread's CPU time since the last
@@ -240,7 +262,7 @@ class GantuiApp(App[Outcome]):
     def replot(self) -> None:
         """Hand the charts the current data version and view settings."""
         version = self.model.metrics_version
-        for plot in self.plots:
+        for plot in (*self.plots, self.quality_plot):
             plot.replot(version, self.smoothing, self.window)
         self.grads.replot(version, self.window)
         self.status.show(self.model, self.view_label())

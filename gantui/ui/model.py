@@ -20,10 +20,12 @@ from gantui.events import (
     Note,
     Points,
     Preview,
+    Quality,
     RunStarted,
     StateChanged,
 )
 from gantui.history import Series
+from gantui.text import safe
 
 LIVE_STATES = ("starting", "running", "paused", "checkpointing")
 """States in which the trainer still answers commands."""
@@ -38,11 +40,15 @@ SERIES = ("loss_d", "loss_g", "d_real", "d_fake", "d_fake_g", "grad_g", "grad_d"
 @dataclass(frozen=True)
 class LogLine:
     """One line for the event log. ``level``: ``info``, ``change``, ``checkpoint``,
-    ``warning`` or ``error``."""
+    ``warning`` or ``error``. ``text`` is made printable (:func:`gantui.text.safe`): it may
+    come from a journal or a control request that anyone could have written."""
 
     step: int
     level: str
     text: str
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "text", safe(self.text))
 
 
 @dataclass
@@ -73,8 +79,12 @@ class RunModel:
     """Why the state last changed."""
     config: dict[str, Any] = field(default_factory=dict)
     """The run's resolved config, with live changes applied."""
-    series: dict[str, Series] = field(default_factory=lambda: {k: Series() for k in SERIES})
-    """Plottable metric histories by field name."""
+    series: dict[str, Series] = field(default_factory=lambda: {
+        k: Series() for k in (*SERIES, "quality", "quality_best")})
+    """Plottable metric histories by field name; ``quality`` is the primary quality metric
+    of each evaluation and ``quality_best`` the best of it so far."""
+    quality: Quality | None = None
+    """The latest quality evaluation."""
     image: Preview | Points | None = None
     """The latest preview grid or ring8 point cloud."""
     changed_at: dict[str, int] = field(default_factory=dict)
@@ -115,6 +125,8 @@ class RunModel:
             self.image = event
             self.image_version += 1
             return []
+        if isinstance(event, Quality):
+            return self._quality(event)
         self.info_version += 1
         if isinstance(event, RunStarted):
             return self._started(event)
@@ -127,7 +139,7 @@ class RunModel:
             why = f" ({event.reason})" if event.reason else ""
             return [LogLine(step, "checkpoint", f"checkpoint at step {step}{why}: {event.path}")]
         if isinstance(event, StateChanged):
-            previous, self.state = self.state, event.state
+            previous, self.state = self.state, safe(event.state, 20)
             if "checkpointing" in (previous, event.state) and not event.message:
                 return []  # the Checkpointed line says it better
             self.state_message = event.message
@@ -143,7 +155,8 @@ class RunModel:
         return []  # pragma: no cover - every event type is handled above
 
     def _started(self, event: RunStarted) -> list[LogLine]:
-        self.name, self.preset, self.device = event.name, event.preset, event.device
+        self.name, self.preset = safe(event.name), safe(event.preset)
+        self.device = safe(event.device)
         self.run_dir, self.total_steps = event.run_dir, event.total_steps
         self.config = dict(event.config)
         # A (re)start replays history from here on (a follower starting over after a journal
@@ -155,6 +168,17 @@ class RunModel:
         # The data note also arrives as a Note event: not repeated here.
         return [LogLine(event.step, "info", f"run {event.name} {verb} at step {event.step} "
                                             f"({event.preset}, {event.device})")]
+
+    def _quality(self, event: Quality) -> list[LogLine]:
+        if self.quality is not None and self.quality.primary != event.primary:
+            self.series["quality"].clear()  # another yardstick (FID became available)
+            self.series["quality_best"].clear()
+        self.quality = event
+        self.series["quality"].append(event.step, event.value)
+        self.series["quality_best"].append(event.step, event.best_value)
+        self.metrics_version += 1
+        self.info_version += 1
+        return []
 
     def _metrics(self, m: Metrics) -> list[LogLine]:
         self.epoch, self.img_per_s, self.eta_s = m.epoch, m.img_per_s, m.eta_s
@@ -168,10 +192,10 @@ class RunModel:
 
 
 def _fmt(value: Any) -> str:
-    """Compact display of a hyperparameter value."""
+    """Compact display of a hyperparameter value, safe to draw."""
     if isinstance(value, float):
         return f"{value:.4g}"
-    return str(value)
+    return safe(value, 40)
 
 
 def format_value(value: Any) -> str:

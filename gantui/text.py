@@ -1,0 +1,49 @@
+"""Making strings safe to print: anything that reaches a terminal goes through :func:`safe`.
+
+A run directory can be written by any process and a control request can come from any local
+script, so a string in them may hold escape sequences (colours, cursor moves, a forged
+progress line after a newline), bidirectional overrides or lone surrogates that no terminal
+encoding can print. :func:`safe` shows such characters as visible escapes instead.
+"""
+
+from __future__ import annotations
+
+import unicodedata
+from typing import Any
+
+ECHO_LIMIT = 60
+"""Longest echo of a user's value in an error message (characters, before the ellipsis)."""
+
+_UNSAFE_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"})
+"""Control, format (bidi overrides, zero-width), surrogate, private-use, unassigned and
+line/paragraph separators: none of them belongs in a one-line message."""
+
+
+def _escape(char: str) -> str:
+    code = ord(char)
+    if code < 0x100:
+        return f"\\x{code:02x}"
+    if code < 0x10000:
+        return f"\\u{code:04x}"
+    return f"\\U{code:08x}"
+
+
+def safe(text: Any, limit: int | None = None) -> str:
+    """``text`` as one printable line: control and format characters, surrogates and line
+    breaks become visible escapes (``\\x1b``, ``\\n``, ``\\ud800``); cut to ``limit``
+    characters with an ellipsis when given.
+
+    Fast for the common case: a plain ASCII line is returned as it is.
+    """
+    text = text if isinstance(text, str) else str(text)
+    if not (text.isascii() and text.isprintable()):
+        text = "".join(_escape(c) if unicodedata.category(c) in _UNSAFE_CATEGORIES else c
+                       for c in text)
+    if limit is not None and len(text) > limit:
+        text = text[:limit] + "…"
+    return text
+
+
+def shown(value: Any, limit: int = ECHO_LIMIT) -> str:
+    """A user's value as echoed in an error: its ``repr`` made safe and cut to ``limit``."""
+    return safe(repr(value), limit)

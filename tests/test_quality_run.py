@@ -1,0 +1,208 @@
+"""Quality in a real run: evaluations recorded and followed, the best checkpoint, the alarm,
+``gantui eval`` and ``sample --best``, and the stabilizers through ``--set`` and resume."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from gantui import config
+from gantui import events as ev
+from gantui.files import read_jsonl
+from gantui.follow import RunFollower
+from gantui.headless import follow
+from gantui.quality.evaluate import Score
+from gantui.quality.tracker import QualityTracker
+from gantui.runs import scan_runs
+from gantui.session import start
+from gantui.store import RunStore, load_checkpoint_file
+
+from .conftest import tiny
+from .test_cli import gantui
+
+
+def ring_run(runs_dir: Path, name: str, *extra: str):
+    session = start(tiny("ring-8", "eval_every=20", *extra), "ring-8", runs_dir=runs_dir,
+                    name=name, device="cpu")
+    events = follow(session, 120)
+    assert session.state == "finished", session.error
+    return session, events
+
+
+def test_evaluations_are_recorded_emitted_and_the_best_kept(runs_dir: Path) -> None:
+    session, events = ring_run(runs_dir, "q", "steps=70")
+    quality = [e for e in events if isinstance(e, ev.Quality)]
+    assert [q.step for q in quality] == [20, 40, 60, 70]  # 70: the final evaluation
+    assert all(q.primary == "modes" and 0 <= q.values["hq"] <= 1 for q in quality)
+    records = read_jsonl(session.run_dir / "quality.jsonl")
+    assert [r["step"] for r in records] == [20, 40, 60, 70]
+    assert records[-1]["values"] == quality[-1].values
+
+    best = load_checkpoint_file(RunStore.open(session.run_dir).best_path)
+    chosen = max(records, key=lambda r: (r["values"]["modes"], r["values"]["hq"]))
+    assert best["best"]["step"] == chosen["step"] == best["step"]
+    assert best["best"]["metric"] == "modes" and quality[-1].best_step == chosen["step"]
+    assert "best.pt" not in [p.name for p in RunStore.open(session.run_dir).checkpoint_paths()]
+
+    followed = [e for e in RunFollower(session.run_dir).drain() if isinstance(e, ev.Quality)]
+    assert followed == quality
+    (info,) = scan_runs(runs_dir, lambda _: False)
+    assert info.quality.startswith("modes=")
+
+
+def test_eval_and_sample_best_through_the_cli(runs_dir: Path) -> None:
+    session, _ = ring_run(runs_dir, "q", "steps=60")
+    run = str(session.run_dir)
+    out = gantui("eval", run, "--json", cwd=runs_dir)
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout)
+    assert result["step"] == 60 and result["primary"] == "modes" and result["n"] == 2500
+    assert set(result["values"]) == {"modes", "hq"}
+    table = gantui("eval", run, "--best", "-n", "500", cwd=runs_dir)
+    assert table.returncode == 0 and "modes *" in table.stdout and "500 samples" in table.stdout
+    picture = gantui("sample", run, "--best", cwd=runs_dir)
+    assert picture.returncode == 0 and "-best-grid" in picture.stdout, picture.stderr
+    for args, fragment in ((["--best", "--checkpoint", "x.pt"], "pick one"),
+                           (["-n", "3"], "-n must be between 10")):
+        bad = gantui("eval", run, *args, cwd=runs_dir)
+        assert bad.returncode == 1 and fragment in bad.stderr, bad.stderr
+
+
+def test_eval_works_on_a_run_from_before_quality_existed(runs_dir: Path) -> None:
+    session = start(tiny("ring-8", "steps=30", "eval_every=0"), "ring-8", runs_dir=runs_dir,
+                    name="old", device="cpu")
+    follow(session, 60)
+    (path,) = RunStore.open(session.run_dir).checkpoint_paths()
+    state = torch.load(path, weights_only=True)
+    for key in ("G_ema", "quality"):
+        del state[key]
+    for key in ("ema", "spectral_norm", "r1_gamma", "r1_every", "instance_noise", "pack",
+                "eval_every", "eval_samples", "fid_weights"):
+        del state["config"][key]
+    torch.save(state, path)
+    assert not (session.run_dir / "quality.jsonl").exists()
+    out = gantui("eval", str(session.run_dir), cwd=runs_dir)
+    assert out.returncode == 0 and "step 30" in out.stdout, out.stderr
+    none = gantui("sample", str(session.run_dir), "--best", cwd=runs_dir)
+    assert none.returncode == 1 and "no best checkpoint yet" in none.stderr
+
+
+def _score(step: int, fd: float) -> Score:
+    return Score(step, {"judge_fd": fd, "classes": 10.0}, "judge_fd", 1.0)
+
+
+def test_the_alarm_fires_once_when_quality_stays_worse_than_its_best() -> None:
+    tracker = QualityTracker()
+    fds = [30.0, 12.0, 8.0, 8.5, 20.0, 25.0, 30.0, 31.0, 9.0, 20.0, 20.0, 20.0]
+    results = [tracker.update(_score(1000 * (i + 1), fd)) for i, fd in enumerate(fds)]
+    improved = [i for i, (better, _) in enumerate(results) if better]
+    assert improved == [0, 1, 2]
+    warnings = [(i, w) for i, (_, ws) in enumerate(results) for w in ws]
+    assert [i for i, _ in warnings] == [6, 11]  # 3 clearly worse in a row; re-armed by 9.0
+    kind, message = warnings[0][1]
+    assert kind == "quality" and "judge_fd 8 at step 3000" in message
+    assert "checkpoints/best.pt" in message
+    restored = QualityTracker()
+    restored.load_state_dict(json.loads(json.dumps(tracker.state_dict())))
+    assert restored.state_dict() == tracker.state_dict()
+
+
+STABILIZERS = [["ema=0.99"], ["spectral_norm=true"], ["r1_gamma=1", "r1_every=2"],
+               ["instance_noise=0.1"], ["pack=2"]]
+
+
+@pytest.mark.parametrize("sets", STABILIZERS, ids=lambda s: s[0].split("=")[0])
+def test_stabilizers_train_and_resume_exactly(runs_dir: Path, sets: list[str]) -> None:
+    """Each stabilizer through --set: it trains, is saved in the checkpoint and config, and
+    resuming from the checkpoint at step N of a 2N-step run ends with the same weights."""
+    base = ["checkpoint_every=20", "sample_every=10", "log_every=10", "eval_every=0", *sets]
+    straight = start(tiny("ring-8", *base, "steps=40"), "ring-8", runs_dir=runs_dir,
+                     name="straight", device="cpu")
+    follow(straight, 120)
+    twin = runs_dir / "twin"  # the same run, killed after its checkpoint at step 20
+    shutil.copytree(straight.run_dir, twin)
+    (twin / "checkpoints" / "ckpt-00000040.pt").unlink()
+    resumed = start(None, "", resume=twin, device="cpu")
+    follow(resumed, 120)
+    assert straight.state == resumed.state == "finished"
+    a = load_checkpoint_file(RunStore.open(straight.run_dir).checkpoint_paths()[-1])
+    b = load_checkpoint_file(RunStore.open(twin).checkpoint_paths()[-1])
+    assert a["step"] == b["step"] == 40
+    key, value = sets[0].split("=")
+    assert b["config"][key] == config.coerce(key, value) != config.Config().to_dict()[key]
+    for part in ("G", "D", "G_ema"):
+        if a[part] is None:
+            assert part == "G_ema" and b[part] is None and "ema=0.99" not in sets
+            continue
+        for name, tensor in a[part].items():
+            assert torch.equal(tensor, b[part][name]), (part, name)
+    if "ema=0.99" in sets:  # the averaged G differs from G, and previews use it
+        assert any(not torch.equal(a["G"][k], a["G_ema"][k]) for k in a["G"])
+    if "spectral_norm=true" in sets:
+        assert any("parametrizations" in k for k in a["D"])
+
+
+def test_pack_and_instance_noise_are_refused_where_they_cannot_apply() -> None:
+    for sets, fragment in ((["pack=3"], "multiple of pack"), (["ema=0.2"], "ema must be"),
+                           (["instance_noise=-1"], "instance_noise must be")):
+        with pytest.raises(config.ConfigError, match=fragment):
+            config.load("ring-8", sets)
+    with pytest.raises(config.ConfigError, match="unconditional"):
+        config.load("cdcgan-mnist", ["pack=2"])
+
+
+def test_live_quality_keys_change_mid_run(runs_dir: Path) -> None:
+    cfg = tiny("ring-8", "steps=100000", "eval_every=0")
+    session = start(cfg, "ring-8", runs_dir=runs_dir, name="live", device="cpu")
+    try:
+        session.controller.set({"eval_every": "10", "r1_gamma": "0.5",
+                                "instance_noise": "0.05"}).result(timeout=30)
+        store = RunStore.open(session.run_dir)
+        deadline = 0
+        while len(store.quality()) < 2 and deadline < 600:
+            follow(session, 0.1)
+            deadline += 1
+    finally:
+        session.controller.stop()
+        follow(session, 60)
+    assert len(store.quality()) >= 2
+    changes = {r["key"] for r in store.events() if r.get("event") == "set"}
+    assert {"eval_every", "r1_gamma", "instance_noise"} <= changes
+    assert all(math.isfinite(r["loss_d"]) for r in store.metrics())
+
+
+def test_the_dashboard_draws_the_quality_curve(tmp_path: Path) -> None:
+    import asyncio
+
+    from gantui.ui import GantuiApp
+
+    events = [ev.RunStarted(str(tmp_path), "q", "ring-8", "cpu", 0, 100, {}, "")]
+    for step, modes in ((20, 5.0), (40, 8.0), (60, 6.0)):
+        events.append(ev.Quality(step, {"modes": modes, "hq": 0.5}, "modes", 40 if step > 20
+                                 else 20, max(5.0, 8.0 if step > 20 else 5.0), 0.01))
+    queue = list(events)
+
+    def drain():
+        out = list(queue)
+        queue.clear()
+        return out
+
+    app = GantuiApp(drain, None)
+
+    async def main():
+        async with app.run_test(size=(100, 32)) as pilot:
+            for _ in range(50):
+                await pilot.pause(0.05)
+                if app.quality_plot.display and app.quality_plot.draws:
+                    break
+            assert app.quality_plot.display and app.quality_plot.draws
+            assert "modes 6" in app.quality_plot.border_title
+            assert "best 8 @40" in app.quality_plot.border_title
+            assert list(app.model.series["quality"].values) == [5.0, 8.0, 6.0]
+
+    asyncio.run(main())
