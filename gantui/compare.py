@@ -80,7 +80,8 @@ def _quality_records(path: Path) -> list[dict]:
     out = []
     for record in read_jsonl(path):
         values, step = record.get("values"), as_int(record.get("step"))
-        if isinstance(values, dict) and step is not None:
+        if isinstance(values, dict) and step is not None and isinstance(
+                record.get("primary"), str):
             out.append({**values, "step": step, "primary": record.get("primary"),
                         "best_value": record.get("best_value"),
                         "best_step": record.get("best_step")})
@@ -135,8 +136,10 @@ def _quality_cells(run: RunCurves) -> tuple[Text, Text]:
         return Text("-"), Text("-")
     last = run.quality[-1]
     primary = last.get("primary")
+    if not isinstance(primary, str):
+        return Text("-"), Text("-")
     value, best = as_float(last.get(primary)), as_float(last.get("best_value"))
-    if not isinstance(primary, str) or value is None:
+    if value is None:
         return Text("-"), Text("-")
     now = Text(safe(describe_value(primary, value), 40))
     if best is None:

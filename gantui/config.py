@@ -23,6 +23,7 @@ Conditioning = Literal["none", "embedding", "onehot"]
 Dataset = Literal["mnist", "folder", "ring8"]
 WeightInit = Literal["dcgan", "default"]
 Loss = Literal["nonsaturating", "saturating", "hinge", "lsgan"]
+LrDecay = Literal["none", "linear", "cosine"]
 
 
 class ConfigError(GantuiError):
@@ -92,6 +93,10 @@ class Config:
     clears a preset's ``epochs``)."""
     epochs: int = 0
     """If > 0, train this many passes over the data instead of ``steps``."""
+    lr_decay: LrDecay = "none"
+    """Learning-rate schedule over the run: ``none``, ``linear`` (to 0 at the last step) or
+    ``cosine`` (to 0); it scales the live ``lr_g`` and ``lr_d``, which the metrics record
+    as set."""
     d_steps: int = 1
     """Discriminator steps per generator step (live)."""
     label_smoothing: float = 0.0
@@ -112,7 +117,8 @@ class Config:
     """Weight of the R1 penalty, gamma/2 * |grad_x D(x)|^2 on real data (Mescheder et al.);
     0 is off (live)."""
     r1_every: int = 1
-    """Apply R1 every this many D steps, scaled to match (lazy regularisation, StyleGAN2)."""
+    """Apply R1 on the D steps of every this-many-th training step, scaled to match (lazy
+    regularisation, StyleGAN2)."""
     instance_noise: float = 0.0
     """Std of Gaussian noise added to every input of D, annealed linearly to 0 over the run;
     0 is off (live)."""
@@ -356,6 +362,8 @@ def validate(cfg: Config) -> None:
     _check(0 <= cfg.r1_gamma <= 1e4, f"r1_gamma must be in [0, 10000] (got {cfg.r1_gamma})")
     _check(0 <= cfg.instance_noise <= 10,
            f"instance_noise must be in [0, 10] (got {cfg.instance_noise})")
+    _check(cfg.eval_samples == 0 or cfg.eval_samples >= 10,
+           f"eval_samples must be 0 (the standard size) or >= 10 (got {cfg.eval_samples})")
     for key in ("pack", "r1_every"):
         _check(getattr(cfg, key) >= 1, f"{key} must be >= 1 (got {_got(getattr(cfg, key))})")
     _check(cfg.batch_size % cfg.pack == 0,

@@ -7,10 +7,13 @@ should be): a run directory may be written by another process at any moment.
 
 from __future__ import annotations
 
+import errno
 import json
+import os
+import stat
 import tomllib
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 MAX_INT = 2**63 - 1
 """Largest magnitude :func:`as_int` accepts: beyond it a value is garbage, not a step."""
@@ -18,6 +21,30 @@ MAX_INT = 2**63 - 1
 PARSE_ERRORS = (ValueError, RecursionError)
 """What ``json.loads`` and ``tomllib`` raise on hostile input: syntax errors, invalid UTF-8,
 integers over Python's digit limit (all ``ValueError``) and deep nesting."""
+
+
+def open_regular(path: Path) -> BinaryIO:
+    """Open ``path`` for reading only if it is a regular file: a FIFO or a device planted in a
+    run directory would otherwise block a reader for ever.
+
+    Raises:
+        OSError: missing, unreadable, or not a regular file.
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, "not a regular file", str(path))
+        os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def read_bytes(path: Path) -> bytes:
+    """The bytes of a regular file (see :func:`open_regular`)."""
+    with open_regular(path) as fh:
+        return fh.read()
 
 
 def parse_record(line: bytes | str) -> dict[str, Any] | None:
@@ -35,7 +62,7 @@ def parse_record(line: bytes | str) -> dict[str, Any] | None:
 def read_toml_dict(path: Path) -> dict[str, Any]:
     """A TOML file as a dict; {} when missing, unreadable or invalid."""
     try:
-        with path.open("rb") as fh:
+        with open_regular(path) as fh:
             return tomllib.load(fh)
     except (OSError, *PARSE_ERRORS):
         return {}
@@ -44,7 +71,7 @@ def read_toml_dict(path: Path) -> dict[str, Any]:
 def toml_readable(path: Path) -> bool:
     """True when ``path`` is a file holding valid TOML."""
     try:
-        with path.open("rb") as fh:
+        with open_regular(path) as fh:
             tomllib.load(fh)
     except (OSError, *PARSE_ERRORS):
         return False
@@ -54,7 +81,7 @@ def toml_readable(path: Path) -> bool:
 def read_json_dict(path: Path) -> dict[str, Any]:
     """A JSON object file as a dict; {} when missing, invalid or not an object."""
     try:
-        data = path.read_bytes()
+        data = read_bytes(path)
     except OSError:
         return {}
     return parse_record(data) or {}
@@ -64,7 +91,7 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
     """Every complete object in a JSON-lines file; torn, garbled or non-UTF-8 lines are
     skipped, and a path that is missing or not a readable file gives []."""
     try:
-        data = path.read_bytes()
+        data = read_bytes(path)
     except OSError:
         return []
     return [r for r in map(parse_record, data.split(b"\n")) if r is not None]

@@ -27,7 +27,15 @@ from pathlib import Path
 from typing import Any
 
 from gantui import events as ev
-from gantui.files import MAX_INT, as_float, as_int, parse_record, read_json_dict, read_toml_dict
+from gantui.files import (
+    MAX_INT,
+    as_float,
+    as_int,
+    open_regular,
+    parse_record,
+    read_json_dict,
+    read_toml_dict,
+)
 
 CHUNK_BYTES = 4 << 20
 """How much of a journal is read per system call; bounds memory on a huge first drain."""
@@ -89,7 +97,7 @@ class _Tail:
         already parses as a whole JSON object (a writer that omits the final newline).
         """
         try:
-            fh = open(self.path, "rb")
+            fh = open_regular(self.path)
         except OSError:
             return
         with fh:
@@ -126,7 +134,7 @@ class _Tail:
         if not self.fingerprint:
             return False
         try:
-            with open(self.path, "rb") as fh:
+            with open_regular(self.path) as fh:
                 fh.seek(self.offset - len(self.fingerprint))
                 return fh.read(len(self.fingerprint)) != self.fingerprint
         except OSError:
@@ -189,7 +197,7 @@ def decode_preview(path: Path, step: int, nrow: int, max_side: int) -> ev.Previe
     from PIL import Image  # Pillow only when there is a picture to show
 
     try:
-        with Image.open(path) as image:
+        with open_regular(path) as fh, Image.open(fh) as image:
             image.load()
             mode = "L" if image.mode in _GREY_MODES else "RGB"
             picture = image if image.mode == mode else image.convert(mode)

@@ -77,11 +77,13 @@ class RunLock:
 def is_locked(run_dir: Path) -> bool:
     """True while a live process owns ``run_dir`` (paused or busy ones included)."""
     try:
-        fd = os.open(run_dir / LOCK_NAME, os.O_RDONLY)
+        fd = os.open(run_dir / LOCK_NAME, os.O_RDONLY | os.O_NONBLOCK)  # a FIFO: no hang
     except FileNotFoundError:
         return False
     except PermissionError:
         return True  # another user's run: we cannot tell, and must not take it
+    except OSError:
+        return False
     try:
         fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
     except BlockingIOError:

@@ -22,7 +22,7 @@ from gantui.store import StoreError
 from gantui.text import safe
 
 RESUME_KEYS = (*LIVE_KEYS, "steps", "epochs", "data", "num_workers", "keep_checkpoints",
-               "amp", "ema", "r1_every", "eval_samples", "fid_weights")
+               "amp", "ema", "r1_every", "eval_samples", "fid_weights", "lr_decay")
 """Keys a resumed run may change; others would no longer fit the checkpoint."""
 
 _IGNORED = frozenset({*RESUME_KEYS, "description"})

@@ -19,6 +19,7 @@ from typing import Any
 from gantui.files import (
     as_float,
     as_int,
+    open_regular,
     parse_record,
     read_json_dict,
     read_toml_dict,
@@ -68,7 +69,7 @@ def _reverse_records(path: Path) -> Iterator[dict[str, Any]]:
     than the caller asks for."""
     block = TAIL_BLOCK
     try:
-        fh = open(path, "rb")
+        fh = open_regular(path)
     except OSError:
         return
     with fh:

@@ -20,6 +20,7 @@ from gantui.control import Controller
 from gantui.errors import GantuiError
 from gantui.files import read_toml_dict
 from gantui.lock import RunBusy, RunLock
+from gantui.quality.tracker import describe, score_from_dict
 from gantui.remote import ControlServer
 from gantui.restore import RESUME_KEYS, checker
 from gantui.store import RunStore, default_run_name
@@ -167,10 +168,18 @@ def _start_locked(store: RunStore, lock: RunLock, cfg: Config | None, preset: st
                       preset=preset, name=store.path.name, resume_state=resume_state,
                       on_nonfinite=on_nonfinite, notes=notes)
     if resume_state is not None:
-        moved = store.supersede_metrics_after(trainer.step)
-        if moved:
-            trainer.add_note(ev.Note(trainer.step, f"{moved} metrics record(s) written after "
-                                     f"the checkpoint moved to metrics-superseded.jsonl"))
+        for journal in ("metrics.jsonl", "quality.jsonl"):
+            moved = store.supersede_after(trainer.step, journal)
+            if moved:
+                aside = journal.replace(".jsonl", "-superseded.jsonl")
+                trainer.add_note(ev.Note(trainer.step, f"{moved} {journal} record(s) written "
+                                         f"after the checkpoint moved to {aside}"))
+        best = store.best_record()
+        kept = score_from_dict({"step": best.get("step"), "values": best.get("values"),
+                                "primary": best.get("metric")})
+        if kept is not None and trainer.quality.adopt(kept):
+            trainer.add_note(ev.Note(trainer.step, f"the best checkpoint on disk (step "
+                                     f"{kept.step}, {describe(kept)}) stays the one to beat"))
     server = ControlServer(store.path, controller, status=trainer.status,
                            refuse=lambda message: controller.journal("control", message))
     server.start()

@@ -26,7 +26,7 @@ import torch
 
 from gantui.config import to_toml
 from gantui.errors import GantuiError
-from gantui.files import as_int, read_json_dict, read_jsonl
+from gantui.files import as_int, parse_record, read_bytes, read_json_dict, read_jsonl
 from gantui.text import safe
 
 CHECKPOINT_VERSION = 1
@@ -171,24 +171,35 @@ class RunStore:
             return
         shutil.rmtree(self.path, ignore_errors=True)
 
-    def supersede_metrics_after(self, step: int) -> int:
-        """On resume: move metrics records past ``step`` (written after the checkpoint by a run
-        that then crashed) to ``metrics-superseded.jsonl``, so ``metrics.jsonl`` counts steps
-        up once more. Returns how many records moved; nothing is deleted."""
-        path = self.path / "metrics.jsonl"
-        records = read_jsonl(path)
-        later = [r for r in records if (as_int(r.get("step")) or 0) > step]
-        if not later:
+    def supersede_after(self, step: int, name: str = "metrics.jsonl") -> int:
+        """On resume: move the records of journal ``name`` past ``step`` (written after the
+        checkpoint by a run that then crashed) to ``<stem>-superseded.jsonl``, so the journal
+        counts steps up once more. Unreadable lines go with them: nothing is deleted.
+        Returns how many records moved."""
+        path = self.path / name
+        try:
+            lines = read_bytes(path).split(b"\n")
+        except OSError:
             return 0
-        with open(self.path / "metrics-superseded.jsonl", "a", encoding="utf-8") as fh:
-            for record in later:
-                fh.write(json.dumps(record, separators=(",", ":")) + "\n")
+        keep, move, moved = [], [], 0
+        for line in lines:
+            if not line.strip():
+                continue
+            record = parse_record(line)
+            if record is not None and (as_int(record.get("step")) or 0) <= step:
+                keep.append(line)
+            else:
+                move.append(line)
+                moved += record is not None
+        if not move:
+            return 0
+        aside = self.path / f"{path.stem}-superseded.jsonl"
+        with open(aside, "ab") as fh:
+            fh.write(b"".join(line + b"\n" for line in move))
             fh.flush()
             os.fsync(fh.fileno())
-        kept = "".join(json.dumps(r, separators=(",", ":")) + "\n" for r in records
-                       if (as_int(r.get("step")) or 0) <= step)
-        atomic_write_bytes(path, kept.encode())
-        return len(later)
+        atomic_write_bytes(path, b"".join(line + b"\n" for line in keep))
+        return moved
 
     @classmethod
     def open(cls, path: Path) -> RunStore:
@@ -324,6 +335,16 @@ class RunStore:
     def best_path(self) -> Path:
         """``checkpoints/best.pt``: the best model by the quality metric, never pruned."""
         return self.checkpoints / BEST_NAME
+
+    def best_record(self) -> dict[str, Any]:
+        """The ``best`` entry of ``best.pt`` (step, metric, value, values); {} when there is
+        no usable best checkpoint."""
+        try:
+            state = load_checkpoint_file(self.best_path)
+        except StoreError:
+            return {}
+        best = state.get("best")
+        return best if isinstance(best, dict) else {}
 
     def save_best(self, state: dict[str, Any]) -> Path:
         """Write ``state`` (a checkpoint with a ``best`` entry) atomically as ``best.pt``."""

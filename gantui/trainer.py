@@ -102,8 +102,8 @@ class Trainer:
         if resume_state is not None:
             try:
                 self._restore(resume_state)
-            except (KeyError, TypeError, ValueError, RuntimeError, IndexError,
-                    OverflowError) as exc:  # a hand-made checkpoint that passed every check
+            except (KeyError, TypeError, ValueError, RuntimeError, IndexError, OverflowError,
+                    AttributeError) as exc:  # a hand-made checkpoint that passed every check
                 raise StoreError(f"the checkpoint cannot be resumed: {type(exc).__name__} "
                                  f"({safe(exc, 120)})") from None
             if self.step >= self.total_steps:
@@ -155,6 +155,8 @@ class Trainer:
                     self._wait_while_paused()
                     continue
 
+                if self.cfg.lr_decay != "none":
+                    self._apply_optimizer_settings()
                 self._mid_step = True  # from here to step += 1 the weights are half-updated
                 # ---- Update D: maximise log D(x) + log(1 - D(G(z))) ----
                 for _ in range(self.cfg.d_steps):
@@ -176,6 +178,8 @@ class Trainer:
                     self._periodic_checkpoint()
             self._apply_commands()
             finite = self.log() if self._n_g else True  # the last steps of a partial interval
+            if not finite and self.paused:  # as in the loop: the dashboard user decides
+                self._wait_while_paused()
             if finite and self._final_evaluation_due():
                 self.evaluate()
             if self.stopping:
@@ -289,10 +293,13 @@ class Trainer:
     # ---- evaluate ----------------------------------------------------------------------
 
     def _final_evaluation_due(self) -> bool:
+        """At the end of a finished run (not a stop: a stop must be quick, and a resumed run
+        must evaluate at the same steps as a straight one), unless the last step was just
+        evaluated."""
         every = self.cfg.eval_every
         latest = self.quality.latest
-        return (bool(every) and not self._eval_broken and self.step >= every
-                and (latest is None or latest.step != self.step))
+        return (bool(every) and not self._eval_broken and not self.stopping
+                and self.step >= every and (latest is None or latest.step != self.step))
 
     def evaluate(self) -> Score | None:
         """Score G (the EMA G when on) between steps; record, emit, keep the best model.
@@ -320,19 +327,19 @@ class Trainer:
             self.G.train()
             self._excluded += time.perf_counter() - started
         improved, warnings = self.quality.update(score)
-        best = self.quality.best
-        assert best is not None
+        if improved and not self._save_best(score):
+            self.quality.revert_best()  # the best claimed must be the one on disk
+        best = self.quality.best or score
         self._emit(ev.Quality(self.step, dict(score.values), score.primary, best.step,
                               best.values.get(score.primary, math.nan), score.seconds))
-        if improved:
-            self._save_best(score)
         for kind, message in warnings:
             self._emit(ev.Alert(self.step, kind, message))
         return score
 
-    def _save_best(self, score: Score) -> None:
+    def _save_best(self, score: Score) -> bool:
+        """Write ``best.pt`` for ``score``; False when it could not be written."""
         if not self.params_finite():
-            return
+            return False
         state = self.state_dict()
         state["best"] = {"step": score.step, "metric": score.primary,
                          "value": score.values.get(score.primary), "values": dict(score.values)}
@@ -342,10 +349,13 @@ class Trainer:
         except OSError as exc:
             self._emit(ev.Alert(self.step, "error", f"writing the best checkpoint failed "
                                 f"({exc.strerror or exc}); training continues"))
-            return
+            return False
         finally:
             self._excluded += time.perf_counter() - started
-        self._emit(ev.Checkpointed(self.step, str(path), f"best {describe(score)}"))
+        shown = dict.fromkeys(m for m in (score.primary, "hq", "judge_fd") if m in score.values)
+        self._emit(ev.Checkpointed(self.step, str(path), "best " + ", ".join(
+            describe(score, metric) for metric in shown)))
+        return True
 
     # ---- log / sample / checkpoint -----------------------------------------------------
 
@@ -368,8 +378,8 @@ class Trainer:
             step=self.step, epoch=self.batches.epoch(),
             loss_d=values[LOSS_D], loss_g=values[LOSS_G], d_real=values[D_REAL],
             d_fake=values[D_FAKE], d_fake_g=values[D_FAKE_G], grad_g=values[GRAD_G],
-            grad_d=values[GRAD_D], lr_g=self.opt_g.param_groups[0]["lr"],
-            lr_d=self.opt_d.param_groups[0]["lr"], img_per_s=self._images / elapsed,
+            grad_d=values[GRAD_D], lr_g=self.cfg.lr_g, lr_d=self.cfg.lr_d,  # as set, unscaled
+            img_per_s=self._images / elapsed,
             eta_s=(self.total_steps - self.step) * elapsed / max(steps, 1), time=time.time())
         self._acc.zero_()
         self._n_d = self._n_g = self._images = 0
@@ -603,11 +613,13 @@ class Trainer:
         return applied
 
     def _apply_optimizer_settings(self) -> None:
-        """Push the live lr and betas of :attr:`cfg` into both optimizers."""
+        """Push the live lr (times the schedule's factor at this step) and betas of
+        :attr:`cfg` into both optimizers."""
         betas = (self.cfg.beta1, self.cfg.beta2)
+        scale = lr_factor(self.cfg.lr_decay, self.step, self.total_steps)
         for opt, lr in ((self.opt_g, self.cfg.lr_g), (self.opt_d, self.cfg.lr_d)):
             for group in opt.param_groups:
-                group["lr"] = lr
+                group["lr"] = lr * scale
                 group["betas"] = betas
 
     # ---- lifecycle ---------------------------------------------------------------------
@@ -655,6 +667,16 @@ class Trainer:
         elif isinstance(event, JOURNALED):
             self.store.append_event(ev.to_record(event))
         self._user_emit(event)
+
+
+def lr_factor(schedule: str, step: int, total: int) -> float:
+    """What the schedule multiplies the learning rates by before step ``step + 1``."""
+    if schedule == "none" or total <= 0:
+        return 1.0
+    progress = min(1.0, step / total)
+    if schedule == "linear":
+        return 1.0 - progress
+    return 0.5 * (1.0 + math.cos(math.pi * progress))  # cosine
 
 
 def _frozen_copy(module: torch.nn.Module) -> torch.nn.Module:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -73,3 +74,15 @@ async def until(pilot, condition, timeout: float = 30.0) -> None:
     while not condition():
         assert loop.time() < deadline, "condition not reached in time"
         await pilot.pause(0.05)
+
+
+def scripted(events: list) -> Callable[[], list]:
+    """A dashboard ``drain`` that hands over ``events`` once, then nothing."""
+    queue = list(events)
+
+    def drain() -> list:
+        out = list(queue)
+        queue.clear()
+        return out
+
+    return drain

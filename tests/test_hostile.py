@@ -14,10 +14,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from rich.console import Console
 
 from gantui import config
 from gantui import events as ev
-from gantui.compare import load_runs
+from gantui.compare import load_runs, summary
 from gantui.files import read_jsonl, read_toml_dict
 from gantui.follow import RunFollower
 from gantui.headless import LinePrinter, follow
@@ -27,8 +28,9 @@ from gantui.runs import format_table, scan_runs
 from gantui.session import start
 from gantui.store import RunStore, StoreError
 from gantui.text import safe
+from gantui.ui.model import RunModel
 
-from .conftest import tiny
+from .conftest import scripted, tiny
 from .test_cli import TINY, gantui, spawn, wait_for
 
 
@@ -186,7 +188,9 @@ def test_a_torn_last_line_is_terminated_before_appending(runs_dir: Path, journal
     before = len(read_jsonl(path))
     resume(run, "steps=90")
     records = read_jsonl(path)
-    assert b'{"step": 101, "lo\n' in path.read_bytes()  # kept, on a line of its own
+    # kept: set aside with the superseded metrics, or terminated on a line of its own
+    kept = path.with_name("metrics-superseded.jsonl") if journal == "metrics.jsonl" else path
+    assert b'{"step": 101, "lo\n' in kept.read_bytes()
     if journal == "events.jsonl":
         starts = [r for r in records if r.get("event") == "start"]
         assert starts[-1]["resumed"] is True and starts[-1]["step"] == 60
@@ -327,11 +331,14 @@ def test_safe_escapes_what_a_terminal_would_obey() -> None:
 def test_readers_survive_random_bytes_in_every_file(runs_dir: Path) -> None:
     """Every reader of run directories, on copies of a real run with garbage appended to or
     written over each file: no exception but the project's own one-line errors."""
-    pristine = finished_run(runs_dir, "pristine")
+    pristine = finished_run(runs_dir, "pristine", "eval_every=20")  # quality.jsonl, best.pt
+    assert (pristine / "quality.jsonl").is_file() and (pristine / "checkpoints" / "best.pt")
     files = sorted(p.relative_to(pristine) for p in pristine.rglob("*")
                    if p.is_file() and p.name not in ("run.lock",))
     rng = random.Random(1)
-    garbage = [b"\xff\xfe\x00", b"[" * 5000, b'{"step": ' + b"9" * 5000 + b"}", b"\n\n{}\n",
+    garbage = [b'{"step":1,"values":{"[/x]":1},"primary":"[/x]","best_step":1}\n',
+               b'{"step":2,"values":{"a":"b"},"primary":[1]}\n', b"\xff\xfe\x00", b"[" * 5000,
+               b'{"step": ' + b"9" * 5000 + b"}", b"\n\n{}\n",
                b'{"event":"start","config":[1],"step":"x"}\n', b"\x1b[31m\n",
                b'{"step":1e999,"loss_d":"nan"}\n', b'{"event":"points","points":[[1]],"step":1}\n']
     trial = 0
@@ -349,14 +356,15 @@ def test_readers_survive_random_bytes_in_every_file(runs_dir: Path) -> None:
                 target.write_bytes(blob)
             read_jsonl(run / "metrics.jsonl")
             read_toml_dict(run / "config.toml")
-            follower = RunFollower(run)
+            follower, model = RunFollower(run), RunModel()
             for _ in range(2):
                 for event in follower.drain():
                     assert isinstance(event, ev.Metrics | ev.RunStarted | ev.Preview
-                                      | ev.Changed | ev.Checkpointed | ev.StateChanged
-                                      | ev.Alert | ev.Note)
+                                      | ev.Quality | ev.Changed | ev.Checkpointed
+                                      | ev.StateChanged | ev.Alert | ev.Note)
+                    model.apply(event)
             format_table(scan_runs(runs_dir, dead), 0.0)
-            load_runs([run])
+            Console(file=io.StringIO()).print(summary(load_runs([run])))
             try:
                 RunStore.open(run).load_checkpoint(check=checker(read_toml_dict(
                     run / "config.toml")))
@@ -367,7 +375,7 @@ def test_readers_survive_random_bytes_in_every_file(runs_dir: Path) -> None:
 
 
 def test_the_dashboard_model_escapes_what_it_is_given() -> None:
-    from gantui.ui.model import RunModel, format_value
+    from gantui.ui.model import format_value
 
     model = RunModel()
     model.apply(ev.RunStarted("d", "\x1b]0;title\x07", "p\u202e", "cpu", 0, 10, {}, ""))
@@ -376,3 +384,47 @@ def test_the_dashboard_model_escapes_what_it_is_given() -> None:
     assert model.name == "\\x1b]0;title\\x07" and model.preset == "p\\u202e"
     model.apply(ev.Changed(2, "lr_g", 1e-3, "\x1b[2J"))
     assert format_value(model.hyperparameters()["lr_g"]) == "\\x1b[2J"
+
+
+def test_hostile_quality_records_cannot_break_the_dashboard(tmp_path: Path) -> None:
+    import asyncio
+
+    from gantui.ui import GantuiApp
+
+    app = GantuiApp(scripted([
+        ev.RunStarted(str(tmp_path), "q", "ring-8", "cpu", 0, 100, {}, ""),
+        ev.Quality(5, {"[/x]": 1.0}, "[/x]", 5, 1.0, 0.1),
+        ev.Quality(6, {"[@click=app.quit]x": 2.0}, "[@click=app.quit]x", 6, 2.0, 0.1)]), None)
+
+    async def main():
+        async with app.run_test(size=(100, 32)) as pilot:
+            for _ in range(40):
+                await pilot.pause(0.05)
+                if app.model.quality is not None and app.model.quality.step == 6:
+                    break
+            await pilot.pause(0.6)
+            assert app.is_running and "click" in str(app.quality_plot.border_title)
+
+    asyncio.run(main())
+
+
+def test_a_fifo_in_a_run_directory_blocks_no_reader(runs_dir: Path) -> None:
+    run = finished_run(runs_dir)
+    for name in ("events.jsonl", "quality.jsonl", "run.json"):
+        path = run / name
+        path.unlink(missing_ok=True)
+        os.mkfifo(path)
+    os.mkfifo(run / "samples" / "step-00000099.png")
+    done: list[object] = []
+
+    def read_all() -> None:
+        done.append(scan_runs(runs_dir, dead))
+        done.append(RunFollower(run).drain())
+        done.append(load_runs([run]))
+
+    reader = threading.Thread(target=read_all, daemon=True)
+    reader.start()
+    reader.join(30)
+    assert len(done) == 3, "a reader blocked on a FIFO"
+    out = gantui("train", "--resume", str(run), "--set", "steps=90", "--no-ui", cwd=runs_dir)
+    assert out.returncode == 1 and "not a regular file" in out.stderr

@@ -22,7 +22,7 @@ from gantui.runs import scan_runs
 from gantui.session import start
 from gantui.store import RunStore, load_checkpoint_file
 
-from .conftest import tiny
+from .conftest import scripted, tiny
 from .test_cli import gantui
 
 
@@ -74,15 +74,15 @@ def test_eval_and_sample_best_through_the_cli(runs_dir: Path) -> None:
 
 
 def test_eval_works_on_a_run_from_before_quality_existed(runs_dir: Path) -> None:
-    session = start(tiny("ring-8", "steps=30", "eval_every=0"), "ring-8", runs_dir=runs_dir,
-                    name="old", device="cpu")
+    session = start(tiny("ring-8", "steps=30", "eval_every=0", "pack=1", "lr_decay=none"),
+                    "ring-8", runs_dir=runs_dir, name="old", device="cpu")  # as runs were
     follow(session, 60)
     (path,) = RunStore.open(session.run_dir).checkpoint_paths()
     state = torch.load(path, weights_only=True)
     for key in ("G_ema", "quality"):
         del state[key]
     for key in ("ema", "spectral_norm", "r1_gamma", "r1_every", "instance_noise", "pack",
-                "eval_every", "eval_samples", "fid_weights"):
+                "eval_every", "eval_samples", "fid_weights", "lr_decay"):
         del state["config"][key]
     torch.save(state, path)
     assert not (session.run_dir / "quality.jsonl").exists()
@@ -113,7 +113,7 @@ def test_the_alarm_fires_once_when_quality_stays_worse_than_its_best() -> None:
 
 
 STABILIZERS = [["ema=0.99"], ["spectral_norm=true"], ["r1_gamma=1", "r1_every=2"],
-               ["instance_noise=0.1"], ["pack=2"]]
+               ["instance_noise=0.1"], ["pack=4"], ["lr_decay=cosine"]]
 
 
 @pytest.mark.parametrize("sets", STABILIZERS, ids=lambda s: s[0].split("=")[0])
@@ -185,14 +185,7 @@ def test_the_dashboard_draws_the_quality_curve(tmp_path: Path) -> None:
     for step, modes in ((20, 5.0), (40, 8.0), (60, 6.0)):
         events.append(ev.Quality(step, {"modes": modes, "hq": 0.5}, "modes", 40 if step > 20
                                  else 20, max(5.0, 8.0 if step > 20 else 5.0), 0.01))
-    queue = list(events)
-
-    def drain():
-        out = list(queue)
-        queue.clear()
-        return out
-
-    app = GantuiApp(drain, None)
+    app = GantuiApp(scripted(events), None)
 
     async def main():
         async with app.run_test(size=(100, 32)) as pilot:
@@ -206,3 +199,39 @@ def test_the_dashboard_draws_the_quality_curve(tmp_path: Path) -> None:
             assert list(app.model.series["quality"].values) == [5.0, 8.0, 6.0]
 
     asyncio.run(main())
+
+
+def test_a_resume_supersedes_later_evaluations_and_keeps_a_better_best(runs_dir: Path) -> None:
+    """A crash after the checkpoint at step 30: evaluations past it move aside, and a best.pt
+    written past it (by the lost timeline) is only replaced by a better model."""
+    session, _ = ring_run(runs_dir, "crash", "steps=60", "checkpoint_every=30",
+                          "eval_every=10")
+    run = session.run_dir
+    (run / "checkpoints" / "ckpt-00000060.pt").unlink()  # as if killed after step 30's
+    before = {r["step"]: r for r in read_jsonl(run / "quality.jsonl")}
+    best_before = load_checkpoint_file(run / "checkpoints" / "best.pt")["best"]
+    resumed = start(None, "", resume=run, device="cpu")
+    events = follow(resumed, 120)
+    assert resumed.state == "finished"
+    aside = [r["step"] for r in read_jsonl(run / "quality-superseded.jsonl")]
+    assert aside == [40, 50, 60]
+    assert [r["step"] for r in read_jsonl(run / "quality.jsonl")] == [10, 20, 30, 40, 50, 60]
+    best_after = load_checkpoint_file(run / "checkpoints" / "best.pt")["best"]
+    if best_before["step"] > 30:
+        assert any(isinstance(e, ev.Note) and "stays the one to beat" in e.message
+                   for e in events)
+        key = lambda b: (b["values"]["modes"], b["values"]["hq"])  # noqa: E731
+        assert key(best_after) >= key(best_before)
+    assert before[10] == read_jsonl(run / "quality.jsonl")[0]
+
+
+def test_a_stop_is_not_followed_by_an_evaluation(runs_dir: Path) -> None:
+    session = start(tiny("ring-8", "steps=100000", "eval_every=25"), "ring-8",
+                    runs_dir=runs_dir, name="stop", device="cpu")
+    store = RunStore.open(session.run_dir)
+    while not store.quality():
+        follow(session, 0.05)
+    session.controller.stop().result(timeout=60)
+    follow(session, 60)
+    assert session.state == "stopped"
+    assert all(r["step"] % 25 == 0 for r in store.quality())

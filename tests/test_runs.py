@@ -10,7 +10,7 @@ import pytest
 
 from gantui import events as ev
 from gantui import runs as runs_mod
-from gantui.files import read_jsonl
+from gantui.files import open_regular, read_jsonl
 from gantui.headless import follow
 from gantui.runs import RunInfo, format_age, format_table, read_run, run_state, scan_runs
 from gantui.session import start
@@ -148,10 +148,10 @@ def test_tail_reading_does_not_read_the_whole_file(tmp_path: Path, monkeypatch) 
         fh.write("\n" * 5_000_000 + '{"step": 9, "loss_d": 1.5, "loss_g": 2.5}\n')
     reads: list[int] = []
 
-    def counting_open(path, *args, **kwargs):
-        return _CountedReads(open(path, *args, **kwargs), reads)
+    def counting_open(path):
+        return _CountedReads(open_regular(path), reads)
 
-    monkeypatch.setattr(runs_mod, "open", counting_open, raising=False)
+    monkeypatch.setattr(runs_mod, "open_regular", counting_open)
     info = read_run(run_dir, alive)
     assert (info.step, info.loss_d) == (9, 1.5)
     assert reads and all(0 < n <= runs_mod.TAIL_BLOCK for n in reads)

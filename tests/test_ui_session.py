@@ -24,7 +24,7 @@ def journal(run_dir) -> list[dict]:
 def live(tiny_cfg, runs_dir):
     """A toy run long enough to steer; stopped and joined whatever the test does."""
     cfg = tiny_cfg.replace(steps=1_000_000, log_every=5, sample_every=50,
-                           checkpoint_every=1_000_000)
+                           checkpoint_every=1_000_000, lr_decay="none")  # lr as set
     session = session_mod.start(cfg, "ring-8", runs_dir=runs_dir, name="ui", device="cpu")
     yield session
     if session.alive:

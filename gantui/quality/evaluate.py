@@ -98,10 +98,11 @@ def is_better(a: Score, b: Score | None) -> bool:
 
     The metrics of ``a``'s :func:`primary_order` that both scores hold are compared in order;
     the first that differs decides, and a tie on all of them is not better. NaN is worse than
-    any number. Scores with no such metric in common (the yardstick changed, e.g. FID became
-    available on resume) cannot be compared, and the newer one ``a`` counts as better.
+    any number. Scores with another primary metric or no such metric in common (the
+    yardstick changed, e.g. FID became available on resume) cannot be compared, and the newer
+    one ``a`` counts as better.
     """
-    if b is None:
+    if b is None or a.primary != b.primary:  # another yardstick: the newer one counts
         return True
     common = [(m, up) for m, up in _order_of(a) if m in a.values and m in b.values]
     if not common:

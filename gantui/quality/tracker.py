@@ -50,6 +50,7 @@ class QualityTracker:
         self.patience = patience
         self.best: Score | None = None
         self.latest: Score | None = None
+        self._previous: Score | None = None
         self._worse = 0
         self._warned = False
 
@@ -57,7 +58,7 @@ class QualityTracker:
         """Take one evaluation; returns (it is the new best, ``(kind, message)`` warnings)."""
         self.latest = score
         if is_better(score, self.best):
-            self.best = score
+            self._previous, self.best = self.best, score
             self._worse = 0
             self._warned = False
             return True, []
@@ -76,6 +77,18 @@ class QualityTracker:
             f"{describe(best, score.primary)} at step {best.step}, clearly worse for "
             f"{self._worse} evaluations in a row (mode collapse or instability?). The best "
             f"model is kept in checkpoints/best.pt (gantui sample RUN --best)"))]
+
+    def revert_best(self) -> None:
+        """Undo the last :meth:`update`'s new best (its checkpoint could not be written)."""
+        self.best = self._previous
+
+    def adopt(self, score: Score) -> bool:
+        """Take ``score`` as the best if it beats the current one (a ``best.pt`` on disk from
+        before a resume must never be overwritten by a worse model); True when taken."""
+        if is_better(score, self.best):
+            self.best = score
+            return True
+        return False
 
     def state_dict(self) -> dict[str, Any]:
         """Plain values for a checkpoint."""

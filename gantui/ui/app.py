@@ -206,7 +206,7 @@ class GantuiApp(App[Outcome]):
             exc = future.exception()
             if exc is not None:
                 self.log_line(LogLine(self.model.step, "error", f"{what} failed: {exc}"))
-                self.notify(f"{what} failed: {exc}", severity="error")
+                self.notify(safe(f"{what} failed: {exc}"), severity="error", markup=False)
         self.pending = still
 
     def _refresh_views(self) -> None:
@@ -241,6 +241,7 @@ class GantuiApp(App[Outcome]):
         if quality is None:
             return
         self.quality_plot.display = True
+        self.screen.add_class("-quality")  # at 80x24 the quality chart takes the sparklines' rows
         now, best = self.quality_plot.lines
         self.quality_plot.border_title = legend_markup([
             Line(describe_value(quality.primary, quality.value), now.series, now.color),
@@ -350,7 +351,7 @@ class GantuiApp(App[Outcome]):
         try:
             future = self.controller.set(changes, source="ui")
         except GantuiError as exc:
-            self.notify(str(exc), severity="error")
+            self.notify(safe(exc), severity="error", markup=False)
             return
         self._send("set " + ", ".join(changes), future)
         text = ", ".join(f"{k}={v}" for k, v in changes.items())
@@ -365,10 +366,11 @@ class GantuiApp(App[Outcome]):
         try:
             path = save_png(image, folder)
         except OSError as exc:
-            self.notify(f"could not save the preview: {exc}", severity="error")
+            self.notify(safe(f"could not save the preview: {exc}"), severity="error",
+                        markup=False)
             return
         self.log_line(LogLine(image.step, "checkpoint", f"saved preview: {path}"))
-        self.notify(f"saved {path}")
+        self.notify(safe(f"saved {path}"), markup=False)
 
     def action_smoothing(self) -> None:
         """Cycle the EMA smoothing of the plots."""

@@ -6,6 +6,7 @@ produced, so the model can be tested and reused without a terminal.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -136,6 +137,9 @@ class RunModel:
             return [LogLine(step, "change",
                             f"{event.key}: {_fmt(event.old)} → {_fmt(event.new)} at step {step}")]
         if isinstance(event, Checkpointed):
+            if event.reason.startswith("best "):  # one short line: it recurs while improving
+                return [LogLine(step, "checkpoint", f"new best {event.reason[5:]}: kept in "
+                                                    f"checkpoints/best.pt")]
             why = f" ({event.reason})" if event.reason else ""
             return [LogLine(step, "checkpoint", f"checkpoint at step {step}{why}: {event.path}")]
         if isinstance(event, StateChanged):
@@ -170,6 +174,7 @@ class RunModel:
                                             f"({event.preset}, {event.device})")]
 
     def _quality(self, event: Quality) -> list[LogLine]:
+        event = dataclasses.replace(event, primary=safe(event.primary, 30))
         if self.quality is not None and self.quality.primary != event.primary:
             self.series["quality"].clear()  # another yardstick (FID became available)
             self.series["quality_best"].clear()

@@ -11,10 +11,12 @@ import math
 
 from rich.color import Color
 from rich.text import Text
+from textual.markup import escape
 from textual.widget import Widget
 
 from gantui.chart import Line, plot_text
 from gantui.history import Buckets, Series
+from gantui.text import safe
 
 
 def legend_markup(lines: list[Line]) -> str:
@@ -22,7 +24,7 @@ def legend_markup(lines: list[Line]) -> str:
     parts = []
     for line in lines:
         hexcolor = Color.from_ansi(line.color).get_truecolor().hex
-        parts.append(f"[{hexcolor}]━ {line.label}[/]")
+        parts.append(f"[{hexcolor}]━ {escape(safe(line.label))}[/]")
     return " ".join(parts)
 
 
