@@ -241,7 +241,7 @@ class RunStore:
         removed = []
         for folder in (self.path, self.checkpoints, self.samples):
             for tmp in folder.glob(".*.tmp-*"):
-                pid = as_int(_int_or_none(tmp.name.rpartition(".tmp-")[2]))
+                pid = _int_or_none(tmp.name.rpartition(".tmp-")[2])
                 if pid is None or pid == os.getpid() or (_pid_alive(pid)
                                                          and folder != self.checkpoints):
                     continue

@@ -37,6 +37,18 @@ def gantui_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """Two torch threads on two shared cores thrash; one is steady and gives the same numbers.
+    For modules that measure: ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture
 def tiny_cfg() -> Config:
     """ring-8 with tiny MLPs: 60 steps in well under a second on the CPU."""

@@ -4,11 +4,9 @@ fallback, never a traceback, a silenced printer or a lost file."""
 from __future__ import annotations
 
 import io
-import json
 import os
 import random
 import shutil
-import socket
 import threading
 from pathlib import Path
 
@@ -32,6 +30,7 @@ from gantui.ui.model import RunModel
 
 from .conftest import scripted, tiny
 from .test_cli import TINY, gantui, spawn, wait_for
+from .test_remote import raw
 
 
 def finished_run(runs_dir: Path, name: str = "r", *extra: str) -> Path:
@@ -64,18 +63,6 @@ def no_thread_tracebacks(monkeypatch):
 
 # ---- the control socket --------------------------------------------------------------------
 
-def send(run_dir: Path, payload: bytes) -> dict:
-    with socket.socket(socket.AF_UNIX) as sock:
-        sock.settimeout(30)
-        sock.connect(str(socket_path(run_dir)))
-        sock.sendall(payload)
-        sock.shutdown(socket.SHUT_WR)
-        data = b""
-        while chunk := sock.recv(4096):
-            data += chunk
-    return json.loads(data)
-
-
 def test_socket_survives_huge_numbers_deep_nesting_and_random_bytes(
         runs_dir: Path, no_thread_tracebacks, capfd) -> None:
     cfg = tiny("ring-8", "steps=100000000", "checkpoint_every=100000000")
@@ -86,7 +73,7 @@ def test_socket_survives_huge_numbers_deep_nesting_and_random_bytes(
         for payload in (huge, b"[" * 60_000 + b"\n", b"{" * 7000 + b"\n",
                         b'{"action":"set","changes":{"lr_g":"' + b"9" * 6000 + b'"}}\n',
                         b"\xff\xfe\n", b'{"action": 5}\n', b"A" * 100_000):
-            reply = send(run, payload)
+            reply = raw(run, payload)
             assert reply["ok"] is False and len(reply["error"]) < 300, reply
         rng = random.Random(0)
         pieces = [b"{", b"}", b"[", b"]", b'"action"', b":", b",", b'"set"', b'"changes"',
@@ -94,9 +81,9 @@ def test_socket_survives_huge_numbers_deep_nesting_and_random_bytes(
         for _ in range(60):
             payload = b"".join(rng.choice(pieces) for _ in range(rng.randint(0, 40)))
             payload += bytes(rng.randrange(256) for _ in range(rng.randint(0, 8))) + b"\n"
-            reply = send(run, payload)
+            reply = raw(run, payload)
             assert isinstance(reply, dict) and "ok" in reply
-        assert send(run, b'{"action":"status"}\n')["ok"] is True  # still serving
+        assert raw(run, b'{"action":"status"}\n')["ok"] is True  # still serving
         assert session.alive
     finally:
         session.controller.stop()
@@ -118,11 +105,11 @@ def test_odd_sources_are_escaped_and_printing_goes_on(tmp_path: Path) -> None:
     try:
         wait_for(lambda: socket_path(run).exists())
         for source in ('"\\ud800"', '"\\u001b[31mRED\\nstep 123/456 FORGED"', '"\\u202eevil"'):
-            reply = send(run, b'{"action":"checkpoint","source":' + source.encode() + b"}\n")
+            reply = raw(run, b'{"action":"checkpoint","source":' + source.encode() + b"}\n")
             assert reply["ok"] is True, reply
         marker = len(read_jsonl(run / "metrics.jsonl"))
         wait_for(lambda: len(read_jsonl(run / "metrics.jsonl")) > marker + 3)
-        assert send(run, b'{"action":"stop","source":"test"}\n')["ok"] is True
+        assert raw(run, b'{"action":"stop","source":"test"}\n')["ok"] is True
         out, err = proc.communicate(timeout=120)
     finally:
         proc.kill()

@@ -16,14 +16,7 @@ from gantui.data import ImageFolder, find_images
 from gantui.quality import fid as fidlib
 from gantui.quality.evaluate import Evaluator
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Two torch threads on two shared cores thrash; one is steady and gives the same numbers."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def shapes_folder(root: Path, n: int = 200) -> Path:

@@ -23,6 +23,7 @@ from .test_cli import TINY, gantui, spawn, wait_for
 
 def raw(run_dir: Path, payload: bytes) -> dict:
     with socket.socket(socket.AF_UNIX) as sock:
+        sock.settimeout(30)  # a server that never answers fails the test, not hangs it
         sock.connect(str(socket_path(run_dir)))
         sock.sendall(payload)
         sock.shutdown(socket.SHUT_WR)
