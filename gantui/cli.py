@@ -86,13 +86,13 @@ def train(
             if preset is not None or name is not None or runs_dir is not None:
                 fail("--preset, --name and --runs-dir do not mix with --resume: a resumed run "
                      "keeps its own config and directory")
-            from gantui.session import start
+            from gantui.engine.session import start
 
             session = start(None, "", resume=resume, sets=overrides, device=device,
                             on_nonfinite="stop" if headless else "pause")
         else:
             preset_name, cfg = config.load(preset, overrides)  # fails fast, before torch loads
-            from gantui.session import start
+            from gantui.engine.session import start
 
             session = start(cfg, preset_name, runs_dir=runs_dir or Path("runs"), name=name,
                             device=device,
@@ -119,8 +119,8 @@ def runs(
     """List runs: preset, state (running, finished, stopped, crashed), step, losses, age."""
     import time
 
-    from gantui.lock import is_locked
-    from gantui.runs import format_table, scan_runs
+    from gantui.run.lock import is_locked
+    from gantui.run.runs import format_table, scan_runs
 
     if not runs_dir.is_dir():
         fail(f"no runs directory at {runs_dir}")
@@ -136,10 +136,10 @@ def watch(
     run_dir: Annotated[Path, typer.Argument(help="A run directory, live or finished.")],
 ) -> None:
     """Open the dashboard on a run started anywhere; q detaches, x stops the run."""
-    from gantui.follow import RunFollower
-    from gantui.lock import is_locked
     from gantui.remote import RemoteController
-    from gantui.store import RunStore
+    from gantui.run.follow import RunFollower
+    from gantui.run.lock import is_locked
+    from gantui.run.store import RunStore
 
     try:
         RunStore.open(run_dir)
@@ -184,8 +184,8 @@ def sample(
     if best and checkpoint is not None:
         fail("--best and --checkpoint name two different checkpoints; pick one")
     from gantui import sampling
-    from gantui.session import resolve_device
-    from gantui.store import RunStore
+    from gantui.engine.session import resolve_device
+    from gantui.run.store import RunStore
 
     path: Path | None = None
     try:
@@ -202,7 +202,7 @@ def sample(
         grid = sampling.render(generator, cfg, z, labels, nrow)
         which = "-best" if best else ""
         path = out or store.samples / f"sample-step{step:08d}{which}-{kind}-seed{seed}.png"
-        from gantui.store import save_png
+        from gantui.run.store import save_png
 
         save_png(grid, path)
     except GantuiError as exc:
@@ -236,9 +236,9 @@ def eval_(
     if n is not None and not 10 <= n <= 100_000:
         fail(f"-n must be between 10 and 100,000 (got {n})")
     from gantui import sampling
+    from gantui.engine.session import resolve_device
     from gantui.quality.evaluate import Evaluator
     from gantui.quality.tracker import score_table
-    from gantui.session import resolve_device
 
     notes: list[str] = []
     try:

@@ -28,7 +28,7 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from pathlib import Path
 from typing import Any
 
-from gantui.control import ACTIONS, Controller
+from gantui.engine.control import ACTIONS, Controller
 from gantui.errors import GantuiError
 from gantui.files import parse_record
 from gantui.text import safe, shown
@@ -291,7 +291,7 @@ def request(run_dir: Path, message: dict[str, Any], timeout: float = ACK_TIMEOUT
 
 
 class RemoteController:
-    """The :class:`~gantui.control.Controller` interface, over a run's control socket.
+    """The :class:`~gantui.engine.control.Controller` interface, over a run's control socket.
 
     Methods return futures resolved from a worker thread, so a dashboard never blocks on a
     round trip; ``set`` validates locally first, as the local controller does.

@@ -13,12 +13,12 @@ import torch
 from torchvision.utils import make_grid
 
 from gantui.config import Config
-from gantui.data import ring_modes
+from gantui.engine.data import ring_modes
+from gantui.engine.models import build_models
 from gantui.errors import GantuiError
 from gantui.files import read_toml_dict
-from gantui.models import build_models
-from gantui.restore import checker, checkpoint_config
-from gantui.store import RunStore, StoreError, load_checkpoint_file
+from gantui.run.restore import checker, checkpoint_config
+from gantui.run.store import RunStore, StoreError, load_checkpoint_file
 
 
 def load_generator(run_dir: Path, checkpoint: Path | None = None,
@@ -41,7 +41,7 @@ def load_generator(run_dir: Path, checkpoint: Path | None = None,
 
 def load_state(run_dir: Path, checkpoint: Path | None = None, best: bool = False
                ) -> dict:
-    """The checkpoint a command asked for, checked to be usable (see :mod:`gantui.restore`).
+    """The checkpoint a command asked for, checked to be usable (see :mod:`gantui.run.restore`).
 
     Raises:
         StoreError: none is usable, with why.

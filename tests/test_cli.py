@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from gantui import config
-from gantui.store import RunStore, load_checkpoint_file
+from gantui.run.store import RunStore, load_checkpoint_file
 
 TINY = ["--set", "g_hidden=32,32", "--set", "d_hidden=32,32", "--set", "batch_size=64"]
 
@@ -61,8 +61,8 @@ def test_ring8_through_the_cli_covers_most_modes(tmp_path: Path) -> None:
     assert all("event" in r and "step" in r for r in store.events())
 
     # modes counted as in VEEGAN / PacGAN, on fresh samples from the final generator
-    from gantui.metrics import ring_coverage
-    from gantui.models import build_models
+    from gantui.engine.models import build_models
+    from gantui.quality.metrics import ring_coverage
 
     state = load_checkpoint_file(store.checkpoint_paths()[-1])
     assert state["step"] == 3000

@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from gantui.control import Controller
-from gantui.store import RunStore
-from gantui.trainer import Trainer
+from gantui.engine.control import Controller
+from gantui.engine.trainer import Trainer
+from gantui.run.store import RunStore
 
 from .conftest import make_image_folder, tiny
 

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from gantui import data
-from gantui.data import DataError, FolderBatches, make_batches
+from gantui.engine import data
+from gantui.engine.data import DataError, FolderBatches, make_batches
 
 from .conftest import make_image_folder, tiny
 
@@ -189,7 +189,7 @@ def test_a_run_holding_live_workers_still_exits(tmp_path: Path) -> None:
     root = make_image_folder(tmp_path / "imgs", n=8, size=16)
     script = ("import sys, torch\n"
               "from gantui import config\n"
-              "from gantui.data import FolderBatches\n"
+              "from gantui.engine.data import FolderBatches\n"
               "cfg = config.load('dcgan-celeba', [f'data={sys.argv[1]}', 'batch_size=4',\n"
               "                  'image_size=16', 'num_workers=2', 'epochs=0'])[1]\n"
               "BATCHES = FolderBatches(cfg, torch.device('cpu'))\n"
@@ -236,7 +236,7 @@ def test_folder_without_data_path_says_what_is_expected() -> None:
 
 
 def test_ring_samples_sit_on_the_eight_modes() -> None:
-    from gantui.metrics import ring_coverage
+    from gantui.quality.metrics import ring_coverage
 
     batches = make_batches(tiny("ring-8", "batch_size=4000"), CPU)
     x, _ = batches.next()
@@ -246,7 +246,7 @@ def test_ring_samples_sit_on_the_eight_modes() -> None:
 
 
 def test_ring_coverage_counts_modes_like_veegan() -> None:
-    from gantui.metrics import ring_coverage
+    from gantui.quality.metrics import ring_coverage
 
     modes = data.ring_modes()
     collapsed = modes[:1].repeat(100, 1)

@@ -17,14 +17,14 @@ from rich.console import Console
 from gantui import config
 from gantui import events as ev
 from gantui.compare import load_runs, summary
+from gantui.engine.session import start
 from gantui.files import read_jsonl, read_toml_dict
-from gantui.follow import RunFollower
 from gantui.headless import LinePrinter, follow
 from gantui.remote import socket_path
-from gantui.restore import checker
-from gantui.runs import format_table, scan_runs
-from gantui.session import start
-from gantui.store import RunStore, StoreError
+from gantui.run.follow import RunFollower
+from gantui.run.restore import checker
+from gantui.run.runs import format_table, scan_runs
+from gantui.run.store import RunStore, StoreError
 from gantui.text import safe
 from gantui.ui.model import RunModel
 

@@ -6,8 +6,9 @@ import json
 import subprocess
 import sys
 
-CORE = ["gantui.config", "gantui.events", "gantui.control", "gantui.models", "gantui.data",
-        "gantui.losses", "gantui.trainer", "gantui.store", "gantui.metrics", "gantui.session",
+CORE = ["gantui.config", "gantui.events", "gantui.engine.control", "gantui.engine.models",
+        "gantui.engine.data", "gantui.engine.losses", "gantui.engine.trainer",
+        "gantui.run.store", "gantui.quality.metrics", "gantui.engine.session",
         "gantui.headless"]
 
 

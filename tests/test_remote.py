@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
+from gantui.engine.session import start
 from gantui.remote import RemoteError, request, socket_path
-from gantui.session import start
-from gantui.store import RunStore, load_checkpoint_file
+from gantui.run.store import RunStore, load_checkpoint_file
 
 from .conftest import tiny
 from .test_cli import TINY, gantui, spawn, wait_for
@@ -156,7 +156,7 @@ def test_a_silent_client_does_not_stall_training(live) -> None:
 
 def test_a_live_run_cannot_be_trained_twice(live) -> None:
     from gantui.errors import GantuiError
-    from gantui.lock import is_locked
+    from gantui.run.lock import is_locked
 
     assert is_locked(live.run_dir)
     with pytest.raises(GantuiError, match="being trained by a live process"):
@@ -211,7 +211,7 @@ def test_forked_children_do_not_keep_the_run_locked(tmp_path: Path) -> None:
     """DataLoader workers are forked: their copy of the lock must not outlive the owner's."""
     import signal as sig
 
-    from gantui.lock import RunLock, is_locked
+    from gantui.run.lock import RunLock, is_locked
 
     lock = RunLock(tmp_path)
     lock.acquire()

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from gantui.store import (
+from gantui.run.store import (
     CHECKPOINT_KEYS,
     RunStore,
     StoreError,

@@ -14,7 +14,7 @@ from textual.widgets import Input
 
 from gantui import events as ev
 from gantui.config import Config
-from gantui.control import Controller
+from gantui.engine.control import Controller
 from gantui.ui import GantuiApp, Outcome
 from gantui.ui.modals import ChoiceModal, FieldsModal, HelpModal, KeyValueModal
 from gantui.ui.plots import MetricPlot

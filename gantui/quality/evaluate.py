@@ -136,7 +136,7 @@ class Evaluator:
         log: called with one-line messages for the user (judge training, FID unavailable).
 
     Raises:
-        EvaluationError: unknown dataset or ``n`` below 10; gantui.data.DataError: the
+        EvaluationError: unknown dataset or ``n`` below 10; gantui.engine.data.DataError: the
             data for the reference is missing.
     """
 
@@ -166,7 +166,7 @@ class Evaluator:
     # ---- set-up per kind ------------------------------------------------------------------
 
     def _setup_mnist(self) -> None:
-        from gantui.data import fit_images  # the resize training applies to real digits
+        from gantui.engine.data import fit_images  # the resize training applies to real digits
 
         judge, self.judge_info, held_images, _ = load_judge(
             "full" if self.cfg.data else "bundled", self.cfg.data, self.cache_dir, self.log,
@@ -251,7 +251,7 @@ class Evaluator:
                      seconds=time.perf_counter() - started)
 
     def _ring(self, G: nn.Module) -> dict[str, float]:
-        from gantui.metrics import ring_coverage
+        from gantui.quality.metrics import ring_coverage
 
         points = torch.cat([x.reshape(len(x), -1).cpu() for x, _ in self._batches(G)])
         if points.shape[1] != 2:

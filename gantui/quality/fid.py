@@ -27,7 +27,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from gantui.errors import GantuiError
-from gantui.store import atomic_write_bytes
+from gantui.run.store import atomic_write_bytes
 
 INCEPTION_FILES = (
     "weights-inception-2015-12-05-6726825d.pth",  # torch-fidelity's own download name
@@ -212,10 +212,10 @@ def folder_reference(root: Path, n: int, image_size: int, channels: int) -> Fold
     Unreadable files are skipped (as in training).
 
     Raises:
-        gantui.data.DataError: no such folder, or no images in it.
+        gantui.engine.data.DataError: no such folder, or no images in it.
         GantuiError: fewer than 2 readable images among those picked.
     """
-    from gantui.data import ImageFolder, find_images
+    from gantui.engine.data import ImageFolder, find_images
 
     root = Path(root).expanduser()
     files = find_images(root)

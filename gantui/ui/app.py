@@ -3,7 +3,7 @@
 The app never sees the trainer. It polls ``drain()`` on a timer (the only place events enter),
 folds them into a :class:`~gantui.ui.model.RunModel`, and sends commands through a controller
 whose methods return futures, which the same timer checks. The same app therefore serves a
-run in this process (a :class:`~gantui.control.Controller`) or a run elsewhere (a remote
+run in this process (a :class:`~gantui.engine.control.Controller`) or a run elsewhere (a remote
 controller and a run-directory follower).
 """
 
@@ -99,7 +99,7 @@ class GantuiApp(App[Outcome]):
             drain: Returns the events that arrived since the last call; polled on a timer
                 in the UI thread (e.g. ``session.queue.drain``).
             controller: Has ``pause``, ``resume``, ``checkpoint``, ``stop`` and ``set``
-                returning futures (a :class:`~gantui.control.Controller` or a remote one);
+                returning futures (a :class:`~gantui.engine.control.Controller` or a remote one);
                 None for a read-only dashboard.
             attached: Watching a run owned by another process: ``q`` detaches without
                 stopping and ``x`` stops the run. Otherwise ``q`` offers to stop it.

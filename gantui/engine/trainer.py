@@ -19,16 +19,16 @@ import torch
 
 from gantui import events as ev
 from gantui.config import LIVE_KEYS, Config
-from gantui.control import Command, Controller
-from gantui.data import Batches, RingBatches, make_batches, ring_modes
+from gantui.engine.control import Command, Controller
+from gantui.engine.data import Batches, RingBatches, make_batches, ring_modes
+from gantui.engine.losses import d_loss, d_prob, g_loss
+from gantui.engine.models import build_models
 from gantui.errors import GantuiError
-from gantui.losses import d_loss, d_prob, g_loss
-from gantui.metrics import HealthMonitor, diversity, ring_coverage
-from gantui.models import build_models
 from gantui.quality.evaluate import Evaluator, Score
+from gantui.quality.metrics import HealthMonitor, diversity, ring_coverage
 from gantui.quality.tracker import QualityTracker, describe
+from gantui.run.store import CHECKPOINT_VERSION, RunStore, StoreError
 from gantui.sampling import grid_image, scatter_image
-from gantui.store import CHECKPOINT_VERSION, RunStore, StoreError
 from gantui.text import safe
 
 PREVIEW_MAX_SIDE = 256

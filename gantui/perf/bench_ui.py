@@ -1,6 +1,6 @@
 """Benchmark: redraw cost of a dashboard chart over a long history.
 
-``python -m gantui.bench_ui`` prints how long bucketing plus building the plotext chart
+``python -m gantui.perf.bench_ui`` prints how long bucketing plus building the plotext chart
 takes for a 1,000,000-point history (two series, like the loss plot) at a few chart sizes.
 """
 

@@ -16,9 +16,9 @@ import torch
 
 from gantui import config as config_mod
 from gantui.config import LIVE_KEYS, Config
+from gantui.engine.models import build_models
 from gantui.errors import GantuiError
-from gantui.models import build_models
-from gantui.store import StoreError
+from gantui.run.store import StoreError
 from gantui.text import safe
 
 RESUME_KEYS = (*LIVE_KEYS, "steps", "epochs", "data", "num_workers", "keep_checkpoints",

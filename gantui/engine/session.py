@@ -16,16 +16,16 @@ import torch
 from gantui import config as config_mod
 from gantui import events as ev
 from gantui.config import Config, ConfigError
-from gantui.control import Controller
+from gantui.engine.control import Controller
+from gantui.engine.trainer import Trainer
 from gantui.errors import GantuiError
 from gantui.files import read_toml_dict
-from gantui.lock import RunBusy, RunLock
 from gantui.quality.tracker import describe, score_from_dict
 from gantui.remote import ControlServer
-from gantui.restore import RESUME_KEYS, checker
-from gantui.store import RunStore, default_run_name
+from gantui.run.lock import RunBusy, RunLock
+from gantui.run.restore import RESUME_KEYS, checker
+from gantui.run.store import RunStore, default_run_name
 from gantui.text import shown
-from gantui.trainer import Trainer
 
 
 def resolve_device(spec: str) -> torch.device:
@@ -107,7 +107,7 @@ def start(cfg: Config | None, preset: str, *, runs_dir: Path = Path("runs"),
           queue_size: int = 10_000) -> Session:
     """Set up a run (new, or resumed from ``resume``) and start its trainer thread.
 
-    The process holds the run's lock (:mod:`gantui.lock`) until the trainer ends, so no other
+    The process holds the run's lock (:mod:`gantui.run.lock`) until the trainer ends, so no other
     process can train the same run. A start that fails leaves nothing behind: a new run's
     directory is removed, a resumed run's files are untouched.
 

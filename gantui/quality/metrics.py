@@ -7,7 +7,7 @@ from collections import deque
 
 import torch
 
-from gantui.data import RING_SIGMA, ring_modes
+from gantui.engine.data import RING_SIGMA, ring_modes
 
 
 def ring_coverage(points: torch.Tensor, sigma: float = RING_SIGMA) -> tuple[int, float]:

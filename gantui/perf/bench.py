@@ -1,6 +1,6 @@
 """Throughput benchmark: the same run headless and with the dashboard, side by side.
 
-``python -m gantui.bench [--preset P] [--steps N] [--rounds R] [--device D] [--set K=V]`` runs
+``python -m gantui.perf.bench [--preset P] [--steps N] [--rounds R] [--device D] [--set K=V]`` runs
 the real ``gantui train`` command (with the preset's own log and sample cadence) alternately
 with ``--no-ui`` and with the dashboard in a pseudo-terminal (120x40), and compares the
 images/s each run recorded in ``metrics.jsonl`` (the first log interval, with its warm-up, is

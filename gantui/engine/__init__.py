@@ -1,0 +1,1 @@
+"""What trains: the flat loop, the models, losses, data streams and the control seam."""

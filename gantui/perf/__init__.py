@@ -1,0 +1,1 @@
+"""Measuring speed: throughput side by side and dashboard redraw cost."""

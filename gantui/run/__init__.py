@@ -1,0 +1,1 @@
+"""The run directory and who owns it: the store, the lock, followers and the runs table."""
