@@ -46,6 +46,19 @@ def presets() -> None:
             description = f"(broken: {exc})"
         default = "  [default]" if name == config.DEFAULT_PRESET else ""
         typer.echo(f"{name:<{width}}  {description}{default}")
+    from gantui.studies.sweep import load_study, study_names
+
+    studies = study_names()
+    if studies:
+        typer.echo("\nstudies (gantui sweep --study NAME [--preset P] [--set steps=N]):")
+        width = max(len(n) for n in studies)
+        for name in studies:
+            try:
+                found = load_study(name)
+                description = f"{found.description} [{found.preset or 'dcgan-mnist'}]"
+            except GantuiError as exc:
+                description = f"(broken: {exc})"
+            typer.echo(f"{name:<{width}}  {description}")
 
 
 @app.command()
@@ -169,6 +182,12 @@ def sample(
         help="Instead of a grid: rows of this many steps walking alpha*z1 + (1-alpha)*z2.",
         min=0)] = 0,
     rows: Annotated[int, typer.Option(help="Rows of the interpolation.", min=1)] = 8,
+    slerp: Annotated[bool, typer.Option(
+        "--slerp", help="With --interpolate: walk the great circle between z1 and z2 "
+        "(spherical) instead of the straight line.")] = False,
+    class_: Annotated[int | None, typer.Option(
+        "--class", help="Conditional runs: a grid of this one class (0 to n_classes-1).")] =
+        None,
     seed: Annotated[int, typer.Option(help="Seed for z: the same seed, the same z.")] = 0,
     checkpoint: Annotated[Path | None, typer.Option(
         help="A checkpoint file (default: the run's newest loadable one).")] = None,
@@ -183,6 +202,10 @@ def sample(
         fail(f"-n must be between 1 and 1024 (got {n})")
     if best and checkpoint is not None:
         fail("--best and --checkpoint name two different checkpoints; pick one")
+    if slerp and not interpolate:
+        fail("--slerp shapes an interpolation: add --interpolate N")
+    if class_ is not None and interpolate:
+        fail("--class draws a grid of one class; it does not mix with --interpolate")
     from gantui import sampling
     from gantui.engine.session import resolve_device
     from gantui.run.store import RunStore
@@ -193,8 +216,12 @@ def sample(
         generator, cfg, step = sampling.load_generator(run_dir, checkpoint,
                                                        resolve_device(device), best=best)
         if interpolate:
-            z, labels = sampling.interpolation(cfg, rows, interpolate, seed)
-            nrow, kind = interpolate, f"interp{interpolate}"
+            z, labels = sampling.interpolation(cfg, rows, interpolate, seed, spherical=slerp)
+            nrow, kind = interpolate, f"{'slerp' if slerp else 'interp'}{interpolate}"
+        elif class_ is not None:
+            labels, nrow = sampling.one_class(cfg, class_, n)
+            z = sampling.latents(cfg, n, seed)
+            kind = f"class{class_}"
         else:
             labels, nrow = sampling.class_rows(cfg, n)
             z = sampling.latents(cfg, n if labels is None else len(labels), seed)
@@ -212,6 +239,83 @@ def sample(
         verb = "write" if path is not None else "read"
         fail(f"cannot {verb} {safe(where)}: {exc.strerror or exc}")
     typer.echo(f"wrote {safe(path)} (step {step}, {cfg.arch}, {kind})")
+
+
+@app.command()
+def prepare(
+    data_dir: Annotated[Path, typer.Argument(help="A folder of images (searched recursively).")],
+    size: Annotated[int, typer.Option(help="Side in pixels, as the run's image_size.")] = 64,
+    channels: Annotated[int, typer.Option(help="3 (RGB) or 1 (grey), as the run's "
+                                          "channels.")] = 3,
+    workers: Annotated[int, typer.Option(help="Decoding processes.", min=0, max=64)] = 2,
+) -> None:
+    """Decode an image folder once into a memory-mapped cache that training then reads.
+
+    Resumable (rerun after a kill), skips unreadable files as training does; the cache lives
+    under $GANTUI_CACHE (default ~/.cache/gantui) and is refused once the folder changes.
+    """
+    if channels not in (1, 3):
+        fail(f"--channels must be 1 or 3 (got {channels})")
+    if not 4 <= size <= 1024:
+        fail(f"--size must be between 4 and 1024 (got {size})")
+    from gantui.engine.cache import prepare as prepare_folder
+    from gantui.perf.progress import progress_reporter
+
+    try:
+        with progress_reporter(f"decoding {data_dir} at {size}px") as report:
+            result = prepare_folder(data_dir, size, channels, workers=workers, progress=report)
+    except GantuiError as exc:
+        fail(exc)
+    except OSError as exc:
+        fail(f"{safe(exc.filename or data_dir)}: {exc.strerror or exc}")
+    except KeyboardInterrupt:
+        typer.echo("interrupted: rerun the same command to finish (done files are kept)",
+                   err=True)
+        raise typer.Exit(130) from None
+    resumed = f", resumed at {result.resumed_at:,}" if result.resumed_at else ""
+    skipped = f"; {result.unreadable:,} unreadable file(s) skipped" if result.unreadable else ""
+    rate = result.decoded / result.seconds if result.seconds > 0 else 0.0
+    typer.echo(f"prepared {result.files:,} images ({result.decoded:,} decoded in "
+               f"{result.seconds:.1f} s, {rate:,.0f} img/s{resumed}){skipped}\n"
+               f"cache: {result.path}\ntraining with --data {data_dir} --set image_size={size} "
+               f"now reads it")
+
+
+@app.command()
+def bench(
+    preset: Annotated[str, typer.Option("--preset", "-p", help="Preset to measure.")] =
+        "dcgan-mnist",
+    steps: Annotated[int, typer.Option(help="Training steps per measured run.", min=2,
+                                       max=10**7)] = 200,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
+    data: Annotated[str | None, typer.Option(
+        help="Data path (an image folder for dcgan-celeba; its prepared cache is used when "
+        "there is one).")] = None,
+    rounds: Annotated[int, typer.Option(help="Alternating rounds of every mode (the "
+                                        "median is reported).", min=1, max=20)] = 3,
+    sets: Annotated[list[str] | None, typer.Option(
+        "--set", "-s", metavar="KEY=VALUE", help="Override a config key for every run, e.g. "
+        "--set amp=true --set compile=true.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object, for scripts.")] =
+        False,
+) -> None:
+    """Measure img/s side by side: a bare loop, headless, the dashboard, the data alone.
+
+    One training process at a time (alternating rounds), then the ratios against the bare
+    loop, the data pipeline's headroom, and the FLOP/s achieved against the device's peak.
+    """
+    import json
+
+    from gantui.perf.bench import report, run_bench
+
+    say = (lambda line: typer.echo(line, err=True)) if as_json else typer.echo
+    try:
+        result = run_bench(preset, steps, device, data, rounds, list(sets or []), say=say)
+    except GantuiError as exc:
+        fail(exc)
+    except KeyboardInterrupt:
+        raise typer.Exit(130) from None
+    typer.echo(json.dumps(result.to_dict()) if as_json else report(result))
 
 
 @app.command(name="eval")
@@ -245,10 +349,17 @@ def eval_(
         torch_device = resolve_device(device)
         generator, cfg, step = sampling.load_generator(run_dir, checkpoint, torch_device,
                                                        best=best)
+        encoder = None
+        if cfg.encoder:  # a cVAE-GAN: score its reconstructions too
+            from gantui.engine.models import build_encoder
+
+            encoder = build_encoder(cfg)
+            encoder.load_state_dict(sampling.load_state(run_dir, checkpoint, best)["E"])
+            encoder.to(torch_device)
         log = notes.append if as_json else (lambda m: typer.echo(safe(m), err=True))
         evaluator = Evaluator(cfg, torch_device, n=n or cfg.eval_samples or None,
                               fid_weights=cfg.fid_weights, log=log)
-        score = evaluator.evaluate(generator, step)
+        score = evaluator.evaluate(generator, step, encoder=encoder)
     except GantuiError as exc:
         fail(exc)
     except OSError as exc:
@@ -278,6 +389,8 @@ def compare(
     smooth: Annotated[float, typer.Option(help="EMA smoothing in [0, 1).", min=0.0,
                                           max=0.999)] = 0.9,
     height: Annotated[int, typer.Option(help="Chart height in lines.", min=6)] = 20,
+    png: Annotated[Path | None, typer.Option(
+        help="Also draw the chart as a PNG (matplotlib) for a write-up.")] = None,
 ) -> None:
     """Plot one metric for several runs on one chart, with a summary table."""
     from rich.console import Console
@@ -294,6 +407,141 @@ def compare(
     console.print(Text(f"{metric} (EMA {smooth:g})  ") + legend(runs))
     console.print(text)
     console.print(summary(runs))
+    if png is not None:
+        from gantui.studies.figures import compare_png
+
+        try:
+            written = compare_png(run_dirs, metric, png, smooth)
+        except GantuiError as exc:
+            fail(exc)
+        except OSError as exc:
+            fail(f"cannot write {safe(exc.filename or png)}: {exc.strerror or exc}")
+        console.print(f"wrote {safe(written)}", markup=False)
+
+
+@app.command()
+def sweep(
+    preset: Annotated[str | None, typer.Option(
+        "--preset", "-p", help="Preset (default: the study's, else dcgan-mnist).")] = None,
+    vary: Annotated[list[str] | None, typer.Option(
+        "--vary", "-v", metavar="KEY=V1,V2", help="A key and its values; repeat for a grid "
+        "(list-valued keys separate values with ';': g_hidden=128,128;256,256).")] = None,
+    study: Annotated[str | None, typer.Option(
+        help="A shipped study (see `gantui presets`) or a study .toml file.")] = None,
+    seeds: Annotated[int | None, typer.Option(help="Seeds per grid point (seed, seed+1...).")]
+        = None,
+    parallel: Annotated[int, typer.Option(
+        help="Runs at a time; CPU threads are divided between them.", min=1, max=64)] = 1,
+    sets: Annotated[list[str] | None, typer.Option(
+        "--set", "-s", metavar="KEY=VALUE", help="Fixed overrides for every run.")] = None,
+    name: Annotated[str | None, typer.Option(
+        help="Sweep directory name (default: <preset>-<varied keys>).")] = None,
+    zipped: Annotated[bool, typer.Option(
+        "--zip", help="Pair the i-th values of every --vary instead of a full grid.")] = False,
+    runs_dir: Annotated[Path, typer.Option(help="Parent of the sweep directory.")] =
+        Path("runs"),
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
+) -> None:
+    """Train a grid of runs (varied keys x seeds), resumable, then a table and a figure.
+
+    Each run is an ordinary headless run directory under RUNS_DIR/<name>/. Rerun the same
+    command after a kill: finished runs are kept, interrupted ones resume.
+    """
+    from gantui.studies import sweep as sweep_mod
+
+    try:
+        items, fixed, zip_ = list(vary or []), list(sets or []), zipped
+        count, base = seeds, preset
+        if study is not None:
+            found = sweep_mod.load_study(study)
+            items = [*found.vary, *items]
+            fixed = [*found.sets, *fixed]
+            count = found.seeds if count is None else count
+            base = base or found.preset or None
+            zip_ = zip_ or found.zipped
+            name = name or f"{found.name}-{(base or 'dcgan-mnist')}"
+        plan = sweep_mod.plan(base or "dcgan-mnist", items, 1 if count is None else count,
+                              fixed, name, runs_dir, zip_)
+        runner = sweep_mod.Sweep(plan, parallel=parallel, device=device,
+                                 say=lambda line: typer.echo(safe(line)))
+        runner.claim()
+    except GantuiError as exc:
+        fail(exc)
+    except OSError as exc:
+        fail(f"{safe(exc.filename or runs_dir)}: {exc.strerror or exc}")
+    typer.echo(f"sweep {plan.name}: {len(plan.runs)} runs, {parallel} at a time "
+               f"({runner.threads} CPU thread(s) each) -> {plan.path}")
+    if sys.stdout.isatty():
+        from rich.console import Console
+        from rich.live import Live
+
+        with Live(sweep_mod.progress_table([]), console=Console(), refresh_per_second=2,
+                  transient=False) as live:
+            runner.say = lambda line: live.console.print(safe(line), markup=False)
+            statuses = runner.run(lambda s: live.update(sweep_mod.progress_table(s)))
+    else:
+        statuses = runner.run()
+    rows = sweep_mod.summary_rows(plan, statuses)
+    md, csv_path = sweep_mod.write_summary(plan, rows)
+    figure = sweep_mod.write_figure(plan)
+    typer.echo(md.read_text(encoding="utf-8"))
+    typer.echo(f"table: {md} and {csv_path}" + (f"; figure: {figure}" if figure else ""))
+    unfinished = [s for s in statuses if s.state not in ("finished", "error")]
+    if runner._stopping:
+        typer.echo(f"stopped: {len(unfinished)} run(s) unfinished; rerun the same command to "
+                   f"continue", err=True)
+        raise typer.Exit(130)
+    if any(s.state == "failed" for s in statuses):
+        fail(f"{sum(s.state == 'failed' for s in statuses)} run(s) failed; see "
+             f"{plan.path / 'logs'}")
+
+
+@app.command()
+def report(
+    target: Annotated[Path, typer.Argument(help="A run directory or a sweep directory.")],
+    out: Annotated[Path | None, typer.Option(
+        help="Where to write (default: TARGET/report/).")] = None,
+) -> None:
+    """Write report.md and a self-contained report.html with PNG figures of a run or sweep.
+
+    A run: curves with every live change marked, the sample grids over time, final and best
+    grids, interpolations, the class grid, config and journal. A sweep: all runs on shared
+    axes, the table and one final grid per run.
+    """
+    from gantui.studies.report import report as write_report
+
+    try:
+        path = write_report(target, out)
+    except GantuiError as exc:
+        fail(exc)
+    except OSError as exc:
+        fail(f"{safe(exc.filename or target)}: {exc.strerror or exc}")
+    typer.echo(f"wrote {safe(path)} (report.md and the PNGs beside it)")
+
+
+@app.command()
+def export(
+    run_dir: Annotated[Path, typer.Argument(help="A run directory, live or finished.")],
+    tensorboard: Annotated[Path, typer.Option(
+        "--tensorboard", help="TensorBoard log directory; the run goes to DIR/<run name>.")],
+) -> None:
+    """Write a run's scalars, sample grids, config and journal as TensorBoard event files.
+
+    Open them with `tensorboard --logdir DIR`. Needs the tensorboard extra
+    (pip install 'gantui[tensorboard]'); exporting again replaces the earlier export.
+    """
+    from gantui.studies.export import export_tensorboard
+
+    try:
+        result = export_tensorboard(run_dir, tensorboard)
+    except GantuiError as exc:
+        fail(exc)
+    except OSError as exc:
+        fail(f"{safe(exc.filename or tensorboard)}: {exc.strerror or exc}")
+    skipped = f" (skipped {result.skipped} non-finite values)" if result.skipped else ""
+    typer.echo(f"wrote {result.scalars:,} scalars, {result.images:,} images and "
+               f"{result.texts:,} texts to {safe(result.path)}{skipped}\n"
+               f"view: tensorboard --logdir {safe(tensorboard)}")
 
 
 @app.command()

@@ -49,6 +49,9 @@ class Config:
     """Image channels: 1 for grey, 3 for RGB."""
     num_workers: int = 2
     """DataLoader worker processes for image folders (in-memory sets need none)."""
+    data_cache: bool = True
+    """Train an image folder from its ``gantui prepare`` cache (decoded once, memory-mapped)
+    when one exists for this size; ``false`` decodes the files every epoch."""
 
     # --- models -----------------------------------------------------------------------------
     arch: Arch = "dcgan"
@@ -71,6 +74,14 @@ class Config:
     """Dropout in the MLP discriminator."""
     embed_dim: int = 10
     """Size of the label embedding (``conditioning = "embedding"``)."""
+    encoder: bool = False
+    """Train an encoder E with G, the cVAE-GAN of BicycleGAN: E(x) gives a latent code
+    (reparameterised), G(code, y) reconstructs x, D sees reconstructions and free samples.
+    Conditional DCGANs only."""
+    recon_weight: float = 10.0
+    """With ``encoder``: weight of the L1 reconstruction loss |G(E(x), y) - x|."""
+    kl_weight: float = 0.01
+    """With ``encoder``: weight of KL(E(x) || N(0, I)), which keeps codes samplable."""
     weight_init: WeightInit = "dcgan"
     """``dcgan``: N(0, 0.02) weights and N(1, 0.02) batch-norm scales; ``default``: PyTorch's."""
 
@@ -105,6 +116,19 @@ class Config:
     """Seed for weights, noise and data order; the same seed gives the same run."""
     amp: bool = False
     """Mixed precision (bfloat16 autocast) on CUDA; ignored on the CPU."""
+    tf32: bool = True
+    """TensorFloat-32 matmuls and convolutions on CUDA (Ampere and newer); ignored on the
+    CPU."""
+    channels_last: bool = False
+    """NHWC memory format for the DCGAN models and their inputs on CUDA (faster convolutions
+    with ``amp`` on tensor-core GPUs); ignored on the CPU and for MLPs."""
+    threads: int = 0
+    """CPU threads for torch's operators in this process; 0 picks the cores this process may
+    use (its CPU affinity and container quota). Several trainings on one machine should
+    split the cores between them (``gantui sweep --parallel`` does)."""
+    compile: bool = False
+    """``torch.compile`` the G and D forward passes used by the training steps (slow to
+    start: the first steps compile; previews, evaluation and R1 steps stay eager)."""
 
     # --- stabilizers ------------------------------------------------------------------------
     ema: float = 0.0
@@ -327,7 +351,8 @@ def _check(cond: bool, message: str) -> None:
 
 UPPER_BOUNDS = {
     "d_steps": 100, "seed": 2**32 - 1, "steps": 10**12, "epochs": 10**6, "n_samples": 1024,
-    "num_workers": 64, "keep_checkpoints": 1000, "image_size": 1024, "batch_size": 65536,
+    "num_workers": 64, "threads": 1024, "keep_checkpoints": 1000, "image_size": 1024,
+    "batch_size": 65536,
     "log_every": 10**9, "sample_every": 10**9, "checkpoint_every": 10**9,
     "nz": 65536, "ngf": 4096, "ndf": 4096, "n_classes": 10000, "embed_dim": 4096,
     "eval_every": 10**9, "eval_samples": 100_000, "pack": 16, "r1_every": 1000,
@@ -342,7 +367,8 @@ def validate(cfg: Config) -> None:
                 "batch_size", "d_steps", "log_every", "sample_every", "checkpoint_every",
                 "keep_checkpoints", "n_samples"):
         _check(getattr(cfg, key) >= 1, f"{key} must be >= 1 (got {_got(getattr(cfg, key))})")
-    for key in ("steps", "epochs", "num_workers", "seed", "eval_every", "eval_samples"):
+    for key in ("steps", "epochs", "num_workers", "threads", "seed", "eval_every",
+                "eval_samples"):
         _check(getattr(cfg, key) >= 0, f"{key} must be >= 0 (got {_got(getattr(cfg, key))})")
     for key, most in UPPER_BOUNDS.items():
         value = getattr(cfg, key)
@@ -386,6 +412,12 @@ def validate(cfg: Config) -> None:
         _check(cfg.dataset == "mnist", "conditional models need labelled data (dataset mnist)")
         _check(cfg.n_classes >= 10, f"MNIST has 10 classes: n_classes must be >= 10 "
                                     f"(got {cfg.n_classes})")
+    if cfg.encoder:
+        _check(cfg.conditional and cfg.arch == "dcgan", "encoder needs a conditional DCGAN "
+               "(arch dcgan with conditioning onehot or embedding), as ecgan-mnist")
+    for key in ("recon_weight", "kl_weight"):
+        _check(0 <= getattr(cfg, key) <= 1e4, f"{key} must be between 0 and 10000 "
+               f"(got {_got(getattr(cfg, key))})")
 
 
 def dcgan_start_size(image_size: int) -> int | None:

@@ -52,6 +52,9 @@ class Metrics:
     img_per_s: float
     eta_s: float
     time: float
+    data_wait: float = float("nan")
+    """Share of the interval's training time spent waiting for batches (0-1; NaN: not
+    recorded, as in runs from before it was)."""
 
 
 @dataclass(frozen=True)
@@ -100,6 +103,34 @@ class Quality:
 
 
 @dataclass(frozen=True)
+class System:
+    """Host and GPU load, sampled about once a second outside the trainer thread (see
+    :mod:`gantui.system`) and recorded in ``system.jsonl`` every few seconds.
+
+    Sizes are bytes; percentages 0-100; NaN where a value cannot be read. Each entry of
+    ``gpus`` has ``index``, ``util``, ``mem_used``, ``mem_total``, ``temp`` (C), ``power`` and
+    ``power_limit`` (W) and ``process_mem`` (this process's memory on it).
+    """
+
+    step: int
+    time: float
+    cpu_percent: float
+    """The whole machine's CPU use."""
+    cpus: int
+    """Logical CPUs."""
+    process_cpu: float
+    """This process's CPU use, in % of one core (200 = two cores busy)."""
+    ram_used: float
+    ram_total: float
+    rss: float
+    """This process's resident memory."""
+    gpus: tuple[dict[str, float], ...] = ()
+    gpu_names: tuple[str, ...] = ()
+    gpu_note: str = ""
+    """Why there is no GPU line (``no NVIDIA GPU``...), empty when ``gpus`` are shown."""
+
+
+@dataclass(frozen=True)
 class Changed:
     """A live hyperparameter changed between steps."""
 
@@ -145,8 +176,8 @@ class Note:
     message: str
 
 
-Event = (RunStarted | Metrics | Preview | Points | Quality | Changed | Checkpointed | StateChanged
-         | Alert | Note)
+Event = (RunStarted | Metrics | Preview | Points | Quality | System | Changed | Checkpointed
+         | StateChanged | Alert | Note)
 Emit = Callable[[Event], None]
 
 _NAMES: dict[type, str] = {
@@ -155,6 +186,7 @@ _NAMES: dict[type, str] = {
     Preview: "preview",
     Points: "points",
     Quality: "quality",
+    System: "system",
     Changed: "set",
     Checkpointed: "checkpoint",
     StateChanged: "state",
@@ -234,16 +266,17 @@ def _checked(hint: Any, value: Any) -> Any:
                 isinstance(i, _PLAIN) for i in v)) for v in value.values()):
             return _BAD
         return value
-    if typing.get_origin(hint) is tuple:  # point lists: ((x, y), ...)
+    if typing.get_origin(hint) is tuple:  # point lists ((x, y), ...), GPU samples...
+        args = typing.get_args(hint)
         if not isinstance(value, list):
             return _BAD
-        pairs = []
-        for pair in value:
-            if not (isinstance(pair, list) and len(pair) == 2
-                    and all(type(v) in (int, float) for v in pair)):
-                return _BAD
-            pairs.append((float(pair[0]), float(pair[1])))
-        return tuple(pairs)
+        if len(args) == 2 and args[1] is Ellipsis:
+            items = [_checked(args[0], item) for item in value]
+        elif len(value) == len(args):
+            items = [_checked(arg, item) for arg, item in zip(args, value, strict=True)]
+        else:
+            return _BAD
+        return _BAD if any(item is _BAD for item in items) else tuple(items)
     return value if isinstance(value, _PLAIN) else _BAD  # Any: a changed value
 
 

@@ -119,3 +119,39 @@ def as_float(value: Any) -> float | None:
         return float(value)
     except OverflowError:  # an int too large for a float
         return None
+
+
+def cache_root(cache_dir: Path | None = None) -> Path:
+    """Where gantui keeps what it builds once per machine (digit judges, FID statistics,
+    prepared image folders): ``cache_dir``, else ``$GANTUI_CACHE``, else ``~/.cache/gantui``."""
+    if cache_dir is not None:
+        return Path(cache_dir).expanduser()
+    env = os.environ.get("GANTUI_CACHE", "")
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "gantui"
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` via a temp file, fsync and rename: all or nothing."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)  # only left when a write failed
+    fsync_dir(path.parent)
+
+
+def fsync_dir(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)

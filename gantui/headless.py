@@ -45,7 +45,8 @@ class LinePrinter:
             return (f"step {event.step:>{width}}/{self.total} ep {event.epoch:<3d} "
                     f"loss_d {event.loss_d:7.4f}  loss_g {event.loss_g:7.4f}  "
                     f"D(x) {event.d_real:.3f}  D(G(z)) {event.d_fake:.3f}/{event.d_fake_g:.3f}  "
-                    f"{event.img_per_s:8,.0f} img/s  eta {format_duration(event.eta_s)}")
+                    f"{event.img_per_s:8,.0f} img/s  eta {format_duration(event.eta_s)}"
+                    + (f"  data wait {event.data_wait:.0%}" if event.data_wait >= 0.05 else ""))
         if isinstance(event, ev.Points):
             return (f"step {event.step}: samples cover {event.modes_covered}/{len(event.modes)} "
                     f"modes, {event.high_quality:.0%} high quality")

@@ -1,4 +1,5 @@
-"""Samples from a trained generator: grids, latent interpolations, a row per class.
+"""Samples from a trained generator: grids, latent interpolations (linear and spherical), a
+row per class, one class alone.
 
 Used by ``gantui sample``; everything here reads a checkpoint and writes a PNG, and never
 touches a live run.
@@ -72,9 +73,58 @@ def class_rows(cfg: Config, n: int) -> tuple[torch.Tensor | None, int]:
     return torch.arange(cfg.n_classes).repeat_interleave(cols), cols
 
 
-def interpolation(cfg: Config, rows: int, steps: int, seed: int) -> tuple[torch.Tensor,
-                                                                          torch.Tensor | None]:
-    """Each row walks from z2 to z1 as ``alpha z1 + (1 - alpha) z2``, alpha in [0, 1].
+def one_class(cfg: Config, k: int, n: int) -> tuple[torch.Tensor, int]:
+    """Labels for a grid of ``n`` samples all of class ``k`` (conditional runs) and the row
+    length.
+
+    Raises:
+        GantuiError: the run is unconditional, or ``k`` is not one of its classes.
+    """
+    if not cfg.conditional:
+        raise GantuiError("--class needs a conditional run (this one has conditioning = none)")
+    if not 0 <= k < cfg.n_classes:
+        raise GantuiError(f"--class {k}: this run has {cfg.n_classes} classes, 0 to "
+                          f"{cfg.n_classes - 1}")
+    return torch.full((n,), k, dtype=torch.long), max(1, round(math.sqrt(n)))
+
+
+def class_by_z(cfg: Config, cols: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """A row per class and a column per latent: cell ``(i, j)`` is ``G(z_j, class i)``, so a
+    column shows what a class label alone changes.
+
+    Returns:
+        ``(z, labels)`` for :func:`render` with ``nrow=cols``.
+
+    Raises:
+        GantuiError: the run is unconditional.
+    """
+    if not cfg.conditional:
+        raise GantuiError("a class grid needs a conditional run (this one has conditioning = "
+                          "none)")
+    z = latents(cfg, cols, seed).repeat(cfg.n_classes, 1)
+    return z, torch.arange(cfg.n_classes).repeat_interleave(cols)
+
+
+def slerp(a: torch.Tensor, b: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
+    """Spherical interpolation from ``a`` (alpha 0) to ``b`` (alpha 1) along the great circle,
+    with the norm interpolated linearly; straight lines where ``a`` and ``b`` are (nearly)
+    parallel. ``a``, ``b``: ``(..., D)``; ``alpha`` broadcasts against them."""
+    na, nb = a.norm(dim=-1, keepdim=True), b.norm(dim=-1, keepdim=True)
+    ua, ub = a / na.clamp_min(1e-12), b / nb.clamp_min(1e-12)
+    omega = torch.acos((ua * ub).sum(-1, keepdim=True).clamp(-1.0, 1.0))
+    sin = torch.sin(omega)
+    parallel = sin.abs() < 1e-6
+    safe_sin = torch.where(parallel, torch.ones_like(sin), sin)
+    direction = (torch.sin((1 - alpha) * omega) * ua + torch.sin(alpha * omega) * ub) / safe_sin
+    norm = (1 - alpha) * na + alpha * nb
+    return torch.where(parallel, (1 - alpha) * a + alpha * b, direction * norm)
+
+
+def interpolation(cfg: Config, rows: int, steps: int, seed: int, spherical: bool = False
+                  ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Each row walks from z2 to z1 as ``alpha z1 + (1 - alpha) z2``, alpha in [0, 1], or
+    along the great circle between them when ``spherical`` (:func:`slerp`; the same ends, so
+    the two kinds compare row by row).
 
     Conditional runs keep one class per row (row ``i`` has class ``i mod n_classes``).
     """
@@ -82,7 +132,10 @@ def interpolation(cfg: Config, rows: int, steps: int, seed: int) -> tuple[torch.
         raise GantuiError("--interpolate needs at least 2 steps")
     ends = latents(cfg, 2 * rows, seed).view(rows, 2, cfg.nz)
     alpha = torch.linspace(0, 1, steps).view(1, steps, 1)
-    z = (alpha * ends[:, :1] + (1 - alpha) * ends[:, 1:]).reshape(rows * steps, cfg.nz)
+    if spherical:
+        z = slerp(ends[:, 1:], ends[:, :1], alpha).reshape(rows * steps, cfg.nz)
+    else:
+        z = (alpha * ends[:, :1] + (1 - alpha) * ends[:, 1:]).reshape(rows * steps, cfg.nz)
     labels = None
     if cfg.conditional:
         labels = (torch.arange(rows) % cfg.n_classes).repeat_interleave(steps)

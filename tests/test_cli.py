@@ -42,9 +42,12 @@ def test_help_and_presets(tmp_path: Path) -> None:
     assert out.returncode == 0 and "train" in out.stdout and "presets" in out.stdout
     out = gantui("presets", cwd=tmp_path)
     assert out.returncode == 0
-    lines = out.stdout.splitlines()
+    presets_part, _, studies_part = out.stdout.partition("\n\n")
+    lines = presets_part.splitlines()
     assert [line.split()[0] for line in lines] == config.preset_names()
     assert any("[default]" in line and line.startswith("dcgan-mnist") for line in lines)
+    assert studies_part.startswith("studies (gantui sweep --study NAME")
+    assert "ngf" in studies_part.split()
 
 
 def test_ring8_through_the_cli_covers_most_modes(tmp_path: Path) -> None:

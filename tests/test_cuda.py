@@ -23,11 +23,14 @@ def build(cfg, tmp_path: Path) -> Trainer:
 
 
 @pytest.mark.parametrize("preset", ["dcgan-mnist", "cdcgan-mnist", "mlp-mnist", "ring-8"])
-@pytest.mark.parametrize("amp", [False, True])
-def test_training_steps_do_not_sync_with_the_host(preset: str, amp: bool,
+@pytest.mark.parametrize("options", [("amp=false",), ("amp=true",),
+                                     ("amp=true", "channels_last=true"),
+                                     ("compile=true", "channels_last=true", "amp=true"),
+                                     ("tf32=false",)])
+def test_training_steps_do_not_sync_with_the_host(preset: str, options: tuple[str, ...],
                                                   tmp_path: Path) -> None:
-    trainer = build(tiny(preset, "batch_size=64", f"amp={amp}"), tmp_path)
-    for _ in range(3):  # warm up: cuDNN autotuning, allocator growth, the epoch permutation
+    trainer = build(tiny(preset, "batch_size=64", *options), tmp_path)
+    for _ in range(3):  # warm up: compile, cuDNN autotuning, allocator growth, the permutation
         trainer.d_step()
         trainer.g_step()
     torch.cuda.synchronize()
@@ -41,10 +44,17 @@ def test_training_steps_do_not_sync_with_the_host(preset: str, amp: bool,
     assert trainer.log()  # the one sync per log interval, with finite values
 
 
-def test_folder_data_on_cuda(tmp_path: Path) -> None:
+@pytest.mark.parametrize("cached", [False, True])
+def test_folder_data_on_cuda(tmp_path: Path, cached: bool, monkeypatch) -> None:
+    monkeypatch.setenv("GANTUI_CACHE", str(tmp_path / "cache"))
     root = make_image_folder(tmp_path / "imgs", n=40, size=72)
+    if cached:
+        from gantui.engine.cache import prepare
+
+        prepare(root, 64, 3, workers=0)
     trainer = build(tiny("dcgan-celeba", f"data={root}", "batch_size=16", "num_workers=2",
-                         "amp=true"), tmp_path)
+                         "amp=true", "channels_last=true"), tmp_path)
+    assert ("prepared cache" in trainer.batches.note) == cached
     for _ in range(4):
         trainer.d_step()
         trainer.g_step()

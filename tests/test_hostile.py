@@ -25,6 +25,7 @@ from gantui.run.follow import RunFollower
 from gantui.run.restore import checker
 from gantui.run.runs import format_table, scan_runs
 from gantui.run.store import RunStore, StoreError
+from gantui.system import system_lines
 from gantui.text import safe
 from gantui.ui.model import RunModel
 
@@ -347,9 +348,12 @@ def test_readers_survive_random_bytes_in_every_file(runs_dir: Path) -> None:
             for _ in range(2):
                 for event in follower.drain():
                     assert isinstance(event, ev.Metrics | ev.RunStarted | ev.Preview
-                                      | ev.Quality | ev.Changed | ev.Checkpointed
-                                      | ev.StateChanged | ev.Alert | ev.Note)
+                                      | ev.Quality | ev.System | ev.Changed
+                                      | ev.Checkpointed | ev.StateChanged | ev.Alert
+                                      | ev.Note)
                     model.apply(event)
+                    if isinstance(event, ev.System):  # the pane draws whatever it holds
+                        system_lines(event, 80, 1), system_lines(event, 160, 9)
             format_table(scan_runs(runs_dir, dead), 0.0)
             Console(file=io.StringIO()).print(summary(load_runs([run])))
             try:

@@ -112,7 +112,8 @@ def test_resume_refuses_structural_changes_and_finished_runs(tiny_cfg, runs_dir:
 
 
 def test_control_pause_set_checkpoint_stop(runs_dir: Path) -> None:
-    cfg = tiny("ring-8", "steps=100000", "checkpoint_every=100000", "log_every=5")
+    cfg = tiny("ring-8", "steps=100000", "checkpoint_every=100000", "log_every=5",
+               "lr_decay=none")  # the lr as set, whichever step the pause lands on
     session = start(cfg, "ring-8", runs_dir=runs_dir, device="cpu")
     ack = session.controller.pause().result(timeout=30)
     held = session.trainer.step

@@ -340,6 +340,9 @@ class FolderBatches:
         self.steps_per_epoch = len(self.files) // cfg.batch_size
         self.note = (f"image folder: {len(self.files):,} images under {self.root}, "
                      f"{cfg.image_size}x{cfg.image_size} {'RGB' if cfg.channels == 3 else 'grey'}")
+        self.data_fix = (f"Decode the folder once with `gantui prepare {self.root} --size "
+                         f"{cfg.image_size}` (training then reads that cache), or raise "
+                         f"num_workers (now {cfg.num_workers})")
         self.bad: set[int] = set()
         """Indices of the files found unreadable so far."""
         self._state = (0, 0)
@@ -428,4 +431,14 @@ def make_batches(cfg: Config, device: torch.device) -> Batches:
     if not cfg.data:
         raise DataError("dataset 'folder' needs --data PATH: a folder of images "
                         "(e.g. CelebA's img_align_celeba)")
+    if cfg.data_cache:
+        from gantui.engine.cache import CachedBatches, open_prepared
+
+        root = Path(cfg.data).expanduser()
+        prepared = open_prepared(root, cfg.image_size, cfg.channels)
+        if prepared is not None:
+            if len(prepared.ok) < cfg.batch_size:
+                raise DataError(f"{root}: {len(prepared.ok)} images, fewer than batch_size "
+                                f"{cfg.batch_size}")
+            return CachedBatches(prepared, root, cfg, device)
     return FolderBatches(cfg, device)

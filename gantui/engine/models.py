@@ -157,6 +157,36 @@ class DCGANDiscriminator(nn.Module):
         return self.net(packed(x, self.pack)).flatten()
 
 
+class DCGANEncoder(nn.Module):
+    """E of the cVAE-GAN: image -> D's conv trunk (no label: the code must carry what y does
+    not) -> linear -> (mu, logvar) of a Gaussian code, each (N, nz)."""
+
+    def __init__(self, cfg: Config) -> None:
+        super().__init__()
+        start, k = _levels(cfg)
+        width = cfg.ndf
+        layers: list[nn.Module] = [nn.Conv2d(cfg.channels, width, 4, 2, 1, bias=False),
+                                   nn.LeakyReLU(0.2, inplace=True)]
+        for _ in range(k - 1):
+            layers += [nn.Conv2d(width, width * 2, 4, 2, 1, bias=False),
+                       nn.BatchNorm2d(width * 2), nn.LeakyReLU(0.2, inplace=True)]
+            width *= 2
+        self.net = nn.Sequential(*layers)
+        self.head = nn.Linear(width * start * start, 2 * cfg.nz)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        mu, logvar = self.head(self.net(x).flatten(1)).chunk(2, dim=1)
+        return mu, logvar.clamp(-10.0, 10.0)  # exp() stays finite early in training
+
+
+def build_encoder(cfg: Config) -> nn.Module:
+    """E for ``cfg.encoder`` runs, initialised like G and D."""
+    encoder = DCGANEncoder(cfg)
+    if cfg.weight_init == "dcgan":
+        encoder.apply(dcgan_init)
+    return encoder
+
+
 def packed(x: torch.Tensor, pack: int) -> torch.Tensor:
     """PacGAN: ``pack`` consecutive samples side by side along dim 1, as one input of D.
     (N, F...) -> (N // pack, pack * F, ...); a ragged tail of fewer than ``pack`` is dropped."""

@@ -16,6 +16,7 @@ import torch
 from gantui import config as config_mod
 from gantui import events as ev
 from gantui.config import Config, ConfigError
+from gantui.engine import fast
 from gantui.engine.control import Controller
 from gantui.engine.trainer import Trainer
 from gantui.errors import GantuiError
@@ -25,6 +26,7 @@ from gantui.remote import ControlServer
 from gantui.run.lock import RunBusy, RunLock
 from gantui.run.restore import RESUME_KEYS, checker
 from gantui.run.store import RunStore, default_run_name
+from gantui.system import SystemSampler
 from gantui.text import shown
 
 
@@ -61,6 +63,8 @@ class Session:
     """Serves ``control.sock`` so ``gantui ctl`` / ``gantui watch`` can steer the run."""
     lock: RunLock
     """This process's claim on the run directory, held until the trainer ends."""
+    system: SystemSampler | None = None
+    """Samples GPU/CPU/RAM into the queue and ``system.jsonl`` while the trainer runs."""
     error: list[BaseException] = field(default_factory=list)
     """The exception that ended the trainer thread, if any."""
 
@@ -162,6 +166,8 @@ def _start_locked(store: RunStore, lock: RunLock, cfg: Config | None, preset: st
             notes.append(ev.Note(step, f"removed {len(stale)} half-written temp file(s) left "
                                  f"by an earlier process: {', '.join(p.name for p in stale[:3])}"))
     assert cfg is not None
+    notes.append(ev.Note(int(resume_state["step"]) if resume_state else 0,
+                         fast.set_threads(cfg)))
     queue = ev.EventQueue(queue_size)
     controller = Controller()
     trainer = Trainer(cfg, store=store, emit=queue.put, controller=controller, device=device,
@@ -183,15 +189,20 @@ def _start_locked(store: RunStore, lock: RunLock, cfg: Config | None, preset: st
     server = ControlServer(store.path, controller, status=trainer.status,
                            refuse=lambda message: controller.journal("control", message))
     server.start()
+    session: Session | None = None
     try:
         store.write_owner({"preset": preset, "device": str(device)})
         session = Session(trainer, controller, queue, store.path, threading.Thread(), server,
                           lock)
+        session.system = SystemSampler(queue.put, step=lambda: trainer.step,
+                                       record=store.path / "system.jsonl").start()
         session.thread = threading.Thread(target=_run, args=(session,), name="gantui-trainer",
                                           daemon=True)
         session.thread.start()
     except BaseException:
         server.close()
+        if session is not None and session.system is not None:
+            session.system.close()
         raise
     return session
 
@@ -202,5 +213,7 @@ def _run(session: Session) -> None:
     except BaseException as exc:  # reported to the consumer; the thread must not die silently
         session.error.append(exc)
     finally:
+        if session.system is not None:
+            session.system.close()  # it writes system.jsonl: done before the lock goes
         session.server.close()
         session.lock.release()

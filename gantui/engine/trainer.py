@@ -19,10 +19,11 @@ import torch
 
 from gantui import events as ev
 from gantui.config import LIVE_KEYS, Config
+from gantui.engine import fast
 from gantui.engine.control import Command, Controller
 from gantui.engine.data import Batches, RingBatches, make_batches, ring_modes
 from gantui.engine.losses import d_loss, d_prob, g_loss
-from gantui.engine.models import build_models
+from gantui.engine.models import build_encoder, build_models
 from gantui.errors import GantuiError
 from gantui.quality.evaluate import Evaluator, Score
 from gantui.quality.metrics import HealthMonitor, diversity, ring_coverage
@@ -66,6 +67,12 @@ class Trainer:
         self.G, self.D = build_models(cfg)
         self.G.to(device)
         self.D.to(device)
+        fast.set_backend_flags(cfg, device)
+        for module in (self.G, self.D):
+            fast.to_memory_format(module, cfg, device)
+        self._input = fast.input_format(cfg, device)
+        # What the training steps call: the modules, or their compiled forwards (compile).
+        self._G_step, self._D_step = fast.forward(self.G, cfg), fast.forward(self.D, cfg)
         self.G_ema: torch.nn.Module | None = None
         """An exponential moving average of G's weights (``ema`` > 0): what previews,
         evaluation and sampling show."""
@@ -74,18 +81,28 @@ class Trainer:
         betas = (cfg.beta1, cfg.beta2)
         self.opt_g = torch.optim.Adam(self.G.parameters(), lr=cfg.lr_g, betas=betas)
         self.opt_d = torch.optim.Adam(self.D.parameters(), lr=cfg.lr_d, betas=betas)
+        self.E: torch.nn.Module | None = None
+        """The encoder of a cVAE-GAN (``encoder``): E(x) -> (mu, logvar) of a code for G."""
+        self.opt_e: torch.optim.Optimizer | None = None
+        if cfg.encoder:
+            self.E = build_encoder(cfg).to(device)
+            self.opt_e = torch.optim.Adam(self.E.parameters(), lr=cfg.lr_g, betas=betas)
         self.batches: Batches = make_batches(cfg, device)
+        self._real: tuple[torch.Tensor, torch.Tensor | None] | None = None
         self.noise = torch.Generator(device=device).manual_seed(cfg.seed + 1)
         self.fixed_noise, self.fixed_labels, self.grid_nrow = self._fixed_inputs()
+        self.fixed_real = self._fixed_real() if cfg.encoder else None
+        """One real digit per class: the preview shows it beside its reconstruction."""
         self.amp = cfg.amp and device.type == "cuda"
 
         self.step = 0
         self.total_steps = self._total_steps()
-        self.health = HealthMonitor()
+        self.health = HealthMonitor(data_fix=getattr(self.batches, "data_fix", ""))
         self.quality = QualityTracker()
         self._evaluator: Evaluator | None = None
         self._eval_broken = False
         self._excluded = 0.0  # seconds in this log interval spent evaluating, not training
+        self._waited = 0.0  # seconds in this log interval spent waiting for batches
         self.paused = False
         self.stopping = False
         self._mid_step = False
@@ -130,6 +147,12 @@ class Trainer:
             return z.to(self.device), labels.to(self.device), cols
         z = torch.randn(cfg.n_samples, cfg.nz, generator=gen)
         return z.to(self.device), None, max(1, round(math.sqrt(cfg.n_samples)))
+
+    def _fixed_real(self) -> torch.Tensor:
+        """The first training digit of each class, as the model sees it ([-1, 1])."""
+        images, labels = self.batches.images, self.batches.labels
+        first = [int((labels == k).nonzero()[0]) for k in range(self.cfg.n_classes)]
+        return images[first].float().div(127.5).sub(1.0)
 
     def add_note(self, event: ev.Event) -> None:
         """Queue a lifecycle event to be journaled when the run starts."""
@@ -201,6 +224,10 @@ class Trainer:
                     wind_down()
             raise
         finally:
+            close = getattr(self.batches, "close", None)  # decoding workers, reader threads
+            if close is not None:
+                with contextlib.suppress(Exception):
+                    close()
             self.store.close()
 
     def _autocast(self):
@@ -218,20 +245,30 @@ class Trainer:
 
     def d_step(self) -> None:
         """One discriminator update on a real batch and a detached fake batch."""
+        waiting = time.perf_counter()
         x, y = self.batches.next()
+        self._waited += time.perf_counter() - waiting
         n = x.shape[0]
         z, y_fake = self._noise(n)
         r1 = self.cfg.r1_gamma > 0 and self.step % self.cfg.r1_every == 0
         with self._autocast():
             with torch.no_grad():
-                fake = self._instance_noise(self.G(z, y_fake))
-            x = self._instance_noise(x)
+                fake = self._instance_noise(self._G_step(z, y_fake))
+            x = self._instance_noise(self._input(x))
+            D = self._D_step
             if r1:
                 x = x.detach().requires_grad_(True)
-            out_real = self.D(x, y)
-            out_fake = self.D(fake, y_fake)
+                D = self.D  # R1 differentiates twice: compiled graphs do not
+            out_real = D(x, y)
+            out_fake = D(fake, y_fake)
             loss = d_loss(self.cfg.loss, out_real.float(), out_fake.float(),
                           self.cfg.label_smoothing)
+            if self.E is not None:  # cVAE-GAN: reconstructions are fakes too
+                self._real = (x.detach(), y)
+                with torch.no_grad():
+                    rebuilt = self._G_step(self._code(x.detach()), y)
+                loss = 0.5 * (loss + d_loss(self.cfg.loss, out_real.float(),
+                                            D(rebuilt, y).float(), self.cfg.label_smoothing))
             total = loss + self._r1_penalty(out_real, x) if r1 else loss
         self.opt_d.zero_grad(set_to_none=True)
         total.backward()
@@ -250,20 +287,45 @@ class Trainer:
         self.D.requires_grad_(False)
         try:
             with self._autocast():
-                out = self.D(self._instance_noise(self.G(z, y)), y)
+                out = self._D_step(self._instance_noise(self._G_step(z, y)), y)
                 loss = g_loss(self.cfg.loss, out.float())
+                total = loss + self._encoder_loss() if self.E is not None else loss
             self.opt_g.zero_grad(set_to_none=True)
-            loss.backward()
+            if self.opt_e is not None:
+                self.opt_e.zero_grad(set_to_none=True)
+            total.backward()
         finally:
             self.D.requires_grad_(True)
         grad = torch.nn.utils.get_total_norm([p.grad for p in self.G.parameters()
                                               if p.grad is not None])
         self.opt_g.step()
+        if self.opt_e is not None:
+            self.opt_e.step()
         if self.G_ema is not None:
             self._update_ema()
         self._acc[LOSS_G:GRAD_G + 1] += torch.stack([
             loss.detach().float(), d_prob(self.cfg.loss, out), grad.float()])
         self._n_g += 1
+
+    def _code(self, x: torch.Tensor) -> torch.Tensor:
+        """A reparameterised code mu + sigma * eps from E(x)."""
+        assert self.E is not None
+        mu, logvar = self.E(x)
+        eps = torch.randn(mu.shape, device=mu.device, generator=self.noise, dtype=mu.dtype)
+        return mu + eps * (0.5 * logvar).exp()
+
+    def _encoder_loss(self) -> torch.Tensor:
+        """BicycleGAN's cVAE-GAN terms for E and G on the D step's real batch: fool D with
+        the reconstruction, L1 to the input, KL of the code to N(0, I)."""
+        assert self.E is not None and self._real is not None
+        x, y = self._real
+        mu, logvar = self.E(x)
+        eps = torch.randn(mu.shape, device=mu.device, generator=self.noise, dtype=mu.dtype)
+        rebuilt = self._G_step(mu + eps * (0.5 * logvar).exp(), y)
+        adversarial = g_loss(self.cfg.loss, self._D_step(rebuilt, y).float())
+        l1 = (rebuilt.float() - x.float()).abs().mean()
+        kl = -0.5 * (1 + logvar - mu.pow(2) - logvar.exp()).float().sum(1).mean()
+        return adversarial + self.cfg.recon_weight * l1 + self.cfg.kl_weight * kl
 
     def _instance_noise(self, x: torch.Tensor) -> torch.Tensor:
         """``x`` plus N(0, sigma^2) noise, sigma annealed from ``instance_noise`` to 0."""
@@ -316,7 +378,7 @@ class Trainer:
                 self._evaluator = Evaluator(cfg, self.device, n=cfg.eval_samples or None,
                                             fid_weights=cfg.fid_weights,
                                             log=lambda m: self._emit(ev.Note(self.step, m)))
-            score = self._evaluator.evaluate(self.G_eval, self.step)
+            score = self._evaluator.evaluate(self.G_eval, self.step, encoder=self.E)
         except Exception as exc:  # noqa: BLE001 - see the docstring
             self._eval_broken = True
             self._emit(ev.Alert(self.step, "error", f"quality evaluation failed "
@@ -325,6 +387,8 @@ class Trainer:
             return None
         finally:
             self.G.train()
+            if self.E is not None:
+                self.E.train()
             self._excluded += time.perf_counter() - started
         improved, warnings = self.quality.update(score)
         if improved and not self._save_best(score):
@@ -380,11 +444,12 @@ class Trainer:
             d_fake=values[D_FAKE], d_fake_g=values[D_FAKE_G], grad_g=values[GRAD_G],
             grad_d=values[GRAD_D], lr_g=self.cfg.lr_g, lr_d=self.cfg.lr_d,  # as set, unscaled
             img_per_s=self._images / elapsed,
-            eta_s=(self.total_steps - self.step) * elapsed / max(steps, 1), time=time.time())
+            eta_s=(self.total_steps - self.step) * elapsed / max(steps, 1), time=time.time(),
+            data_wait=min(1.0, self._waited / elapsed))
         self._acc.zero_()
         self._n_d = self._n_g = self._images = 0
         self._t_log = now
-        self._paused_for = self._excluded = 0.0
+        self._paused_for = self._excluded = self._waited = 0.0
         self._emit(metrics)
         if self.batches.skipped:
             self._emit_once_per_count("data", self.batches.skipped)
@@ -392,7 +457,8 @@ class Trainer:
             self._nonfinite()
             return False
         for kind, message in self.health.on_metrics(metrics.d_real, metrics.d_fake,
-                                                    metrics.grad_g, metrics.grad_d):
+                                                    metrics.grad_g, metrics.grad_d,
+                                                    data_wait=metrics.data_wait):
             self._emit(ev.Alert(self.step, kind, message))
         return True
 
@@ -426,8 +492,12 @@ class Trainer:
                 self._sample_points()
                 return
             images = self.G_eval(self.fixed_noise, self.fixed_labels).float()
+            if self.E is not None and self.fixed_real is not None:
+                images = self._with_reconstructions(images)
         finally:
             self.G.train()
+            if self.E is not None:
+                self.E.train()
         grid = grid_image(images, self.grid_nrow)
         self.store.save_grid(self.step, grid)
         preview = _downsample(grid, PREVIEW_MAX_SIDE)
@@ -438,6 +508,20 @@ class Trainer:
                               self.grid_nrow, score))
         for kind, message in self.health.on_samples(score):
             self._emit(ev.Alert(self.step, kind, message))
+
+    def _with_reconstructions(self, images: torch.Tensor) -> torch.Tensor:
+        """The first two columns of each class row become a real digit of that class and
+        G(mu(E(digit)), class): inputs beside reconstructions, the rest free samples."""
+        assert self.E is not None and self.fixed_real is not None
+        self.E.eval()
+        labels = torch.arange(self.cfg.n_classes, device=self.device)
+        rebuilt = self.G_eval(self.E(self.fixed_real)[0], labels).float()
+        out = images.clone()
+        cols = self.grid_nrow
+        if cols >= 2:
+            out[0::cols] = self.fixed_real
+            out[1::cols] = rebuilt
+        return out
 
     def _sample_points(self) -> None:
         gen = torch.Generator().manual_seed(self.cfg.seed + 3)
@@ -483,7 +567,8 @@ class Trainer:
 
     def params_finite(self) -> bool:
         """True when every weight of G and D is finite (one host sync)."""
-        flags = [p.isfinite().all() for m in (self.G, self.D) for p in m.parameters()]
+        models = (self.G, self.D) if self.E is None else (self.G, self.D, self.E)
+        flags = [p.isfinite().all() for m in models for p in m.parameters()]
         return bool(torch.stack(flags).all())
 
     def checkpoint(self, reason: str) -> Path | None:
@@ -519,6 +604,9 @@ class Trainer:
             "fixed_noise": self.fixed_noise.cpu(),
             "fixed_labels": None if self.fixed_labels is None else self.fixed_labels.cpu(),
             "G_ema": None if self.G_ema is None else self.G_ema.state_dict(),
+            "E": None if self.E is None else self.E.state_dict(),
+            "opt_e": None if self.opt_e is None else self.opt_e.state_dict(),
+            "fixed_real": None if self.fixed_real is None else self.fixed_real.cpu(),
             "quality": self.quality.state_dict(),
         }
 
@@ -528,6 +616,10 @@ class Trainer:
         self.D.load_state_dict(state["D"])
         self.opt_g.load_state_dict(state["opt_g"])
         self.opt_d.load_state_dict(state["opt_d"])
+        if self.E is not None and self.opt_e is not None:
+            self.E.load_state_dict(state["E"])
+            self.opt_e.load_state_dict(state["opt_e"])
+            self.fixed_real = state["fixed_real"].to(self.device)
         self._apply_optimizer_settings()
         self.step = int(state["step"])
         torch.set_rng_state(state["rng"]["torch"])
@@ -617,7 +709,10 @@ class Trainer:
         :attr:`cfg` into both optimizers."""
         betas = (self.cfg.beta1, self.cfg.beta2)
         scale = lr_factor(self.cfg.lr_decay, self.step, self.total_steps)
-        for opt, lr in ((self.opt_g, self.cfg.lr_g), (self.opt_d, self.cfg.lr_d)):
+        optimizers = [(self.opt_g, self.cfg.lr_g), (self.opt_d, self.cfg.lr_d)]
+        if self.opt_e is not None:
+            optimizers.append((self.opt_e, self.cfg.lr_g))  # E learns with G
+        for opt, lr in optimizers:
             for group in opt.param_groups:
                 group["lr"] = lr * scale
                 group["betas"] = betas

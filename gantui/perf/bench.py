@@ -1,16 +1,25 @@
-"""Throughput benchmark: the same run headless and with the dashboard, side by side.
+"""``gantui bench``: throughput side by side, in one invocation.
 
-``python -m gantui.perf.bench [--preset P] [--steps N] [--rounds R] [--device D] [--set K=V]`` runs
-the real ``gantui train`` command (with the preset's own log and sample cadence) alternately
-with ``--no-ui`` and with the dashboard in a pseudo-terminal (120x40), and compares the
-images/s each run recorded in ``metrics.jsonl`` (the first log interval, with its warm-up, is
-left out).
+For one preset it measures, in fresh processes and alternating rounds so drift hits every
+mode alike:
+
+- ``bare``: :mod:`gantui.perf.bare`, the same models, data and options in a plain loop;
+- ``headless``: the real ``gantui train --no-ui`` (img/s as recorded in ``metrics.jsonl``);
+- ``dashboard``: the real ``gantui train`` with its dashboard drawing into a pseudo-terminal
+  (120x40) that is read like a terminal would;
+- ``data``: the batch stream alone (an image folder decoded by workers, or its prepared
+  cache).
+
+Evaluation is switched off (``eval_every=0``) and checkpoints pushed past the end: the bench
+measures the training loop, its logging and previews. It prints the ratios against the bare
+loop, the data pipeline's headroom over what training consumes, and the FLOP/s achieved
+against the device's peak where it is known.
 """
 
 from __future__ import annotations
 
-import argparse
 import fcntl
+import json
 import os
 import pty
 import statistics
@@ -21,21 +30,53 @@ import tempfile
 import termios
 import threading
 import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
+from gantui.errors import GantuiError
 from gantui.files import read_jsonl
 
+MODES = ("bare", "headless", "dashboard")
+TARGETS = {"headless": 0.98, "dashboard": 0.95}
+"""Throughput each mode should keep, as a share of the bare loop."""
+DATA_HEADROOM = 3.0
+"""How many times what training consumes a prepared cache should deliver."""
 
-def _train_args(preset: str, steps: int, name: str, extra: list[str],
-                device: str = "cpu") -> list[str]:
+
+def _train_args(preset: str, steps: int, name: str, sets: list[str], device: str
+                ) -> list[str]:
     return [sys.executable, "-m", "gantui", "train", "--preset", preset, "--device", device,
-            "--name", name, "--set", f"steps={steps}", "--set", "checkpoint_every=1000000",
-            *[item for s in extra for item in ("--set", s)]]
+            "--name", name, *[item for s in _bench_sets(steps, sets) for item in ("--set", s)]]
+
+
+def _bench_sets(steps: int, sets: list[str]) -> list[str]:
+    return [f"steps={steps}", "epochs=0", "checkpoint_every=1000000000", "eval_every=0", *sets]
+
+
+def _run(args: list[str], cwd: Path, label: str) -> str:
+    out = subprocess.run(args, cwd=cwd, capture_output=True, text=True)
+    if out.returncode != 0:
+        tail = (out.stderr or out.stdout).strip().splitlines()[-1:] or ["(no output)"]
+        raise GantuiError(f"the {label} run failed: {tail[0].removeprefix('error: ')}")
+    return out.stdout
+
+
+def _absolute_data(sets: list[str]) -> list[str]:
+    """``data=`` made absolute: the bench's runs start in a folder of their own."""
+    out = []
+    for item in sets:
+        key, sep, value = item.partition("=")
+        if key.strip() == "data" and sep and value.strip():
+            item = f"data={Path(value.strip()).expanduser().resolve()}"
+        out.append(item)
+    return out
 
 
 def run_headless(args: list[str], cwd: Path) -> None:
     """One ``--no-ui`` run to completion."""
-    subprocess.run([*args, "--no-ui"], cwd=cwd, check=True, stdout=subprocess.DEVNULL)
+    _run([*args, "--no-ui"], cwd, "headless")
 
 
 def run_dashboard(args: list[str], cwd: Path, run_dir: Path, cols: int = 120,
@@ -73,43 +114,188 @@ def run_dashboard(args: list[str], cwd: Path, run_dir: Path, cols: int = 120,
             proc.kill()
         os.close(master)
     if proc.returncode != 0:
-        raise RuntimeError(f"dashboard run exited with {proc.returncode}")
+        raise GantuiError(f"the dashboard run exited with {proc.returncode}")
 
 
 def images_per_second(run_dir: Path) -> float:
-    """Mean img/s over the log intervals after the first."""
-    rates = [r["img_per_s"] for r in read_jsonl(run_dir / "metrics.jsonl")][1:]
+    """Mean img/s over the log intervals after the first (the warm-up)."""
+    rates = [r["img_per_s"] for r in read_jsonl(run_dir / "metrics.jsonl")
+             if isinstance(r.get("img_per_s"), (int, float))]
+    rates = rates[1:] or rates
+    if not rates:
+        raise GantuiError(f"{run_dir} recorded no metrics; use more --steps than log_every")
     return statistics.fmean(rates)
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--preset", default="dcgan-mnist")
-    parser.add_argument("--steps", type=int, default=500)
-    parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--set", dest="sets", action="append", default=[],
-                        help="extra KEY=VALUE overrides for both runs")
-    opts = parser.parse_args(argv)
-    results: dict[str, list[float]] = {"headless": [], "dashboard": []}
-    with tempfile.TemporaryDirectory() as tmp:
+def run_bare(preset: str, steps: int, sets: list[str], device: str, cwd: Path,
+             mode: str = "loop") -> dict[str, Any]:
+    """One bare-loop (or data-pipeline) measurement in a fresh process."""
+    spec = {"preset": preset, "sets": _bench_sets(steps, sets), "device": device,
+            "mode": mode, "steps": steps, "batches": max(20, steps // 2)}
+    label = "bare-loop" if mode == "loop" else "data-pipeline"
+    out = _run([sys.executable, "-m", "gantui.perf.bare", json.dumps(spec)], cwd, label)
+    return json.loads(out.strip().splitlines()[-1])
+
+
+@dataclass
+class BenchResult:
+    """Everything one ``gantui bench`` measured."""
+
+    preset: str
+    device: str
+    device_name: str
+    steps: int
+    rounds: dict[str, list[float]] = field(default_factory=lambda: {m: [] for m in MODES})
+    """img/s per mode, one entry per round."""
+    data_img_per_s: float = 0.0
+    data_note: str = ""
+    decode_img_per_s: float | None = None
+    """For a folder with a prepared cache: the stream decoding the files instead."""
+    flops_per_image: float = 0.0
+    precision: str = "fp32"
+    peak: float | None = None
+
+    def mean(self, mode: str) -> float:
+        """The median over rounds (robust to one disturbed round on a shared machine)."""
+        values = self.rounds[mode]
+        return statistics.median(values) if values else 0.0
+
+    def spread(self, mode: str) -> float:
+        """(max - min) / median over rounds: how noisy this machine is right now."""
+        values = self.rounds[mode]
+        median = self.mean(mode)
+        return (max(values) - min(values)) / median if len(values) > 1 and median else 0.0
+
+    def ratio(self, mode: str) -> float:
+        bare = self.mean("bare")
+        return self.mean(mode) / bare if bare else 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"preset": self.preset, "device": self.device, "device_name": self.device_name,
+                "steps": self.steps, "rounds": self.rounds,
+                "img_per_s": {m: self.mean(m) for m in MODES},
+                "ratio": {m: self.ratio(m) for m in MODES if m != "bare"},
+                "spread": {m: self.spread(m) for m in MODES},
+                "data_img_per_s": self.data_img_per_s, "data_note": self.data_note,
+                "decode_img_per_s": self.decode_img_per_s,
+                "data_headroom": self.headroom, "flops_per_image": self.flops_per_image,
+                "achieved_flops": self.achieved_flops, "precision": self.precision,
+                "peak_flops": self.peak}
+
+    @property
+    def headroom(self) -> float:
+        """How many times what headless training consumes the data stream delivers."""
+        used = self.mean("headless")
+        return self.data_img_per_s / used if used else 0.0
+
+    @property
+    def achieved_flops(self) -> float:
+        return self.flops_per_image * self.mean("headless")
+
+
+def _device_facts(device: str, sets: list[str], preset: str) -> tuple[str, str, str]:
+    """``(resolved device, its name, precision of its matmuls)``."""
+    import torch
+
+    from gantui import config as config_mod
+    from gantui.engine.session import resolve_device
+
+    resolved = resolve_device(device)
+    _, cfg = config_mod.load(preset, sets)
+    if resolved.type != "cuda":
+        import platform
+
+        return str(resolved), platform.processor() or platform.machine() or "CPU", "fp32"
+    name = torch.cuda.get_device_name(resolved)
+    precision = "bf16" if cfg.amp else ("tf32" if cfg.tf32 else "fp32")
+    return str(resolved), name, precision
+
+
+def run_bench(preset: str = "dcgan-mnist", steps: int = 200, device: str = "cpu",
+              data: str | None = None, rounds: int = 3, sets: list[str] | None = None,
+              say: Callable[[str], None] = print) -> BenchResult:
+    """Measure every mode ``rounds`` times, alternating, then the data stream alone.
+
+    Raises:
+        GantuiError: a bad preset or key, or a run that failed (its last line).
+    """
+    from gantui import config as config_mod
+    from gantui.perf.peaks import peak_flops
+
+    sets = list(sets or [])
+    if data:
+        sets.append(f"data={data}")
+    sets = _absolute_data(sets)
+    _, cfg = config_mod.load(preset, _bench_sets(steps, sets))  # fails fast on bad input
+    if steps < 2 * cfg.log_every:
+        raise GantuiError(f"--steps {steps} is too few: the first log interval "
+                          f"({cfg.log_every} steps) is warm-up, so use at least "
+                          f"{2 * cfg.log_every}")
+    resolved, name, precision = _device_facts(device, sets, preset)
+    result = BenchResult(preset, resolved, name, steps, precision=precision,
+                         peak=peak_flops(name, precision) if resolved.startswith("cuda")
+                         else None)
+    with tempfile.TemporaryDirectory(prefix="gantui-bench-") as tmp:
         cwd = Path(tmp)
-        for round_ in range(opts.rounds):
-            for mode in ("headless", "dashboard"):
-                name = f"{mode}-{round_}"
-                args = _train_args(opts.preset, opts.steps, name, opts.sets, opts.device)
-                if mode == "headless":
-                    run_headless(args, cwd)
+        for round_ in range(rounds):
+            for mode in MODES:
+                run_name = f"{mode}-{round_}"
+                if mode == "bare":
+                    measured = run_bare(preset, steps, sets, resolved, cwd)
+                    rate = measured["img_per_s"]
+                    result.flops_per_image = measured["flops_per_image"]
                 else:
-                    run_dashboard(args, cwd, cwd / "runs" / name)
-                rate = images_per_second(cwd / "runs" / name)
-                results[mode].append(rate)
-                print(f"{opts.preset} {mode:9s} round {round_}: {rate:9,.1f} img/s", flush=True)
-    headless = statistics.fmean(results["headless"])
-    dashboard = statistics.fmean(results["dashboard"])
-    print(f"{opts.preset}: headless {headless:,.1f} img/s, dashboard {dashboard:,.1f} img/s, "
-          f"ratio {dashboard / headless:.3f}")
+                    args = _train_args(preset, steps, run_name, sets, resolved)
+                    if mode == "headless":
+                        run_headless(args, cwd)
+                    else:
+                        run_dashboard(args, cwd, cwd / "runs" / run_name)
+                    rate = images_per_second(cwd / "runs" / run_name)
+                result.rounds[mode].append(rate)
+                say(f"round {round_ + 1}/{rounds}  {mode:<9} {rate:>12,.1f} img/s")
+        measured = run_bare(preset, steps, sets, resolved, cwd, mode="data")
+        result.data_img_per_s, result.data_note = measured["img_per_s"], measured["note"]
+        say(f"data pipeline alone   {result.data_img_per_s:>12,.1f} img/s")
+        if "prepared cache" in result.data_note:
+            decoded = run_bare(preset, steps, [*sets, "data_cache=false"], resolved, cwd,
+                               mode="data")
+            result.decode_img_per_s = decoded["img_per_s"]
+            say(f"data decoding files   {result.decode_img_per_s:>12,.1f} img/s")
+    return result
 
 
-if __name__ == "__main__":
-    main()
+def report(result: BenchResult) -> str:
+    """The bench's summary, as printed by ``gantui bench``."""
+    lines = [f"{result.preset} on {result.device} ({result.device_name}), {result.steps} "
+             f"steps, {len(result.rounds['bare'])} round(s), alternating",
+             f"{'mode':<10} {'img/s':>12}  {'vs bare':>8}  {'spread':>6}  target"]
+    for mode in MODES:
+        ratio = result.ratio(mode)
+        target = TARGETS.get(mode)
+        verdict = "" if target is None else (
+            f">= {target:.2f}  {'met' if ratio >= target else 'MISSED'}")
+        spread = f"{100 * result.spread(mode):5.1f}%" if len(result.rounds[mode]) > 1 else "    --"
+        lines.append(f"{mode:<10} {result.mean(mode):>12,.1f}  {ratio:>7.3f}x  {spread}  "
+                     f"{verdict}")
+    lines.append(f"{'data':<10} {result.data_img_per_s:>12,.1f}  {result.headroom:>7.1f}x what "
+                 f"headless training consumes ({result.data_note.split(';')[0]})")
+    if "prepared cache" in result.data_note:
+        verdict = "met" if result.headroom >= DATA_HEADROOM else "MISSED"
+        lines[-1] += f"; target >= {DATA_HEADROOM:.0f}x {verdict}"
+    if result.decode_img_per_s is not None:
+        used = result.mean("headless")
+        lines.append(f"{'decoding':<10} {result.decode_img_per_s:>12,.1f}  "
+                     f"{result.decode_img_per_s / used if used else 0:>7.1f}x with "
+                     f"data_cache=false (the files decoded by num_workers)")
+    lines.append("img/s: median over rounds; spread: (max - min) / median, the machine's noise")
+    flops = result.flops_per_image
+    achieved = result.achieved_flops
+    line = (f"compute: {flops / 1e9:.3f} GFLOP per image per step (forward + backward, G and "
+            f"D), {achieved / 1e12:.3f} TFLOP/s achieved")
+    if result.peak:
+        line += (f" = {100 * achieved / result.peak:.2f}% of the {result.precision} dense peak "
+                 f"({result.peak / 1e12:,.0f} TFLOP/s)")
+    else:
+        line += " (no known peak for this device)"
+    lines.append(line)
+    return "\n".join(lines)

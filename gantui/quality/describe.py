@@ -3,7 +3,8 @@ so the dashboard, ``gantui runs`` and ``gantui watch`` can show them and start f
 
 from __future__ import annotations
 
-PERCENT = frozenset({"hq", "cond_acc", "precision", "recall", "coverage", "judge_acc"})
+PERCENT = frozenset({"hq", "cond_acc", "recon_acc", "precision", "recall", "coverage",
+                     "judge_acc"})
 """Fractions shown as percentages."""
 
 DESCRIPTIONS = {
@@ -20,6 +21,8 @@ DESCRIPTIONS = {
     "density": "density (k=5)",
     "coverage": "coverage (k=5)",
     "cond_acc": "conditional accuracy: the judge's class of G(z, y) is y",
+    "recon_l1": "reconstruction error |G(E(x), y) - x| per pixel ([-1, 1] scale), held-out",
+    "recon_acc": "the judge's class of the reconstruction G(E(x), y) is y",
     "judge_acc": "the judge's own held-out accuracy (the yardstick)",
     "fid": "FID (Inception, torch-fidelity)",
     "rcfd": "random-conv Frechet distance: a proxy for trends and collapse only",

@@ -34,6 +34,8 @@ from gantui.quality import scores
 from gantui.quality.judge import cache_root, load_judge, to_unit
 
 Log = Callable[[str], None]
+RECON_N = 1000
+"""Held-out digits an encoder run's reconstructions are scored on."""
 
 DEFAULT_N = {"ring": 2500, "mnist": 5000, "folder": 2000}
 """Generated samples per evaluation (and, for folders, real reference images)."""
@@ -42,7 +44,8 @@ BATCH = 500
 PRDC_K = 5
 """Neighbourhood size of precision, recall, density and coverage."""
 HIGHER_IS_BETTER = {
-    "modes": True, "hq": True, "cond_acc": True, "is": True, "classes": True,
+    "modes": True, "hq": True, "cond_acc": True, "recon_acc": True, "recon_l1": False,
+    "is": True, "classes": True,
     "class_entropy": True, "precision": True, "recall": True, "density": True,
     "coverage": True, "judge_acc": True,
     "judge_fd": False, "kid": False, "kid_std": False, "fid": False, "rcfd": False,
@@ -168,11 +171,12 @@ class Evaluator:
     def _setup_mnist(self) -> None:
         from gantui.engine.data import fit_images  # the resize training applies to real digits
 
-        judge, self.judge_info, held_images, _ = load_judge(
+        judge, self.judge_info, held_images, held_labels = load_judge(
             "full" if self.cfg.data else "bundled", self.cfg.data, self.cache_dir, self.log,
             device=self.device)
         self.judge = judge.to(self.device).eval()
         real = to_unit(fit_images(held_images, self.cfg))
+        self.held_real, self.held_labels = real[:RECON_N], held_labels[:RECON_N].long()
         with torch.no_grad():
             self.real_feats = torch.cat([self.judge.features(real[i:i + BATCH].to(self.device))
                                          for i in range(0, len(real), BATCH)])
@@ -228,20 +232,25 @@ class Evaluator:
             yb = y[i:i + BATCH].to(self.device) if y is not None else None
             yield G(zb, yb).float(), yb
 
-    def evaluate(self, G: nn.Module, step: int) -> Score:
-        """Score ``G`` (called as ``G(z, y)``) at training step ``step``.
+    def evaluate(self, G: nn.Module, step: int, encoder: nn.Module | None = None) -> Score:
+        """Score ``G`` (called as ``G(z, y)``) at training step ``step``; with the ``encoder``
+        of a cVAE-GAN, also how well G(E(x), y) rebuilds held-out digits.
 
-        G runs in eval mode under ``torch.no_grad()``; its training mode is restored after.
+        G (and E) run in eval mode under ``torch.no_grad()``; training modes are restored.
         """
         started = time.perf_counter()
         was_training = G.training
         G.eval()
+        if encoder is not None:
+            encoder.eval()
         try:
             with torch.no_grad():
                 if self.kind == "ring":
                     values = self._ring(G)
                 elif self.kind == "mnist":
                     values = self._mnist(G)
+                    if encoder is not None:
+                        values.update(self._reconstruction(G, encoder))
                 else:
                     values = self._folder(G)
         finally:
@@ -287,6 +296,19 @@ class Evaluator:
         if labels:
             values["cond_acc"] = scores.conditional_accuracy(pred, torch.cat(labels))
         return values
+
+    def _reconstruction(self, G: nn.Module, encoder: nn.Module) -> dict[str, float]:
+        """``recon_l1``: mean |G(mu(E(x)), y) - x| per pixel on the [-1, 1] scale over
+        held-out digits; ``recon_acc``: the judge's class of the rebuilt digit is y."""
+        errors, hits = [], []
+        for i in range(0, len(self.held_real), BATCH):
+            x = self.held_real[i:i + BATCH].to(self.device)
+            y = self.held_labels[i:i + BATCH].to(self.device)
+            rebuilt = G(encoder(x)[0], y).float()
+            errors.append((rebuilt - x).abs().flatten(1).mean(1))
+            hits.append(self.judge.features_and_logits(rebuilt.clamp(-1, 1))[1].argmax(1) == y)
+        return {"recon_l1": float(torch.cat(errors).mean()),
+                "recon_acc": float(torch.cat(hits).float().mean())}
 
     def _folder(self, G: nn.Module) -> dict[str, float]:
         rcfd, incep = [], []

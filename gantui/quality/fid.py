@@ -27,7 +27,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from gantui.errors import GantuiError
-from gantui.run.store import atomic_write_bytes
+from gantui.files import atomic_write_bytes
 
 INCEPTION_FILES = (
     "weights-inception-2015-12-05-6726825d.pth",  # torch-fidelity's own download name

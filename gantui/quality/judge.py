@@ -22,7 +22,6 @@ import dataclasses
 import hashlib
 import io
 import math
-import os
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -33,7 +32,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from gantui.errors import GantuiError
-from gantui.run.store import atomic_write_bytes
+from gantui.files import atomic_write_bytes, cache_root
 
 JUDGE_VERSION = 1
 """Bump when the architecture or the training recipe changes: old cache files are ignored."""
@@ -272,14 +271,6 @@ def train_judge(images: torch.Tensor, labels: torch.Tensor, *, seed: int = 0,
 
 
 # ---- the per-machine cache -------------------------------------------------------------------
-
-def cache_root(cache_dir: Path | None = None) -> Path:
-    """``cache_dir``, else ``$GANTUI_CACHE``, else ``~/.cache/gantui``."""
-    if cache_dir is not None:
-        return Path(cache_dir).expanduser()
-    env = os.environ.get("GANTUI_CACHE", "")
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "gantui"
-
 
 def _fingerprint(root: Path) -> str:
     """The resolved path of a full MNIST root plus names, sizes and mtimes of its raw files."""

@@ -44,8 +44,19 @@ class HealthMonitor:
     Each check re-arms when its condition clears, so a recurring problem warns again.
     """
 
-    def __init__(self, patience: int = 5) -> None:
+    DATA_WAIT_WARN = 0.25
+    """Share of time waiting for batches above which, sustained, the data is the bottleneck."""
+
+    def __init__(self, patience: int = 5, data_fix: str = "") -> None:
+        """
+        Args:
+            patience: Log intervals a condition must last before it warns.
+            data_fix: What to do when the data pipeline is the bottleneck, for the warning.
+        """
         self.patience = patience
+        self.data_fix = data_fix
+        self._wait_streak = 0
+        self._wait_warned = False
         self._d_wins_streak = 0
         self._d_wins_warned = False
         self._grads: deque[float] = deque(maxlen=50)
@@ -55,9 +66,10 @@ class HealthMonitor:
         self._collapse_warned = False
 
     def on_metrics(self, d_real: float, d_fake: float, grad_g: float,
-                   grad_d: float) -> list[tuple[str, str]]:
+                   grad_d: float, data_wait: float = 0.0) -> list[tuple[str, str]]:
         """Check one log interval; returns ``(kind, message)`` warnings."""
         out: list[tuple[str, str]] = []
+        self._check_data_wait(data_wait, out)
         if d_real > 0.9 and d_fake < 0.1:
             self._d_wins_streak += 1
         else:
@@ -83,6 +95,19 @@ class HealthMonitor:
                 self._grad_warned = False
         self._grads.append(grad)
         return out
+
+    def _check_data_wait(self, data_wait: float, out: list[tuple[str, str]]) -> None:
+        if data_wait > self.DATA_WAIT_WARN:
+            self._wait_streak += 1
+        elif not data_wait >= 0.1:  # NaN (not recorded) clears too
+            self._wait_streak = 0
+            self._wait_warned = False
+        if self._wait_streak >= self.patience and not self._wait_warned:
+            self._wait_warned = True
+            fix = f" {self.data_fix}" if self.data_fix else ""
+            out.append(("data", f"the data pipeline is the bottleneck: the trainer waited for "
+                        f"batches {data_wait:.0%} of the time, {self._wait_streak} log "
+                        f"intervals running.{fix}"))
 
     def on_samples(self, value: float) -> list[tuple[str, str]]:
         """Check the fixed-noise diversity; warns when it falls below half its peak."""

@@ -8,6 +8,8 @@ run, and it expects files to be mid-write at any moment.
 ```
 events.jsonl   ─► RunStarted, Changed, Checkpointed, StateChanged, Alert, Note (from_record)
 metrics.jsonl  ─► Metrics (records without the "event" key)
+quality.jsonl  ─► Quality
+system.jsonl   ─► System (only the newest record of each drain: it is a gauge, not history)
 samples/*.png  ─► Preview of the newest grid, downsampled
 ```
 
@@ -232,13 +234,14 @@ class RunFollower:
         self._metrics = _Tail(self.run_dir / "metrics.jsonl")
         self._journal = _Tail(self.run_dir / "events.jsonl")
         self._quality = _Tail(self.run_dir / "quality.jsonl")
+        self._system = _Tail(self.run_dir / "system.jsonl")
         self._started = False
         self._config: dict[str, Any] | None = None
         self._samples_mtime: int | None = None
         self._sample_seen: tuple[str, int, int, int] | None = None
 
     def _start_over(self) -> None:
-        for tail in (self._metrics, self._journal, self._quality):
+        for tail in (self._metrics, self._journal, self._quality, self._system):
             tail.reset()
         self._started = False
         self._config = None
@@ -267,7 +270,24 @@ class RunFollower:
         others = _insert_by_step(journal, preview) if preview is not None else journal
         first = self._first_run_started(others) if not self._started else None
         merged = _merge_by_step(metrics, others)
+        system = self._system_event()
+        if system is not None:
+            merged.append(system)
         return [first, *merged] if first is not None else merged
+
+    def _system_event(self) -> ev.System | None:
+        """The newest ``system.jsonl`` sample written since the last drain, if any."""
+        status = self._system.poll()
+        if status == "restart":
+            self._system.reset()
+        elif status == "same":
+            return None
+        newest = None
+        for record in _records(self._system):
+            event = ev.from_record({**record, "event": "system"})
+            if isinstance(event, ev.System):
+                newest = event
+        return newest
 
     # ---- journals ----------------------------------------------------------------------
 

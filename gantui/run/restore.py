@@ -16,13 +16,15 @@ import torch
 
 from gantui import config as config_mod
 from gantui.config import LIVE_KEYS, Config
-from gantui.engine.models import build_models
+from gantui.engine.models import build_encoder, build_models
 from gantui.errors import GantuiError
 from gantui.run.store import StoreError
 from gantui.text import safe
 
-RESUME_KEYS = (*LIVE_KEYS, "steps", "epochs", "data", "num_workers", "keep_checkpoints",
-               "amp", "ema", "r1_every", "eval_samples", "fid_weights", "lr_decay")
+RESUME_KEYS = (*LIVE_KEYS, "steps", "epochs", "data", "num_workers", "data_cache",
+               "keep_checkpoints", "amp", "tf32", "channels_last", "compile", "threads",
+               "ema", "r1_every",
+               "eval_samples", "fid_weights", "lr_decay")
 """Keys a resumed run may change; others would no longer fit the checkpoint."""
 
 _IGNORED = frozenset({*RESUME_KEYS, "description"})
@@ -50,7 +52,10 @@ def check_fits(state: dict[str, Any], cfg: Config, optimizers: bool = True) -> N
         StoreError: a missing or extra weight, a shape or a type that does not fit.
     """
     G, D = build_models(cfg)
-    for key, model in (("G", G), ("D", D)):
+    models = [("G", G), ("D", D)]
+    if cfg.encoder:
+        models.append(("E", build_encoder(cfg)))
+    for key, model in models:
         weights = state.get(key)
         if not isinstance(weights, dict) or not all(
                 isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in weights.items()):

@@ -26,7 +26,15 @@ import torch
 
 from gantui.config import to_toml
 from gantui.errors import GantuiError
-from gantui.files import as_int, parse_record, read_bytes, read_json_dict, read_jsonl
+from gantui.files import (
+    as_int,
+    atomic_write_bytes,
+    fsync_dir,
+    parse_record,
+    read_bytes,
+    read_json_dict,
+    read_jsonl,
+)
 from gantui.text import safe
 
 CHECKPOINT_VERSION = 1
@@ -42,33 +50,6 @@ class StoreError(GantuiError):
 
 class CorruptCheckpoint(StoreError):
     """A checkpoint file that cannot be unpickled at all (torn, truncated, foreign)."""
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` via a temp file, fsync and rename: all or nothing."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)  # only left when a write failed
-    _fsync_dir(path.parent)
-
-
-def _fsync_dir(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 class JsonlWriter:
@@ -402,7 +383,7 @@ def _atomic_torch_save(state: dict[str, Any], path: Path) -> None:
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)  # a failed save (full disk) leaves no debris
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
 
 
 def _int_or_none(text: str) -> int | None:

@@ -29,7 +29,7 @@ from gantui.quality.describe import describe_value, format_value
 from gantui.text import safe
 from gantui.ui.modals import ChoiceModal, FieldsModal, HelpModal, KeyValueModal
 from gantui.ui.model import LogLine, RunModel
-from gantui.ui.panels import EventLog, HyperPanel, StatusBar
+from gantui.ui.panels import EventLog, HyperPanel, StatusBar, SystemPanel
 from gantui.ui.plots import GradSparks, Line, MetricPlot, legend_markup
 from gantui.ui.preview import PreviewPanel, save_png
 
@@ -129,6 +129,7 @@ class GantuiApp(App[Outcome]):
         self._last_view_cpu = 0.0  # this thread's CPU time at the last redraw
         self._bindings_key: tuple = ()
         self._seen = (-1, -1)  # (info_version, image_version)
+        self._system_seen = -1
 
     # ---- layout ------------------------------------------------------------------------------
 
@@ -150,6 +151,8 @@ class GantuiApp(App[Outcome]):
         self.preview = PreviewPanel(id="preview", classes="panel")
         self.hyper = HyperPanel(self.model, id="hyper", classes="panel")
         self.event_log = EventLog(id="log", classes="panel")
+        self.system = SystemPanel(self.model, id="system", classes="panel")
+        self.system.display = False  # until the first sample
         yield self.status
         with Horizontal(id="body"):
             with Vertical(id="charts"):
@@ -159,6 +162,7 @@ class GantuiApp(App[Outcome]):
             with Vertical(id="side"):
                 yield self.preview
                 yield self.hyper
+        yield self.system
         yield self.event_log
         yield Footer()
 
@@ -169,6 +173,7 @@ class GantuiApp(App[Outcome]):
         self.preview.border_title = "samples"
         self.hyper.border_title = "live hyperparameters"
         self.event_log.border_title = "events"
+        self.system.border_title = "system"
         self._last_view_cpu = time.thread_time()  # start-up work is not the views' cost
         self.set_interval(1.0 / self.poll_hz, self.poll)
         self.poll()
@@ -233,6 +238,10 @@ class GantuiApp(App[Outcome]):
             self.hyper.show()
             self.preview.show(model.image)
             self._show_quality()
+        if model.system_version != self._system_seen:
+            self._system_seen = model.system_version
+            self.system.display = model.system is not None
+            self.system.show()
 
     def _show_quality(self) -> None:
         """The quality chart appears with the first evaluation; its title names the metric,

@@ -24,6 +24,7 @@ from gantui.events import (
     Quality,
     RunStarted,
     StateChanged,
+    System,
 )
 from gantui.history import Series
 from gantui.text import safe
@@ -72,6 +73,12 @@ class RunModel:
     """Latest epoch reported by :class:`Metrics`."""
     img_per_s: float = 0.0
     """Throughput over the last log interval."""
+    data_wait: float = float("nan")
+    """Share of the last log interval spent waiting for batches (NaN: not recorded)."""
+    system: System | None = None
+    """The latest GPU/CPU/RAM sample."""
+    system_version: int = 0
+    """Bumped on every :class:`System` sample."""
     eta_s: float = 0.0
     """Estimated seconds to the end of the run."""
     state: str = "starting"
@@ -128,6 +135,10 @@ class RunModel:
             return []
         if isinstance(event, Quality):
             return self._quality(event)
+        if isinstance(event, System):
+            self.system = event
+            self.system_version += 1
+            return []
         self.info_version += 1
         if isinstance(event, RunStarted):
             return self._started(event)
@@ -187,6 +198,7 @@ class RunModel:
 
     def _metrics(self, m: Metrics) -> list[LogLine]:
         self.epoch, self.img_per_s, self.eta_s = m.epoch, m.img_per_s, m.eta_s
+        self.data_wait = m.data_wait
         for key in SERIES:
             self.series[key].append(m.step, getattr(m, key))
         if self.config.get("lr_g") != m.lr_g or self.config.get("lr_d") != m.lr_d:

@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import math
+import time
+
 from rich.text import Text
 from textual.widget import Widget
 from textual.widgets import RichLog, Static
 
+from gantui.system import system_lines
 from gantui.ui.model import LogLine, RunModel, format_duration, format_value
+
+STALE_SYSTEM_S = 25.0
+"""A system sample older than this is shown with its age (a run watched after it ended)."""
 
 STATE_STYLES = {
     "starting": "bold yellow",
@@ -36,6 +43,7 @@ def status_text(model: RunModel, view: str) -> Text:
     parts = [  # most important first: narrow terminals cut the end
         f"step {model.step}/{total or '?'}{pct}",
         f"{model.img_per_s:.0f} img/s",
+        f"data {model.data_wait:.0%}" if math.isfinite(model.data_wait) else "",
         f"ETA {format_duration(model.eta_s) if model.live else '--'}",
         f"ep {model.epoch}",
         model.name or "…",
@@ -99,6 +107,35 @@ class HyperPanel(Widget):
             out.append(f"{key} ", style="dim")
             out.append(shown, style="bold cyan" if key in model.changed_at else "bold")
             used += need
+        return out
+
+
+class SystemPanel(Widget):
+    """GPU utilisation, memory, temperature and power, CPU and RAM: one line on short
+    terminals, a line per GPU plus the host's when there is room."""
+
+    def __init__(self, model: RunModel, *, id: str | None = None,
+                 classes: str | None = None) -> None:
+        super().__init__(id=id, classes=classes)
+        self.model = model
+
+    def show(self) -> None:
+        """Redraw from the model."""
+        self.refresh(layout=True)
+
+    def render(self) -> Text:
+        sample = self.model.system
+        out = Text(end="", no_wrap=True, overflow="ellipsis")
+        if sample is None:
+            return out
+        compact = self.screen.has_class("-short")
+        lines = system_lines(sample, self.content_size.width, 1 if compact else 9)
+        age = time.time() - sample.time
+        if age > STALE_SYSTEM_S:
+            lines[-1] += f"  (as of {format_duration(age)} ago)"
+        for i, line in enumerate(lines):
+            out.append(("\n" if i else "") + line, style="" if i < len(lines) - 1 or compact
+                       else "dim")
         return out
 
 

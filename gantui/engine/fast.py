@@ -1,0 +1,65 @@
+"""Speed options shared by the trainer and the bare loop of ``gantui bench``.
+
+Each option only changes how the same arithmetic runs: ``tf32`` and ``channels_last`` on
+CUDA, ``compile`` (``torch.compile`` of the forward passes) anywhere. The modules themselves
+(their parameters, state dicts and checkpoints) are untouched; the trainer calls the
+returned forwards in its steps and the plain modules everywhere else.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+from gantui.config import Config
+from gantui.system import available_cores
+
+
+def set_backend_flags(cfg: Config, device: torch.device) -> None:
+    """TF32 for CUDA matmuls and cuDNN convolutions, as ``cfg.tf32`` says."""
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = cfg.tf32
+        torch.backends.cudnn.allow_tf32 = cfg.tf32
+        torch.backends.cudnn.benchmark = True  # fixed shapes: pick the fastest kernels once
+
+
+def uses_channels_last(cfg: Config, device: torch.device) -> bool:
+    """NHWC applies to the convolutional models on CUDA only."""
+    return cfg.channels_last and cfg.arch == "dcgan" and device.type == "cuda"
+
+
+def to_memory_format(module: torch.nn.Module, cfg: Config, device: torch.device) -> None:
+    """Move ``module``'s 4-D weights to NHWC when ``channels_last`` applies (in place)."""
+    if uses_channels_last(cfg, device):
+        module.to(memory_format=torch.channels_last)
+
+
+def input_format(cfg: Config, device: torch.device) -> Callable[[torch.Tensor], torch.Tensor]:
+    """What real batches go through before D: NHWC when ``channels_last`` applies."""
+    if uses_channels_last(cfg, device):
+        return lambda x: x.contiguous(memory_format=torch.channels_last)
+    return lambda x: x
+
+
+def forward(module: torch.nn.Module, cfg: Config) -> Callable[..., torch.Tensor]:
+    """``module`` itself, or its ``torch.compile``\\ d forward when ``cfg.compile``."""
+    if cfg.compile:
+        return torch.compile(module)
+    return module
+
+
+def set_threads(cfg: Config) -> str:
+    """Apply ``cfg.threads`` to torch (process-wide); returns the note saying what was set.
+
+    ``threads = 0`` keeps torch's own choice unless it exceeds the cores this process may use
+    (torch counts the machine's cores, not a container's quota or a ``taskset``).
+    """
+    cores = available_cores()
+    threads = cfg.threads or min(torch.get_num_threads(), cores)
+    if threads != torch.get_num_threads():
+        torch.set_num_threads(threads)
+    why = "the threads key" if cfg.threads else f"auto, {cores} core(s) available"
+    over = (f"; more than the {cores} core(s) available: expect contention"
+            if threads > cores else "")
+    return f"CPU threads: {threads} ({why}){over}"

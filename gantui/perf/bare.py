@@ -1,0 +1,165 @@
+"""The yardsticks of ``gantui bench``: a bare training loop and the data pipeline alone.
+
+The bare loop trains the same models on the same batches with the same losses, optimizers
+and speed options as :class:`~gantui.engine.trainer.Trainer`, and nothing else: no events,
+no store, no statistics, no previews, no control. It syncs with the device once per
+``log_every`` steps, as the trainer does, and reports images per second over the intervals
+after the first (the warm-up), the way ``metrics.jsonl`` is read for the trainer.
+
+Run as ``python -m gantui.perf.bare SPEC_JSON`` so each measurement is a fresh process; it
+prints one JSON object.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import statistics
+import sys
+import time
+from typing import Any
+
+import torch
+
+from gantui import config as config_mod
+from gantui.config import Config
+from gantui.engine import fast
+from gantui.engine.data import make_batches
+from gantui.engine.losses import d_loss, g_loss
+from gantui.engine.models import build_models
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+class BareLoop:
+    """D step(s) then G step, as plain as PyTorch's DCGAN example, on gantui's models."""
+
+    def __init__(self, cfg: Config, device: torch.device) -> None:
+        torch.manual_seed(cfg.seed)
+        self.cfg, self.device = cfg, device
+        self.G, self.D = build_models(cfg)
+        self.G.to(device)
+        self.D.to(device)
+        fast.set_backend_flags(cfg, device)
+        for module in (self.G, self.D):
+            fast.to_memory_format(module, cfg, device)
+        self.input = fast.input_format(cfg, device)
+        self.g, self.d = fast.forward(self.G, cfg), fast.forward(self.D, cfg)
+        betas = (cfg.beta1, cfg.beta2)
+        self.opt_g = torch.optim.Adam(self.G.parameters(), lr=cfg.lr_g, betas=betas)
+        self.opt_d = torch.optim.Adam(self.D.parameters(), lr=cfg.lr_d, betas=betas)
+        self.batches = make_batches(cfg, device)
+        self.noise = torch.Generator(device=device).manual_seed(cfg.seed + 1)
+        self.amp = cfg.amp and device.type == "cuda"
+
+    def _z(self, n: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        cfg = self.cfg
+        z = torch.randn(n, cfg.nz, device=self.device, generator=self.noise)
+        y = (torch.randint(0, cfg.n_classes, (n,), device=self.device, generator=self.noise)
+             if cfg.conditional else None)
+        return z, y
+
+    def _autocast(self):
+        if self.amp:
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def step(self) -> int:
+        """One training step; returns the real images it consumed."""
+        cfg = self.cfg
+        images = 0
+        for _ in range(cfg.d_steps):
+            x, y = self.batches.next()
+            n = x.shape[0]
+            z, y_fake = self._z(n)
+            with self._autocast():
+                with torch.no_grad():
+                    fake = self.g(z, y_fake)
+                loss = d_loss(cfg.loss, self.d(self.input(x), y).float(),
+                              self.d(fake, y_fake).float(), cfg.label_smoothing)
+            self.opt_d.zero_grad(set_to_none=True)
+            loss.backward()
+            self.opt_d.step()
+            images += n
+        z, y = self._z(cfg.batch_size)
+        self.D.requires_grad_(False)
+        with self._autocast():
+            loss = g_loss(cfg.loss, self.d(self.g(z, y), y).float())
+        self.opt_g.zero_grad(set_to_none=True)
+        loss.backward()
+        self.D.requires_grad_(True)
+        self.opt_g.step()
+        return images
+
+    def flops_per_image(self) -> float:
+        """FLOPs of one training step (forward and backward of both nets) per real image,
+        counted by PyTorch's FlopCounterMode on eager modules."""
+        from torch.utils.flop_counter import FlopCounterMode
+
+        g, d = self.g, self.d
+        self.g, self.d = self.G, self.D
+        try:
+            with FlopCounterMode(display=False) as counter:
+                images = self.step()
+        finally:
+            self.g, self.d = g, d
+        return counter.get_total_flops() / max(images, 1)
+
+
+def measure_loop(cfg: Config, device: torch.device, steps: int) -> dict[str, Any]:
+    """Images/s of the bare loop over ``steps`` steps, per ``log_every`` interval."""
+    loop = BareLoop(cfg, device)
+    flops = loop.flops_per_image()
+    rates = []
+    images = 0
+    _sync(device)
+    started = time.perf_counter()
+    for step in range(1, steps + 1):
+        images += loop.step()
+        if step % cfg.log_every == 0:
+            _sync(device)
+            now = time.perf_counter()
+            rates.append(images / (now - started))
+            images, started = 0, now
+    rates = rates[1:] or rates  # the first interval holds the warm-up
+    return {"img_per_s": statistics.fmean(rates) if rates else 0.0, "intervals": len(rates),
+            "flops_per_image": flops}
+
+
+def measure_data(cfg: Config, device: torch.device, batches: int) -> dict[str, Any]:
+    """Images/s the batch stream delivers alone (to the device, as the trainer gets them)."""
+    stream = make_batches(cfg, device)
+    for _ in range(min(5, batches)):  # warm-up: workers start, the first reads
+        stream.next()
+    _sync(device)
+    images = 0
+    started = time.perf_counter()
+    for _ in range(batches):
+        x, _ = stream.next()
+        images += x.shape[0]
+    _sync(device)
+    seconds = time.perf_counter() - started
+    close = getattr(stream, "close", None)
+    if close is not None:
+        close()
+    return {"img_per_s": images / seconds if seconds > 0 else 0.0, "batches": batches,
+            "note": stream.note}
+
+
+def main(argv: list[str] | None = None) -> None:
+    spec = json.loads((argv or sys.argv[1:])[0])
+    _, cfg = config_mod.load(spec["preset"], spec.get("sets", []))
+    device = torch.device(spec.get("device", "cpu"))
+    fast.set_threads(cfg)  # as a training process sets them
+    if spec["mode"] == "loop":
+        result = measure_loop(cfg, device, int(spec["steps"]))
+    else:
+        result = measure_data(cfg, device, int(spec["batches"]))
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,652 @@
+"""``gantui report``: a run or a sweep as ``report.md`` and a self-contained ``report.html``.
+
+A run's report holds its curves (every live change marked), the preview grids over time,
+final and best samples, linear and spherical interpolations, a row per class for conditional
+runs, the config, the journal and the quality summary. A sweep's report puts its runs' curves
+on shared axes, tabulates them and shows one final grid per run.
+
+The PNGs are written beside the two files; ``report.md`` links them and ``report.html``
+embeds them as ``data:`` URIs, with no external CSS or JavaScript, so it can be mailed alone.
+Everything read from the run directory may be torn or hostile: it is read with the tolerant
+readers of :mod:`gantui.files` and escaped for Markdown and HTML.
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import html
+import io
+import math
+import statistics
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from gantui.compare import RunCurves, load_runs
+from gantui.errors import GantuiError
+from gantui.files import (
+    as_float,
+    as_int,
+    open_regular,
+    read_json_dict,
+    read_jsonl,
+    read_toml_dict,
+    toml_readable,
+)
+from gantui.quality.describe import DESCRIPTIONS, format_value
+from gantui.studies import figures
+from gantui.text import safe
+
+REPORT_DIR = "report"
+"""Default output folder inside a run or sweep directory."""
+JOURNAL_EVENTS = ("set", "checkpoint", "alert", "state")
+"""Journal records shown in a run's report."""
+MAX_ROWS = 400
+"""Longest table (the journal keeps its newest rows); the rest are counted, not shown."""
+MAX_SUMMARY_BYTES = 2**20
+"""A larger ``summary.csv`` is left out of a sweep's report."""
+SEED = 0
+"""Seed for the latents of every rendered sample, so final and best grids compare."""
+
+
+def report(path: Path, out_dir: Path | None = None) -> Path:
+    """``gantui report RUN|SWEEP_DIR``: :func:`report_sweep` for a directory holding
+    ``sweep.json``, else :func:`report_run`.
+
+    Returns:
+        The path of ``report.html`` (``report.md`` and the PNGs lie beside it).
+    """
+    if (path / "sweep.json").is_file():
+        return report_sweep(path, out_dir)
+    return report_run(path, out_dir)
+
+
+def report_run(run_dir: Path, out_dir: Path | None = None) -> Path:
+    """Write a run's report to ``out_dir`` (default ``RUN_DIR/report/``).
+
+    Args:
+        run_dir: a run directory (live or finished).
+        out_dir: where ``report.md``, ``report.html`` and the PNGs go; created if needed.
+
+    Returns:
+        The path of ``report.html``.
+
+    Raises:
+        GantuiError: not a run directory, no metrics yet, an unreadable file, or the report
+            cannot be written; one line each.
+    """
+    _check_run_dir(run_dir)
+    (run,) = load_runs([run_dir])
+    if not run.records:
+        raise GantuiError(f"{safe(run_dir)}: no metrics yet: nothing to report")
+    out_dir = _make_dir(out_dir or run_dir / REPORT_DIR)  # fail before the work
+    cfg = read_toml_dict(run_dir / "config.toml")
+    journal = read_jsonl(run_dir / "events.jsonl")
+    changes = figures.live_changes(journal)
+    info = read_json_dict(run_dir / "run.json")
+
+    doc = Document(f"gantui report · {run.name}")
+    start = next((r for r in reversed(journal) if r.get("event") == "start"), {})
+    step = as_int(run.records[-1].get("step"))
+    total = as_int(cfg.get("steps"))
+    doc.facts([("run", run.name), ("preset", run.preset),
+               ("device", info.get("device") or start.get("device") or "?"),
+               ("steps", f"{step:,}" + (f" of {total:,}" if total else "")),
+               ("state", _last_state(journal)),
+               ("dataset", cfg.get("dataset", "?")), ("arch", cfg.get("arch", "?"))])
+
+    doc.heading("Training curves")
+    if changes:
+        doc.paragraph(f"{len(changes)} live change(s), drawn as dashed red lines: "
+                      + "; ".join(f"{c.label} at step {c.step}" for c in changes[:20])
+                      + (" …" if len(changes) > 20 else ""))
+    smoothing = 0.6 if len(run.records) >= 200 else 0.0
+    captions = {"losses": "Losses (loss_d, loss_g)",
+                "d_outputs": "D(x) and D(G(z)) (d_real, d_fake, d_fake_g)",
+                "grad_norms": "Gradient norms (grad_g, grad_d), log scale",
+                "quality": "Quality over time (the primary metric; the star is the best)"}
+    for kind, drawn in figures.run_figures(run, changes, smoothing).items():
+        doc.image(f"{kind}.png", drawn.png, captions[kind])
+
+    doc.heading("Samples")
+    strip = figures.sample_strip(run_dir)
+    if strip is not None:
+        doc.image("samples.png", strip.png, "Preview grids over training (samples/)")
+    else:
+        doc.paragraph("No preview grids in samples/ yet.")
+    _generator_sections(doc, run_dir)
+
+    doc.heading("Quality")
+    _quality_section(doc, run)
+    doc.heading("Journal")
+    _journal_section(doc, journal)
+    doc.heading("Config")
+    rows = _flatten(cfg)
+    doc.table(["key", "value"], rows[:MAX_ROWS], more=len(rows) - MAX_ROWS,
+              note="config.toml (the resolved config at the start; live changes are in the "
+                   "journal)")
+    return doc.write(out_dir)
+
+
+def report_sweep(sweep_dir: Path, out_dir: Path | None = None) -> Path:
+    """Write a sweep's report to ``out_dir`` (default ``SWEEP_DIR/report/``): its runs' curves
+    on shared axes, a table (varied keys, state, final and best quality, final losses, img/s;
+    absent runs read ``missing``) and one final grid per run labelled with its params.
+
+    Returns:
+        The path of ``report.html``.
+
+    Raises:
+        GantuiError: no readable ``sweep.json``, one listing no runs, or the report cannot be
+            written.
+    """
+    spec = _read_sweep(sweep_dir)
+    entries = [_sweep_entry(sweep_dir, item) for item in spec["runs"]]
+    present = [e for e in entries if e.curves is not None]
+    out_dir = _make_dir(out_dir or sweep_dir / REPORT_DIR)
+
+    doc = Document(f"gantui sweep report · {safe(spec['name'], 80)}")
+    vary = spec["vary"]
+    doc.facts([("sweep", spec["name"]), ("preset", spec["preset"]),
+               ("varied", "; ".join(f"{k} = {', '.join(map(_text, v))}" for k, v in vary.items())
+                or "-"),
+               ("seeds", ", ".join(map(_text, spec["seeds"])) or "-"),
+               ("fixed", " ".join(map(_text, spec["sets"])) or "-"),
+               ("runs", f"{len(present)} with metrics of {len(entries)}")])
+
+    doc.heading("Curves")
+    curves = [e.curves for e in present]
+    if curves:
+        primary = figures.primary_metric(curves)
+        for metric in ("loss_g", "loss_d", *([primary] if primary else [])):
+            quality = metric == primary
+            drawn = figures.compare_figure(curves, metric, 0.0 if quality else 0.6)
+            about = f" ({DESCRIPTIONS[metric]})" if metric in DESCRIPTIONS else ""
+            doc.image(f"sweep-{metric}.png", drawn.png,
+                      f"{metric}{about} of every run" + ("" if quality else ", EMA 0.6"))
+    else:
+        doc.paragraph("No run of this sweep has metrics yet.")
+
+    doc.heading("Runs")
+    keys = list(dict.fromkeys([*vary, *(["seed"] if len(spec["seeds"]) > 1 else [])]))
+    if not keys:
+        keys = list(dict.fromkeys(k for e in entries for k in e.params))
+    doc.table(["run", *keys, "state", "step", "metric", "final", "best", "loss_d", "loss_g",
+               "img/s"], [_sweep_row(e, keys) for e in entries])
+    summary = _summary_csv(sweep_dir / "summary.csv")
+    if summary:
+        doc.table(summary[0], summary[1:MAX_ROWS + 1], more=len(summary) - 1 - MAX_ROWS,
+                  note="summary.csv, as the sweep wrote it")
+
+    doc.heading("Final samples")
+    panels = []
+    for entry in present:
+        image = _final_image(entry.run_dir)
+        if image is not None:
+            params = ", ".join(f"{k}={_text(v)}" for k, v in entry.params.items())
+            panels.append((params or entry.name, image))
+    if panels:
+        drawn = figures.panels_figure(panels, "final samples, one run each")
+        doc.image("sweep-final.png", drawn.png, "Final samples of each run (seed 0), labelled "
+                                                "with its params")
+    else:
+        doc.paragraph("No run has a checkpoint or preview grid yet.")
+    return doc.write(out_dir)
+
+
+# ---- the document ------------------------------------------------------------------------
+
+
+@dataclass
+class Document:
+    """A report being built: headings, paragraphs, images and tables, rendered both as
+    Markdown (images linked) and as HTML (images embedded)."""
+
+    title: str
+    blocks: list[tuple] = field(default_factory=list)
+    images: dict[str, bytes] = field(default_factory=dict)
+
+    def heading(self, text: str) -> None:
+        """A section heading."""
+        self.blocks.append(("h2", text))
+
+    def paragraph(self, text: str) -> None:
+        """A paragraph of plain text."""
+        self.blocks.append(("p", text))
+
+    def facts(self, pairs: list[tuple[str, Any]]) -> None:
+        """``name: value`` pairs on one line under the title."""
+        self.blocks.append(("facts", [(k, _text(v)) for k, v in pairs]))
+
+    def image(self, name: str, png: bytes, caption: str) -> None:
+        """A PNG written as ``name`` beside the report."""
+        self.images[name] = png
+        self.blocks.append(("img", name, caption))
+
+    def table(self, headers: list[str], rows: list[list[Any]], more: int = 0,
+              note: str = "") -> None:
+        """A table of plain values; ``more`` rows left out are counted under it."""
+        self.blocks.append(("table", [_text(h) for h in headers],
+                            [[_text(c) for c in row] for row in rows], max(0, more), note))
+
+    def markdown(self) -> str:
+        """The report as Markdown, images linked by file name."""
+        out = [f"# {md(self.title)}", ""]
+        for block in self.blocks:
+            kind = block[0]
+            if kind == "h2":
+                out += [f"## {md(block[1])}", ""]
+            elif kind == "p":
+                out += [md(block[1]), ""]
+            elif kind == "facts":
+                out += [" · ".join(f"**{md(k)}** {md(v)}" for k, v in block[1]), ""]
+            elif kind == "img":
+                out += [f"![{md(block[2])}]({block[1]})", "", f"*{md(block[2])}*", ""]
+            elif kind == "table":
+                _, headers, rows, more, note = block
+                if note:
+                    out += [f"*{md(note)}*", ""]
+                if not rows:
+                    out += ["(none)", ""]
+                    continue
+                out.append("| " + " | ".join(md(h) for h in headers) + " |")
+                out.append("|" + " --- |" * len(headers))
+                out += ["| " + " | ".join(md(c) for c in row) + " |" for row in rows]
+                out += (["", f"… and {more} more row(s)"] if more else []) + [""]
+        return "\n".join(out)
+
+    def html(self) -> str:
+        """The report as one self-contained HTML page (PNGs as ``data:`` URIs, inline CSS,
+        no scripts)."""
+        body = [f"<h1>{esc(self.title)}</h1>"]
+        for block in self.blocks:
+            kind = block[0]
+            if kind == "h2":
+                body.append(f"<h2>{esc(block[1])}</h2>")
+            elif kind == "p":
+                body.append(f"<p>{esc(block[1])}</p>")
+            elif kind == "facts":
+                body.append('<p class="facts">' + " · ".join(
+                    f"<b>{esc(k)}</b> {esc(v)}" for k, v in block[1]) + "</p>")
+            elif kind == "img":
+                data = base64.b64encode(self.images[block[1]]).decode("ascii")
+                body.append(f'<figure><img src="data:image/png;base64,{data}" '
+                            f'alt="{esc(block[2])}"><figcaption>{esc(block[2])}'
+                            f"</figcaption></figure>")
+            elif kind == "table":
+                _, headers, rows, more, note = block
+                if note:
+                    body.append(f'<p class="note">{esc(note)}</p>')
+                if not rows:
+                    body.append("<p>(none)</p>")
+                    continue
+                head = "".join(f"<th>{esc(h)}</th>" for h in headers)
+                cells = "\n".join("<tr>" + "".join(f"<td>{esc(c)}</td>" for c in row)
+                                  + "</tr>" for row in rows)
+                body.append(f"<table><thead><tr>{head}</tr></thead><tbody>\n{cells}\n"
+                            f"</tbody></table>")
+                if more:
+                    body.append(f'<p class="note">… and {more} more row(s)</p>')
+        return (f'<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
+                f"<title>{esc(self.title)}</title>\n<style>{_CSS}</style>\n</head>\n<body>\n"
+                + "\n".join(body) + "\n</body>\n</html>\n")
+
+    def write(self, out_dir: Path) -> Path:
+        """Write the PNGs, ``report.md`` and ``report.html`` into ``out_dir``.
+
+        Returns:
+            The path of ``report.html``.
+
+        Raises:
+            GantuiError: ``out_dir`` cannot be created or written.
+        """
+        _make_dir(out_dir)
+        for name, png in self.images.items():
+            figures.save_bytes(out_dir / name, png)
+        figures.save_bytes(out_dir / "report.md", self.markdown().encode())
+        return figures.save_bytes(out_dir / "report.html", self.html().encode())
+
+
+def _make_dir(out_dir: Path) -> Path:
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise GantuiError(f"cannot create {safe(out_dir)}: {exc.strerror or exc}") from None
+    return out_dir
+
+
+_CSS = ("body{font-family:system-ui,sans-serif;max-width:1000px;margin:2em auto;padding:0 1em;"
+        "color:#222}h1{font-size:1.5em}h2{border-bottom:1px solid #ddd;margin-top:1.6em}"
+        "figure{margin:1em 0}img{max-width:100%;image-rendering:pixelated}"
+        "figcaption,.note{color:#666;font-size:.9em}table{border-collapse:collapse;"
+        "font-size:.85em}td,th{border:1px solid #ddd;padding:2px 8px;text-align:left;"
+        "vertical-align:top}th{background:#f4f4f4}.facts b{color:#555}")
+
+_MD_SPECIAL = {c: "\\" + c for c in "\\`*_[]|#~$"}  # $: some renderers do TeX
+_MD_SPECIAL.update({"<": "&lt;", ">": "&gt;", "&": "&amp;"})
+
+
+def md(text: Any) -> str:
+    """Text from a file as inert Markdown: one printable line, markup characters escaped."""
+    return "".join(_MD_SPECIAL.get(c, c) for c in safe(text))
+
+
+def esc(text: Any) -> str:
+    """Text from a file as inert HTML: one printable line, ``<>&"'`` escaped."""
+    return html.escape(safe(text), quote=True)
+
+
+# ---- a run's sections --------------------------------------------------------------------
+
+
+def _check_run_dir(run_dir: Path) -> None:
+    if not run_dir.is_dir():
+        raise GantuiError(f"no run or sweep directory at {safe(run_dir)}")
+    if not (run_dir / "config.toml").is_file():
+        raise GantuiError(f"{safe(run_dir)} is not a gantui run or sweep directory (no "
+                          f"config.toml or sweep.json)")
+    for name in ("config.toml", "metrics.jsonl", "events.jsonl", "quality.jsonl", "run.json"):
+        path = run_dir / name
+        if path.exists() or path.is_symlink():
+            try:
+                open_regular(path).close()
+            except OSError as exc:
+                raise GantuiError(f"cannot read {safe(path)}: {exc.strerror or exc}") from None
+    if not toml_readable(run_dir / "config.toml"):
+        raise GantuiError(f"cannot read {safe(run_dir / 'config.toml')}: not valid TOML")
+
+
+def _last_state(journal: list[dict]) -> str:
+    for record in reversed(journal):
+        if record.get("event") == "state" and isinstance(record.get("state"), str):
+            return safe(record["state"], 30)
+    return "unknown"
+
+
+def _generator_sections(doc: Document, run_dir: Path) -> None:
+    """Final and best samples, interpolations and the class grid, from the checkpoints."""
+    from gantui import sampling
+
+    try:
+        generator, cfg, step = sampling.load_generator(run_dir)
+    except _LOAD_ERRORS as exc:
+        doc.paragraph(f"No samples drawn from a checkpoint: {_reason(exc)}")
+        return
+    ring = cfg.dataset == "ring8"
+    what = "scatter of 512 samples over the ring's modes" if ring else "64 samples"
+    doc.image("final.png", _png(_grid(generator, cfg)),
+              f"Final: newest checkpoint, step {step:,} ({what}, seed {SEED})")
+    best_path = run_dir / "checkpoints" / "best.pt"
+    if best_path.is_file():
+        try:
+            best_g, best_cfg, best_step = sampling.load_generator(run_dir, best=True)
+        except _LOAD_ERRORS as exc:
+            doc.paragraph(f"The best checkpoint cannot be used: {_reason(exc)}")
+        else:
+            doc.image("best.png", _png(_grid(best_g, best_cfg)),
+                      f"Best by the quality metric: checkpoints/best.pt, step {best_step:,} "
+                      f"(the same latents)")
+    else:
+        doc.paragraph("No best checkpoint (checkpoints/best.pt is written when a quality "
+                      "evaluation improves; see eval_every).")
+
+    rows, steps = (8, 24) if ring else (6, 10)
+    for spherical, name, words in ((False, "interp-linear.png", "linear"),
+                                   (True, "interp-slerp.png", "spherical (slerp)")):
+        z, labels = sampling.interpolation(cfg, rows, steps, SEED, spherical=spherical)
+        image = sampling.render(generator, cfg, z, labels, steps)
+        doc.image(name, _png(image), f"Interpolation, {words}: {rows} rows of {steps} steps "
+                  f"from z2 to z1, step {step:,}" + (" (a row per class)" if cfg.conditional
+                                                     else ""))
+    if cfg.conditional:
+        z, labels = sampling.class_by_z(cfg, 8, SEED)
+        doc.image("classes.png", _png(sampling.render(generator, cfg, z, labels, 8)),
+                  f"Class grid: a row per class (0 to {cfg.n_classes - 1}), a column per z, "
+                  f"step {step:,}")
+
+
+def _grid(generator, cfg):
+    from gantui import sampling
+
+    if cfg.dataset == "ring8":
+        return sampling.render(generator, cfg, sampling.latents(cfg, 512, SEED), None, 1)
+    labels, nrow = sampling.class_rows(cfg, 64)
+    z = sampling.latents(cfg, 64 if labels is None else len(labels), SEED)
+    return sampling.render(generator, cfg, z, labels, nrow)
+
+
+def _png(image) -> bytes:
+    """A (C, H, W) tensor in [0, 1] as PNG bytes, small images enlarged (nearest) to about
+    500 pixels so single digits stay visible."""
+    from PIL import Image
+
+    array = image.mul(255).round().clamp(0, 255).byte().permute(1, 2, 0).cpu().numpy()
+    picture = Image.fromarray(array[:, :, 0] if array.shape[2] == 1 else array)
+    scale = max(1, min(4, 500 // max(picture.size)))
+    if scale > 1:
+        picture = picture.resize((picture.width * scale, picture.height * scale),
+                                 Image.Resampling.NEAREST)
+    buffer = io.BytesIO()
+    picture.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def _quality_section(doc: Document, run: RunCurves) -> None:
+    from gantui.quality.evaluate import HIGHER_IS_BETTER
+
+    if not run.quality:
+        doc.paragraph("No quality evaluations (eval_every = 0, or none due yet).")
+        return
+    last = run.quality[-1]
+    primary = last.get("primary")
+    rows = []
+    names = [k for k in last if k not in ("step", "primary", "best_value", "best_step")]
+    for name in names:
+        latest = as_float(last.get(name))
+        if latest is None or not math.isfinite(latest):
+            continue
+        history = [(as_int(r.get("step")), as_float(r.get(name))) for r in run.quality]
+        history = [(s, v) for s, v in history if v is not None and math.isfinite(v)]
+        if name == primary and as_float(last.get("best_value")) is not None:
+            best = f"{_fmt(name, as_float(last['best_value']))} @{as_int(last.get('best_step'))}"
+        elif name in HIGHER_IS_BETTER and history:
+            pick = max if HIGHER_IS_BETTER[name] else min
+            step, value = pick(history, key=lambda sv: sv[1])
+            best = f"{_fmt(name, value)} @{step}"
+        else:
+            best = "-"
+        rows.append([name + (" *" if name == primary else ""), _fmt(name, latest), best,
+                     DESCRIPTIONS.get(name, "")])
+    doc.table(["value", f"latest (step {as_int(last.get('step'))})", "best (step)",
+               "what it measures"], rows[:MAX_ROWS], more=len(rows) - MAX_ROWS,
+              note=f"{len(run.quality)} evaluation(s); * marks the primary metric, whose best "
+                   f"is the one kept in checkpoints/best.pt")
+
+
+def _journal_section(doc: Document, journal: list[dict]) -> None:
+    rows = []
+    for record in journal:
+        kind = record.get("event")
+        if kind not in JOURNAL_EVENTS:
+            continue
+        step = as_int(record.get("step"))
+        if kind == "set":
+            detail = (f"{_text(record.get('key'))} {_text(record.get('old'))}→"
+                      f"{_text(record.get('new'))}")
+        elif kind == "checkpoint":
+            detail = f"{_text(record.get('reason'))}: {Path(_text(record.get('path'))).name}"
+        elif kind == "alert":
+            detail = f"{_text(record.get('kind'))}: {_text(record.get('message'))}"
+        else:
+            message = record.get("message")
+            detail = _text(record.get("state")) + (f": {_text(message)}" if message else "")
+        rows.append(["-" if step is None else step, kind, safe(detail, 300)])
+    shown = rows[-MAX_ROWS:]
+    doc.table(["step", "event", "detail"], shown,
+              note="events.jsonl: live changes, checkpoints, alerts and state changes"
+                   + (f" (the newest {len(shown)} of {len(rows)})" if len(rows) > len(shown)
+                      else ""))
+
+
+def _flatten(data: dict, prefix: str = "", depth: int = 0) -> list[list[str]]:
+    """``[dotted key, value]`` rows of a config (nested tables as ``a.b``, at most 8 deep)."""
+    rows = []
+    for key, value in data.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict) and depth < 8:
+            rows += _flatten(value, f"{name}.", depth + 1)
+        else:
+            rows.append([safe(name, 120), _text(value)])
+    return rows
+
+
+# ---- a sweep's pieces --------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Entry:
+    name: str
+    params: dict[str, Any]
+    run_dir: Path | None
+    curves: RunCurves | None
+    status: str
+
+
+def _read_sweep(sweep_dir: Path) -> dict[str, Any]:
+    """``sweep.json`` with every field checked and defaulted (runs kept as found)."""
+    if not sweep_dir.is_dir():
+        raise GantuiError(f"no run or sweep directory at {safe(sweep_dir)}")
+    path = sweep_dir / "sweep.json"
+    if not path.is_file():
+        raise GantuiError(f"{safe(sweep_dir)} is not a gantui run or sweep directory (no "
+                          f"config.toml or sweep.json)")
+    try:
+        open_regular(path).close()
+    except OSError as exc:
+        raise GantuiError(f"cannot read {safe(path)}: {exc.strerror or exc}") from None
+    spec = read_json_dict(path)
+    if not spec:
+        raise GantuiError(f"cannot read {safe(path)}: not a JSON object")
+    version = spec.get("version", 1)
+    if version != 1:
+        raise GantuiError(f"{safe(path)} has version {_text(version)[:20]}; this gantui reads "
+                          f"version 1")
+    runs = spec.get("runs")
+    if not isinstance(runs, list) or not runs:
+        raise GantuiError(f"{safe(path)} lists no runs: nothing to report")
+    vary = spec.get("vary") if isinstance(spec.get("vary"), dict) else {}
+    return {
+        "name": _text(spec.get("name", sweep_dir.name)),
+        "preset": _text(spec.get("preset", "?")),
+        "vary": {str(k): v if isinstance(v, list) else [v] for k, v in vary.items()},
+        "seeds": spec["seeds"] if isinstance(spec.get("seeds"), list) else [],
+        "sets": spec["sets"] if isinstance(spec.get("sets"), list) else [],
+        "runs": runs,
+    }
+
+
+def _sweep_entry(sweep_dir: Path, item: Any) -> _Entry:
+    name = item.get("name") if isinstance(item, dict) else None
+    params = item.get("params") if isinstance(item, dict) else None
+    params = params if isinstance(params, dict) else {}
+    if not isinstance(name, str) or not name or "/" in name or "\\" in name or \
+            name in (".", "..") or "\0" in name:
+        return _Entry(_text(name), params, None, None, "missing (bad name in sweep.json)")
+    run_dir = sweep_dir / name
+    try:
+        _check_run_dir(run_dir)
+        (curves,) = load_runs([run_dir])
+    except GantuiError:
+        return _Entry(name, params, None, None, "missing")
+    if not curves.records:
+        return _Entry(name, params, run_dir, None, "missing (no metrics)")
+    return _Entry(name, params, run_dir, curves, _last_state(read_jsonl(run_dir / "events.jsonl")))
+
+
+def _sweep_row(entry: _Entry, keys: list[str]) -> list[Any]:
+    cells: list[Any] = [safe(entry.name, 80), *(entry.params.get(k, "") for k in keys),
+                        entry.status]
+    run = entry.curves
+    if run is None:
+        return cells + [""] * 7
+    step = as_int(run.records[-1].get("step"))
+    metric = final = best = ""
+    if run.quality and isinstance(run.quality[-1].get("primary"), str):
+        last = run.quality[-1]
+        metric = safe(last["primary"], 20)
+        value, best_value = as_float(last.get(metric)), as_float(last.get("best_value"))
+        final = _fmt(metric, value) if value is not None else ""
+        if best_value is not None and math.isfinite(best_value):
+            best = f"{_fmt(metric, best_value)} @{as_int(last.get('best_step'))}"
+    rates = [v for v in (as_float(r.get("img_per_s")) for r in run.records[1:] or run.records)
+             if v is not None and math.isfinite(v)]
+    return cells + ["" if step is None else step, metric, final, best,
+                    _number(run.last("loss_d")), _number(run.last("loss_g")),
+                    f"{statistics.median(rates):,.0f}" if rates else ""]
+
+
+def _final_image(run_dir: Path):
+    """A run's final samples: drawn from its newest checkpoint, else its last preview grid."""
+    import numpy as np
+
+    from gantui import sampling
+
+    try:
+        generator, cfg, _ = sampling.load_generator(run_dir)
+    except _LOAD_ERRORS:
+        files = figures.sample_files(run_dir)
+        return figures.read_image(files[-1][1]) if files else None
+    if cfg.dataset != "ring8":
+        labels, nrow = sampling.class_rows(cfg, 16 if not cfg.conditional else cfg.n_classes)
+        z = sampling.latents(cfg, 16 if labels is None else len(labels), SEED)
+        image = sampling.render(generator, cfg, z, labels, nrow)
+    else:
+        image = _grid(generator, cfg)
+    array = image.permute(1, 2, 0).clamp(0, 1).cpu().numpy()
+    return np.ascontiguousarray(array[:, :, 0] if array.shape[2] == 1 else array)
+
+
+def _summary_csv(path: Path) -> list[list[str]] | None:
+    """``summary.csv`` as rows of strings (header first), or None when absent or unusable."""
+    try:
+        with open_regular(path) as fh:
+            data = fh.read(MAX_SUMMARY_BYTES + 1)
+    except OSError:
+        return None
+    if len(data) > MAX_SUMMARY_BYTES:
+        return None
+    try:
+        rows = list(csv.reader(io.StringIO(data.decode("utf-8", errors="replace"))))
+    except csv.Error:
+        return None
+    rows = [[safe(c, 120) for c in row[:40]] for row in rows if row]
+    return rows if len(rows) > 1 else None
+
+
+# ---- small helpers -----------------------------------------------------------------------
+
+
+_LOAD_ERRORS = (GantuiError, RuntimeError, ValueError, KeyError, TypeError, OSError)
+"""What loading a damaged or foreign checkpoint may raise (StoreError is a GantuiError)."""
+
+
+def _reason(exc: BaseException) -> str:
+    return safe(str(exc).splitlines()[0] if str(exc) else type(exc).__name__, 200)
+
+
+def _text(value: Any) -> str:
+    """A plain value from a file as short printable text (a list's items joined by commas;
+    anything nested shown as ``[…]`` or ``{…}``, so hostile nesting costs nothing)."""
+    if isinstance(value, (list, tuple)):
+        items = [figures.value_text(v) for v in list(value)[:50]]
+        return safe(", ".join(items) + (", …" if len(value) > 50 else ""), 300)
+    return safe(figures.value_text(value), 300)
+
+
+def _fmt(metric: str, value: float) -> str:
+    return format_value(metric, value) if math.isfinite(value) else str(value)
+
+
+def _number(value: float | None) -> str:
+    return "" if value is None else f"{value:.4f}"

@@ -1,0 +1,144 @@
+"""Speed: the bench's bare loop is the trainer's arithmetic, `gantui bench` end to end, and
+the speed options (compile, channels_last, tf32) keep training and steering intact."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from gantui.engine.control import Controller
+from gantui.engine.session import start
+from gantui.engine.trainer import Trainer
+from gantui.headless import follow
+from gantui.perf.bare import BareLoop, measure_data
+from gantui.perf.peaks import peak_flops
+from gantui.run.store import RunStore, load_checkpoint_file
+
+from .conftest import tiny
+from .test_cli import gantui
+
+CPU = torch.device("cpu")
+
+
+@pytest.mark.parametrize("preset", ["ring-8", "dcgan-mnist", "cdcgan-mnist"])
+def test_the_bare_loop_trains_exactly_what_the_trainer_trains(preset: str,
+                                                              tmp_path: Path) -> None:
+    """Same seed, same steps: bit-identical weights, so bench ratios compare like with like."""
+    cfg = tiny(preset, "eval_every=0", "d_steps=2")
+    bare = BareLoop(cfg, CPU)
+    trainer = Trainer(cfg, store=RunStore.create(tmp_path, "t", cfg.to_dict()),
+                      emit=lambda e: None, controller=Controller(), device=CPU, preset=preset,
+                      name="t")
+    for _ in range(4):
+        bare.step()
+        for _ in range(cfg.d_steps):
+            trainer.d_step()
+        trainer.g_step()
+    for ours, theirs in ((bare.G, trainer.G), (bare.D, trainer.D)):
+        for a, b in zip(ours.state_dict().values(), theirs.state_dict().values(), strict=True):
+            assert torch.equal(a, b)
+
+
+def test_flops_and_peaks() -> None:
+    loop = BareLoop(tiny("dcgan-mnist"), CPU)
+    flops = loop.flops_per_image()
+    assert 1e5 < flops < 1e9  # a toy DCGAN: well under a GFLOP per image
+    assert peak_flops("NVIDIA H100 80GB HBM3", "bf16") == pytest.approx(989.4e12)
+    assert peak_flops("NVIDIA H100 PCIe", "tf32") == pytest.approx(378e12)
+    assert peak_flops("Tesla V100-SXM2-16GB", "bf16") is None  # no bf16 tensor cores
+    assert peak_flops("some future GPU", "fp32") is None
+    assert measure_data(tiny("dcgan-mnist"), CPU, 5)["img_per_s"] > 0
+
+
+def test_bench_through_the_cli(tmp_path: Path) -> None:
+    out = gantui("bench", "--preset", "ring-8", "--steps", "200", "--rounds", "1",
+                 "--device", "cpu", "--set", "g_hidden=32,32", "--set", "d_hidden=32,32",
+                 "--json", cwd=tmp_path, timeout=600)
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout)
+    assert set(result["img_per_s"]) == {"bare", "headless", "dashboard"}
+    assert all(v > 0 for v in result["img_per_s"].values())
+    # toy runs on a shared machine: the ratios are measured, not judged, here
+    assert all(0 < r < 100 for r in result["ratio"].values())
+    assert result["data_img_per_s"] > 0 and result["flops_per_image"] > 0
+    assert "round 1/1  dashboard" in out.stderr  # progress goes to stderr with --json
+    assert not list(tmp_path.iterdir())  # the bench's runs live in a temporary folder
+
+    for args, message in ((["--steps", "50"], "too few"), (["--preset", "nope"], "nope"),
+                          (["--set", "lr_g=-1"], "lr_g")):
+        bad = gantui("bench", "--preset", "ring-8", "--device", "cpu", *args, cwd=tmp_path)
+        assert bad.returncode == 1 and message in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_speed_options_are_no_ops_on_the_cpu(tmp_path: Path) -> None:
+    """channels_last and tf32 apply to CUDA only: on the CPU the run is bit-identical."""
+    weights = []
+    for extra in ((), ("channels_last=true", "tf32=false")):
+        cfg = tiny("dcgan-mnist", "eval_every=0", *extra)
+        trainer = Trainer(cfg, store=RunStore.create(tmp_path, f"r{len(weights)}",
+                                                     cfg.to_dict()),
+                          emit=lambda e: None, controller=Controller(), device=CPU,
+                          preset="p", name="r")
+        for _ in range(3):
+            trainer.d_step()
+            trainer.g_step()
+        weights.append(trainer.G.state_dict())
+    for a, b in zip(weights[0].values(), weights[1].values(), strict=True):
+        assert torch.equal(a, b)
+
+
+def test_a_compiled_run_is_steered_checkpointed_and_resumed_eagerly(runs_dir: Path) -> None:
+    """torch.compile on the CPU (inductor): live changes land, R1 steps stay eager, the
+    checkpoint holds plain module keys and resumes without compile."""
+    cfg = tiny("ring-8", "compile=true", "steps=40", "checkpoint_every=20", "r1_gamma=1",
+               "r1_every=4", "eval_every=0")
+    session = start(cfg, "ring-8", runs_dir=runs_dir, device="cpu")
+    session.controller.set({"lr_g": 5e-4, "d_steps": 2})
+    session.controller.pause()
+    session.controller.checkpoint()
+    session.controller.resume()
+    events = follow(session, 600)
+    assert session.state == "finished", session.error
+    changed = {e.key for e in events if e.__class__.__name__ == "Changed"}
+    assert changed == {"lr_g", "d_steps"}
+    state = load_checkpoint_file(runs_dir / session.run_dir.name / "checkpoints" /
+                                 "ckpt-00000040.pt")
+    assert not any(k.startswith("_orig_mod") for k in state["G"])
+    assert state["config"]["compile"] is True
+    resumed = start(None, "", resume=session.run_dir, sets=["steps=50", "compile=false"],
+                    device="cpu")
+    follow(resumed, 120)
+    assert resumed.state == "finished" and resumed.trainer.step == 50
+
+
+def test_threads_key_and_its_sane_default(monkeypatch) -> None:
+    from gantui.engine import fast
+
+    before = torch.get_num_threads()
+    try:
+        monkeypatch.setattr(fast, "available_cores", lambda: 2)
+        torch.set_num_threads(8)  # torch's default on a big host inside a 2-CPU container
+        assert fast.set_threads(tiny()) == "CPU threads: 2 (auto, 2 core(s) available)"
+        assert torch.get_num_threads() == 2
+        torch.set_num_threads(1)  # a caller's deliberate lower setting is kept
+        fast.set_threads(tiny())
+        assert torch.get_num_threads() == 1
+        note = fast.set_threads(tiny("ring-8", "threads=3"))
+        assert torch.get_num_threads() == 3 and "the threads key" in note
+        assert "expect contention" in note
+    finally:
+        torch.set_num_threads(before)
+    assert fast.available_cores() >= 1
+
+
+def test_threads_through_the_cli(tmp_path: Path) -> None:
+    out = gantui("train", "--no-ui", "--preset", "ring-8", "--device", "cpu", "--set",
+                 "threads=1", "--set", "steps=20", "--set", "log_every=10", "--set",
+                 "eval_every=0", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert "CPU threads: 1 (the threads key)" in out.stdout
+    bad = gantui("train", "--no-ui", "--set", "threads=-1", cwd=tmp_path)
+    assert bad.returncode == 1 and "threads must be >= 0" in bad.stderr
