@@ -206,9 +206,9 @@ def sample(
         fail("--slerp shapes an interpolation: add --interpolate N")
     if class_ is not None and interpolate:
         fail("--class draws a grid of one class; it does not mix with --interpolate")
-    from gantui import sampling
     from gantui.engine.session import resolve_device
     from gantui.run.store import RunStore
+    from gantui.studies import sampling
 
     path: Path | None = None
     try:
@@ -339,10 +339,10 @@ def eval_(
         fail("--best and --checkpoint name two different checkpoints; pick one")
     if n is not None and not 10 <= n <= 100_000:
         fail(f"-n must be between 10 and 100,000 (got {n})")
-    from gantui import sampling
     from gantui.engine.session import resolve_device
     from gantui.quality.evaluate import Evaluator
     from gantui.quality.tracker import score_table
+    from gantui.studies import sampling
 
     notes: list[str] = []
     try:
@@ -396,7 +396,7 @@ def compare(
     from rich.console import Console
     from rich.text import Text
 
-    from gantui.compare import chart, legend, load_runs, summary
+    from gantui.studies.compare import chart, legend, load_runs, summary
 
     console = Console(highlight=False)
     try:

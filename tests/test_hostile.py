@@ -16,7 +16,6 @@ from rich.console import Console
 
 from gantui import config
 from gantui import events as ev
-from gantui.compare import load_runs, summary
 from gantui.engine.session import start
 from gantui.files import read_jsonl, read_toml_dict
 from gantui.headless import LinePrinter, follow
@@ -25,6 +24,7 @@ from gantui.run.follow import RunFollower
 from gantui.run.restore import checker
 from gantui.run.runs import format_table, scan_runs
 from gantui.run.store import RunStore, StoreError
+from gantui.studies.compare import load_runs, summary
 from gantui.system import system_lines
 from gantui.text import safe
 from gantui.ui.model import RunModel

@@ -15,13 +15,12 @@ import pytest
 import torch
 from PIL import Image
 
-from gantui import sampling
-from gantui.compare import load_runs
 from gantui.engine.session import start
 from gantui.errors import GantuiError
 from gantui.files import read_jsonl
 from gantui.headless import follow
-from gantui.studies import figures
+from gantui.studies import figures, sampling
+from gantui.studies.compare import load_runs
 from gantui.studies.report import report, report_run, report_sweep
 
 from .conftest import tiny

@@ -9,11 +9,11 @@ import pytest
 import torch
 from PIL import Image
 
-from gantui import sampling
-from gantui.compare import chart, load_runs, summary
 from gantui.engine.session import start
 from gantui.errors import GantuiError
 from gantui.headless import follow
+from gantui.studies import sampling
+from gantui.studies.compare import chart, load_runs, summary
 
 from .conftest import tiny
 from .test_cli import gantui

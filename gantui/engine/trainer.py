@@ -29,7 +29,7 @@ from gantui.quality.evaluate import Evaluator, Score
 from gantui.quality.metrics import HealthMonitor, diversity, ring_coverage
 from gantui.quality.tracker import QualityTracker, describe
 from gantui.run.store import CHECKPOINT_VERSION, RunStore, StoreError
-from gantui.sampling import grid_image, scatter_image
+from gantui.studies.sampling import grid_image, scatter_image
 from gantui.text import safe
 
 PREVIEW_MAX_SIDE = 256

@@ -22,11 +22,11 @@ from typing import Any
 
 import numpy as np
 
-from gantui.compare import METRICS, QUALITY_METRICS, RunCurves, load_runs
 from gantui.errors import GantuiError
 from gantui.files import as_float, as_int, atomic_write_bytes, open_regular
 from gantui.history import Series
 from gantui.quality.describe import DESCRIPTIONS, format_value
+from gantui.studies.compare import METRICS, QUALITY_METRICS, RunCurves, load_runs
 from gantui.text import safe, shown
 
 CURVES = {
@@ -103,7 +103,7 @@ def curves_figure(run: RunCurves, kind: str, changes: list[Change] | tuple[Chang
     """One of :data:`CURVES` for one run, every change drawn as a labelled vertical line.
 
     Args:
-        run: the run's metrics (:func:`gantui.compare.load_runs`).
+        run: the run's metrics (:func:`gantui.studies.compare.load_runs`).
         kind: ``losses``, ``d_outputs`` or ``grad_norms``.
         changes: live changes to mark (:func:`live_changes`).
         smoothing: EMA factor in ``[0, 1)``; above 0 the raw curve is drawn faint beneath.

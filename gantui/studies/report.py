@@ -23,7 +23,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from gantui.compare import RunCurves, load_runs
 from gantui.errors import GantuiError
 from gantui.files import (
     as_float,
@@ -36,6 +35,7 @@ from gantui.files import (
 )
 from gantui.quality.describe import DESCRIPTIONS, format_value
 from gantui.studies import figures
+from gantui.studies.compare import RunCurves, load_runs
 from gantui.text import safe
 
 REPORT_DIR = "report"
@@ -366,7 +366,7 @@ def _last_state(journal: list[dict]) -> str:
 
 def _generator_sections(doc: Document, run_dir: Path) -> None:
     """Final and best samples, interpolations and the class grid, from the checkpoints."""
-    from gantui import sampling
+    from gantui.studies import sampling
 
     try:
         generator, cfg, step = sampling.load_generator(run_dir)
@@ -407,7 +407,7 @@ def _generator_sections(doc: Document, run_dir: Path) -> None:
 
 
 def _grid(generator, cfg):
-    from gantui import sampling
+    from gantui.studies import sampling
 
     if cfg.dataset == "ring8":
         return sampling.render(generator, cfg, sampling.latents(cfg, 512, SEED), None, 1)
@@ -590,7 +590,7 @@ def _final_image(run_dir: Path):
     """A run's final samples: drawn from its newest checkpoint, else its last preview grid."""
     import numpy as np
 
-    from gantui import sampling
+    from gantui.studies import sampling
 
     try:
         generator, cfg, _ = sampling.load_generator(run_dir)
