@@ -162,15 +162,17 @@ def watch(
         fail("gantui watch needs a terminal; use gantui runs or gantui ctl RUN status")
     from gantui.ui import GantuiApp
 
-    controller = RemoteController(run_dir) if is_locked(run_dir) else None
+    # Always a controller: a run that starts (or restarts) while watched can be steered as
+    # soon as a process owns it; until then, and after it dies, the keys are hidden.
+    controller = RemoteController(run_dir)
     follower = RunFollower(run_dir)
     app = GantuiApp(follower.drain, controller, attached=True,
-                    title=f"gantui watch · {run_dir.name}")
+                    title=f"gantui watch · {run_dir.name}",
+                    can_steer=lambda: is_locked(run_dir))
     try:
         app.run()
     finally:
-        if controller is not None:
-            controller.close()
+        controller.close()
 
 
 @app.command()

@@ -12,17 +12,7 @@ from typing import NoReturn, TextIO
 from gantui import events as ev
 from gantui.engine.session import Session
 from gantui.quality.describe import describe_value
-from gantui.text import safe
-
-
-def format_duration(seconds: float) -> str:
-    """``1:02:03`` style; ``-`` for unknown."""
-    if seconds != seconds or seconds < 0 or seconds > 1e8:  # NaN, negative or absurd
-        return "-"
-    seconds = int(round(seconds))
-    hours, rest = divmod(seconds, 3600)
-    minutes, secs = divmod(rest, 60)
-    return f"{hours}:{minutes:02d}:{secs:02d}"
+from gantui.text import duration, safe
 
 
 class LinePrinter:
@@ -45,7 +35,7 @@ class LinePrinter:
             return (f"step {event.step:>{width}}/{self.total} ep {event.epoch:<3d} "
                     f"loss_d {event.loss_d:7.4f}  loss_g {event.loss_g:7.4f}  "
                     f"D(x) {event.d_real:.3f}  D(G(z)) {event.d_fake:.3f}/{event.d_fake_g:.3f}  "
-                    f"{event.img_per_s:8,.0f} img/s  eta {format_duration(event.eta_s)}"
+                    f"{event.img_per_s:8,.0f} img/s  eta {duration(event.eta_s)}"
                     + (f"  data wait {event.data_wait:.0%}" if event.data_wait >= 0.05 else ""))
         if isinstance(event, ev.Points):
             return (f"step {event.step}: samples cover {event.modes_covered}/{len(event.modes)} "

@@ -47,3 +47,18 @@ def safe(text: Any, limit: int | None = None) -> str:
 def shown(value: Any, limit: int = ECHO_LIMIT) -> str:
     """A user's value as echoed in an error: its ``repr`` made safe and cut to ``limit``."""
     return safe(repr(value), limit)
+
+
+def duration(seconds: float) -> str:
+    """How every gantui view writes a duration: ``1h02m``, ``3m05s``, ``42s``; ``--`` when
+    unknown (NaN, negative, infinite or absurd)."""
+    if not isinstance(seconds, (int, float)) or seconds != seconds or not 0 <= seconds <= 1e9:
+        return "--"
+    whole = int(round(seconds))
+    hours, rest = divmod(whole, 3600)
+    minutes, secs = divmod(rest, 60)
+    if hours:
+        return f"{hours}h{minutes:02d}m"
+    if minutes:
+        return f"{minutes}m{secs:02d}s"
+    return f"{secs}s"

@@ -299,6 +299,8 @@ class RunFollower:
                 continue  # not a journal entry: unknown, or written elsewhere by the trainer
             if isinstance(event, ev.RunStarted):
                 event = dataclasses.replace(event, run_dir=str(self.run_dir))
+                if event.resumed:
+                    _undo_lost_changes(found, event.step)
             found.append(event)
         return found
 
@@ -382,6 +384,17 @@ class RunFollower:
         self._sample_seen = seen  # a broken file is not retried until it changes
         nrow = grid_nrow(self._run_config())
         return decode_preview(folder / name, step, nrow, self.preview_max_side)
+
+
+def _undo_lost_changes(found: list[ev.Event], resumed_at: int) -> None:
+    """Live changes journaled after the checkpoint a run resumed from were lost with the
+    crash: replayed as changes they would leave a value the run no longer has. They stay in
+    the log as notes saying so."""
+    for i, event in enumerate(found):
+        if isinstance(event, ev.Changed) and event.step > resumed_at:
+            found[i] = ev.Note(event.step, f"{event.key}: {event.old} → {event.new} at step "
+                                           f"{event.step} was undone: the run resumed from "
+                                           f"its checkpoint at step {resumed_at}")
 
 
 def _step(event: ev.Event) -> int:

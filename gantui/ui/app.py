@@ -81,6 +81,7 @@ class GantuiApp(App[Outcome]):
         Binding("l", "learning_rates", "LRs"),
         Binding("e", "edit", "Edit"),
         Binding("s", "save", "Save PNG"),
+        Binding("f", "zoom", "Zoom"),
         Binding("z", "smoothing", "Smooth"),
         Binding("w", "window", "Window"),
         Binding("x", "stop_run", "Stop run"),
@@ -93,7 +94,7 @@ class GantuiApp(App[Outcome]):
 
     def __init__(self, drain: Drain, controller: Any | None, *, attached: bool = False,
                  title: str = "gantui", poll_hz: float = 10.0, plot_hz: float = 2.0,
-                 window: int = 200) -> None:
+                 window: int = 200, can_steer: Callable[[], bool] | None = None) -> None:
         """
         Args:
             drain: Returns the events that arrived since the last call; polled on a timer
@@ -108,6 +109,9 @@ class GantuiApp(App[Outcome]):
             plot_hz: Most redraws per second of charts, preview and status (a state change
                 redraws at once).
             window: Metric records in the recent window (``w``).
+            can_steer: For a run in another process: True while a process owns it and
+                answers on its control socket (checked about once a second), so the keys
+                appear when a watched run starts or restarts and go when it dies.
         """
         super().__init__()
         self.drain = drain
@@ -130,6 +134,10 @@ class GantuiApp(App[Outcome]):
         self._bindings_key: tuple = ()
         self._seen = (-1, -1)  # (info_version, image_version)
         self._system_seen = -1
+        self.can_steer = can_steer
+        self.steerable = can_steer is None
+        """False while ``can_steer`` says no process answers for the run."""
+        self._steer_checked = -1.0
 
     # ---- layout ------------------------------------------------------------------------------
 
@@ -198,9 +206,25 @@ class GantuiApp(App[Outcome]):
                 self.notify(safe(event.message), title="gantui", severity="warning",
                             timeout=8, markup=False)
         self._check_replies()
+        self._check_steerable()
         self._refresh_views()
         if self.stopping and self.model.ended:
             self.exit(Outcome("stop", self.model.state, self.model.step))
+
+    def _check_steerable(self) -> None:
+        if self.can_steer is None:
+            return
+        now = time.monotonic()
+        if now - self._steer_checked < 1.0:
+            return
+        self._steer_checked = now
+        try:
+            steerable = bool(self.can_steer())
+        except Exception:  # noqa: BLE001 - a check that fails means we cannot steer
+            steerable = False
+        if steerable != self.steerable:
+            self.steerable = steerable
+            self.refresh_bindings()
 
     def _check_replies(self) -> None:
         still = []
@@ -291,7 +315,8 @@ class GantuiApp(App[Outcome]):
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
         if action in self.CONTROL_ACTIONS:
-            if self.controller is None or not self.model.live or self.stopping:
+            if (self.controller is None or not self.model.live or self.stopping
+                    or not self.steerable):
                 return False
             if len(self.screen_stack) > 1:  # a dialog is open
                 return False
@@ -299,6 +324,8 @@ class GantuiApp(App[Outcome]):
                 return self.attached
         if action == "save":
             return isinstance(self.model.image, Preview)
+        if action == "zoom":
+            return self.model.image is not None and len(self.screen_stack) == 1
         return True
 
     def _send(self, what: str, future: Future) -> None:
@@ -380,6 +407,19 @@ class GantuiApp(App[Outcome]):
             return
         self.log_line(LogLine(image.step, "checkpoint", f"saved preview: {path}"))
         self.notify(safe(f"saved {path}"), markup=False)
+
+    def action_zoom(self) -> None:
+        """The current grid full-screen; earlier grids of the run a key away."""
+        from gantui.ui.zoom import ZoomScreen
+
+        model = self.model
+        quality = model.quality
+        shown = describe_value(quality.primary, quality.value) if quality is not None else ""
+        n_classes = model.config.get("n_classes", 10)
+        self.push_screen(ZoomScreen(
+            model.image, model.run_dir,
+            conditional=model.config.get("conditioning", "none") != "none",
+            n_classes=n_classes if isinstance(n_classes, int) else 10, quality=shown))
 
     def action_smoothing(self) -> None:
         """Cycle the EMA smoothing of the plots."""

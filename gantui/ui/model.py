@@ -27,7 +27,7 @@ from gantui.events import (
     System,
 )
 from gantui.history import Series
-from gantui.text import safe
+from gantui.text import duration, safe
 
 LIVE_STATES = ("starting", "running", "paused", "checkpointing")
 """States in which the trainer still answers commands."""
@@ -107,6 +107,9 @@ class RunModel:
     """Bumped whenever the status bar or hyperparameter panel would change."""
     updated: float = field(default_factory=time.monotonic)
     """Monotonic time of the last event."""
+    data_note: str = ""
+    """Where the run's data comes from (the run start's note), shown once in the log."""
+    _notes_shown: set[str] = field(default_factory=set)
 
     @property
     def live(self) -> bool:
@@ -166,6 +169,9 @@ class RunModel:
             level = "error" if event.kind in ("nonfinite", "error") else "warning"
             return [LogLine(step, level, event.message)]
         if isinstance(event, Note):
+            if event.message in self._notes_shown and event.message == self.data_note:
+                return []  # the same data source again (a resume, a replay): said once
+            self._notes_shown.add(event.message)
             return [LogLine(step, "info", event.message)]
         return []  # pragma: no cover - every event type is handled above
 
@@ -174,6 +180,7 @@ class RunModel:
         self.device = safe(event.device)
         self.run_dir, self.total_steps = event.run_dir, event.total_steps
         self.config = dict(event.config)
+        self.data_note = event.data_note
         # A (re)start replays history from here on (a follower starting over after a journal
         # was replaced): begin the plots afresh rather than drawing points twice.
         for series in self.series.values():  # in place: the charts hold these objects
@@ -220,15 +227,5 @@ def format_value(value: Any) -> str:
     return "?" if value is None else _fmt(value)
 
 
-def format_duration(seconds: float) -> str:
-    """``1h02m``, ``3m05s`` or ``42s``; ``--`` for unknown or negative."""
-    if not seconds or seconds < 0 or seconds != seconds or seconds == float("inf"):
-        return "--"
-    seconds = int(seconds)
-    hours, rest = divmod(seconds, 3600)
-    minutes, secs = divmod(rest, 60)
-    if hours:
-        return f"{hours}h{minutes:02d}m"
-    if minutes:
-        return f"{minutes}m{secs:02d}s"
-    return f"{secs}s"
+format_duration = duration
+"""The one duration format, shared with the headless line (:func:`gantui.text.duration`)."""

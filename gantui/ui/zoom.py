@@ -1,0 +1,177 @@
+"""The zoom view: the sample grid full-screen, and the run's earlier grids a key away."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import ClassVar
+
+import numpy as np
+from rich.console import Group
+from rich.text import Text
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.screen import ModalScreen
+from textual.widget import Widget
+from textual.widgets import Footer, Static
+
+from gantui.events import Points, Preview
+from gantui.run.follow import decode_preview
+from gantui.ui.preview import HalfBlockImage, fit, preview_array, resample, scatter_text
+
+_STEP_RE = re.compile(r"^step-(\d+)\.png$")
+ZOOM_MAX_SIDE = 2048
+"""Longest side a stored grid is decoded at for the zoom view."""
+
+
+def sample_files(run_dir: str) -> list[tuple[int, Path]]:
+    """``(step, path)`` of the run's stored grids, oldest first."""
+    folder = Path(run_dir) / "samples" if run_dir else None
+    if folder is None or not folder.is_dir():
+        return []
+    found = []
+    for path in folder.iterdir():
+        match = _STEP_RE.match(path.name)
+        if match:
+            found.append((int(match.group(1)), path))
+    return sorted(found)
+
+
+class ZoomImage(Widget):
+    """A grid drawn as large as the widget allows, whole (never cropped), with the class of
+    each row to its left when ``labels`` are given."""
+
+    def __init__(self, *, id: str | None = None) -> None:
+        super().__init__(id=id)
+        self.image: Preview | Points | None = None
+        self.labels: list[str] = []
+        self.grid_rows = 0
+
+    def show(self, image: Preview | Points | None, labels: list[str], grid_rows: int) -> None:
+        self.image, self.labels, self.grid_rows = image, labels, grid_rows
+        self.refresh()
+
+    def render(self) -> object:
+        size = self.content_size
+        image = self.image
+        if image is None:
+            return Text("no grid yet", style="dim")
+        if isinstance(image, Points):
+            return scatter_text(image, size.width, size.height)
+        gutter = 3 if self.labels else 0
+        pixels = preview_array(image)
+        height, width = fit(pixels.shape[0], pixels.shape[1], size.width - gutter, size.height)
+        if height == 0 or width == 0:
+            return Text("the terminal is too small", style="dim")
+        drawn = HalfBlockImage(resample(pixels, height, width))
+        if not self.labels:
+            return drawn
+        return _labelled(drawn, self.labels, self.grid_rows, gutter)
+
+
+def _labelled(drawn: HalfBlockImage, labels: list[str], grid_rows: int, gutter: int) -> Group:
+    """Each terminal row of ``drawn`` with the label of the grid row at its middle."""
+    rows = drawn.rows()
+    per_row = len(rows) / max(1, grid_rows)
+    marks = {int((k + 0.5) * per_row): label for k, label in enumerate(labels[:grid_rows])}
+    lines = []
+    for i, segments in enumerate(rows):
+        line = Text(f"{marks.get(i, ''):>{gutter - 1}} ", style="bold")
+        for segment in segments:
+            line.append(segment.text, segment.style)
+        lines.append(line)
+    return Group(*lines)
+
+
+class ZoomScreen(ModalScreen[None]):
+    """The current grid full-screen; left/right step through the grids in ``samples/``."""
+
+    BINDINGS: ClassVar = [
+        Binding("left,left_square_bracket", "older", "Earlier grid"),
+        Binding("right,right_square_bracket", "newer", "Later grid"),
+        Binding("end", "newest", "Newest"),
+        Binding("escape,f,q", "close", "Back"),
+    ]
+
+    DEFAULT_CSS = """
+    ZoomScreen { background: $background; }
+    ZoomScreen #zoom-title { height: 1; background: $panel; text-style: bold; }
+    ZoomScreen #zoom-image { height: 1fr; }
+    """
+
+    def __init__(self, current: Preview | Points | None, run_dir: str, *, conditional: bool,
+                 n_classes: int, quality: str = "") -> None:
+        super().__init__()
+        self.current = current
+        self.run_dir = run_dir
+        self.conditional = conditional
+        self.n_classes = n_classes
+        self.quality = quality
+        self.files = sample_files(run_dir)
+        self.index = len(self.files)  # len(files): the live grid; 0.. a stored one
+        self.shown: Preview | Points | None = current
+
+    def compose(self) -> ComposeResult:
+        self.title_bar = Static(id="zoom-title")
+        self.picture = ZoomImage(id="zoom-image")
+        yield self.title_bar
+        yield self.picture
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self._show()
+
+    def _show(self) -> None:
+        if self.index >= len(self.files):
+            image, where = self.current, "newest"
+        else:
+            step, path = self.files[self.index]
+            nrow = self.current.nrow if isinstance(self.current, Preview) else 1
+            image = decode_preview(path, step, nrow, ZOOM_MAX_SIDE)
+            where = f"{self.index + 1} of {len(self.files)} stored"
+        self.shown = image
+        labels, grid_rows = self._labels(image)
+        self.picture.show(image, labels, grid_rows)
+        self.title_bar.update(Text(self._title(image, where), no_wrap=True, overflow="ellipsis"))
+
+    def _labels(self, image: Preview | Points | None) -> tuple[list[str], int]:
+        if not (self.conditional and isinstance(image, Preview)):
+            return [], 0
+        cell = image.width / max(1, image.nrow)
+        grid_rows = max(1, round(image.height / cell))
+        return [str(k) for k in range(min(self.n_classes, grid_rows))], grid_rows
+
+    def _title(self, image: Preview | Points | None, where: str) -> str:
+        if image is None:
+            return f" samples · {where} · unreadable file"
+        parts = [f" samples · step {image.step}"]
+        if isinstance(image, Points):
+            parts.append(f"covered {image.modes_covered}/{len(image.modes)} · HQ "
+                         f"{image.high_quality:.0%}")
+        elif not np.isnan(image.diversity):
+            parts.append(f"diversity {image.diversity:.3f}")
+        if self.quality and where == "newest":
+            parts.append(self.quality)
+        if self.conditional:
+            parts.append("a row per class")
+        parts.append(where)
+        if self.files:
+            parts.append("←/→ earlier/later, esc back")
+        return " · ".join(parts)
+
+    def action_older(self) -> None:
+        if self.files and self.index > 0:
+            self.index -= 1
+            self._show()
+
+    def action_newer(self) -> None:
+        if self.index < len(self.files):
+            self.index += 1
+            self._show()
+
+    def action_newest(self) -> None:
+        self.index = len(self.files)
+        self._show()
+
+    def action_close(self) -> None:
+        self.dismiss(None)
