@@ -17,12 +17,24 @@ from gantui.text import safe
 
 app = typer.Typer(
     name="gantui",
-    help="A terminal-first GAN trainer and live training monitor.",
-    no_args_is_help=True,
+    help="A terminal-first GAN trainer and live training monitor. With no command in a "
+    "terminal: pick a run under ./runs to watch.",
+    no_args_is_help=False,
     add_completion=False,
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
+
+
+@app.callback(invoke_without_command=True)
+def main(ctx: typer.Context) -> None:
+    """A terminal-first GAN trainer and live training monitor."""
+    if ctx.invoked_subcommand is not None:
+        return
+    if not (sys.stdin.isatty() and sys.stdout.isatty()):
+        typer.echo(ctx.get_help())
+        return
+    watch(None, Path("runs"))
 
 
 def fail(message: object, code: int = 1) -> NoReturn:
@@ -146,13 +158,30 @@ def runs(
 
 @app.command()
 def watch(
-    run_dir: Annotated[Path, typer.Argument(help="A run directory, live or finished.")],
+    run_dir: Annotated[Path | None, typer.Argument(
+        help="A run directory, live or finished (none: pick one from a list).")] = None,
+    runs_dir: Annotated[Path, typer.Option(
+        help="Where the picker looks for runs.")] = Path("runs"),
 ) -> None:
-    """Open the dashboard on a run started anywhere; q detaches, x stops the run."""
+    """Open the dashboard on a run started anywhere; q detaches, x stops the run.
+
+    Without RUN_DIR, a live list of the runs under --runs-dir: Enter watches one, x stops a
+    live one (after asking), q quits.
+    """
     from gantui.remote import RemoteController
     from gantui.run.follow import RunFollower
     from gantui.run.lock import is_locked
     from gantui.run.store import RunStore
+
+    if run_dir is None:
+        if not sys.stdout.isatty():
+            fail("the run picker needs a terminal; name a run (gantui watch RUN) or use "
+                 "gantui runs")
+        from gantui.ui.picker import pick_run
+
+        run_dir = pick_run(runs_dir)
+        if run_dir is None:
+            raise typer.Exit(0)
 
     try:
         RunStore.open(run_dir)
