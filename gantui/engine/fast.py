@@ -13,6 +13,7 @@ from collections.abc import Callable
 import torch
 
 from gantui.config import Config
+from gantui.engine.models import build_models
 from gantui.system import available_cores
 
 
@@ -63,3 +64,18 @@ def set_threads(cfg: Config) -> str:
     over = (f"; more than the {cores} core(s) available: expect contention"
             if threads > cores else "")
     return f"CPU threads: {threads} ({why}){over}"
+
+
+def training_models(cfg: Config, device: torch.device) -> tuple[
+        torch.nn.Module, torch.nn.Module, Callable[[torch.Tensor], torch.Tensor],
+        Callable[..., torch.Tensor], Callable[..., torch.Tensor]]:
+    """Seed, build and place G and D with every speed option applied, as the trainer and the
+    bench's bare loop both need them: ``(G, D, input format, G forward, D forward)``."""
+    torch.manual_seed(cfg.seed)
+    G, D = build_models(cfg)
+    G.to(device)
+    D.to(device)
+    set_backend_flags(cfg, device)
+    for module in (G, D):
+        to_memory_format(module, cfg, device)
+    return G, D, input_format(cfg, device), forward(G, cfg), forward(D, cfg)

@@ -23,7 +23,7 @@ from gantui.engine import fast
 from gantui.engine.control import Command, Controller
 from gantui.engine.data import Batches, RingBatches, make_batches, ring_modes
 from gantui.engine.losses import d_loss, d_prob, g_loss
-from gantui.engine.models import build_encoder, build_models
+from gantui.engine.models import build_encoder
 from gantui.errors import GantuiError
 from gantui.quality.evaluate import Evaluator, Score
 from gantui.quality.metrics import HealthMonitor, diversity, ring_coverage
@@ -63,16 +63,10 @@ class Trainer:
         self._user_emit = emit
         self._notes = list(notes)
 
-        torch.manual_seed(cfg.seed)
-        self.G, self.D = build_models(cfg)
-        self.G.to(device)
-        self.D.to(device)
-        fast.set_backend_flags(cfg, device)
-        for module in (self.G, self.D):
-            fast.to_memory_format(module, cfg, device)
-        self._input = fast.input_format(cfg, device)
-        # What the training steps call: the modules, or their compiled forwards (compile).
-        self._G_step, self._D_step = fast.forward(self.G, cfg), fast.forward(self.D, cfg)
+        # _G_step/_D_step are what the training steps call: the modules, or their compiled
+        # forwards (compile); everything else uses the modules themselves.
+        self.G, self.D, self._input, self._G_step, self._D_step = fast.training_models(
+            cfg, device)
         self.G_ema: torch.nn.Module | None = None
         """An exponential moving average of G's weights (``ema`` > 0): what previews,
         evaluation and sampling show."""

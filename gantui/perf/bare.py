@@ -26,7 +26,6 @@ from gantui.config import Config
 from gantui.engine import fast
 from gantui.engine.data import make_batches
 from gantui.engine.losses import d_loss, g_loss
-from gantui.engine.models import build_models
 
 
 def _sync(device: torch.device) -> None:
@@ -38,16 +37,8 @@ class BareLoop:
     """D step(s) then G step, as plain as PyTorch's DCGAN example, on gantui's models."""
 
     def __init__(self, cfg: Config, device: torch.device) -> None:
-        torch.manual_seed(cfg.seed)
         self.cfg, self.device = cfg, device
-        self.G, self.D = build_models(cfg)
-        self.G.to(device)
-        self.D.to(device)
-        fast.set_backend_flags(cfg, device)
-        for module in (self.G, self.D):
-            fast.to_memory_format(module, cfg, device)
-        self.input = fast.input_format(cfg, device)
-        self.g, self.d = fast.forward(self.G, cfg), fast.forward(self.D, cfg)
+        self.G, self.D, self.input, self.g, self.d = fast.training_models(cfg, device)
         betas = (cfg.beta1, cfg.beta2)
         self.opt_g = torch.optim.Adam(self.G.parameters(), lr=cfg.lr_g, betas=betas)
         self.opt_d = torch.optim.Adam(self.D.parameters(), lr=cfg.lr_d, betas=betas)
