@@ -6,6 +6,7 @@ torch and Textual are imported inside command bodies so ``gantui --help`` and
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import Annotated, NoReturn
@@ -162,6 +163,10 @@ def watch(
         help="A run directory, live or finished (none: pick one from a list).")] = None,
     runs_dir: Annotated[Path, typer.Option(
         help="Where the picker looks for runs.")] = Path("runs"),
+    web: Annotated[bool, typer.Option(
+        "--web", help="Serve this dashboard to a browser on localhost (textual-serve); over "
+        "SSH: ssh -L PORT:localhost:PORT HOST, then open http://localhost:PORT.")] = False,
+    port: Annotated[int, typer.Option(help="Port for --web.", min=1, max=65535)] = 8421,
 ) -> None:
     """Open the dashboard on a run started anywhere; q detaches, x stops the run.
 
@@ -173,8 +178,14 @@ def watch(
     from gantui.run.lock import is_locked
     from gantui.run.store import RunStore
 
+    if web:
+        if run_dir is None:
+            fail("--web serves one run: gantui watch RUN --web")
+        _serve_web(run_dir, port)
+        return
+    in_browser = "web_driver" in os.environ.get("TEXTUAL_DRIVER", "")  # under textual-serve
     if run_dir is None:
-        if not sys.stdout.isatty():
+        if not (sys.stdout.isatty() or in_browser):
             fail("the run picker needs a terminal; name a run (gantui watch RUN) or use "
                  "gantui runs")
         from gantui.ui.picker import pick_run
@@ -187,8 +198,9 @@ def watch(
         RunStore.open(run_dir)
     except GantuiError as exc:
         fail(exc)
-    if not sys.stdout.isatty():
-        fail("gantui watch needs a terminal; use gantui runs or gantui ctl RUN status")
+    if not (sys.stdout.isatty() or in_browser):
+        fail("gantui watch needs a terminal; use gantui runs or gantui ctl RUN status, or "
+             "--web for a browser")
     from gantui.ui import GantuiApp
 
     # Always a controller: a run that starts (or restarts) while watched can be steered as
@@ -202,6 +214,34 @@ def watch(
         app.run()
     finally:
         controller.close()
+
+
+def _serve_web(run_dir: Path, port: int) -> None:
+    """``gantui watch RUN`` in a browser: textual-serve starts it per browser tab, on
+    127.0.0.1 only (reach it through an SSH tunnel, never an open port)."""
+    import shlex
+
+    from gantui.run.store import RunStore
+
+    try:
+        RunStore.open(run_dir)
+    except GantuiError as exc:
+        fail(exc)
+    try:
+        from textual_serve.server import Server
+    except ImportError:
+        fail("--web needs textual-serve: pip install 'gantui[web]'")
+    command = (f"{shlex.quote(sys.executable)} -m gantui watch "
+               f"{shlex.quote(str(run_dir.resolve()))}")
+    typer.echo(f"serving {run_dir.name} on http://127.0.0.1:{port} (this machine only); from "
+               f"your own: ssh -L {port}:localhost:{port} THIS_HOST, then open "
+               f"http://localhost:{port}. Ctrl-C ends it.")
+    server = Server(command, host="127.0.0.1", port=port, title=f"gantui watch · "
+                    f"{safe(run_dir.name, 60)}")
+    try:
+        server.serve()
+    except OSError as exc:
+        fail(f"cannot serve on 127.0.0.1:{port}: {exc.strerror or exc}")
 
 
 @app.command()
