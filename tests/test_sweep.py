@@ -85,9 +85,10 @@ def _states(sweep_dir: Path) -> dict[str, str]:
 
 
 def test_a_killed_sweep_resumes_where_it_stopped(tmp_path: Path) -> None:
-    """A 2x2 grid with 2 seeds: SIGTERM half-way (the running child checkpoints), rerun."""
+    """A 2x2 grid with 2 seeds, two at a time: SIGTERM half-way (the running children
+    checkpoint), rerun."""
     sweep_dir = tmp_path / "runs" / "ring-8-pack-lr_decay"
-    proc = subprocess.Popen(_sweep_args(tmp_path), stdout=subprocess.PIPE,
+    proc = subprocess.Popen(_sweep_args(tmp_path, "--parallel", "2"), stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:  # 3 runs done and the 4th past its first checkpoint
@@ -108,7 +109,8 @@ def test_a_killed_sweep_resumes_where_it_stopped(tmp_path: Path) -> None:
     assert set(before.values()) <= {"finished", "stopped"}
     kept = {n: (sweep_dir / n / "metrics.jsonl").read_bytes() for n in finished_before}
 
-    again = subprocess.run(_sweep_args(tmp_path), capture_output=True, text=True, timeout=600)
+    again = subprocess.run(_sweep_args(tmp_path, "--parallel", "2"), capture_output=True,
+                           text=True, timeout=600)
     assert again.returncode == 0, again.stderr
     assert f"{len(finished_before)} of 8 runs already done" in again.stdout
     assert ("resumed (stopped)" in again.stdout) == ("stopped" in before.values())
@@ -127,25 +129,18 @@ def test_a_killed_sweep_resumes_where_it_stopped(tmp_path: Path) -> None:
     assert spec["vary"] == {"pack": [1, 2], "lr_decay": ["none", "linear"]}
     assert spec["seeds"] == [0, 1] and len(spec["runs"]) == 8
 
+    from gantui.system import available_cores
+
+    each = max(1, available_cores() // 2)  # --parallel 2 divides the cores between children
+    assert f"2 at a time ({each} CPU thread(s) each)" in again.stdout
+    for name in kept:
+        log = (sweep_dir / "logs" / f"{name}.log").read_text()
+        assert f"CPU threads: {each} (the threads key)" in log
     third = subprocess.run(_sweep_args(tmp_path), capture_output=True, text=True, timeout=120)
     assert third.returncode == 0 and "8 of 8 runs already done" in third.stdout
     other = gantui("sweep", "--preset", "ring-8", "--vary", "pack=1,4", "--runs-dir",
                    str(tmp_path / "runs"), "--name", "ring-8-pack-lr_decay", cwd=tmp_path)
     assert other.returncode == 1 and "holds a different sweep" in other.stderr
-
-
-def test_parallel_runs_divide_the_cores(tmp_path: Path) -> None:
-    out = gantui("sweep", "--preset", "ring-8", "--vary", "pack=1,2", "--set", "steps=40",
-                 *TINY, "--parallel", "2", "--runs-dir", str(tmp_path / "runs"), "--name", "p",
-                 "--device", "cpu", cwd=tmp_path)
-    assert out.returncode == 0, out.stderr
-    from gantui.system import available_cores
-
-    each = max(1, available_cores() // 2)
-    assert f"2 at a time ({each} CPU thread(s) each)" in out.stdout
-    for name in ("pack=1-seed=0", "pack=2-seed=0"):
-        log = (tmp_path / "runs" / "p" / "logs" / f"{name}.log").read_text()
-        assert f"CPU threads: {each} (the threads key)" in log
 
 
 def test_bad_sweeps_get_one_line(tmp_path: Path) -> None:
