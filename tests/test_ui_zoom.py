@@ -9,9 +9,9 @@ import pytest
 
 from gantui.engine.session import start
 from gantui.headless import follow
-from gantui.run.follow import RunFollower
+from gantui.run.follow import RunFollower, sample_files
 from gantui.ui import GantuiApp
-from gantui.ui.zoom import ZoomScreen, sample_files
+from gantui.ui.zoom import ZoomScreen
 
 from .conftest import tiny, until
 
@@ -33,7 +33,7 @@ def finished(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 @pytest.mark.parametrize("size", [(80, 24), (160, 48)])
 def test_zoom_shows_the_whole_labelled_grid_and_steps_back(finished, size) -> None:
     run_dir = finished["cdcgan-mnist"]
-    stored = sample_files(str(run_dir))
+    stored = sample_files(run_dir)
     assert [step for step, _ in stored] == [3, 6, 9]
     app = GantuiApp(RunFollower(run_dir).drain, None)
 

@@ -260,7 +260,7 @@ class Trainer:
             if self.E is not None:  # cVAE-GAN: reconstructions are fakes too
                 self._real = (x.detach(), y)
                 with torch.no_grad():
-                    rebuilt = self._G_step(self._code(x.detach()), y)
+                    rebuilt = self._G_step(self._code(x.detach())[0], y)
                 loss = 0.5 * (loss + d_loss(self.cfg.loss, out_real.float(),
                                             D(rebuilt, y).float(), self.cfg.label_smoothing))
             total = loss + self._r1_penalty(out_real, x) if r1 else loss
@@ -301,21 +301,20 @@ class Trainer:
             loss.detach().float(), d_prob(self.cfg.loss, out), grad.float()])
         self._n_g += 1
 
-    def _code(self, x: torch.Tensor) -> torch.Tensor:
-        """A reparameterised code mu + sigma * eps from E(x)."""
+    def _code(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(code, mu, logvar)``: E(x) and its reparameterised code mu + sigma * eps."""
         assert self.E is not None
         mu, logvar = self.E(x)
         eps = torch.randn(mu.shape, device=mu.device, generator=self.noise, dtype=mu.dtype)
-        return mu + eps * (0.5 * logvar).exp()
+        return mu + eps * (0.5 * logvar).exp(), mu, logvar
 
     def _encoder_loss(self) -> torch.Tensor:
         """BicycleGAN's cVAE-GAN terms for E and G on the D step's real batch: fool D with
         the reconstruction, L1 to the input, KL of the code to N(0, I)."""
         assert self.E is not None and self._real is not None
         x, y = self._real
-        mu, logvar = self.E(x)
-        eps = torch.randn(mu.shape, device=mu.device, generator=self.noise, dtype=mu.dtype)
-        rebuilt = self._G_step(mu + eps * (0.5 * logvar).exp(), y)
+        code, mu, logvar = self._code(x)
+        rebuilt = self._G_step(code, y)
         adversarial = g_loss(self.cfg.loss, self._D_step(rebuilt, y).float())
         l1 = (rebuilt.float() - x.float()).abs().mean()
         kl = -0.5 * (1 + logvar - mu.pow(2) - logvar.exp()).float().sum(1).mean()

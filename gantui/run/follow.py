@@ -397,6 +397,20 @@ def _undo_lost_changes(found: list[ev.Event], resumed_at: int) -> None:
                                            f"its checkpoint at step {resumed_at}")
 
 
+def sample_files(run_dir: Path) -> list[tuple[int, Path]]:
+    """The trainer's stored grids ``samples/step-XXXXXXXX.png`` as ``(step, path)``, by step."""
+    try:
+        entries = list((Path(run_dir) / "samples").iterdir())
+    except OSError:
+        return []
+    found = []
+    for path in entries:
+        match = _SAMPLE_RE.match(path.name)
+        if match:
+            found.append((int(match.group(1)), path))
+    return sorted(found)
+
+
 def _step(event: ev.Event) -> int:
     return event.step
 

@@ -365,9 +365,7 @@ class Sweep:
             if not (run_dir / "config.toml").is_file():
                 if run_dir.exists():  # a start that died before writing anything useful
                     self._set_aside(run_dir)
-                out.append((name, ["--preset", self.plan.preset, "--runs-dir",
-                                   str(self.plan.path), "--name", name,
-                                   *self._set_args(self.plan.run_sets(run["params"]))]))
+                out.append((name, self._fresh_args(run)))
                 continue
             state = run_state(run_dir, is_locked)
             _refresh(status, run_dir)
@@ -386,10 +384,13 @@ class Sweep:
             else:  # killed before its first checkpoint: nothing to resume from
                 self._set_aside(run_dir)
                 status.note = "restarted (no checkpoint)"
-                out.append((name, ["--preset", self.plan.preset, "--runs-dir",
-                                   str(self.plan.path), "--name", name,
-                                   *self._set_args(self.plan.run_sets(run["params"]))]))
+                out.append((name, self._fresh_args(run)))
         return out
+
+    def _fresh_args(self, run: dict[str, Any]) -> list[str]:
+        """``gantui train`` arguments that start grid point ``run`` from scratch."""
+        return ["--preset", self.plan.preset, "--runs-dir", str(self.plan.path), "--name",
+                run["name"], *self._set_args(self.plan.run_sets(run["params"]))]
 
     def _set_args(self, sets: list[str], own: bool = True) -> list[str]:
         extra = [f"threads={self.threads}"] if own else []

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import ClassVar
 
@@ -16,25 +15,11 @@ from textual.widget import Widget
 from textual.widgets import Footer, Static
 
 from gantui.events import Points, Preview
-from gantui.run.follow import decode_preview
+from gantui.run.follow import decode_preview, sample_files
 from gantui.ui.preview import HalfBlockImage, fit, preview_array, resample, scatter_text
 
-_STEP_RE = re.compile(r"^step-(\d+)\.png$")
 ZOOM_MAX_SIDE = 2048
 """Longest side a stored grid is decoded at for the zoom view."""
-
-
-def sample_files(run_dir: str) -> list[tuple[int, Path]]:
-    """``(step, path)`` of the run's stored grids, oldest first."""
-    folder = Path(run_dir) / "samples" if run_dir else None
-    if folder is None or not folder.is_dir():
-        return []
-    found = []
-    for path in folder.iterdir():
-        match = _STEP_RE.match(path.name)
-        if match:
-            found.append((int(match.group(1)), path))
-    return sorted(found)
 
 
 class ZoomImage(Widget):
@@ -107,7 +92,7 @@ class ZoomScreen(ModalScreen[None]):
         self.conditional = conditional
         self.n_classes = n_classes
         self.quality = quality
-        self.files = sample_files(run_dir)
+        self.files = sample_files(Path(run_dir)) if run_dir else []
         self.index = len(self.files)  # len(files): the live grid; 0.. a stored one
         self.shown: Preview | Points | None = current
 
