@@ -94,13 +94,33 @@ def train(
     no_ui: Annotated[bool, typer.Option(
         "--no-ui", help="Print progress lines instead of the dashboard (automatic when stdout "
         "is not a terminal).")] = False,
+    nproc_per_node: Annotated[int, typer.Option(
+        "--nproc-per-node", min=1, help="Data-parallel processes on this machine (one per "
+        "GPU): starts torchrun and follows the run. Several machines: run torchrun yourself "
+        "(see the README).")] = 1,
 ) -> None:
     """Train a GAN, with the live dashboard or headless."""
     from gantui import config
+    from gantui.launch import launched_world_size
 
     overrides = list(sets or [])
     if data is not None:
         overrides.append(f"data={data}")
+    if resume is not None and (preset is not None or name is not None or runs_dir is not None):
+        fail("--preset, --name and --runs-dir do not mix with --resume: a resumed run "
+             "keeps its own config and directory")
+    if launched_world_size() > 1:  # a rank of a torchrun launch: never a dashboard
+        if nproc_per_node > 1:
+            fail("--nproc-per-node starts torchrun; under torchrun, leave it out")
+        from gantui.launch import train_rank
+
+        raise typer.Exit(train_rank(
+            None if resume is not None else lambda: config.load(preset, overrides),
+            resume=resume, sets=overrides, device=device, runs_dir=runs_dir or Path("runs"),
+            name=name))
+    if nproc_per_node > 1:
+        _launch_torchrun(nproc_per_node, preset, overrides, device, runs_dir, name, resume,
+                         dashboard=not (no_ui or not sys.stdout.isatty()))
     headless = no_ui or not sys.stdout.isatty()
     hangup = None
     if not headless:
@@ -109,9 +129,6 @@ def train(
         hangup = Hangup()  # from now on a dropped connection cannot kill the run
     try:
         if resume is not None:
-            if preset is not None or name is not None or runs_dir is not None:
-                fail("--preset, --name and --runs-dir do not mix with --resume: a resumed run "
-                     "keeps its own config and directory")
             from gantui.engine.session import start
 
             session = start(None, "", resume=resume, sets=overrides, device=device,
@@ -136,6 +153,43 @@ def train(
     from gantui.ui.run import run_dashboard
 
     raise typer.Exit(run_dashboard(session, hangup))
+
+
+def _launch_torchrun(nproc: int, preset: str | None, overrides: list[str], device: str,
+                     runs_dir: Path | None, name: str | None, resume: Path | None, *,
+                     dashboard: bool) -> NoReturn:
+    """``gantui train --nproc-per-node N``: torchrun with N ranks, followed from here."""
+    from gantui import config
+    from gantui.launch import launch
+
+    args = ["--device", device]
+    for item in overrides:
+        args += ["--set", item]
+    if resume is not None:
+        if not (resume / "config.toml").is_file():
+            fail(f"{resume} is not a gantui run directory")
+        run_dir = resume
+        args += ["--resume", str(resume)]
+    else:
+        try:
+            preset_name, _ = config.load(preset, overrides)  # fails here, before torchrun
+        except GantuiError as exc:
+            fail(exc)
+        from gantui.run.store import default_run_name
+
+        parent = runs_dir or Path("runs")
+        if name is None:
+            name, n = default_run_name(preset_name), 1
+            while (parent / name).exists():
+                n += 1
+                name = f"{default_run_name(preset_name)}-{n}"
+        elif (parent / name).exists():
+            fail(f"{parent / name} already exists; resume it with --resume {parent / name} "
+                 f"or pick another --name")
+        run_dir = parent / name
+        args += ["--preset", preset or config.DEFAULT_PRESET, "--runs-dir", str(parent),
+                 "--name", name]
+    raise typer.Exit(launch(nproc, args, run_dir, dashboard=dashboard))
 
 
 @app.command()

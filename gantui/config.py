@@ -129,6 +129,9 @@ class Config:
     compile: bool = False
     """``torch.compile`` the G and D forward passes used by the training steps (slow to
     start: the first steps compile; previews, evaluation and R1 steps stay eager)."""
+    sync_bn: bool = False
+    """In a multi-GPU (torchrun) run, batch-norm statistics over the global batch
+    (``SyncBatchNorm``) instead of each GPU's own; CUDA only, ignored in a single process."""
 
     # --- stabilizers ------------------------------------------------------------------------
     ema: float = 0.0

@@ -6,11 +6,13 @@ import contextlib
 import os
 import signal
 import sys
+import threading
 import time
 from typing import NoReturn, TextIO
 
 from gantui import events as ev
 from gantui.engine.session import Session
+from gantui.engine.trainer import Trainer
 from gantui.quality.describe import describe_value
 from gantui.text import duration, safe
 
@@ -148,8 +150,60 @@ def finish(session: Session, printer: LinePrinter) -> int:
                         f"{session.run_dir}"))
         return 1
     if state == "stopped":
-        printer(ev.Note(session.trainer.step, f"resume with: gantui train --resume "
-                        f"{session.run_dir}"))
+        printer(ev.Note(session.trainer.step, f"resume with: {resume_command(session)}"))
+    return 0
+
+
+def resume_command(session: Session) -> str:
+    """How to continue ``session``'s run: with as many ranks as it had."""
+    size = session.trainer.world.size
+    ranks = f" --nproc-per-node {size}" if size > 1 else ""
+    return f"gantui train{ranks} --resume {session.run_dir}"
+
+
+def worker_printer(rank: int, out: TextIO | None = None) -> ev.Emit:
+    """What a rank other than 0 shows: its errors, one line each, on stderr."""
+    stream = out if out is not None else sys.stderr
+
+    def emit(event: ev.Event) -> None:
+        if isinstance(event, ev.Alert) and event.kind in ("error", "nonfinite"):
+            with contextlib.suppress(OSError, ValueError):
+                print(safe(f"gantui rank {rank}: {event.message}"), file=stream, flush=True)
+
+    return emit
+
+
+def run_worker(trainer: Trainer) -> int:
+    """Train a rank other than 0 of a torchrun launch: silent but for errors. SIGTERM or
+    Ctrl-C asks for a stop, which every rank carries out at the same step (rank 0 writes the
+    checkpoint); a second Ctrl-C quits at once. Returns the exit code."""
+    errors: list[BaseException] = []
+
+    def body() -> None:
+        try:
+            trainer.run()
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    received: list[int] = []
+
+    def on_signal(signum: int, _frame) -> None:
+        received.append(signum)
+        if len(received) > 1 and signum == signal.SIGINT:
+            os._exit(130)
+        trainer.controller.stop(source=signal.Signals(signum).name)
+
+    thread = threading.Thread(target=body, name="gantui-trainer", daemon=True)
+    previous = _install({signal.SIGINT: on_signal, signal.SIGTERM: on_signal,
+                         signal.SIGHUP: signal.SIG_IGN})
+    try:
+        thread.start()
+        while thread.is_alive():
+            thread.join(0.2)
+    finally:
+        _install(previous)
+    if errors or trainer.state == "error":
+        return 1
     return 0
 
 

@@ -34,8 +34,10 @@ import numpy as np
 import torch
 
 from gantui.engine.data import (
+    WHOLE,
     DataError,
     ImageFolder,
+    Shard,
     epoch_permutation,
     find_images,
     worker_init_fn,
@@ -287,14 +289,16 @@ class CachedBatches:
     same epoch permutation, unreadable files dropped from their batch the same way.
     """
 
-    def __init__(self, prepared: Prepared, root: Path, cfg: Any, device: torch.device) -> None:
+    def __init__(self, prepared: Prepared, root: Path, cfg: Any, device: torch.device,
+                 shard: Shard = WHOLE) -> None:
         self.prepared = prepared
+        self.shard = shard
         self.root = root
         self.batch_size = cfg.batch_size
         self.seed = cfg.seed
         self.device = device
         self.n = len(prepared.ok)
-        self.steps_per_epoch = self.n // cfg.batch_size
+        self.steps_per_epoch = shard.size(self.n) // cfg.batch_size
         kind = "RGB" if cfg.channels == 3 else "grey"
         skipped = (f"; {prepared.unreadable:,} unreadable file(s) skipped"
                    if prepared.unreadable else "")
@@ -368,7 +372,7 @@ class _Reader:
         epoch, position = state
         try:
             while not self._stop.is_set():
-                perm = epoch_permutation(batches.n, batches.seed, epoch).numpy()
+                perm = epoch_permutation(batches.n, batches.seed, epoch, batches.shard).numpy()
                 for pos in range(position, batches.steps_per_epoch):
                     x, bad = batches.gather(epoch, pos, perm)
                     after = (epoch, pos + 1) if pos + 1 < batches.steps_per_epoch else (

@@ -21,7 +21,7 @@ import math
 import signal
 import weakref
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 import numpy as np
 import torch
@@ -55,10 +55,30 @@ class Batches(Protocol):
     def load_state_dict(self, state: dict[str, Any]) -> None: ...
 
 
-def epoch_permutation(n: int, seed: int, epoch: int) -> torch.Tensor:
-    """The shuffled order of ``n`` items for ``epoch``; a pure function of its arguments."""
+class Shard(NamedTuple):
+    """Which part of every epoch one process trains on: rank ``rank`` of ``world`` (the
+    data-parallel ranks of a torchrun launch; ``Shard(0, 1)`` is the whole set)."""
+
+    rank: int = 0
+    world: int = 1
+
+    def size(self, n: int) -> int:
+        """Items per epoch in this shard (every shard the same size; a remainder is dropped)."""
+        return n // self.world
+
+
+WHOLE = Shard()
+
+
+def epoch_permutation(n: int, seed: int, epoch: int, shard: Shard = WHOLE) -> torch.Tensor:
+    """The shuffled order of ``n`` items for ``epoch`` (a pure function of its arguments), or
+    this shard's part of it: every ``world``-th item from ``rank``, so the shards of an epoch
+    are disjoint and together cover it."""
     gen = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
-    return torch.randperm(n, generator=gen)
+    perm = torch.randperm(n, generator=gen)
+    if shard.world == 1:
+        return perm
+    return perm[:shard.size(n) * shard.world][shard.rank::shard.world]
 
 
 class TensorBatches:
@@ -67,23 +87,25 @@ class TensorBatches:
     skipped = 0
 
     def __init__(self, images: torch.Tensor, labels: torch.Tensor | None, batch_size: int,
-                 seed: int, device: torch.device, note: str) -> None:
-        if images.shape[0] < batch_size:
-            raise DataError(f"{note}: {images.shape[0]} images, fewer than batch_size "
-                            f"{batch_size}")
+                 seed: int, device: torch.device, note: str, shard: Shard = WHOLE) -> None:
+        if shard.size(images.shape[0]) < batch_size:
+            raise DataError(f"{note}: {images.shape[0]} images{_per_rank(shard)}, fewer than "
+                            f"batch_size {batch_size}")
         self.images = images.to(device)
         self.labels = labels.to(device) if labels is not None else None
         self.batch_size = batch_size
         self.seed = seed
         self.device = device
         self.note = note
-        self.steps_per_epoch = images.shape[0] // batch_size
+        self.shard = shard
+        self.steps_per_epoch = shard.size(images.shape[0]) // batch_size
         self._epoch = 0
         self._index = 0
         self._perm = self._permutation()
 
     def _permutation(self) -> torch.Tensor:
-        return epoch_permutation(self.images.shape[0], self.seed, self._epoch).to(self.device)
+        return epoch_permutation(self.images.shape[0], self.seed, self._epoch,
+                                 self.shard).to(self.device)
 
     def next(self) -> tuple[torch.Tensor, torch.Tensor | None]:
         if self._index >= self.steps_per_epoch:
@@ -115,10 +137,12 @@ class RingBatches:
     steps_per_epoch = None
     note = f"ring8: {RING_MODES} Gaussians on a circle of radius {RING_RADIUS}, sigma {RING_SIGMA}"
 
-    def __init__(self, batch_size: int, seed: int, device: torch.device) -> None:
+    def __init__(self, batch_size: int, seed: int, device: torch.device,
+                 shard: Shard = WHOLE) -> None:
         self.batch_size = batch_size
         self.device = device
-        self.gen = torch.Generator().manual_seed(seed * 1_000_003 + 7)
+        # each rank its own stream of points; rank 0's is a single process's
+        self.gen = torch.Generator().manual_seed(seed * 1_000_003 + 7 + 7919 * shard.rank)
         self.centers = ring_modes()
 
     def next(self) -> tuple[torch.Tensor, None]:
@@ -194,7 +218,11 @@ def fit_images(images: torch.Tensor, cfg: Config) -> torch.Tensor:
     return images
 
 
-def mnist_batches(cfg: Config, device: torch.device) -> TensorBatches:
+def _per_rank(shard: Shard) -> str:
+    return f" split over {shard.world} ranks" if shard.world > 1 else ""
+
+
+def mnist_batches(cfg: Config, device: torch.device, shard: Shard = WHOLE) -> TensorBatches:
     """MNIST in memory: the user's full set if ``cfg.data`` is given, else the bundled subset."""
     if cfg.data:
         images, labels = load_full_mnist(Path(cfg.data).expanduser())
@@ -205,7 +233,7 @@ def mnist_batches(cfg: Config, device: torch.device) -> TensorBatches:
                 "MNIST root for all 60,000")
     images = fit_images(images, cfg)
     return TensorBatches(images, labels if cfg.conditional else None, cfg.batch_size, cfg.seed,
-                         device, note)
+                         device, note, shard)
 
 
 # ---- image folders -----------------------------------------------------------------------
@@ -304,15 +332,16 @@ def worker_init_fn(_worker_id: int) -> None:
 class EpochBatchSampler(torch.utils.data.Sampler):
     """Endless batches of tagged indices, epoch after epoch, starting at a saved position."""
 
-    def __init__(self, n: int, batch_size: int, seed: int, epoch: int, position: int) -> None:
-        self.n, self.batch_size, self.seed = n, batch_size, seed
+    def __init__(self, n: int, batch_size: int, seed: int, epoch: int, position: int,
+                 shard: Shard = WHOLE) -> None:
+        self.n, self.batch_size, self.seed, self.shard = n, batch_size, seed, shard
         self.start = (epoch, position)
 
     def __iter__(self):
         epoch, position = self.start
-        per_epoch = self.n // self.batch_size
+        per_epoch = self.shard.size(self.n) // self.batch_size
         while True:
-            perm = epoch_permutation(self.n, self.seed, epoch).tolist()
+            perm = epoch_permutation(self.n, self.seed, epoch, self.shard).tolist()
             for pos in range(position, per_epoch):
                 chunk = perm[pos * self.batch_size:(pos + 1) * self.batch_size]
                 yield [(i, epoch, pos) for i in chunk]
@@ -327,17 +356,18 @@ class FolderBatches:
             whole epoch of batches in a row without one readable image.
     """
 
-    def __init__(self, cfg: Config, device: torch.device) -> None:
+    def __init__(self, cfg: Config, device: torch.device, shard: Shard = WHOLE) -> None:
         self.root = Path(cfg.data).expanduser()
         self.files = find_images(self.root)
-        if len(self.files) < cfg.batch_size:
-            raise DataError(f"{self.root}: {len(self.files)} images, fewer than batch_size "
-                            f"{cfg.batch_size}")
+        self.shard = shard
+        if shard.size(len(self.files)) < cfg.batch_size:
+            raise DataError(f"{self.root}: {len(self.files)} images{_per_rank(shard)}, fewer "
+                            f"than batch_size {cfg.batch_size}")
         probe_images(self.files, self.root)
         self.cfg = cfg
         self.device = device
         self.dataset = ImageFolder(self.files, cfg.image_size, cfg.channels)
-        self.steps_per_epoch = len(self.files) // cfg.batch_size
+        self.steps_per_epoch = shard.size(len(self.files)) // cfg.batch_size
         self.note = (f"image folder: {len(self.files):,} images under {self.root}, "
                      f"{cfg.image_size}x{cfg.image_size} {'RGB' if cfg.channels == 3 else 'grey'}")
         self.data_fix = (f"Decode the folder once with `gantui prepare {self.root} --size "
@@ -357,7 +387,7 @@ class FolderBatches:
     def _loader(self):
         epoch, position = self._state
         sampler = EpochBatchSampler(len(self.files), self.cfg.batch_size, self.cfg.seed,
-                                    epoch, position)
+                                    epoch, position, self.shard)
         workers = self.cfg.num_workers
         loader = torch.utils.data.DataLoader(
             self.dataset, batch_sampler=sampler, num_workers=workers,
@@ -418,16 +448,16 @@ def close_open_folders() -> None:
         batches.close()
 
 
-def make_batches(cfg: Config, device: torch.device) -> Batches:
-    """The batch stream ``cfg`` asks for.
+def make_batches(cfg: Config, device: torch.device, shard: Shard = WHOLE) -> Batches:
+    """The batch stream ``cfg`` asks for (this rank's shard of it).
 
     Raises:
         DataError: the data is missing, empty or too small, with what was expected.
     """
     if cfg.dataset == "ring8":
-        return RingBatches(cfg.batch_size, cfg.seed, device)
+        return RingBatches(cfg.batch_size, cfg.seed, device, shard)
     if cfg.dataset == "mnist":
-        return mnist_batches(cfg, device)
+        return mnist_batches(cfg, device, shard)
     if not cfg.data:
         raise DataError("dataset 'folder' needs --data PATH: a folder of images "
                         "(e.g. CelebA's img_align_celeba)")
@@ -437,8 +467,8 @@ def make_batches(cfg: Config, device: torch.device) -> Batches:
         root = Path(cfg.data).expanduser()
         prepared = open_prepared(root, cfg.image_size, cfg.channels)
         if prepared is not None:
-            if len(prepared.ok) < cfg.batch_size:
-                raise DataError(f"{root}: {len(prepared.ok)} images, fewer than batch_size "
-                                f"{cfg.batch_size}")
-            return CachedBatches(prepared, root, cfg, device)
-    return FolderBatches(cfg, device)
+            if shard.size(len(prepared.ok)) < cfg.batch_size:
+                raise DataError(f"{root}: {len(prepared.ok)} images{_per_rank(shard)}, fewer "
+                                f"than batch_size {cfg.batch_size}")
+            return CachedBatches(prepared, root, cfg, device, shard)
+    return FolderBatches(cfg, device, shard)

@@ -9,10 +9,13 @@ returned forwards in its steps and the plain modules everywhere else.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import NamedTuple
 
 import torch
 
 from gantui.config import Config
+from gantui.engine import distributed
+from gantui.engine.distributed import SINGLE, World
 from gantui.engine.models import build_models
 from gantui.system import available_cores
 
@@ -66,16 +69,43 @@ def set_threads(cfg: Config) -> str:
     return f"CPU threads: {threads} ({why}){over}"
 
 
-def training_models(cfg: Config, device: torch.device) -> tuple[
-        torch.nn.Module, torch.nn.Module, Callable[[torch.Tensor], torch.Tensor],
-        Callable[..., torch.Tensor], Callable[..., torch.Tensor]]:
+class TrainingModels(NamedTuple):
+    """G and D as the training steps call them."""
+
+    G: torch.nn.Module
+    """The generator itself: state dicts, previews, evaluation, EMA."""
+    D: torch.nn.Module
+    """The discriminator itself."""
+    input: Callable[[torch.Tensor], torch.Tensor]
+    """What real batches go through before D (NHWC when ``channels_last`` applies)."""
+    G_step: Callable[..., torch.Tensor]
+    """G's forward in the steps: compiled when ``compile``, in DDP on several ranks."""
+    D_step: Callable[..., torch.Tensor]
+    """D's forward in the D step."""
+    D_frozen: Callable[..., torch.Tensor]
+    """D's forward in the G step, where D is frozen: never through DDP, whose reducer would
+    wait for gradients D does not get."""
+    D_eager: Callable[..., torch.Tensor]
+    """D's forward for R1 (differentiated twice: never compiled; in DDP on several ranks)."""
+
+
+def training_models(cfg: Config, device: torch.device, world: World = SINGLE
+                    ) -> TrainingModels:
     """Seed, build and place G and D with every speed option applied, as the trainer and the
-    bench's bare loop both need them: ``(G, D, input format, G forward, D forward)``."""
+    bench's bare loop both need them; on several ranks each in its own DDP."""
     torch.manual_seed(cfg.seed)
     G, D = build_models(cfg)
+    if world.distributed and cfg.sync_bn and device.type == "cuda":
+        G = torch.nn.SyncBatchNorm.convert_sync_batchnorm(G)
+        D = torch.nn.SyncBatchNorm.convert_sync_batchnorm(D)
     G.to(device)
     D.to(device)
     set_backend_flags(cfg, device)
     for module in (G, D):
         to_memory_format(module, cfg, device)
-    return G, D, input_format(cfg, device), forward(G, cfg), forward(D, cfg)
+    if not world.distributed:
+        g, d = forward(G, cfg), forward(D, cfg)
+        return TrainingModels(G, D, input_format(cfg, device), g, d, d, D)
+    G_ddp, D_ddp = distributed.wrap(G, device), distributed.wrap(D, device)
+    return TrainingModels(G, D, input_format(cfg, device), forward(G_ddp, cfg),
+                          forward(D_ddp, cfg), forward(D, cfg), D_ddp)

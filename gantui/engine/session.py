@@ -18,6 +18,7 @@ from gantui import events as ev
 from gantui.config import Config, ConfigError
 from gantui.engine import fast
 from gantui.engine.control import Controller
+from gantui.engine.distributed import SINGLE, Channel, World
 from gantui.engine.trainer import Trainer
 from gantui.errors import GantuiError
 from gantui.files import read_toml_dict
@@ -108,7 +109,8 @@ def prepare_resume(store: RunStore, sets: list[str] | tuple[str, ...] = (),
 def start(cfg: Config | None, preset: str, *, runs_dir: Path = Path("runs"),
           name: str | None = None, device: str = "auto", resume: Path | None = None,
           sets: list[str] | tuple[str, ...] = (), on_nonfinite: str = "stop",
-          queue_size: int = 10_000) -> Session:
+          queue_size: int = 10_000, world: World = SINGLE, channel: Channel | None = None,
+          torch_device: torch.device | None = None) -> Session:
     """Set up a run (new, or resumed from ``resume``) and start its trainer thread.
 
     The process holds the run's lock (:mod:`gantui.run.lock`) until the trainer ends, so no other
@@ -124,8 +126,24 @@ def start(cfg: Config | None, preset: str, *, runs_dir: Path = Path("runs"),
         resume: a run directory to continue from its newest valid checkpoint.
         sets: ``KEY=VALUE`` overrides applied on resume (see :data:`RESUME_KEYS`).
         on_nonfinite: ``stop`` or ``pause`` when a loss goes NaN/inf.
+        world, channel, torch_device: on rank 0 of a torchrun launch, the launch and its
+            control channel (the other ranks run :func:`start_worker`) and this rank's device.
     """
-    torch_device = resolve_device(device)
+    try:
+        return _start(cfg, preset, runs_dir, name, device, resume, sets, on_nonfinite,
+                      queue_size, world, channel, torch_device)
+    except BaseException as exc:
+        if channel is not None and not channel.setup_sent:  # the other ranks end too
+            channel.send_setup({"error": str(exc)})
+        raise
+
+
+def _start(cfg: Config | None, preset: str, runs_dir: Path, name: str | None, device: str,
+           resume: Path | None, sets: list[str] | tuple[str, ...], on_nonfinite: str,
+           queue_size: int, world: World, channel: Channel | None,
+           torch_device: torch.device | None) -> Session:
+    if torch_device is None:
+        torch_device = resolve_device(device)
     if resume is not None:
         store = RunStore.open(resume)
     else:
@@ -141,7 +159,7 @@ def start(cfg: Config | None, preset: str, *, runs_dir: Path = Path("runs"),
         raise
     try:
         return _start_locked(store, lock, cfg, preset, torch_device, resume is not None, sets,
-                             on_nonfinite, queue_size)
+                             on_nonfinite, queue_size, world, channel)
     except BaseException:
         lock.release()
         if resume is None:
@@ -151,7 +169,8 @@ def start(cfg: Config | None, preset: str, *, runs_dir: Path = Path("runs"),
 
 def _start_locked(store: RunStore, lock: RunLock, cfg: Config | None, preset: str,
                   device: torch.device, resuming: bool, sets: list[str] | tuple[str, ...],
-                  on_nonfinite: str, queue_size: int) -> Session:
+                  on_nonfinite: str, queue_size: int, world: World = SINGLE,
+                  channel: Channel | None = None) -> Session:
     warnings: list[str] = []
     resume_state = None
     notes: list[ev.Event] = []
@@ -168,11 +187,19 @@ def _start_locked(store: RunStore, lock: RunLock, cfg: Config | None, preset: st
     assert cfg is not None
     notes.append(ev.Note(int(resume_state["step"]) if resume_state else 0,
                          fast.set_threads(cfg)))
+    if world.distributed:
+        notes.append(ev.Note(notes[-1].step, f"data parallel: {world.size} ranks of "
+                             f"batch_size {cfg.batch_size} (a global batch of "
+                             f"{world.size * cfg.batch_size}), each a distinct shard of every "
+                             f"epoch; rank 0 writes this run directory"))
+    if channel is not None:
+        channel.send_setup({"cfg": cfg.to_dict(), "preset": preset, "run_dir": str(store.path),
+                            "state": resume_state, "on_nonfinite": on_nonfinite})
     queue = ev.EventQueue(queue_size)
     controller = Controller()
     trainer = Trainer(cfg, store=store, emit=queue.put, controller=controller, device=device,
                       preset=preset, name=store.path.name, resume_state=resume_state,
-                      on_nonfinite=on_nonfinite, notes=notes)
+                      on_nonfinite=on_nonfinite, notes=notes, world=world, channel=channel)
     if resume_state is not None:
         for journal in ("metrics.jsonl", "quality.jsonl"):
             moved = store.supersede_after(trainer.step, journal)
@@ -217,3 +244,28 @@ def _run(session: Session) -> None:
             session.system.close()  # it writes system.jsonl: done before the lock goes
         session.server.close()
         session.lock.release()
+
+
+class _NoStore:
+    """A rank other than 0 writes nothing: it knows the run directory's path only."""
+
+    def __init__(self, path: str) -> None:
+        self.path = Path(path)
+
+    def close(self) -> None:
+        pass
+
+
+def start_worker(world: World, channel: Channel, device: torch.device,
+                 emit: ev.Emit) -> Trainer | None:
+    """On a rank other than 0: take the setup rank 0 sends and build this rank's trainer
+    (None when rank 0 failed to start: it says why)."""
+    setup = channel.broadcast()
+    if "error" in setup:
+        return None
+    cfg = config_mod.from_dict(setup["cfg"])
+    fast.set_threads(cfg)
+    store = _NoStore(setup["run_dir"])
+    return Trainer(cfg, store=store, emit=emit, controller=Controller(), device=device,  # type: ignore[arg-type]
+                   preset=setup["preset"], name=store.path.name, resume_state=setup["state"],
+                   on_nonfinite=setup["on_nonfinite"], world=world, channel=channel)

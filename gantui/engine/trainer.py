@@ -19,9 +19,10 @@ import torch
 
 from gantui import events as ev
 from gantui.config import LIVE_KEYS, Config
-from gantui.engine import fast
+from gantui.engine import distributed, fast
 from gantui.engine.control import Command, Controller
 from gantui.engine.data import Batches, RingBatches, make_batches, ring_modes
+from gantui.engine.distributed import SINGLE, Channel, World
 from gantui.engine.losses import d_loss, d_prob, g_loss
 from gantui.engine.models import build_encoder
 from gantui.errors import GantuiError
@@ -40,6 +41,12 @@ RING_EVAL_POINTS = 2500
 JOURNALED = (ev.RunStarted, ev.Changed, ev.Checkpointed, ev.StateChanged, ev.Alert, ev.Note)
 # Slots of the on-device statistics accumulator.
 LOSS_D, D_REAL, D_FAKE, GRAD_D, LOSS_G, D_FAKE_G, GRAD_G = range(7)
+SYNC_EVERY = 4
+"""On several ranks, steps between two command exchanges (and stop checks): a command lands
+on every rank at the same step, at most this many steps after it arrived."""
+PAUSED_POLL_S = 0.2
+"""While paused on several ranks, rank 0 waits this long for a command between exchanges:
+the ranks keep meeting, so no collective ever waits near its timeout."""
 
 
 class Trainer:
@@ -52,7 +59,8 @@ class Trainer:
     def __init__(self, cfg: Config, *, store: RunStore, emit: ev.Emit, controller: Controller,
                  device: torch.device, preset: str, name: str,
                  resume_state: dict[str, Any] | None = None, on_nonfinite: str = "stop",
-                 notes: list[ev.Event] | tuple[ev.Event, ...] = ()) -> None:
+                 notes: list[ev.Event] | tuple[ev.Event, ...] = (), world: World = SINGLE,
+                 channel: Channel | None = None) -> None:
         self.cfg = cfg
         self.store = store
         self.controller = controller
@@ -62,11 +70,28 @@ class Trainer:
         self.on_nonfinite = on_nonfinite
         self._user_emit = emit
         self._notes = list(notes)
+        self.world = world
+        """This process's rank; rank 0 alone writes the run directory, samples, evaluates."""
+        self.channel = channel if world.distributed else None
+        self._stop_asked = False  # a stop signal on a rank other than 0, sent at the next sync
 
-        # _G_step/_D_step are what the training steps call: the modules, or their compiled
-        # forwards (compile); everything else uses the modules themselves.
-        self.G, self.D, self._input, self._G_step, self._D_step = fast.training_models(
-            cfg, device)
+        # The data first: on several ranks, a rank without its data must end them all before
+        # DDP's first collective.
+        error: BaseException | None = None
+        try:
+            self.batches: Batches = make_batches(cfg, device, world.shard)
+        except BaseException as exc:  # noqa: BLE001 - raised by agree() on this rank
+            error = exc
+        if self.channel is not None:
+            self.channel.agree(error)
+        elif error is not None:
+            raise error
+        # _G_step/_D_step are what the training steps call: the modules, their compiled
+        # forwards (compile), in DDP on several ranks; everything else uses the modules.
+        models = fast.training_models(cfg, device, world)
+        self.G, self.D, self._input = models.G, models.D, models.input
+        self._G_step, self._D_step = models.G_step, models.D_step
+        self._D_frozen, self._D_eager = models.D_frozen, models.D_eager
         self.G_ema: torch.nn.Module | None = None
         """An exponential moving average of G's weights (``ema`` > 0): what previews,
         evaluation and sampling show."""
@@ -78,12 +103,15 @@ class Trainer:
         self.E: torch.nn.Module | None = None
         """The encoder of a cVAE-GAN (``encoder``): E(x) -> (mu, logvar) of a code for G."""
         self.opt_e: torch.optim.Optimizer | None = None
+        self._E_step: torch.nn.Module | None = None
+        """E as the steps call it: in DDP on several ranks."""
         if cfg.encoder:
             self.E = build_encoder(cfg).to(device)
             self.opt_e = torch.optim.Adam(self.E.parameters(), lr=cfg.lr_g, betas=betas)
-        self.batches: Batches = make_batches(cfg, device)
+            self._E_step = distributed.wrap(self.E, device) if world.distributed else self.E
         self._real: tuple[torch.Tensor, torch.Tensor | None] | None = None
-        self.noise = torch.Generator(device=device).manual_seed(cfg.seed + 1)
+        # each rank its own noise; rank 0's is a single process's
+        self.noise = torch.Generator(device=device).manual_seed(cfg.seed + 1 + 7919 * world.rank)
         self.fixed_noise, self.fixed_labels, self.grid_nrow = self._fixed_inputs()
         self.fixed_real = self._fixed_real() if cfg.encoder else None
         """One real digit per class: the preview shows it beside its reconstruction."""
@@ -193,7 +221,7 @@ class Trainer:
                     self.evaluate()
                 if self.step % self.cfg.checkpoint_every == 0:
                     self._periodic_checkpoint()
-            self._apply_commands()
+            self._apply_commands(force=True)
             finite = self.log() if self._n_g else True  # the last steps of a partial interval
             if not finite and self.paused:  # as in the loop: the dashboard user decides
                 self._wait_while_paused()
@@ -206,6 +234,10 @@ class Trainer:
             return self._end("finished", f"finished {self.total_steps} steps")
         except Exception as exc:
             error, why = exc, f"{type(exc).__name__}: {exc}"
+            lost = self.channel is not None and distributed.is_peer_failure(exc)
+            if lost:
+                why = ("another rank stopped answering (a worker crashed, was killed or timed "
+                       "out); this rank ends too")
             # Each step of the wind-down on its own: a full disk must not keep the others
             # (answering waiting clients, the final state) from happening.
             for wind_down in (
@@ -216,6 +248,8 @@ class Trainer:
             ):
                 with contextlib.suppress(Exception):
                     wind_down()
+            if lost:
+                raise distributed.RankFailed(why) from None
             raise
         finally:
             close = getattr(self.batches, "close", None)  # decoding workers, reader threads
@@ -252,7 +286,7 @@ class Trainer:
             D = self._D_step
             if r1:
                 x = x.detach().requires_grad_(True)
-                D = self.D  # R1 differentiates twice: compiled graphs do not
+                D = self._D_eager  # R1 differentiates twice: compiled graphs do not
             out_real = D(x, y)
             out_fake = D(fake, y_fake)
             loss = d_loss(self.cfg.loss, out_real.float(), out_fake.float(),
@@ -281,7 +315,7 @@ class Trainer:
         self.D.requires_grad_(False)
         try:
             with self._autocast():
-                out = self._D_step(self._instance_noise(self._G_step(z, y)), y)
+                out = self._D_frozen(self._instance_noise(self._G_step(z, y)), y)
                 loss = g_loss(self.cfg.loss, out.float())
                 total = loss + self._encoder_loss() if self.E is not None else loss
             self.opt_g.zero_grad(set_to_none=True)
@@ -303,8 +337,8 @@ class Trainer:
 
     def _code(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``(code, mu, logvar)``: E(x) and its reparameterised code mu + sigma * eps."""
-        assert self.E is not None
-        mu, logvar = self.E(x)
+        assert self._E_step is not None
+        mu, logvar = self._E_step(x)
         eps = torch.randn(mu.shape, device=mu.device, generator=self.noise, dtype=mu.dtype)
         return mu + eps * (0.5 * logvar).exp(), mu, logvar
 
@@ -315,7 +349,7 @@ class Trainer:
         x, y = self._real
         code, mu, logvar = self._code(x)
         rebuilt = self._G_step(code, y)
-        adversarial = g_loss(self.cfg.loss, self._D_step(rebuilt, y).float())
+        adversarial = g_loss(self.cfg.loss, self._D_frozen(rebuilt, y).float())
         l1 = (rebuilt.float() - x.float()).abs().mean()
         kl = -0.5 * (1 + logvar - mu.pow(2) - logvar.exp()).float().sum(1).mean()
         return adversarial + self.cfg.recon_weight * l1 + self.cfg.kl_weight * kl
@@ -353,7 +387,7 @@ class Trainer:
         evaluated."""
         every = self.cfg.eval_every
         latest = self.quality.latest
-        return (bool(every) and not self._eval_broken and not self.stopping
+        return (self.world.main and bool(every) and not self._eval_broken and not self.stopping
                 and self.step >= every and (latest is None or latest.step != self.step))
 
     def evaluate(self) -> Score | None:
@@ -362,7 +396,7 @@ class Trainer:
         An evaluation that fails (missing data for its reference, say) is reported once and
         switches evaluation off for this run: a metric never ends a training run.
         """
-        if self._eval_broken:
+        if self._eval_broken or not self.world.main:
             return None
         started = time.perf_counter()
         try:
@@ -422,7 +456,17 @@ class Trainer:
         Returns:
             False when a loss went non-finite (the run is then stopped or paused).
         """
-        values = self._acc.tolist()
+        images, skipped = self._images, self.batches.skipped
+        if self.channel is not None:  # every rank's statistics: averaged, images summed
+            packed = torch.cat([self._acc, torch.tensor([images, skipped], dtype=torch.float32,
+                                                        device=self._acc.device)])
+            torch.distributed.all_reduce(packed)
+            values = packed.tolist()
+            skipped = round(values.pop())
+            images = round(values.pop())
+            values = [v / self.world.size for v in values]
+        else:
+            values = self._acc.tolist()
         now = time.perf_counter()
         elapsed = max(now - self._t_log - self._paused_for - self._excluded, 1e-9)
         steps = self._n_g
@@ -436,7 +480,7 @@ class Trainer:
             loss_d=values[LOSS_D], loss_g=values[LOSS_G], d_real=values[D_REAL],
             d_fake=values[D_FAKE], d_fake_g=values[D_FAKE_G], grad_g=values[GRAD_G],
             grad_d=values[GRAD_D], lr_g=self.cfg.lr_g, lr_d=self.cfg.lr_d,  # as set, unscaled
-            img_per_s=self._images / elapsed,
+            img_per_s=images / elapsed,  # on several ranks, the global figure
             eta_s=(self.total_steps - self.step) * elapsed / max(steps, 1), time=time.time(),
             data_wait=min(1.0, self._waited / elapsed))
         self._acc.zero_()
@@ -444,8 +488,8 @@ class Trainer:
         self._t_log = now
         self._paused_for = self._excluded = self._waited = 0.0
         self._emit(metrics)
-        if self.batches.skipped:
-            self._emit_once_per_count("data", self.batches.skipped)
+        if skipped:
+            self._emit_once_per_count("data", skipped)
         if not all(math.isfinite(v) for v in values):
             self._nonfinite()
             return False
@@ -478,7 +522,9 @@ class Trainer:
 
     @torch.no_grad()
     def sample(self) -> None:
-        """Run G in eval mode on the fixed noise; save the grid and emit a preview."""
+        """Run G in eval mode on the fixed noise; save the grid and emit a preview (rank 0)."""
+        if not self.world.main:
+            return
         self.G_eval.eval()
         try:
             if isinstance(self.batches, RingBatches):
@@ -534,6 +580,7 @@ class Trainer:
         return {"step": self.step, "total_steps": self.total_steps, "state": self.state,
                 "name": self.name, "preset": self.preset, "device": str(self.device),
                 "pid": os.getpid(), "live": {key: getattr(cfg, key) for key in LIVE_KEYS},
+                "world_size": self.world.size,
                 "best": None if self.quality.best is None else {
                     "step": self.quality.best.step, "metric": self.quality.best.primary,
                     "value": self.quality.best.values.get(self.quality.best.primary)}}
@@ -543,6 +590,8 @@ class Trainer:
         inside a step leaves D updated and G not: that state is not a resume point, so the
         last checkpoint stays the newest."""
         if self._mid_step or _checkpoint_step_of(self.last_good_checkpoint) == self.step:
+            return
+        if self.channel is not None:  # it would need every rank, and one may be gone
             return
         self.checkpoint("crash")
 
@@ -573,15 +622,49 @@ class Trainer:
             return None
         previous = self.state
         self._set_state("checkpointing", reason, journal=False)
-        path = self.store.save_checkpoint(self.state_dict(), self.cfg.keep_checkpoints)
+        if self.channel is None:
+            path = self.store.save_checkpoint(self.state_dict(), self.cfg.keep_checkpoints)
+        else:
+            path = self._checkpoint_all_ranks()
         self.last_good_checkpoint = path
         self._emit(ev.Checkpointed(self.step, str(path), reason))
         self._set_state(previous, journal=False)
         return path
 
+    def _checkpoint_all_ranks(self) -> Path:
+        """Every rank's RNG and data position into rank 0's checkpoint (a collective: every
+        rank calls it at the same step); every rank learns whether the write worked.
+
+        Raises:
+            OSError: on every rank, when rank 0 could not write it.
+        """
+        assert self.channel is not None
+        states = self.channel.gather(self._rank_state())
+        outcome: dict[str, Any] | None = None
+        if self.world.main:
+            state = self.state_dict()
+            state["world_size"] = self.world.size
+            state["ranks"] = states
+            try:
+                outcome = {"path": str(self.store.save_checkpoint(state,
+                                                                  self.cfg.keep_checkpoints))}
+            except OSError as exc:
+                outcome = {"errno": exc.errno or 0, "error": exc.strerror or str(exc)}
+        outcome = self.channel.broadcast(outcome)
+        if "error" in outcome:
+            raise OSError(outcome["errno"], outcome["error"])
+        return Path(outcome["path"])
+
+    def _rank_state(self) -> dict[str, Any]:
+        """What differs between ranks: RNG streams and the data position."""
+        return {"rng": self._rng_state(), "data": self.batches.state_dict()}
+
+    def _rng_state(self) -> dict[str, Any]:
+        cuda_rng = torch.cuda.get_rng_state_all() if self.device.type == "cuda" else []
+        return {"torch": torch.get_rng_state(), "cuda": cuda_rng, "noise": self.noise.get_state()}
+
     def state_dict(self) -> dict[str, Any]:
         """Everything needed to continue exactly: one dict of tensors and plain values."""
-        cuda_rng = torch.cuda.get_rng_state_all() if self.device.type == "cuda" else []
         return {
             "version": CHECKPOINT_VERSION,
             "step": self.step,
@@ -591,8 +674,8 @@ class Trainer:
             "D": self.D.state_dict(),
             "opt_g": self.opt_g.state_dict(),
             "opt_d": self.opt_d.state_dict(),
-            "rng": {"torch": torch.get_rng_state(), "cuda": cuda_rng,
-                    "noise": self.noise.get_state()},
+            "rng": self._rng_state(),
+            "world_size": self.world.size,
             "data": self.batches.state_dict(),
             "fixed_noise": self.fixed_noise.cpu(),
             "fixed_labels": None if self.fixed_labels is None else self.fixed_labels.cpu(),
@@ -615,11 +698,13 @@ class Trainer:
             self.fixed_real = state["fixed_real"].to(self.device)
         self._apply_optimizer_settings()
         self.step = int(state["step"])
-        torch.set_rng_state(state["rng"]["torch"])
-        if self.device.type == "cuda" and state["rng"]["cuda"]:
-            torch.cuda.set_rng_state_all(state["rng"]["cuda"])
-        self.noise.set_state(state["rng"]["noise"])
-        self.batches.load_state_dict(state["data"])
+        mine = self._restore_rank(state)
+        torch.set_rng_state(mine["rng"]["torch"])
+        if self.device.type == "cuda" and mine["rng"]["cuda"]:
+            torch.cuda.set_rng_state_all(mine["rng"]["cuda"])
+        if mine["rng"].get("noise") is not None:
+            self.noise.set_state(mine["rng"]["noise"])
+        self.batches.load_state_dict(mine["data"])
         self.fixed_noise = state["fixed_noise"].to(self.device)
         labels = state.get("fixed_labels")
         self.fixed_labels = None if labels is None else labels.to(self.device)
@@ -630,19 +715,76 @@ class Trainer:
         if isinstance(quality, dict):
             self.quality.load_state_dict(quality)
 
+    def _restore_rank(self, state: dict[str, Any]) -> dict[str, Any]:
+        """This rank's RNG streams and data position from ``state``: its own when the
+        checkpoint was written by as many ranks, else rank 0's data position with fresh
+        per-rank noise (continuing, but no longer exactly; a note says so)."""
+        saved = int(state.get("world_size", 1))
+        ranks = state.get("ranks")
+        if saved == self.world.size:
+            if saved == 1:
+                return {"rng": state["rng"], "data": state["data"]}
+            if isinstance(ranks, list) and len(ranks) == saved:
+                return ranks[self.world.rank]
+        if self.world.main:
+            self.add_note(ev.Alert(int(state["step"]), "control", f"resuming {saved} rank(s)' "
+                                   f"checkpoint on {self.world.size}: training continues, but "
+                                   f"no longer exactly as it would have on {saved}"))
+        data = dict(state["data"])
+        if isinstance(self.batches, RingBatches) or "index" not in data:
+            data = self.batches.state_dict()  # a fresh stream for this rank
+        elif self.batches.steps_per_epoch and int(data["index"]) >= self.batches.steps_per_epoch:
+            data.update(epoch=int(data["epoch"]) + 1, index=0)  # shorter epochs per rank now
+        seed = self.cfg.seed + 1 + 7919 * self.world.rank + 104_729 * int(state["step"])
+        noise = torch.Generator(device=self.device).manual_seed(seed).get_state()
+        return {"rng": dict(state["rng"], noise=noise), "data": data}
+
     # ---- control -----------------------------------------------------------------------
 
-    def _apply_commands(self) -> None:
+    def _apply_commands(self, force: bool = False) -> None:
+        if self.channel is not None:
+            if force or self.step % SYNC_EVERY == 0:
+                self._exchange_commands()
+            return
         while (command := self.controller.get()) is not None:
             self._apply(command)
 
     def _wait_while_paused(self) -> None:
         started = time.perf_counter()
         while self.paused and not self.stopping:
+            if self.channel is not None:  # rank 0 waits for a command; the others for it
+                first = self.controller.get(timeout=PAUSED_POLL_S) if self.world.main else None
+                self._exchange_commands(first)
+                continue
             command = self.controller.get(timeout=0.1)
             if command is not None:
                 self._apply(command)
         self._paused_for += time.perf_counter() - started
+
+    def _exchange_commands(self, first: Command | None = None) -> None:
+        """Rank 0's commands, applied on every rank at this step in the same order; a stop
+        asked on any rank (its SIGTERM) stops them all."""
+        assert self.channel is not None
+        local = [] if first is None else [first]
+        while (command := self.controller.get()) is not None:
+            local.append(command)
+        if self.world.main:
+            payload = distributed.encode([(c.action, c.changes, c.source) for c in local])
+        else:  # only a stop is ever asked of another rank (its signal handler)
+            payload = b""
+            for command in local:
+                self._stop_asked = self._stop_asked or command.action == "stop"
+                command.reply.set_result({"action": command.action, "step": self.step})
+        payload, stop = self.channel.exchange(payload, self._stop_asked)
+        if self.world.main:
+            commands = local
+        else:
+            commands = [Command(action, changes, source)
+                        for action, changes, source in distributed.decode(payload)]
+        for command in commands:
+            self._apply(command)
+        if stop and not self.stopping:
+            self._apply(Command("stop", source="a signal on another rank"))
 
     def _apply(self, command: Command) -> None:
         """Carry out one command and answer its future; refusals are journaled."""
@@ -747,8 +889,11 @@ class Trainer:
             self._user_emit(event)
 
     def _emit(self, event: ev.Event) -> None:
-        """Record ``event`` in the run directory, then hand it to the consumer."""
-        if isinstance(event, ev.Metrics):
+        """Record ``event`` in the run directory, then hand it to the consumer (on rank 0;
+        the other ranks only hand it over)."""
+        if not self.world.main:
+            pass
+        elif isinstance(event, ev.Metrics):
             self.store.append_metrics(_metrics_record(event))
         elif isinstance(event, ev.Quality):
             self.store.append_quality(_metrics_record(event))

@@ -38,7 +38,9 @@ class BareLoop:
 
     def __init__(self, cfg: Config, device: torch.device) -> None:
         self.cfg, self.device = cfg, device
-        self.G, self.D, self.input, self.g, self.d = fast.training_models(cfg, device)
+        models = fast.training_models(cfg, device)
+        self.G, self.D, self.input = models.G, models.D, models.input
+        self.g, self.d = models.G_step, models.D_step
         betas = (cfg.beta1, cfg.beta2)
         self.opt_g = torch.optim.Adam(self.G.parameters(), lr=cfg.lr_g, betas=betas)
         self.opt_d = torch.optim.Adam(self.D.parameters(), lr=cfg.lr_d, betas=betas)

@@ -23,6 +23,7 @@ from gantui.text import safe
 
 RESUME_KEYS = (*LIVE_KEYS, "steps", "epochs", "data", "num_workers", "data_cache",
                "keep_checkpoints", "amp", "tf32", "channels_last", "compile", "threads",
+               "sync_bn",
                "ema", "r1_every",
                "eval_samples", "fid_weights", "lr_decay")
 """Keys a resumed run may change; others would no longer fit the checkpoint."""

@@ -1,0 +1,293 @@
+"""``gantui train`` on several processes: each rank of a torchrun launch, and the launcher
+``gantui train --nproc-per-node N`` that starts torchrun itself and follows the run.
+
+Rank 0 trains with the headless printer and owns the run directory; the other ranks train
+in silence (errors only). The launcher runs ``python -m torch.distributed.run`` in its own
+session (a dropped terminal does not reach it), shows rank 0's lines or the dashboard
+(following the run directory, as ``gantui watch`` does), hides torchrun's own log lines and
+tracebacks, and sums up a failed launch in one line.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from pathlib import Path
+
+from gantui.errors import GantuiError
+from gantui.text import safe
+
+
+def launched_world_size() -> int:
+    """The world size torchrun set for this process (1 outside a launch); torch-free."""
+    try:
+        return int(os.environ.get("WORLD_SIZE", "1"))
+    except ValueError:
+        return 1
+
+
+# ---- one rank of a launch ----------------------------------------------------------------
+
+def train_rank(load_config: Callable[[], tuple[str, object]] | None, *, resume: Path | None,
+               sets: list[str], device: str, runs_dir: Path, name: str | None) -> int:
+    """Train this rank of a torchrun launch; returns the exit code.
+
+    Args:
+        load_config: ``() -> (preset name, Config)`` for a new run (None when resuming);
+            called on rank 0 only, which sends the result to the others.
+    """
+    from gantui.engine import distributed
+
+    world = distributed.launched()
+    try:
+        torch_device, channel = distributed.init(world, device)
+    except GantuiError as exc:
+        _say(world.rank, str(exc))
+        return 1
+    except (RuntimeError, ValueError) as exc:  # no rendezvous, a port in use...
+        _say(world.rank, f"could not join the launch: {safe(exc, 200)}")
+        return 1
+    try:
+        if world.main:
+            return _train_main(load_config, world, channel, torch_device, resume, sets, device,
+                               runs_dir, name)
+        return _train_other(world, channel, torch_device)
+    finally:
+        distributed.close()
+
+
+def _train_main(load_config, world, channel, torch_device, resume, sets, device, runs_dir,
+                name) -> int:
+    from gantui.engine.session import start
+    from gantui.headless import run_headless
+
+    try:
+        if resume is not None:
+            session = start(None, "", resume=resume, sets=sets, device=device, world=world,
+                            channel=channel, torch_device=torch_device)
+        else:
+            try:
+                preset, cfg = load_config()
+            except BaseException as exc:
+                channel.send_setup({"error": str(exc)})
+                raise
+            session = start(cfg, preset, runs_dir=runs_dir, name=name, device=device,
+                            world=world, channel=channel, torch_device=torch_device)
+    except GantuiError as exc:
+        _say(0, str(exc))
+        return 1
+    except OSError as exc:
+        _say(0, f"{exc.filename or 'run directory'}: {exc.strerror or exc}")
+        return 1
+    return run_headless(session)
+
+
+def _train_other(world, channel, torch_device) -> int:
+    from gantui.engine.distributed import RankFailed
+    from gantui.engine.session import start_worker
+    from gantui.headless import run_worker, worker_printer
+
+    try:
+        trainer = start_worker(world, channel, torch_device, worker_printer(world.rank))
+    except RankFailed:
+        return 1  # that rank says why
+    except GantuiError as exc:
+        _say(world.rank, str(exc))
+        return 1
+    if trainer is None:  # rank 0 could not start the run; it says why
+        return 1
+    return run_worker(trainer)
+
+
+def _say(rank: int, message: str) -> None:
+    prefix = "gantui" if rank == 0 else f"gantui rank {rank}"
+    with contextlib.suppress(OSError, ValueError):
+        print(safe(f"{prefix}: {message}"), file=sys.stderr, flush=True)
+
+
+# ---- the launcher ------------------------------------------------------------------------
+
+_TORCH_LOG = re.compile(r"^[IWE]\d{4} \d\d:\d\d:\d\d[.\d]* +\d+ ")
+_BANNER = ("*****", "Setting OMP_NUM_THREADS")
+
+
+class TorchrunOutput:
+    """Filters torchrun's combined output: workers' lines pass, torchrun's own log lines and
+    the traceback and report it prints when a worker fails are held back, and the report's
+    root cause (which rank, what exit code) is kept for :meth:`summary`."""
+
+    def __init__(self) -> None:
+        self._held: list[str] = []
+        self._in_traceback = False
+        self._in_report = False
+        self.root_rank: str | None = None
+        self.root_exit: str | None = None
+        self._root = False
+
+    def feed(self, line: str) -> list[str]:
+        """Lines of ``line`` to show (none, it, or held ones released)."""
+        text = line.rstrip("\n")
+        if self._in_report:
+            self._parse_report(text)
+            return []
+        if "ChildFailedError" in text:
+            self._in_report, self._in_traceback, self._held = True, False, []
+            return []
+        if self._in_traceback:
+            self._held.append(text)
+            if text.startswith((" ", "\t")) or text.startswith("Traceback"):
+                return []
+            held, self._held, self._in_traceback = self._held, [], False
+            if any("torch/distributed/" in h for h in held):
+                return []  # torchrun's own
+            return held
+        if text.startswith("Traceback (most recent call last)"):
+            self._in_traceback, self._held = True, [text]
+            return []
+        if _TORCH_LOG.match(text) or text.startswith(_BANNER):
+            return []
+        return [text]
+
+    def _parse_report(self, text: str) -> None:
+        if text.startswith("Root Cause"):
+            self._root = True
+        if not self._root:
+            return
+        key, _, value = text.partition(":")
+        key = key.strip()
+        if key == "rank" and self.root_rank is None:
+            self.root_rank = value.strip()
+        elif key == "exitcode" and self.root_exit is None:
+            self.root_exit = value.strip()
+
+    def flush(self) -> list[str]:
+        held, self._held = self._held, []
+        return [] if self._in_report else held
+
+    def summary(self, code: int) -> str:
+        """One line on how the launch ended."""
+        if self.root_rank is not None:
+            exit_text = re.sub(r"\(pid: \d+\)\s*", "", self.root_exit or "?").strip()
+            return (f"rank {self.root_rank} failed first (exit code {exit_text}); torchrun "
+                    f"stopped the other ranks")
+        return f"torchrun exited with code {code}"
+
+
+def torchrun_command(nproc: int, train_args: list[str]) -> list[str]:
+    """``python -m torch.distributed.run --standalone ... -m gantui train --no-ui ARGS``."""
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone",
+            f"--nproc-per-node={nproc}", "-m", "gantui", "train", "--no-ui", *train_args]
+
+
+def launch_env(nproc: int) -> dict[str, str]:
+    """The workers' environment: the cores split between the ranks unless the user said."""
+    from gantui.system import available_cores
+
+    env = dict(os.environ)
+    env.setdefault("OMP_NUM_THREADS", str(max(1, available_cores() // nproc)))
+    env.setdefault("PYTHONUNBUFFERED", "1")
+    return env
+
+
+def launch(nproc: int, train_args: list[str], run_dir: Path, *, dashboard: bool,
+           out=None) -> int:
+    """Start torchrun with ``nproc`` ranks of ``gantui train --no-ui ARGS`` and follow it.
+
+    Headless, rank 0's lines are shown as they come. With ``dashboard``, the dashboard
+    follows ``run_dir`` once rank 0 has made it; q leaves the run training in the
+    background, x stops it. Returns torchrun's exit code (0 when the dashboard was left).
+    """
+    out = out if out is not None else sys.stdout
+    proc = subprocess.Popen(torchrun_command(nproc, train_args), env=launch_env(nproc),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            bufsize=1, errors="replace", start_new_session=True)
+    lines: deque[str] = deque(maxlen=200)
+    filt = TorchrunOutput()
+    shown = threading.Event()  # headless: print as they come; dashboard: keep the tail
+
+    def pump() -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            for text in filt.feed(line):
+                lines.append(text)
+                if not dashboard:
+                    with contextlib.suppress(OSError, ValueError):
+                        print(text, file=out, flush=True)
+        for text in filt.flush():
+            lines.append(text)
+            if not dashboard:
+                print(text, file=out, flush=True)
+        shown.set()
+
+    reader = threading.Thread(target=pump, name="gantui-torchrun-output", daemon=True)
+    reader.start()
+
+    signalled: list[int] = []
+
+    def forward(signum: int, _frame) -> None:
+        signalled.append(signum)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signum)  # torchrun passes it to every rank: a common stop
+
+    previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        if dashboard:
+            left = _follow_with_dashboard(proc, run_dir)
+            if left and proc.poll() is None:
+                print(f"the run goes on in the background ({nproc} ranks, pid {proc.pid}): "
+                      f"gantui watch {run_dir}", file=out)
+                return 0
+        code = proc.wait()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    shown.wait(5)
+    if dashboard:  # what the ranks said, after the dashboard gave the terminal back
+        for text in list(lines)[-20:]:
+            print(text, file=out)
+    if code != 0 and signalled and _final_state(run_dir) == "stopped":
+        return 0  # stopped as asked, as a single process is (torchrun itself exits 1)
+    if code != 0:
+        print(f"gantui: {filt.summary(code)}; the checkpoints in {run_dir} are intact",
+              file=sys.stderr)
+    return code
+
+
+def _final_state(run_dir: Path) -> str:
+    from gantui.run.runs import run_state
+
+    try:
+        return run_state(run_dir, is_live=lambda _path: False)
+    except (OSError, ValueError):
+        return "unknown"
+
+
+def _follow_with_dashboard(proc: subprocess.Popen, run_dir: Path) -> bool:
+    """The dashboard on ``run_dir`` once it exists; True when the user left it while the run
+    still trains, False when the launch ended first."""
+    while not (run_dir / "config.toml").is_file():
+        if proc.poll() is not None:
+            return False
+        time.sleep(0.1)
+    from gantui.remote import RemoteController
+    from gantui.run.follow import RunFollower
+    from gantui.run.lock import is_locked
+    from gantui.ui import GantuiApp
+
+    controller = RemoteController(run_dir)
+    app = GantuiApp(RunFollower(run_dir).drain, controller, attached=True,
+                    title=f"gantui train · {run_dir.name} · torchrun",
+                    can_steer=lambda: is_locked(run_dir))
+    try:
+        app.run()
+    finally:
+        controller.close()
+    return proc.poll() is None
