@@ -294,19 +294,78 @@ def gpu_line(gpu: dict[str, float], name: str = "", compact: bool = False) -> st
     return " ".join(parts)
 
 
-def system_lines(sample: ev.System, width: int, rows: int) -> list[str]:
+def system_lines(sample: ev.System, width: int, rows: int, stale: str = "") -> list[str]:
     """The pane's text: one compact line when ``rows`` is 1, else a host line and a line
-    per GPU (as many as fit)."""
+    per GPU (as many as fit). ``stale`` (e.g. ``as of 5m ago``) says the sample is old: it
+    leads the compact line, which drops its least useful figures to fit ``width`` columns,
+    and ends the host line otherwise."""
     from gantui.text import safe
 
     names = [safe(n, 40) for n in sample.gpu_names]
     if rows <= 1:
-        gpus = " │ ".join(gpu_line(g, compact=True) for g in sample.gpus)
-        return [f"{gpus or safe(sample.gpu_note, 60)} │ {host_line(sample)}"]
+        return [_compact_line(sample, width, stale)]
     lines = [gpu_line(g, names[i] if i < len(names) else "") for i, g in enumerate(sample.gpus)]
     if not lines:
         lines = [safe(sample.gpu_note, 60) or "no GPU figures"]
     shown = lines[:rows - 1]
     if len(lines) > len(shown):
         shown[-1] = f"{shown[-1]}  (+{len(lines) - len(shown)} more GPUs)"
-    return [*shown, host_line(sample)]
+    host = host_line(sample)
+    return [*shown, f"{host}  ({stale})" if stale else host]
+
+
+def _compact_line(sample: ev.System, width: int, stale: str) -> str:
+    """``as of 5m ago │ gpu0 97% 31.2/80.0G 64C 310/700W │ cpu 87% of 16 · proc 180% · ...``
+    within ``width`` columns (no limit when 0): whole figures are left out, least useful
+    first, so the staleness, the first GPU (or the no-GPU note) and the CPU stay longest;
+    ``+N GPUs`` says when GPUs had to go."""
+    from gantui.text import safe
+
+    n_gpus = len(sample.gpus)
+    host = n_gpus + 2  # groups: 0 staleness, 1.. one per GPU, n+1 the "+N GPUs" mark, host
+    fields: list[tuple[int, int, str]] = []  # (group, priority: lower stays longer, text)
+    if stale:
+        fields.append((0, 0, stale))
+    for i, gpu in enumerate(sample.gpus):
+        index = gpu.get("index", NAN)
+        label = f"gpu{int(index)}" if math.isfinite(index) else "gpu?"
+        fields.append((1 + i, 1 if i == 0 else 3, f"{label} {_pct(gpu.get('util', NAN))} "
+                       f"{_gib(gpu.get('mem_used', NAN))}/{_gib(gpu.get('mem_total', NAN))}G"))
+        extra = []
+        if math.isfinite(temp := gpu.get("temp", NAN)):
+            extra.append(f"{temp:.0f}C")
+        if math.isfinite(power := gpu.get("power", NAN)):
+            limit = gpu.get("power_limit", NAN)
+            extra.append(f"{power:.0f}/{limit:.0f}W" if math.isfinite(limit) else f"{power:.0f}W")
+        if extra:
+            fields.append((1 + i, 7, " ".join(extra)))
+    if not n_gpus:
+        fields.append((1, 1, safe(sample.gpu_note, 40) or "no GPU figures"))
+    fields += [(host, 2, f"cpu {_pct(sample.cpu_percent)} of {sample.cpus}"),
+               (host, 6, f"proc {_pct(sample.process_cpu)}"),
+               (host, 4, f"ram {_gib(sample.ram_used)}/{_gib(sample.ram_total)}G"),
+               (host, 5, f"rss {_gib(sample.rss)}G")]
+
+    def join(chosen: set[int]) -> str:
+        groups: dict[int, list[str]] = {}
+        for i in sorted(chosen):
+            groups.setdefault(fields[i][0], []).append(fields[i][2])
+        return " │ ".join((" · " if group == host else " ").join(texts)
+                          for group, texts in sorted(groups.items()))
+
+    everything = set(range(len(fields)))
+    if width <= 0 or len(join(everything)) <= width:
+        return join(everything)
+    chosen: set[int] = set()
+    for i in sorted(everything, key=lambda i: fields[i][1]):
+        if len(join(chosen | {i})) <= width:
+            chosen.add(i)
+    mark = len(fields)
+    fields.append((n_gpus + 1, 8, ""))
+    while hidden := n_gpus - len({fields[i][0] for i in chosen if 1 <= fields[i][0] <= n_gpus}):
+        fields[mark] = (n_gpus + 1, 8, f"+{hidden} GPU{'s' if hidden > 1 else ''}")
+        if len(chosen) <= 1 or len(join(chosen | {mark})) <= width:
+            chosen.add(mark)
+            break
+        chosen.remove(max(chosen, key=lambda i: (fields[i][1], i)))  # room for the mark
+    return join(chosen)

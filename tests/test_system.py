@@ -4,6 +4,7 @@ data-wait fraction with its health warning."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import math
 import os
 import sys
@@ -98,7 +99,7 @@ def test_a_machine_without_a_gpu_says_so_and_still_shows_the_host() -> None:
     if not sample.gpus:  # this machine: no driver, or no nvidia-ml-py
         assert "NVIDIA" in sample.gpu_note or "nvidia-ml-py" in sample.gpu_note
     (line,) = system_lines(sample, 80, 1)
-    assert "cpu" in line and "rss" in line and "GiB" in line
+    assert "cpu" in line and "rss" in line and "G" in line and len(line) <= 80
 
 
 def test_gpu_figures_from_nvml(monkeypatch) -> None:
@@ -179,6 +180,40 @@ def test_the_dashboard_pane_fits_short_terminals_and_grows_on_tall_ones(size, gp
             assert ("gpu0" in text) == bool(gpus) and ("gpu1" in text) == bool(gpus)
             assert "data 42%" in str(app.status.render())
             app.export_screenshot()
+
+    asyncio.run(main())
+
+
+@pytest.mark.parametrize("gpus", [0, 1, 2, 8])
+def test_the_compact_line_fits_and_leads_with_staleness(gpus: int) -> None:
+    sample = _system_event(gpus)
+    (fresh,) = system_lines(sample, 78, 1)
+    (old,) = system_lines(sample, 78, 1, "as of 12m00s ago")
+    assert len(fresh) <= 78 and len(old) <= 78
+    assert fresh.startswith("gpu0 97% 31.0/80.0G" if gpus else "no NVIDIA GPU")
+    assert old.startswith("as of 12m00s ago │ ") and "cpu 87% of 16" in old
+    assert ("GPUs" in fresh) == (gpus == 8) and ("+7 GPUs" in old) == (gpus == 8)
+    (wide,) = system_lines(sample, 0, 1)  # no limit: every figure
+    assert "proc 180%" in wide and "rss 0.8G" in wide and ("64C 310/700W" in wide) == bool(gpus)
+    tall = system_lines(sample, 160, 9, "as of 12m00s ago")
+    assert tall[-1].endswith("rss 0.8 GiB  (as of 12m00s ago)")
+
+
+def test_a_stale_sample_says_so_at_80x24() -> None:
+    sample = dataclasses.replace(_system_event(2), time=time.time() - 720)
+    events = [ev.RunStarted("", "toy", "ring-8", "cuda", 0, 100, tiny().to_dict(), "ring"),
+              sample]
+    app = GantuiApp(scripted(events), None)
+
+    async def main():
+        async with app.run_test(size=(80, 24)) as pilot:
+            for _ in range(60):
+                await pilot.pause(0.05)
+                if app.system.display and app.system.size.height:
+                    break
+            (text,) = str(app.system.render()).splitlines()
+            assert text.startswith("as of 12m") and " │ gpu0 97%" in text
+            assert len(text) <= app.system.content_size.width
 
     asyncio.run(main())
 

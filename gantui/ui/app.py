@@ -9,6 +9,7 @@ controller and a run-directory follower).
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
 from concurrent.futures import Future
@@ -27,6 +28,8 @@ from gantui.events import Alert, Event, Preview, StateChanged
 from gantui.history import SMOOTHING_LEVELS
 from gantui.quality.describe import describe_value, format_value
 from gantui.text import safe
+from gantui.ui import graphics as graphics_mod
+from gantui.ui.graphics import HALFBLOCK, Graphics
 from gantui.ui.modals import ChoiceModal, FieldsModal, HelpModal, KeyValueModal
 from gantui.ui.model import LogLine, RunModel
 from gantui.ui.panels import EventLog, HyperPanel, StatusBar, SystemPanel
@@ -94,7 +97,8 @@ class GantuiApp(App[Outcome]):
 
     def __init__(self, drain: Drain, controller: Any | None, *, attached: bool = False,
                  title: str = "gantui", poll_hz: float = 10.0, plot_hz: float = 2.0,
-                 window: int = 200, can_steer: Callable[[], bool] | None = None) -> None:
+                 window: int = 200, can_steer: Callable[[], bool] | None = None,
+                 graphics: Graphics | None = None) -> None:
         """
         Args:
             drain: Returns the events that arrived since the last call; polled on a timer
@@ -112,6 +116,9 @@ class GantuiApp(App[Outcome]):
             can_steer: For a run in another process: True while a process owns it and
                 answers on its control socket (checked about once a second), so the keys
                 appear when a watched run starts or restarts and go when it dies.
+            graphics: How sample grids are drawn; None: decided when the app starts
+                (:func:`gantui.ui.graphics.detect`: ``GANTUI_GRAPHICS``, then what the
+                terminal supports).
         """
         super().__init__()
         self.drain = drain
@@ -138,6 +145,20 @@ class GantuiApp(App[Outcome]):
         self.steerable = can_steer is None
         """False while ``can_steer`` says no process answers for the run."""
         self._steer_checked = -1.0
+        self._graphics_wanted = graphics
+        self._headless = False  # run_test: no terminal to ask
+        self.graphics = HALFBLOCK
+        """How sample grids are drawn, settled when the app starts."""
+
+    def run_test(self, *args: Any, **kwargs: Any):  # noqa: ANN201 - Textual's context manager
+        """Textual's test harness; there is no terminal to ask, so ``auto`` draws half blocks."""
+        self._headless = True
+        return super().run_test(*args, **kwargs)
+
+    def on_load(self) -> None:
+        # Before Textual reads the terminal's input: the query's answer must not become keys.
+        wanted = self._graphics_wanted or graphics_mod.detect(headless=self._headless)
+        self.graphics = graphics_mod.activate(wanted)
 
     # ---- layout ------------------------------------------------------------------------------
 
@@ -156,7 +177,8 @@ class GantuiApp(App[Outcome]):
                                        id="quality", classes="panel")
         self.quality_plot.display = False  # until the first evaluation
         self.grads = GradSparks(series["grad_g"], series["grad_d"], id="grads", classes="panel")
-        self.preview = PreviewPanel(id="preview", classes="panel")
+        self.preview = PreviewPanel(graphics=self.graphics, budget=UI_CPU_BUDGET, id="preview",
+                                    classes="panel")
         self.hyper = HyperPanel(self.model, id="hyper", classes="panel")
         self.event_log = EventLog(id="log", classes="panel")
         self.system = SystemPanel(self.model, id="system", classes="panel")
@@ -179,6 +201,10 @@ class GantuiApp(App[Outcome]):
             plot.border_title = legend_markup(plot.lines)
         self.grads.border_title = "gradient norms (log scale)"
         self.preview.border_title = "samples"
+        self.preview.border_subtitle = self.graphics.label
+        if problem := graphics_mod.setting_problem(os.environ):
+            self.log_line(LogLine(0, "warning", f"{problem}: samples drawn as "
+                                  f"{self.graphics.label}"))
         self.hyper.border_title = "live hyperparameters"
         self.event_log.border_title = "events"
         self.system.border_title = "system"
@@ -210,6 +236,9 @@ class GantuiApp(App[Outcome]):
         self._refresh_views()
         if self.stopping and self.model.ended:
             self.exit(Outcome("stop", self.model.state, self.model.step))
+
+    def on_resize(self) -> None:
+        self.graphics = graphics_mod.follow_window(self.graphics)  # a font change: new cell size
 
     def _check_steerable(self) -> None:
         if self.can_steer is None:
@@ -437,7 +466,9 @@ class GantuiApp(App[Outcome]):
         """Show the keys and how to read the dashboard."""
         keys = [(b.key_display or b.key, b.description, bool(self.check_action(b.action, ())))
                 for b in self.BINDINGS]
-        self.push_screen(HelpModal(keys, HELP_NOTES))
+        drawn = (f"Samples: drawn as {self.graphics.label} ({self.graphics.reason}); "
+                 f"{graphics_mod.ENV_VAR}=auto|kitty|sixel|halfblock chooses.")
+        self.push_screen(HelpModal(keys, f"{HELP_NOTES}\n{drawn}"))
 
     async def action_quit(self) -> None:
         """Leave. A live run is stopped (after asking) unless we are only watching it."""

@@ -129,10 +129,9 @@ class SystemPanel(Widget):
         if sample is None:
             return out
         compact = self.screen.has_class("-short")
-        lines = system_lines(sample, self.content_size.width, 1 if compact else 9)
         age = time.time() - sample.time
-        if age > STALE_SYSTEM_S:
-            lines[-1] += f"  (as of {format_duration(age)} ago)"
+        stale = f"as of {format_duration(age)} ago" if age > STALE_SYSTEM_S else ""
+        lines = system_lines(sample, self.content_size.width, 1 if compact else 9, stale)
         for i, line in enumerate(lines):
             out.append(("\n" if i else "") + line, style="" if i < len(lines) - 1 or compact
                        else "dim")

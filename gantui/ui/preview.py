@@ -1,12 +1,16 @@
-"""The sample preview: image grids as half-block characters, ring8 point clouds as a scatter.
+"""The sample preview: image grids at their real resolution (Kitty graphics or Sixel) or as
+half-block characters, ring8 point clouds as a scatter.
 
-Each terminal cell shows two vertically stacked pixels: ``▀`` painted with the top pixel as
-foreground and the bottom pixel as background. Colours are plain RGB; Rich maps them to the
-nearest 256 or 16 colour when the terminal has no truecolor.
+In half-block mode each terminal cell shows two vertically stacked pixels: ``▀`` painted with
+the top pixel as foreground and the bottom pixel as background. Colours are plain RGB; Rich
+maps them to the nearest 256 or 16 colour when the terminal has no truecolor. Which mode is
+used is decided once per dashboard (:mod:`gantui.ui.graphics`).
 """
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -16,12 +20,25 @@ from rich.console import Console, ConsoleOptions, RenderResult
 from rich.segment import Segment
 from rich.style import Style
 from rich.text import Text
+from textual.app import ComposeResult
+from textual.timer import Timer
 from textual.widget import Widget
 
 from gantui.events import Points, Preview
+from gantui.ui.graphics import (
+    HALFBLOCK,
+    Graphics,
+    PictureFit,
+    current_cell,
+    fit_picture,
+    make_picture,
+)
 
 SCATTER_POINTS = 256
 """Most generated points drawn in the ring8 scatter (plotext's cost grows per point)."""
+
+RESIZE_SETTLE_S = 0.1
+"""Pixel modes: seconds a panel's size must hold before its picture is made again."""
 
 MIN_SAMPLE_PX = 8
 """Smallest on-screen size (in pixels, i.e. cells wide / half-cells high) a sample may shrink
@@ -162,34 +179,147 @@ def scatter_text(points: Points, cols: int, rows: int) -> Text:
     return Text.from_ansi(fig.build().string(), no_wrap=True, end="")
 
 
-class PreviewPanel(Widget):
-    """The latest preview grid (half blocks) or ring8 scatter, fitted to the widget.
+def _same_pixels(a: Preview, b: Preview) -> bool:
+    return (a.height, a.width, a.channels, a.nrow) == (b.height, b.width, b.channels, b.nrow) \
+        and a.pixels == b.pixels
 
-    Its border title says which step is shown and what was cropped.
+
+class PictureSlot:
+    """A panel's pixel picture: textual-image's widget and the grid it holds, made again (and
+    so re-encoded for the terminal) only when the grid's pixels, the size it is drawn at or
+    the cell size change, never on a mere refresh."""
+
+    def __init__(self, mode: str, on_encoded: Callable[[float], None] | None = None) -> None:
+        from gantui.ui.picture import picture_widget
+
+        self.widget = picture_widget(mode, on_encoded=on_encoded)
+        self.widget.display = False
+        self.fit: PictureFit | None = None
+        self.builds = 0
+        """Pictures made so far (each is encoded once by the widget)."""
+        self.build_s = 0.0
+        """CPU seconds the last picture took to make."""
+        self._key: tuple | None = None
+
+    def show(self, image: Preview | Points | None, cols: int, rows: int, *,
+             crop: bool = True) -> PictureFit | None:
+        """Show ``image`` (a grid; anything else hides the picture) in ``cols`` x ``rows``
+        cells; returns where it went, None when it is hidden."""
+        if not isinstance(image, Preview):
+            self._key = self.fit = None
+            self.widget.display = False
+            return None
+        cell = current_cell()
+        fit = fit_picture(image.height, image.width, image.nrow, cols, rows, cell, crop=crop)
+        if fit is None:
+            self._key = self.fit = None
+            self.widget.display = False
+            return None
+        key = (image.pixels, image.height, image.width, image.channels, image.nrow, fit, cell)
+        if key == self._key:
+            return fit
+        self._key, self.fit = key, fit
+        start = time.thread_time()
+        picture = make_picture(preview_array(image), fit, cell)
+        self.build_s = time.thread_time() - start
+        self.builds += 1
+        self.widget.styles.width, self.widget.styles.height = fit.cells
+        self.widget.image = picture
+        self.widget.display = True
+        return fit
+
+
+class PreviewPanel(Widget):
+    """The latest preview grid (pixels or half blocks) or ring8 scatter, fitted to the widget.
+
+    Its border title says which step is shown and what was cropped; its subtitle how the grid
+    is drawn. With pixels, a grid that arrives sooner after the last than that one's encoding
+    cost allows (``budget`` of a core, like the dashboard's redraws) waits, the newest kept,
+    so even a slow Sixel encoder never takes more than its share from the trainer.
     """
 
-    def __init__(self, *, id: str | None = None, classes: str | None = None) -> None:
+    def __init__(self, *, graphics: Graphics = HALFBLOCK, budget: float = 0.03,
+                 id: str | None = None, classes: str | None = None) -> None:
         super().__init__(id=id, classes=classes)
+        self.graphics = graphics
+        self.budget = budget
         self.image: Preview | Points | None = None
         self._key: tuple | None = None
         self._rendered: object = Text()
+        self.slot = PictureSlot(graphics.mode, self._encoded) if graphics.pixels else None
+        """The pixel picture; None in half-block mode."""
+        self.waiting: Preview | None = None
+        """A grid held back by the pacing, shown when its turn comes."""
+        self._next_picture = 0.0  # monotonic time before which a new grid waits
+        self._pacer: Timer | None = None
+        self._resizer: Timer | None = None
+
+    def compose(self) -> ComposeResult:
+        if self.slot is not None:
+            yield self.slot.widget
 
     def show(self, image: Preview | Points | None) -> None:
         """Display a new preview or point cloud."""
-        if image is not self.image:
-            self.image = image
-            self.border_title = self.caption()
-            self.refresh()
+        if image is self.image or (image is self.waiting and image is not None):
+            return
+        if self._must_wait(image):
+            return
+        self.waiting = None
+        self.image = image
+        self.border_title = self.caption()
+        self.refresh()
+        self._show_picture()
+
+    def _must_wait(self, image: Preview | Points | None) -> bool:
+        """Pixels only: hold ``image`` back until the last grid's encoding cost is repaid
+        (not when it has the same pixels: nothing would be encoded)."""
+        shown = self.image
+        if self.slot is None or not isinstance(image, Preview) \
+                or not isinstance(shown, Preview) or _same_pixels(image, shown):
+            return False
+        wait = self._next_picture - time.monotonic()
+        if wait <= 0:
+            return False
+        self.waiting = image
+        if self._pacer is None:
+            self._pacer = self.set_timer(wait, self._show_waiting)
+        return True
+
+    def _show_waiting(self) -> None:
+        self._pacer = None
+        image, self.waiting = self.waiting, None
+        if image is not None:
+            self.show(image)
+
+    def _encoded(self, seconds: float) -> None:
+        """The picture widget encoded an image in ``seconds`` of CPU."""
+        cost = seconds + self.slot.build_s
+        self._next_picture = time.monotonic() + cost / self.budget
+
+    def _show_picture(self) -> None:
+        if self.slot is not None:
+            size = self.content_size
+            self.slot.show(self.image, size.width, size.height)
 
     def on_resize(self) -> None:
         self.border_title = self.caption()
+        if self.slot is not None:  # once the size settles: a drag sends many
+            if self._resizer is not None:
+                self._resizer.stop()
+            self._resizer = self.set_timer(RESIZE_SETTLE_S, self._show_picture)
 
     def caption(self) -> str:
         """One line describing what is on screen."""
         image = self.image
         if isinstance(image, Preview):
             size = self.content_size
-            k = samples_shown(image.height, image.width, image.nrow, size.width, size.height)
+            if self.slot is not None:
+                fit = fit_picture(image.height, image.width, image.nrow, size.width,
+                                  size.height, current_cell())
+                k = fit.shown if fit is not None else image.nrow
+            else:
+                k = samples_shown(image.height, image.width, image.nrow, size.width,
+                                  size.height)
             part = "" if k >= image.nrow else f" · top-left {k}×{k}"
             return f"samples · step {image.step} · diversity {image.diversity:.3f}{part}"
         if isinstance(image, Points):
@@ -208,6 +338,8 @@ class PreviewPanel(Widget):
             self._rendered = Text("waiting for the first preview…", style="dim")
         elif isinstance(image, Points):
             self._rendered = scatter_text(image, size.width, size.height)
+        elif self.slot is not None:
+            self._rendered = Text("")  # the picture widget draws the grid
         else:
             rendered, _ = render_preview(image, size.width, size.height)
             self._rendered = rendered if rendered is not None else Text("")

@@ -16,7 +16,15 @@ from textual.widgets import Footer, Static
 
 from gantui.events import Points, Preview
 from gantui.run.follow import decode_preview, sample_files
-from gantui.ui.preview import HalfBlockImage, fit, preview_array, resample, scatter_text
+from gantui.ui.graphics import HALFBLOCK, Graphics, PictureFit, current_cell
+from gantui.ui.preview import (
+    HalfBlockImage,
+    PictureSlot,
+    fit,
+    preview_array,
+    resample,
+    scatter_text,
+)
 
 ZOOM_MAX_SIDE = 2048
 """Longest side a stored grid is decoded at for the zoom view."""
@@ -24,17 +32,39 @@ ZOOM_MAX_SIDE = 2048
 
 class ZoomImage(Widget):
     """A grid drawn as large as the widget allows, whole (never cropped), with the class of
-    each row to its left when ``labels`` are given."""
+    each row to its left when ``labels`` are given; in pixels when ``graphics`` has them."""
 
-    def __init__(self, *, id: str | None = None) -> None:
+    def __init__(self, *, graphics: Graphics = HALFBLOCK, id: str | None = None) -> None:
         super().__init__(id=id)
         self.image: Preview | Points | None = None
         self.labels: list[str] = []
         self.grid_rows = 0
+        self.slot = PictureSlot(graphics.mode) if graphics.pixels else None
+        """The pixel picture; None in half-block mode."""
+
+    def compose(self) -> ComposeResult:
+        if self.slot is not None:
+            yield self.slot.widget
 
     def show(self, image: Preview | Points | None, labels: list[str], grid_rows: int) -> None:
         self.image, self.labels, self.grid_rows = image, labels, grid_rows
         self.refresh()
+        self._show_picture()
+
+    def on_resize(self) -> None:
+        self._show_picture()
+
+    def _gutter(self) -> int:
+        return 3 if self.labels else 0
+
+    def _show_picture(self) -> None:
+        if self.slot is None:
+            return
+        gutter = self._gutter()
+        self.slot.widget.styles.margin = (0, 0, 0, gutter)
+        size = self.content_size
+        self.slot.show(self.image, size.width - gutter, size.height, crop=False)
+        self.refresh()  # the labels follow the picture's rows
 
     def render(self) -> object:
         size = self.content_size
@@ -43,7 +73,12 @@ class ZoomImage(Widget):
             return Text("no grid yet", style="dim")
         if isinstance(image, Points):
             return scatter_text(image, size.width, size.height)
-        gutter = 3 if self.labels else 0
+        gutter = self._gutter()
+        if self.slot is not None:
+            placed = self.slot.fit
+            if placed is None:  # not laid out yet, or no room
+                return Text("the terminal is too small" if size.area else "", style="dim")
+            return _picture_labels(placed, self.labels, self.grid_rows, gutter)
         pixels = preview_array(image)
         height, width = fit(pixels.shape[0], pixels.shape[1], size.width - gutter, size.height)
         if height == 0 or width == 0:
@@ -52,6 +87,17 @@ class ZoomImage(Widget):
         if not self.labels:
             return drawn
         return _labelled(drawn, self.labels, self.grid_rows, gutter)
+
+
+def _picture_labels(placed: PictureFit, labels: list[str], grid_rows: int, gutter: int) -> Text:
+    """The gutter beside a pixel picture: each grid row's label on the terminal row that
+    holds the middle of that grid row."""
+    row_px = placed.size[0] / max(1, grid_rows)
+    cell_h = current_cell()[1]
+    marks = {int((k + 0.5) * row_px // cell_h): label
+             for k, label in enumerate(labels[:grid_rows])}
+    lines = [f"{marks.get(i, ''):>{gutter - 1}} " if gutter else "" for i in range(placed.cells[1])]
+    return Text("\n".join(lines), style="bold", no_wrap=True, end="")
 
 
 def _labelled(drawn: HalfBlockImage, labels: list[str], grid_rows: int, gutter: int) -> Group:
@@ -98,7 +144,8 @@ class ZoomScreen(ModalScreen[None]):
 
     def compose(self) -> ComposeResult:
         self.title_bar = Static(id="zoom-title")
-        self.picture = ZoomImage(id="zoom-image")
+        self.picture = ZoomImage(graphics=getattr(self.app, "graphics", HALFBLOCK),
+                                 id="zoom-image")
         yield self.title_bar
         yield self.picture
         yield Footer()
