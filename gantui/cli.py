@@ -713,8 +713,11 @@ def describe_ack(action: str, ack: dict) -> str:
     step = ack.get("step")
     if action == "status":
         live = ", ".join(f"{k}={v}" for k, v in ack.get("live", {}).items())
+        size = ack.get("world_size", 1)
+        ranks = f" (rank 0 of {size})" if isinstance(size, int) and size > 1 else ""
         return (f"{ack.get('name')} ({ack.get('preset')}) {ack.get('state')} at step {step}/"
-                f"{ack.get('total_steps')} on {ack.get('device')}, pid {ack.get('pid')}; {live}")
+                f"{ack.get('total_steps')} on {ack.get('device')}{ranks}, pid {ack.get('pid')}; "
+                f"{live}")
     if action == "set":
         changes = ack.get("changes", [])
         if not changes:
