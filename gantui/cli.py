@@ -160,8 +160,12 @@ def _launch_torchrun(nproc: int, preset: str | None, overrides: list[str], devic
                      dashboard: bool) -> NoReturn:
     """``gantui train --nproc-per-node N``: torchrun with N ranks, followed from here."""
     from gantui import config
-    from gantui.launch import launch
+    from gantui.launch import check_nproc, launch
 
+    try:
+        check_nproc(nproc, device)
+    except GantuiError as exc:
+        fail(exc)
     args = ["--device", device]
     for item in overrides:
         args += ["--set", item]

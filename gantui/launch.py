@@ -187,6 +187,34 @@ def torchrun_command(nproc: int, train_args: list[str]) -> list[str]:
             f"--nproc-per-node={nproc}", "-m", "gantui", "train", "--no-ui", *train_args]
 
 
+def check_nproc(nproc: int, device: str) -> None:
+    """Refuse more ranks than this machine has GPUs (CUDA) or cores (CPU ranks).
+
+    Raises:
+        GantuiError: with the most this machine takes.
+    """
+    import torch
+
+    from gantui.system import available_cores
+
+    spec = device.strip().lower()
+    if spec.startswith("cuda:"):
+        raise GantuiError("--nproc-per-node gives each rank its own GPU (cuda:LOCAL_RANK); "
+                          "use --device cuda or auto, and CUDA_VISIBLE_DEVICES to choose GPUs")
+    if spec != "cpu" and torch.cuda.is_available():
+        gpus = torch.cuda.device_count()
+        if nproc > gpus:
+            raise GantuiError(f"--nproc-per-node {nproc}: this machine has {gpus} GPU(s); one "
+                              f"rank per GPU, so at most {gpus}")
+        return
+    if spec == "cuda":
+        raise GantuiError("--device cuda: no CUDA device is available here")
+    cores = available_cores()
+    if nproc > cores:
+        raise GantuiError(f"--nproc-per-node {nproc}: CPU ranks need a core each and this "
+                          f"process may use {cores}; use at most {cores}")
+
+
 def launch_env(nproc: int) -> dict[str, str]:
     """The workers' environment: the cores split between the ranks unless the user said."""
     from gantui.system import available_cores
@@ -256,8 +284,9 @@ def launch(nproc: int, train_args: list[str], run_dir: Path, *, dashboard: bool,
     if code != 0 and signalled and _final_state(run_dir) == "stopped":
         return 0  # stopped as asked, as a single process is (torchrun itself exits 1)
     if code != 0:
-        print(f"gantui: {filt.summary(code)}; the checkpoints in {run_dir} are intact",
-              file=sys.stderr)
+        kept = (f"; the checkpoints in {run_dir} are intact"
+                if any((run_dir / "checkpoints").glob("ckpt-*.pt")) else "")
+        print(f"gantui: {filt.summary(code)}{kept}", file=sys.stderr)
     return code
 
 

@@ -226,3 +226,18 @@ def test_two_gpu_ranks_with_sync_batchnorm(tmp_path):
                   "--runs-dir", str(tmp_path))
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     assert "a global batch of" in done.stdout
+
+
+def test_the_launcher_refuses_what_this_machine_cannot_run(tmp_path):
+    from gantui.system import available_cores
+
+    too_many = gantui("train", "--nproc-per-node", str(available_cores() + 1), "--device",
+                      "cpu", "--preset", "ring-8", "--runs-dir", str(tmp_path))
+    assert too_many.returncode == 1 and "use at most" in too_many.stderr
+    assert "Traceback" not in too_many.stderr
+    one_gpu = gantui("train", "--nproc-per-node", "2", "--device", "cuda:1")
+    assert one_gpu.returncode == 1 and "cuda:LOCAL_RANK" in one_gpu.stderr
+    bad = gantui("train", "--nproc-per-node", "2", "--device", "cpu", "--preset", "nope",
+                 "--runs-dir", str(tmp_path))
+    assert bad.returncode == 1 and "unknown preset" in bad.stderr
+    assert not any(tmp_path.iterdir())  # refused before torchrun: nothing made
