@@ -11,7 +11,6 @@ import math
 from pathlib import Path
 
 import torch
-from torchvision.utils import make_grid
 
 from gantui.config import Config
 from gantui.engine.data import ring_modes
@@ -142,10 +141,26 @@ def interpolation(cfg: Config, rows: int, steps: int, seed: int, spherical: bool
     return z, labels
 
 
+GRID_PADDING = 2
+
+
 def grid_image(images: torch.Tensor, nrow: int) -> torch.Tensor:
-    """Images in [-1, 1], shape (N, C, H, W), as one (C, H', W') grid in [0, 1]."""
-    grid = make_grid(images.add(1).div(2).clamp(0, 1), nrow=nrow, padding=2)
-    return grid[:images.shape[1]]  # make_grid repeats grey images into 3 channels
+    """Images in [-1, 1], shape (N, C, H, W), as one (C, H', W') grid in [0, 1]: ``nrow``
+    images a row, 2 black pixels between and around them (the layout of torchvision's
+    ``make_grid``, without importing torchvision, whose import costs seconds)."""
+    images = images.add(1).div(2).clamp(0, 1)
+    n, c, h, w = images.shape
+    if n == 1:
+        return images[0]
+    cols = min(nrow, n)
+    rows = math.ceil(n / cols)
+    pad = GRID_PADDING
+    grid = images.new_zeros((c, rows * (h + pad) + pad, cols * (w + pad) + pad))
+    for k in range(n):
+        y, x = divmod(k, cols)
+        top, left = y * (h + pad) + pad, x * (w + pad) + pad
+        grid[:, top:top + h, left:left + w] = images[k]
+    return grid
 
 
 def scatter_image(points: torch.Tensor, size: int = 256, extent: float = 3.0) -> torch.Tensor:
