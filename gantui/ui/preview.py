@@ -321,7 +321,9 @@ class PreviewPanel(Widget):
                 k = samples_shown(image.height, image.width, image.nrow, size.width,
                                   size.height)
             part = "" if k >= image.nrow else f" · top-left {k}×{k}"
-            return f"samples · step {image.step} · diversity {image.diversity:.3f}{part}"
+            shown = ("" if np.isnan(image.diversity)  # a grid read back from samples/
+                     else f" · diversity {image.diversity:.3f}")
+            return f"samples · step {image.step}{shown}{part}"
         if isinstance(image, Points):
             return (f"G(z) vs modes (x) · step {image.step} · covered {image.modes_covered}/"
                     f"{len(image.modes)} · HQ {image.high_quality:.0%}")
