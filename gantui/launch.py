@@ -115,6 +115,7 @@ def _say(rank: int, message: str) -> None:
 
 # ---- the launcher ------------------------------------------------------------------------
 
+_AGENT_FRAME = re.compile(r"torch/distributed/(run\.py|elastic/|launcher/)")
 _TORCH_LOG = re.compile(r"^[IWE]\d{4} \d\d:\d\d:\d\d[.\d]* +\d+ ")
 _BANNER = ("*****", "Setting OMP_NUM_THREADS")
 
@@ -138,7 +139,7 @@ class TorchrunOutput:
         if self._in_report:
             self._parse_report(text)
             return []
-        if "ChildFailedError" in text:
+        if text.startswith("torch.distributed.elastic.multiprocessing.errors.ChildFailedError"):
             self._in_report, self._in_traceback, self._held = True, False, []
             return []
         if self._in_traceback:
@@ -146,8 +147,8 @@ class TorchrunOutput:
             if text.startswith((" ", "\t")) or text.startswith("Traceback"):
                 return []
             held, self._held, self._in_traceback = self._held, [], False
-            if any("torch/distributed/" in h for h in held):
-                return []  # torchrun's own
+            if any(_AGENT_FRAME.search(h) for h in held):
+                return []  # torchrun's own (a worker's error, even deep in torch, is shown)
             return held
         if text.startswith("Traceback (most recent call last)"):
             self._in_traceback, self._held = True, [text]
@@ -261,9 +262,17 @@ def launch(nproc: int, train_args: list[str], run_dir: Path, *, dashboard: bool,
     signalled: list[int] = []
 
     def forward(signum: int, _frame) -> None:
+        """The first signal asks rank 0 (through control.sock) for a stop, which every rank
+        carries out at the same step, at its own pace; torchrun's own signal path would
+        SIGKILL the ranks 30 s later, mid-checkpoint perhaps. A second signal ends it now
+        (the checkpoints on disk are written atomically: they stay whole)."""
         signalled.append(signum)
+        if len(signalled) == 1 and _ask_stop(run_dir):
+            print("gantui: stopping every rank after a checkpoint (Ctrl-C again to end it "
+                  "now)", file=sys.stderr, flush=True)
+            return
         with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signum)  # torchrun passes it to every rank: a common stop
+            os.killpg(proc.pid, signal.SIGTERM if len(signalled) == 1 else signal.SIGKILL)
 
     previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
@@ -288,6 +297,20 @@ def launch(nproc: int, train_args: list[str], run_dir: Path, *, dashboard: bool,
                 if any((run_dir / "checkpoints").glob("ckpt-*.pt")) else "")
         print(f"gantui: {filt.summary(code)}{kept}", file=sys.stderr)
     return code
+
+
+def _ask_stop(run_dir: Path) -> bool:
+    """Send ``stop`` to the run's control socket without waiting for its answer; False when
+    no process serves one (not started yet)."""
+    if not (run_dir / "control.sock").exists():
+        return False
+    from gantui.remote import RemoteController
+
+    try:
+        RemoteController(run_dir, source="launcher").stop()
+    except (GantuiError, OSError):
+        return False
+    return True
 
 
 def _final_state(run_dir: Path) -> str:

@@ -150,6 +150,13 @@ class Channel:
         dist.broadcast_object_list(box, src=0, group=self.group)
         return box[0]
 
+    def spread(self, value: int) -> tuple[int, int]:
+        """The smallest and largest ``value`` over the ranks."""
+        both = torch.tensor([value, -value], dtype=torch.int64)
+        dist.all_reduce(both, op=dist.ReduceOp.MAX, group=self.group)
+        high, neg_low = both.tolist()
+        return -neg_low, high
+
     def send_setup(self, setup: dict[str, Any]) -> dict[str, Any]:
         """Rank 0 hands the run's setup (or the error that ended it) to the other ranks."""
         self.setup_sent = True

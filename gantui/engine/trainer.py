@@ -84,6 +84,11 @@ class Trainer:
             error = exc
         if self.channel is not None:
             self.channel.agree(error)
+            low, high = self.channel.spread(self.batches.steps_per_epoch or 0)
+            if low != high:
+                raise GantuiError(f"the ranks see different data: {low} to {high} batches per "
+                                  f"epoch per rank; every node needs the same files (and the "
+                                  f"same `gantui prepare` cache, or none)")
         elif error is not None:
             raise error
         # _G_step/_D_step are what the training steps call: the modules, their compiled
@@ -92,6 +97,7 @@ class Trainer:
         self.G, self.D, self._input = models.G, models.D, models.input
         self._G_step, self._D_step = models.G_step, models.D_step
         self._D_frozen, self._D_eager = models.D_frozen, models.D_eager
+        self._check_sync_bn(cfg)
         self.G_ema: torch.nn.Module | None = None
         """An exponential moving average of G's weights (``ema`` > 0): what previews,
         evaluation and sampling show."""
@@ -150,6 +156,15 @@ class Trainer:
                                   f"{self.total_steps} steps; train longer with --set steps=N")
 
     # ---- setup -------------------------------------------------------------------------
+
+    def _check_sync_bn(self, cfg: Config) -> None:
+        """SyncBatchNorm has no double backward: R1 through a D that holds one would crash
+        every rank at its first R1 step."""
+        synced = any(isinstance(m, torch.nn.SyncBatchNorm) for m in self.D.modules())
+        if synced and cfg.r1_gamma > 0:
+            raise GantuiError("r1_gamma > 0 cannot go with sync_bn: SyncBatchNorm has no "
+                              "second derivative; use sync_bn=false or spectral_norm=true "
+                              "(no batch norm in D)")
 
     def _total_steps(self) -> int:
         if self.cfg.epochs > 0:
@@ -236,8 +251,9 @@ class Trainer:
             error, why = exc, f"{type(exc).__name__}: {exc}"
             lost = self.channel is not None and distributed.is_peer_failure(exc)
             if lost:
-                why = ("another rank stopped answering (a worker crashed, was killed or timed "
-                       "out); this rank ends too")
+                first = safe(str(exc).splitlines()[0] if str(exc) else type(exc).__name__, 140)
+                why = (f"another rank stopped answering, or the link to it failed (a worker "
+                       f"crashed, was killed or timed out); this rank ends too ({first})")
             # Each step of the wind-down on its own: a full disk must not keep the others
             # (answering waiting clients, the final state) from happening.
             for wind_down in (
@@ -726,6 +742,10 @@ class Trainer:
                 return {"rng": state["rng"], "data": state["data"]}
             if isinstance(ranks, list) and len(ranks) == saved:
                 return ranks[self.world.rank]
+        if self.cfg.epochs > 0:
+            raise GantuiError(f"this run counts epochs, and an epoch is a different number of "
+                              f"steps on {self.world.size} rank(s) than on {saved}: resume on "
+                              f"{saved}, or give its length in steps (--set steps=N)")
         if self.world.main:
             self.add_note(ev.Alert(int(state["step"]), "control", f"resuming {saved} rank(s)' "
                                    f"checkpoint on {self.world.size}: training continues, but "
@@ -795,6 +815,13 @@ class Trainer:
                                 f"{command.source}: {exc}"))
             command.reply.set_exception(exc)
             return
+        except OSError as exc:  # a requested checkpoint on a full disk: the run goes on
+            self._set_state("paused" if self.paused else "running", journal=False)
+            message = (f"{command.action} from {command.source} failed "
+                       f"({exc.strerror or exc}); training continues")
+            self._emit(ev.Alert(self.step, "error", message))
+            command.reply.set_exception(GantuiError(message))
+            return
         if ack is not None:
             command.reply.set_result(ack)
 
@@ -827,6 +854,7 @@ class Trainer:
 
     def _set(self, changes: dict[str, Any]) -> list[dict[str, Any]]:
         new_cfg = self.cfg.replace(**changes)  # validates ranges together
+        self._check_sync_bn(new_cfg)
         applied = []
         for key, value in changes.items():
             old = getattr(self.cfg, key)
