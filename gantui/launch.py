@@ -338,6 +338,13 @@ def _follow_with_dashboard(proc: subprocess.Popen, run_dir: Path) -> bool:
     app = GantuiApp(RunFollower(run_dir).drain, controller, attached=True,
                     title=f"gantui train · {run_dir.name} · torchrun",
                     can_steer=lambda: is_locked(run_dir))
+
+    def close_on_failure() -> None:  # a launch that fails gives the terminal back at once
+        if proc.wait() != 0:
+            with contextlib.suppress(Exception):
+                app.call_from_thread(app.exit)
+
+    threading.Thread(target=close_on_failure, name="gantui-torchrun-wait", daemon=True).start()
     try:
         app.run()
     finally:
