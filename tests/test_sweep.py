@@ -91,11 +91,13 @@ def test_a_killed_sweep_resumes_where_it_stopped(tmp_path: Path) -> None:
     proc = subprocess.Popen(_sweep_args(tmp_path, "--parallel", "2"), stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 300
-    while time.monotonic() < deadline:  # 2 runs done and a 3rd past its first checkpoint
+    while time.monotonic() < deadline:
+        # 2 runs done, all 4 started, and each unfinished one past its first checkpoint (a
+        # child still starting up would die of the signal before it journals anything)
         states = _states(sweep_dir) if sweep_dir.exists() else {}
         running = [n for n, s in states.items() if s not in ("finished",)]
-        ckpts = [p for n in running for p in (sweep_dir / n / "checkpoints").glob("ckpt-*.pt")]
-        if list(states.values()).count("finished") >= 2 and ckpts:
+        past = all(list((sweep_dir / n / "checkpoints").glob("ckpt-*.pt")) for n in running)
+        if list(states.values()).count("finished") >= 2 and len(states) == 4 and past:
             break
         time.sleep(0.1)
     proc.send_signal(signal.SIGTERM)
