@@ -204,6 +204,8 @@ class RunPicker(App[Path | None]):
         self.action_open()
 
     def on_data_table_row_highlighted(self) -> None:
+        if not self.screen_stack:  # a rescan's highlight arriving while the app closes
+            return
         self.refresh_bindings()  # x applies to some runs only
 
     def action_rescan(self) -> None:
