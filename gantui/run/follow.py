@@ -47,7 +47,9 @@ RECENT_DIR_S = 2.0
 """A samples folder modified this recently is rescanned even if its mtime did not move
 (filesystems with coarse timestamps)."""
 
-_SAMPLE_RE = re.compile(r"^step-(\d+)\.png$")
+SAMPLE_NAME = re.compile(r"^step-(\d{8,18})\.png$")
+"""A stored grid's name: the trainer writes ``step-%08d.png``; longer digit runs than a step
+can have are someone else's file."""
 _METRIC_FIELDS = tuple(f.name for f in dataclasses.fields(ev.Metrics))
 _METRIC_KEYS = frozenset(_METRIC_FIELDS)
 _INT_FIELDS = frozenset({"step", "epoch"})
@@ -366,7 +368,7 @@ class RunFollower:
         try:
             with os.scandir(folder) as entries:
                 for entry in entries:
-                    match = _SAMPLE_RE.match(entry.name)
+                    match = SAMPLE_NAME.match(entry.name)
                     if match and (newest is None or (int(match[1]), entry.name) > newest):
                         newest = (int(match[1]), entry.name)
         except OSError:
@@ -405,7 +407,7 @@ def sample_files(run_dir: Path) -> list[tuple[int, Path]]:
         return []
     found = []
     for path in entries:
-        match = _SAMPLE_RE.match(path.name)
+        match = SAMPLE_NAME.match(path.name)
         if match:
             found.append((int(match.group(1)), path))
     return sorted(found)

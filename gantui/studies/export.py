@@ -31,6 +31,7 @@ from typing import Any
 
 from gantui.errors import GantuiError
 from gantui.files import as_float, as_int, open_regular, read_jsonl, read_toml_dict
+from gantui.run.follow import sample_files
 from gantui.text import safe
 
 INSTALL_HINT = "TensorBoard export needs tensorboardX: pip install 'gantui[tensorboard]'"
@@ -52,7 +53,6 @@ EVENT_FILES = "events.out.tfevents.*"
 HPARAM_METRICS = ("loss/d", "loss/g")
 """Scalar tags shown as metrics in the HParams dashboard, besides every ``quality/<name>``."""
 
-_SAMPLE_RE = re.compile(r"^step-(\d{8,18})\.png$")
 _NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_.-]{0,63}$")
 """A field or metric name usable in a tag; foreign or hostile names are left out."""
 _FLOAT32_MAX = 3.4028234663852886e38
@@ -266,17 +266,7 @@ def _quality_items(run_dir: Path, clock: _Clock) -> tuple[list[_Item], int]:
 
 def _sample_items(run_dir: Path, clock: _Clock) -> list[_Item]:
     """One image item per ``samples/step-XXXXXXXX.png`` (read when written)."""
-    try:
-        paths = list((run_dir / "samples").iterdir())
-    except OSError:
-        return []
-    items = []
-    for path in paths:
-        match = _SAMPLE_RE.match(path.name)
-        if match:
-            step = int(match.group(1))
-            items.append(_Item(step, _IMAGE, clock.at(step), path))
-    return sorted(items, key=lambda item: item.step)
+    return [_Item(step, _IMAGE, clock.at(step), path) for step, path in sample_files(run_dir)]
 
 
 def _read_png(path: Path) -> Any:

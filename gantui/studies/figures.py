@@ -13,7 +13,6 @@ from __future__ import annotations
 import io
 import math
 import os
-import re
 import textwrap
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -26,6 +25,7 @@ from gantui.errors import GantuiError
 from gantui.files import as_float, as_int, atomic_write_bytes, open_regular
 from gantui.history import Series
 from gantui.quality.describe import DESCRIPTIONS, format_value
+from gantui.run.follow import sample_files
 from gantui.studies.compare import METRICS, QUALITY_METRICS, RunCurves, load_runs
 from gantui.text import safe, shown
 
@@ -35,7 +35,6 @@ CURVES = {
     "grad_norms": ("gradient norms", ("grad_g", "grad_d"), True),
 }
 """Curve figures of one run: ``kind: (title, metrics.jsonl fields, log scale)``."""
-SAMPLE_RE = re.compile(r"^step-(\d{8,})\.png$")
 """Preview grids the trainer writes under ``samples/``."""
 MAX_IMAGE_BYTES = 64 * 2**20
 """Larger sample files are skipped rather than decoded."""
@@ -180,15 +179,6 @@ def compare_png(run_dirs: list[Path], metric: str, path: Path, smoothing: float 
     if not any(len(_finite(run.series(metric))[0]) for run in runs):
         raise GantuiError(f"no run has {metric} values yet: nothing to draw")
     return compare_figure(runs, metric, smoothing).save(path)
-
-
-def sample_files(run_dir: Path) -> list[tuple[int, Path]]:
-    """The trainer's preview grids ``samples/step-XXXXXXXX.png`` as ``(step, path)``, by step."""
-    try:
-        names = [p for p in (run_dir / "samples").iterdir() if SAMPLE_RE.match(p.name)]
-    except OSError:
-        return []
-    return sorted((int(SAMPLE_RE.match(p.name).group(1)), p) for p in names)
 
 
 def evenly(items: list, k: int) -> list:

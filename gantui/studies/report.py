@@ -34,6 +34,7 @@ from gantui.files import (
     toml_readable,
 )
 from gantui.quality.describe import DESCRIPTIONS, format_value
+from gantui.run.follow import sample_files
 from gantui.studies import figures
 from gantui.studies.compare import RunCurves, load_runs
 from gantui.text import safe
@@ -595,7 +596,7 @@ def _final_image(run_dir: Path):
     try:
         generator, cfg, _ = sampling.load_generator(run_dir)
     except _LOAD_ERRORS:
-        files = figures.sample_files(run_dir)
+        files = sample_files(run_dir)
         return figures.read_image(files[-1][1]) if files else None
     if cfg.dataset != "ring8":
         labels, nrow = sampling.class_rows(cfg, 16 if not cfg.conditional else cfg.n_classes)
