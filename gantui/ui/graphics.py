@@ -352,6 +352,24 @@ def _scale(src_h: int, src_w: int, width_px: int, height_px: int) -> float:
     return float(math.floor(scale)) if scale >= 1 else scale
 
 
+def subgrid_size(height: int, width: int, nrow: int, k: int) -> tuple[int, int]:
+    """Pixel ``(height, width)`` of the top-left ``k`` x ``k`` samples of a grid with ``nrow``
+    (square) samples per row."""
+    cell = width / max(1, nrow)  # samples are square: a grid row is as tall as one is wide
+    grid_rows = max(1, round(height / cell))
+    return round(min(k, grid_rows) * cell), round(k * cell)
+
+
+def largest_subgrid(height: int, width: int, nrow: int,
+                    big_enough: Callable[[int, int, int], bool]) -> int:
+    """The most samples per row, ``nrow`` down to 1, whose top-left sub-grid is drawn
+    ``big_enough(k, sub_height, sub_width)``."""
+    k = max(1, nrow)
+    while k > 1 and not big_enough(k, *subgrid_size(height, width, nrow, k)):
+        k -= 1
+    return k
+
+
 def fit_picture(src_h: int, src_w: int, nrow: int, cols: int, rows: int,
                 cell: tuple[int, int], *, crop: bool = True) -> PictureFit | None:
     """Fit a grid with ``nrow`` samples per row into ``cols`` x ``rows`` cells of ``cell``
@@ -361,15 +379,10 @@ def fit_picture(src_h: int, src_w: int, nrow: int, cols: int, rows: int,
     if width_px <= 0 or height_px <= 0 or src_h <= 0 or src_w <= 0:
         return None
     nrow = max(1, nrow)
-    step = src_w / nrow  # samples are square: a grid row is as tall as a sample is wide
-    grid_rows = max(1, round(src_h / step))
-    k = nrow
-    while crop and k > 1:
-        h, w = round(min(k, grid_rows) * step), round(k * step)
-        if _scale(h, w, width_px, height_px) * step >= MIN_PICTURE_SAMPLE_PX:
-            break
-        k -= 1
-    h, w = (round(min(k, grid_rows) * step), round(k * step)) if k < nrow else (src_h, src_w)
+    step = src_w / nrow
+    k = largest_subgrid(src_h, src_w, nrow, lambda _k, h, w: _scale(
+        h, w, width_px, height_px) * step >= MIN_PICTURE_SAMPLE_PX) if crop else nrow
+    h, w = subgrid_size(src_h, src_w, nrow, k) if k < nrow else (src_h, src_w)
     scale = _scale(h, w, width_px, height_px)
     out_h = max(1, min(height_px, round(h * scale)))
     out_w = max(1, min(width_px, round(w * scale)))

@@ -31,7 +31,9 @@ from gantui.ui.graphics import (
     PictureFit,
     current_cell,
     fit_picture,
+    largest_subgrid,
     make_picture,
+    subgrid_size,
 )
 
 SCATTER_POINTS = 256
@@ -86,26 +88,16 @@ def fit(src_h: int, src_w: int, cols: int, rows: int) -> tuple[int, int]:
 def samples_shown(height: int, width: int, nrow: int, cols: int, rows: int) -> int:
     """How many samples per grid row to show so that none is drawn smaller than
     :data:`MIN_SAMPLE_PX`: ``nrow`` (the whole grid) or fewer (a top-left sub-grid)."""
-    nrow = max(1, nrow)
-    cell = width / nrow  # samples are square: a grid row is as tall as a sample is wide
-    grid_rows = max(1, round(height / cell))
-    k = nrow
-    while k > 1:
-        _, pw = fit(round(min(k, grid_rows) * cell), round(k * cell), cols, rows)
-        if pw / k >= MIN_SAMPLE_PX:
-            break
-        k -= 1
-    return k
+    return largest_subgrid(height, width, nrow,
+                           lambda k, h, w: fit(h, w, cols, rows)[1] / k >= MIN_SAMPLE_PX)
 
 
 def crop_grid(image: np.ndarray, nrow: int, k: int) -> np.ndarray:
     """The top-left ``k`` x ``k`` samples of a grid with ``nrow`` samples per row."""
     if k >= nrow:
         return image
-    h, w = image.shape[:2]
-    cell = w / max(1, nrow)
-    grid_rows = max(1, round(h / cell))
-    return image[: round(min(k, grid_rows) * cell), : round(k * cell)]
+    h, w = subgrid_size(image.shape[0], image.shape[1], nrow, k)
+    return image[:h, :w]
 
 
 class HalfBlockImage:
