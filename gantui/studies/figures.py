@@ -35,7 +35,6 @@ CURVES = {
     "grad_norms": ("gradient norms", ("grad_g", "grad_d"), True),
 }
 """Curve figures of one run: ``kind: (title, metrics.jsonl fields, log scale)``."""
-"""Preview grids the trainer writes under ``samples/``."""
 MAX_IMAGE_BYTES = 64 * 2**20
 """Larger sample files are skipped rather than decoded."""
 CHANGE_COLOR = "tab:red"
