@@ -222,8 +222,9 @@ def watch(
     runs_dir: Annotated[Path, typer.Option(
         help="Where the picker looks for runs.")] = Path("runs"),
     web: Annotated[bool, typer.Option(
-        "--web", help="Serve this dashboard to a browser on localhost (textual-serve); over "
-        "SSH: ssh -L PORT:localhost:PORT HOST, then open http://localhost:PORT.")] = False,
+        "--web", help="Serve this dashboard to a browser on localhost (textual-serve), to you "
+        "only: open the URL with ?token= it prints; over SSH: ssh -L PORT:localhost:PORT "
+        "HOST first.")] = False,
     port: Annotated[int, typer.Option(help="Port for --web.", min=1, max=65535)] = 8421,
 ) -> None:
     """Open the dashboard on a run started anywhere; q detaches, x stops the run.
@@ -276,7 +277,8 @@ def watch(
 
 def _serve_web(run_dir: Path, port: int) -> None:
     """``gantui watch RUN`` in a browser: textual-serve starts it per browser tab, on
-    127.0.0.1 only (reach it through an SSH tunnel, never an open port)."""
+    127.0.0.1 only and behind a secret token printed to the owner (reach it through an SSH
+    tunnel, never an open port)."""
     import shlex
 
     from gantui.run.store import RunStore
@@ -286,18 +288,14 @@ def _serve_web(run_dir: Path, port: int) -> None:
     except GantuiError as exc:
         fail(exc)
     try:
-        from textual_serve.server import Server
+        from gantui.web import serve_dashboard
     except ImportError:
         fail("--web needs textual-serve: pip install 'gantui[web]'")
     command = (f"{shlex.quote(sys.executable)} -m gantui watch "
                f"{shlex.quote(str(run_dir.resolve()))}")
-    typer.echo(f"serving {run_dir.name} on http://127.0.0.1:{port} (this machine only); from "
-               f"your own: ssh -L {port}:localhost:{port} THIS_HOST, then open "
-               f"http://localhost:{port}. Ctrl-C ends it.")
-    server = Server(command, host="127.0.0.1", port=port, title=f"gantui watch · "
-                    f"{safe(run_dir.name, 60)}")
     try:
-        server.serve()
+        serve_dashboard(command, run_dir, port=port, echo=typer.echo,
+                        title=f"gantui watch · {safe(run_dir.name, 60)}")
     except OSError as exc:
         fail(f"cannot serve on 127.0.0.1:{port}: {exc.strerror or exc}")
 
