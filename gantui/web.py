@@ -68,7 +68,8 @@ class TokenServer(Server):
 
     @web.middleware
     async def _guard(self, request: web.Request, handler: Handler) -> web.StreamResponse:
-        if request.path.startswith("/static/"):  # textual.js, xterm.css, a font: generic
+        resource = request.match_info.route.resource  # routed already: judge what serves it
+        if resource is not None and resource.name == "static":  # textual.js, css, a font
             return await handler(request)
         given = request.query.get("token") or request.cookies.get(self.cookie, "")
         if not hmac.compare_digest(given.encode(), self.token.encode()):
