@@ -654,9 +654,10 @@ class Trainer:
     def _write_failed(self, exc: OSError) -> str:
         """``<cause> while writing <file> (<N> MB free); the last good checkpoint is …``."""
         run_dir = self.store.path
-        return (f"{ckpt.write_failure(exc, run_dir, f'checkpoints/ckpt-{self.step:08d}.pt')}; "
-                f"the last good checkpoint is "
-                f"{ckpt.shown_path(self.last_good_checkpoint, run_dir)}")
+        last = self.last_good_checkpoint
+        kept = ("there is no checkpoint yet" if last is None else
+                f"the last good checkpoint is {ckpt.shown_path(last, run_dir)}")
+        return f"{ckpt.write_failure(exc, run_dir, f'checkpoints/ckpt-{self.step:08d}.pt')}; {kept}"
 
     def _write_warning(self, exc: OSError, key: str, what: str) -> None:
         """A sample or journal record that could not be written: a warning once per file (or

@@ -6,7 +6,7 @@ runs/<name>/
   metrics.jsonl      one object per log interval, flushed per write
   events.jsonl       lifecycle and control journal: {"event": ..., "step": ..., ...}
   samples/           full-resolution PNG grids, step-numbered
-  checkpoints/       ckpt-00001000.pt ... written atomically, the last few kept
+  checkpoints/       ckpt-00001000.pt ... written atomically, the last few of its own kept
   run.json           who is running it: pid, host, start time (for `gantui runs`)
 ```
 """
