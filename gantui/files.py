@@ -7,9 +7,11 @@ should be): a run directory may be written by another process at any moment.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
+import shutil
 import stat
 import tomllib
 from pathlib import Path
@@ -131,7 +133,11 @@ def cache_root(cache_dir: Path | None = None) -> Path:
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` via a temp file, fsync and rename: all or nothing."""
+    """Write ``data`` to ``path`` via a temp file, fsync and rename: all or nothing.
+
+    Raises:
+        OSError: naming ``path`` (not the temp file), which is then left as it was.
+    """
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
         with open(tmp, "wb") as fh:
@@ -139,12 +145,29 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
+    except OSError as exc:
+        raise naming(exc, path) from None
     finally:
-        tmp.unlink(missing_ok=True)  # only left when a write failed
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)  # only left when a write failed
     fsync_dir(path.parent)
 
 
+def naming(exc: OSError, path: Path) -> OSError:
+    """``exc`` as an error about ``path`` (the file a person knows, not a temp file)."""
+    return OSError(exc.errno, exc.strerror or str(exc), str(path))
+
+
+def free_bytes(path: Path) -> int | None:
+    """Free space, in bytes, on the file system that holds ``path``; None when unknown."""
+    try:
+        return shutil.disk_usage(path).free
+    except OSError:
+        return None
+
+
 def fsync_dir(folder: Path) -> None:
+    """Make a rename in ``folder`` durable (best effort: not every file system allows it)."""
     try:
         fd = os.open(folder, os.O_RDONLY)
     except OSError:

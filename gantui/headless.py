@@ -148,6 +148,13 @@ def finish(session: Session, printer: LinePrinter) -> int:
         detail = f": {reason}" if reason else ""
         printer(ev.Note(session.trainer.step, f"run ended with an error{detail}; run directory "
                         f"{session.run_dir}"))
+        if not session.error and session.trainer.write_failure is not None:  # a full disk
+            if session.trainer.last_good_checkpoint is not None:
+                printer(ev.Note(session.trainer.step, f"free some space, then resume with: "
+                                f"{resume_command(session)}"))
+            else:
+                printer(ev.Note(session.trainer.step, "no checkpoint was written; free some "
+                                "space and start the run again"))
         return 1
     if state == "stopped":
         printer(ev.Note(session.trainer.step, f"resume with: {resume_command(session)}"))

@@ -91,6 +91,7 @@ def prepare_resume(store: RunStore, sets: list[str] | tuple[str, ...] = (),
     check = checker(read_toml_dict(store.path / "config.toml"))
     path, state = store.load_checkpoint(warn=warn, quarantine=True,  # we hold the lock
                                         check=check)
+    store.claim_checkpoints(path)  # the files it may prune or replace: its own only
     values = dict(state["config"])
     for item in sets:
         key, value = config_mod.parse_assignment(item)
@@ -201,6 +202,7 @@ def _start_locked(store: RunStore, lock: RunLock, cfg: Config | None, preset: st
                       preset=preset, name=store.path.name, resume_state=resume_state,
                       on_nonfinite=on_nonfinite, notes=notes, world=world, channel=channel)
     if resume_state is not None:
+        trainer.last_good_checkpoint = ckpt
         for journal in ("metrics.jsonl", "quality.jsonl"):
             moved = store.supersede_after(trainer.step, journal)
             if moved:

@@ -19,6 +19,7 @@ import torch
 
 from gantui import events as ev
 from gantui.config import LIVE_KEYS, Config
+from gantui.engine import checkpoint as ckpt
 from gantui.engine import distributed, fast
 from gantui.engine.control import Command, Controller
 from gantui.engine.data import Batches, RingBatches, make_batches, ring_modes
@@ -29,7 +30,7 @@ from gantui.errors import GantuiError
 from gantui.quality.evaluate import Evaluator, Score
 from gantui.quality.metrics import HealthMonitor, diversity, ring_coverage
 from gantui.quality.tracker import QualityTracker, describe
-from gantui.run.store import CHECKPOINT_VERSION, RunStore, StoreError
+from gantui.run.store import RunStore, StoreError
 from gantui.studies.sampling import grid_image, scatter_image
 from gantui.text import safe
 
@@ -136,6 +137,10 @@ class Trainer:
         self._mid_step = False
         self.state = "starting"
         self.last_good_checkpoint: Path | None = None
+        self.write_failure: str | None = None
+        """Why the run ended early: a checkpoint it could not write (a full disk)."""
+        self._unwritable: set[str] = set()  # files and folders already warned about
+        self._disk = ckpt.DiskWatch()
         self._stop_replies: list[Command] = []
         self._acc = torch.zeros(7, device=device)
         self._n_d = self._n_g = 0
@@ -146,7 +151,7 @@ class Trainer:
         self.resumed = resume_state is not None
         if resume_state is not None:
             try:
-                self._restore(resume_state)
+                ckpt.load(self, resume_state)
             except (KeyError, TypeError, ValueError, RuntimeError, IndexError, OverflowError,
                     AttributeError) as exc:  # a hand-made checkpoint that passed every check
                 raise StoreError(f"the checkpoint cannot be resumed: {type(exc).__name__} "
@@ -454,8 +459,8 @@ class Trainer:
         try:
             path = self.store.save_best(state)
         except OSError as exc:
-            self._emit(ev.Alert(self.step, "error", f"writing the best checkpoint failed "
-                                f"({exc.strerror or exc}); training continues"))
+            self._emit(ev.Alert(self.step, "error", f"{ckpt.write_failure(exc, self.store.path)}"
+                                f"; the best checkpoint on disk stays; training continues"))
             return False
         finally:
             self._excluded += time.perf_counter() - started
@@ -554,7 +559,7 @@ class Trainer:
             if self.E is not None:
                 self.E.train()
         grid = grid_image(images, self.grid_nrow)
-        self.store.save_grid(self.step, grid)
+        self._save_sample(grid)
         preview = _downsample(grid, PREVIEW_MAX_SIDE)
         c, h, w = preview.shape
         pixels = preview.mul(255).round().to(torch.uint8).permute(1, 2, 0).contiguous()
@@ -585,10 +590,18 @@ class Trainer:
         covered, quality = ring_coverage(points)
         shown = tuple((round(x, 4), round(y, 4)) for x, y in points[:RING_PREVIEW_POINTS].tolist())
         modes = tuple(tuple(m) for m in ring_modes().tolist())
-        self.store.save_grid(self.step, scatter_image(points))
+        self._save_sample(scatter_image(points))
         self._emit(ev.Points(self.step, shown, modes, covered, quality))
         for kind, message in self.health.on_samples(diversity(points[:256])):
             self._emit(ev.Alert(self.step, kind, message))
+
+    def _save_sample(self, grid: torch.Tensor) -> None:
+        try:
+            self.store.save_grid(self.step, grid)
+        except OSError as exc:  # a full disk: the preview still shows
+            self._write_warning(exc, "samples", f"samples/step-{self.step:08d}.png")
+        else:
+            self._unwritable.discard("samples")
 
     def status(self) -> dict[str, Any]:
         """A plain snapshot for ``gantui ctl`` and ``gantui runs`` (safe from any thread)."""
@@ -612,16 +625,49 @@ class Trainer:
         self.checkpoint("crash")
 
     def _periodic_checkpoint(self) -> None:
-        """A scheduled checkpoint; failing to write one (a full disk) is a warning, not the end
-        of the run, and the previous checkpoints stay."""
-        try:
-            self.checkpoint("periodic")
-        except OSError as exc:
-            self._set_state("running", journal=False)
-            kept = ("the earlier checkpoints are kept" if self.last_good_checkpoint
-                    else "there is no checkpoint yet")
-            self._emit(ev.Alert(self.step, "error", f"checkpoint at step {self.step} failed "
-                                f"({exc.strerror or exc}); training continues and {kept}"))
+        """A scheduled checkpoint. Failing to write one is a warning and training goes on,
+        except on a full disk: the dashboard's run pauses until the user makes room (then
+        ``c`` writes it, or resuming tries again), a headless run stops with the resume line.
+        The earlier checkpoints stay whole either way."""
+        while True:
+            try:
+                self.checkpoint("periodic")
+                return
+            except OSError as exc:
+                message = self._write_failed(exc)
+                if not ckpt.disk_full(exc):
+                    self._emit(ev.Alert(self.step, "error", f"{message}; training continues"))
+                    return
+            if self.on_nonfinite != "pause":  # headless: stop, and say how to go on
+                self.write_failure = message
+                self.stopping = True
+                self._emit(ev.Alert(self.step, "error", f"{message}; stopping"))
+                return
+            self._emit(ev.Alert(self.step, "error", f"{message}; paused: free some space, "
+                                f"then press c to checkpoint or p to resume"))
+            self.paused = True  # as for a non-finite loss in the dashboard
+            self._set_state("paused", "disk full")
+            self._wait_while_paused()
+            if self.stopping or _checkpoint_step_of(self.last_good_checkpoint) == self.step:
+                return  # stopped, or `c` wrote it while paused; else try again
+
+    def _write_failed(self, exc: OSError) -> str:
+        """``<cause> while writing <file> (<N> MB free); the last good checkpoint is …``."""
+        run_dir = self.store.path
+        last = self.last_good_checkpoint
+        kept = ("there is no checkpoint yet" if last is None else
+                f"the last good checkpoint is {ckpt.shown_path(last, run_dir)}")
+        return f"{ckpt.write_failure(exc, run_dir, f'checkpoints/ckpt-{self.step:08d}.pt')}; {kept}"
+
+    def _write_warning(self, exc: OSError, key: str, what: str) -> None:
+        """A sample or journal record that could not be written: a warning once per file (or
+        folder) until it is written again; training goes on."""
+        if key in self._unwritable:
+            return
+        self._unwritable.add(key)  # before emitting: journaling this may fail as well
+        self._emit(ev.Alert(self.step, "error", f"{ckpt.write_failure(exc, self.store.path, what)}"
+                            f"; training continues without it (said once, until it works "
+                            f"again)"))
 
     def params_finite(self) -> bool:
         """True when every weight of G and D is finite (one host sync)."""
@@ -638,14 +684,25 @@ class Trainer:
             return None
         previous = self.state
         self._set_state("checkpointing", reason, journal=False)
-        if self.channel is None:
-            path = self.store.save_checkpoint(self.state_dict(), self.cfg.keep_checkpoints)
-        else:
-            path = self._checkpoint_all_ranks()
+        try:
+            if self.channel is None:
+                path = self.store.save_checkpoint(self.state_dict(), self.cfg.keep_checkpoints,
+                                                  warn=self._checkpoint_note)
+            else:
+                path = self._checkpoint_all_ranks()
+        except OSError:
+            self._set_state(previous, journal=False)
+            raise
         self.last_good_checkpoint = path
         self._emit(ev.Checkpointed(self.step, str(path), reason))
         self._set_state(previous, journal=False)
+        low = self._disk.after_checkpoint(path, self.store.path) if self.world.main else None
+        if low is not None:
+            self._emit(ev.Alert(self.step, "disk", low))
         return path
+
+    def _checkpoint_note(self, message: str) -> None:
+        self._emit(ev.Alert(self.step, "data", message))
 
     def _checkpoint_all_ranks(self) -> Path:
         """Every rank's RNG and data position into rank 0's checkpoint (a collective: every
@@ -655,109 +712,26 @@ class Trainer:
             OSError: on every rank, when rank 0 could not write it.
         """
         assert self.channel is not None
-        states = self.channel.gather(self._rank_state())
+        states = self.channel.gather(ckpt.rank_state(self))
         outcome: dict[str, Any] | None = None
         if self.world.main:
             state = self.state_dict()
             state["world_size"] = self.world.size
             state["ranks"] = states
             try:
-                outcome = {"path": str(self.store.save_checkpoint(state,
-                                                                  self.cfg.keep_checkpoints))}
+                outcome = {"path": str(self.store.save_checkpoint(
+                    state, self.cfg.keep_checkpoints, warn=self._checkpoint_note))}
             except OSError as exc:
-                outcome = {"errno": exc.errno or 0, "error": exc.strerror or str(exc)}
+                outcome = {"errno": exc.errno or 0, "error": exc.strerror or str(exc),
+                           "file": exc.filename}
         outcome = self.channel.broadcast(outcome)
         if "error" in outcome:
-            raise OSError(outcome["errno"], outcome["error"])
+            raise OSError(outcome["errno"], outcome["error"], outcome.get("file"))
         return Path(outcome["path"])
 
-    def _rank_state(self) -> dict[str, Any]:
-        """What differs between ranks: RNG streams and the data position."""
-        return {"rng": self._rng_state(), "data": self.batches.state_dict()}
-
-    def _rng_state(self) -> dict[str, Any]:
-        cuda_rng = torch.cuda.get_rng_state_all() if self.device.type == "cuda" else []
-        return {"torch": torch.get_rng_state(), "cuda": cuda_rng, "noise": self.noise.get_state()}
-
     def state_dict(self) -> dict[str, Any]:
-        """Everything needed to continue exactly: one dict of tensors and plain values."""
-        return {
-            "version": CHECKPOINT_VERSION,
-            "step": self.step,
-            "config": self.cfg.to_dict(),
-            "preset": self.preset,
-            "G": self.G.state_dict(),
-            "D": self.D.state_dict(),
-            "opt_g": self.opt_g.state_dict(),
-            "opt_d": self.opt_d.state_dict(),
-            "rng": self._rng_state(),
-            "world_size": self.world.size,
-            "data": self.batches.state_dict(),
-            "fixed_noise": self.fixed_noise.cpu(),
-            "fixed_labels": None if self.fixed_labels is None else self.fixed_labels.cpu(),
-            "G_ema": None if self.G_ema is None else self.G_ema.state_dict(),
-            "E": None if self.E is None else self.E.state_dict(),
-            "opt_e": None if self.opt_e is None else self.opt_e.state_dict(),
-            "fixed_real": None if self.fixed_real is None else self.fixed_real.cpu(),
-            "quality": self.quality.state_dict(),
-        }
-
-    def _restore(self, state: dict[str, Any]) -> None:
-        """Mirror of :meth:`state_dict`; the config was already rebuilt from ``state``."""
-        self.G.load_state_dict(state["G"])
-        self.D.load_state_dict(state["D"])
-        self.opt_g.load_state_dict(state["opt_g"])
-        self.opt_d.load_state_dict(state["opt_d"])
-        if self.E is not None and self.opt_e is not None:
-            self.E.load_state_dict(state["E"])
-            self.opt_e.load_state_dict(state["opt_e"])
-            self.fixed_real = state["fixed_real"].to(self.device)
-        self._apply_optimizer_settings()
-        self.step = int(state["step"])
-        mine = self._restore_rank(state)
-        torch.set_rng_state(mine["rng"]["torch"])
-        if self.device.type == "cuda" and mine["rng"]["cuda"]:
-            torch.cuda.set_rng_state_all(mine["rng"]["cuda"])
-        if mine["rng"].get("noise") is not None:
-            self.noise.set_state(mine["rng"]["noise"])
-        self.batches.load_state_dict(mine["data"])
-        self.fixed_noise = state["fixed_noise"].to(self.device)
-        labels = state.get("fixed_labels")
-        self.fixed_labels = None if labels is None else labels.to(self.device)
-        if self.G_ema is not None:  # absent (ema switched on at this resume): start from G
-            ema = state.get("G_ema")
-            self.G_ema.load_state_dict(ema if isinstance(ema, dict) else self.G.state_dict())
-        quality = state.get("quality")
-        if isinstance(quality, dict):
-            self.quality.load_state_dict(quality)
-
-    def _restore_rank(self, state: dict[str, Any]) -> dict[str, Any]:
-        """This rank's RNG streams and data position from ``state``: its own when the
-        checkpoint was written by as many ranks, else rank 0's data position with fresh
-        per-rank noise (continuing, but no longer exactly; a note says so)."""
-        saved = int(state.get("world_size", 1))
-        ranks = state.get("ranks")
-        if saved == self.world.size:
-            if saved == 1:
-                return {"rng": state["rng"], "data": state["data"]}
-            if isinstance(ranks, list) and len(ranks) == saved:
-                return ranks[self.world.rank]
-        if self.cfg.epochs > 0:
-            raise GantuiError(f"this run counts epochs, and an epoch is a different number of "
-                              f"steps on {self.world.size} rank(s) than on {saved}: resume on "
-                              f"{saved}, or give its length in steps (--set steps=N)")
-        if self.world.main:
-            self.add_note(ev.Alert(int(state["step"]), "control", f"resuming {saved} rank(s)' "
-                                   f"checkpoint on {self.world.size}: training continues, but "
-                                   f"no longer exactly as it would have on {saved}"))
-        data = dict(state["data"])
-        if isinstance(self.batches, RingBatches) or "index" not in data:
-            data = self.batches.state_dict()  # a fresh stream for this rank
-        elif self.batches.steps_per_epoch and int(data["index"]) >= self.batches.steps_per_epoch:
-            data.update(epoch=int(data["epoch"]) + 1, index=0)  # shorter epochs per rank now
-        seed = self.cfg.seed + 1 + 7919 * self.world.rank + 104_729 * int(state["step"])
-        noise = torch.Generator(device=self.device).manual_seed(seed).get_state()
-        return {"rng": dict(state["rng"], noise=noise), "data": data}
+        """Everything needed to continue exactly (see :mod:`gantui.engine.checkpoint`)."""
+        return ckpt.save(self)
 
     # ---- control -----------------------------------------------------------------------
 
@@ -817,8 +791,9 @@ class Trainer:
             return
         except OSError as exc:  # a requested checkpoint on a full disk: the run goes on
             self._set_state("paused" if self.paused else "running", journal=False)
-            message = (f"{command.action} from {command.source} failed "
-                       f"({exc.strerror or exc}); training continues")
+            message = (f"{command.action} from {command.source} failed: "
+                       f"{self._write_failed(exc)}; "
+                       f"{'the run stays paused' if self.paused else 'training continues'}")
             self._emit(ev.Alert(self.step, "error", message))
             command.reply.set_exception(GantuiError(message))
             return
@@ -885,9 +860,17 @@ class Trainer:
     def _end(self, state: str, message: str) -> str:
         if state in ("finished", "stopped"):
             path = self.last_good_checkpoint
-            if _checkpoint_step_of(path) != self.step:
-                path = self.checkpoint("final" if state == "finished" else "stop")
-            if path is not None:
+            if self.write_failure is None and _checkpoint_step_of(path) != self.step:
+                try:
+                    path = self.checkpoint("final" if state == "finished" else "stop")
+                except OSError as exc:  # a full disk: the earlier checkpoints stay whole
+                    self.write_failure = self._write_failed(exc)
+                    self._emit(ev.Alert(self.step, "error", self.write_failure))
+            if self.write_failure is not None:
+                cause = self.write_failure.partition(" while writing ")[0]
+                state, message = "error", (f"stopped at step {self.step}: {cause} (the "
+                                           f"checkpoints on disk are intact)")
+            elif path is not None:
                 message += f"; checkpoint {path}"
         for command in self._stop_replies:
             command.reply.set_result({"action": "stop", "step": self.step,
@@ -922,12 +905,21 @@ class Trainer:
         if not self.world.main:
             pass
         elif isinstance(event, ev.Metrics):
-            self.store.append_metrics(_metrics_record(event))
+            self._journal(self.store.append_metrics, _metrics_record(event), "metrics.jsonl")
         elif isinstance(event, ev.Quality):
-            self.store.append_quality(_metrics_record(event))
+            self._journal(self.store.append_quality, _metrics_record(event), "quality.jsonl")
         elif isinstance(event, JOURNALED):
-            self.store.append_event(ev.to_record(event))
+            self._journal(self.store.append_event, ev.to_record(event), "events.jsonl")
         self._user_emit(event)
+
+    def _journal(self, append, record: dict[str, Any], name: str) -> None:
+        """Append ``record``; a failed write (a full disk) is a warning, said once."""
+        try:
+            append(record)
+        except OSError as exc:
+            self._write_warning(exc, name, name)
+        else:
+            self._unwritable.discard(name)
 
 
 def lr_factor(schedule: str, step: int, total: int) -> float:

@@ -6,13 +6,14 @@ runs/<name>/
   metrics.jsonl      one object per log interval, flushed per write
   events.jsonl       lifecycle and control journal: {"event": ..., "step": ..., ...}
   samples/           full-resolution PNG grids, step-numbered
-  checkpoints/       ckpt-00001000.pt ... written atomically, the last few kept
+  checkpoints/       ckpt-00001000.pt ... written atomically, the last few of its own kept
   run.json           who is running it: pid, host, start time (for `gantui runs`)
 ```
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -30,6 +31,7 @@ from gantui.files import (
     as_int,
     atomic_write_bytes,
     fsync_dir,
+    naming,
     parse_record,
     read_bytes,
     read_json_dict,
@@ -53,29 +55,47 @@ class CorruptCheckpoint(StoreError):
 
 
 class JsonlWriter:
-    """Append-only JSON lines, flushed after each record.
+    """Append-only JSON lines, each record written straight to the file (no buffer).
 
     A file left ending mid-line (its writer was killed during a write) is first terminated
     with a newline, so the torn record stays a lone unreadable line that readers skip, and
-    the first new record is not glued to it.
+    the first new record is not glued to it. A record that cannot be written whole (a full
+    disk) is cut off again, so the file stays as it was.
     """
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        self._fh = open(path, "a+b")
+        try:
+            self._fh = open(path, "a+b", buffering=0)
+        except OSError as exc:
+            raise naming(exc, path) from None
         size = self._fh.seek(0, os.SEEK_END)
         if size:
             self._fh.seek(size - 1)
             torn = self._fh.read(1) != b"\n"
             self._fh.seek(0, os.SEEK_END)
             if torn:
-                self._fh.write(b"\n")
-                self._fh.flush()
+                self._append(b"\n")
 
     def write(self, record: dict[str, Any]) -> None:
+        """Append ``record`` as one line.
+
+        Raises:
+            OSError: naming the file; nothing of the record is left in it.
+        """
         line = json.dumps(record, separators=(",", ":"), default=_json_default) + "\n"
-        self._fh.write(line.encode())  # one write: a reader sees a line whole or torn, once
-        self._fh.flush()
+        self._append(line.encode())
+
+    def _append(self, data: bytes) -> None:
+        end = os.fstat(self._fh.fileno()).st_size
+        try:
+            view = memoryview(data)
+            while view:  # one write as a rule: a reader sees a line whole or torn, once
+                view = view[self._fh.write(view):]
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                self._fh.truncate(end)  # a partial line would glue onto the next one
+            raise naming(exc, self.path) from None
 
     def close(self) -> None:
         self._fh.close()
@@ -104,6 +124,9 @@ class RunStore:
         self._metrics: JsonlWriter | None = None
         self._events: JsonlWriter | None = None
         self._quality: JsonlWriter | None = None
+        self._own: set[str] = set()
+        """Names of the checkpoints this run wrote (see :meth:`claim_checkpoints`): the only
+        ones :meth:`save_checkpoint` may replace or prune."""
 
     # ---- creation ------------------------------------------------------------------------
 
@@ -300,16 +323,49 @@ class RunStore:
         for tmp in self.checkpoints.glob(f".*.pt.tmp-{os.getpid()}"):
             tmp.unlink(missing_ok=True)
 
-    def save_checkpoint(self, state: dict[str, Any], keep: int) -> Path:
-        """Write ``state`` atomically as ``ckpt-<step>.pt`` and prune to the newest ``keep``."""
+    def claim_checkpoints(self, resumed: Path) -> None:
+        """On resume (by the run's owner): the checkpoints this run wrote are ``resumed`` and
+        the older ones its journal records writing. Newer files were refused by the resume
+        (another run's, another version's) and the unrecorded ones may be anyone's: they are
+        never pruned, and one in the way of a new checkpoint is moved aside first."""
+        mine = {resumed.name}
+        limit = _step_of(resumed.name)
+        for record in self.events():
+            name = Path(str(record.get("path", ""))).name if record.get("event") == \
+                "checkpoint" else ""
+            step = _step_of(name)
+            if step is not None and limit is not None and step <= limit:
+                mine.add(name)
+        self._own = mine
+
+    def save_checkpoint(self, state: dict[str, Any], keep: int, warn=None) -> Path:
+        """Write ``state`` atomically as ``ckpt-<step>.pt`` and prune this run's own
+        checkpoints to the newest ``keep``; a file of that name the run did not write is first
+        moved aside (``ckpt-<step>.pt.foreign``), and ``warn`` is told where.
+
+        Raises:
+            OSError: naming the checkpoint (a full disk: the earlier checkpoints stay whole).
+        """
         missing = [k for k in CHECKPOINT_KEYS if k not in state]
         if missing:
             raise StoreError(f"checkpoint state lacks {', '.join(missing)}")
         path = self.checkpoints / f"ckpt-{state['step']:08d}.pt"
+        if path.name not in self._own and (path.exists() or path.is_symlink()):
+            aside = _free_name(path, ".foreign")
+            try:
+                path.rename(aside)
+            except OSError as exc:
+                raise naming(exc, path) from None
+            if warn is not None:
+                warn(f"{path.name} was not written by this run (a resume could not use it); "
+                     f"moved it aside to {aside.name} before writing this run's checkpoint")
         _atomic_torch_save(state, path)
-        for old in self.checkpoint_paths()[:-keep]:
+        self._own.add(path.name)
+        own = [p for p in self.checkpoint_paths() if p.name in self._own]
+        for old in own[:-keep]:
             if old != path:  # never the one just written, whatever its number
                 old.unlink(missing_ok=True)
+                self._own.discard(old.name)
         return path
 
     @property
@@ -373,16 +429,63 @@ class RunStore:
         raise StoreError(f"no loadable checkpoint in {self.checkpoints}: {reasons[0]}{more}")
 
 
+def _step_of(name: str) -> int | None:
+    match = _CKPT_RE.match(name)
+    return int(match.group(1)) if match else None
+
+
+def _free_name(path: Path, suffix: str) -> Path:
+    """``path`` + ``suffix`` (then ``-2``, ``-3``...): a name no file and no checkpoint has."""
+    candidate, n = path.with_name(path.name + suffix), 1
+    while candidate.exists() or candidate.is_symlink():
+        n += 1
+        candidate = path.with_name(f"{path.name}{suffix}-{n}")
+    return candidate
+
+
+class _Recorder:
+    """A file object that remembers the OSError behind a failed write: torch's zip writer
+    turns it into ``RuntimeError: [enforce fail at inline_container.cc] unexpected pos``."""
+
+    def __init__(self, fh) -> None:
+        self.fh = fh
+        self.error: OSError | None = None
+
+    def write(self, data) -> int:
+        try:
+            return self.fh.write(data)
+        except OSError as exc:
+            self.error = exc
+            raise
+
+    def flush(self) -> None:
+        self.fh.flush()
+
+
 def _atomic_torch_save(state: dict[str, Any], path: Path) -> None:
+    """``torch.save`` through a temp file, fsync and rename.
+
+    Raises:
+        OSError: naming ``path`` with the cause (a full disk); no temp file is left.
+    """
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    recorder: _Recorder | None = None
     try:
         with open(tmp, "wb") as fh:
-            torch.save(state, fh)
+            recorder = _Recorder(fh)
+            torch.save(state, recorder)  # type: ignore[arg-type]
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
+    except OSError as exc:
+        raise naming(exc, path) from None
+    except RuntimeError:
+        if recorder is not None and recorder.error is not None:
+            raise naming(recorder.error, path) from None
+        raise
     finally:
-        tmp.unlink(missing_ok=True)  # a failed save (full disk) leaves no debris
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)  # a failed save (full disk) leaves no debris
     fsync_dir(path.parent)
 
 
@@ -402,16 +505,15 @@ def _pid_alive(pid: int) -> bool:
 
 def save_png(grid: torch.Tensor, path: Path) -> Path:
     """Write a (C, H, W) float image in [0, 1] as a PNG (grey or RGB), atomically."""
+    import io
+
     from PIL import Image
 
     array = grid.mul(255).round().clamp(0, 255).to(torch.uint8).permute(1, 2, 0).cpu()
     array = array.squeeze(2) if array.shape[2] == 1 else array
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        Image.fromarray(array.numpy()).save(tmp, format="PNG")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    png = io.BytesIO()
+    Image.fromarray(array.numpy()).save(png, format="PNG")
+    atomic_write_bytes(path, png.getvalue())  # an OSError names path; nothing is left
     return path
 
 

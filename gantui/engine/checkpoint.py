@@ -1,0 +1,289 @@
+"""What a checkpoint holds and how it is taken from and put back into a trainer.
+
+One declared list, :data:`FIELDS`: each field of the checkpoint dict with how to capture it
+from a :class:`~gantui.engine.trainer.Trainer` and how to restore it. :func:`save` and
+:func:`load` walk that list, so they cannot drift apart; the run store's reader contract
+(``CHECKPOINT_KEYS``, the field types, ``CHECKPOINT_VERSION``) is checked against it when this
+module is imported. Changing what a field means is a new :data:`VERSION`.
+
+Also here: how a failed checkpoint write is worded (the file, the cause, the free space and the
+checkpoint that is kept) and the warning when the disk is about to fill.
+"""
+
+from __future__ import annotations
+
+import errno
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from gantui import events as ev
+from gantui.engine.data import RingBatches
+from gantui.errors import GantuiError
+from gantui.files import free_bytes
+from gantui.run.store import _FIELD_TYPES, CHECKPOINT_KEYS, CHECKPOINT_VERSION
+
+if TYPE_CHECKING:
+    from gantui.engine.trainer import Trainer
+
+VERSION = CHECKPOINT_VERSION
+"""The checkpoint layout this module writes and reads; the store refuses any other."""
+
+FULL = (errno.ENOSPC, errno.EDQUOT)
+"""Write failures that mean the disk (or the user's quota) is full."""
+
+ROOM_FOR = 3
+"""Warn when the free space holds fewer than this many more checkpoints."""
+
+
+@dataclass(frozen=True)
+class Field:
+    """One entry of the checkpoint dict."""
+
+    name: str
+    """Its key in the checkpoint dict."""
+    capture: Callable[[Trainer], Any] | None
+    """Its value, taken from a trainer; None for a field added by the writer of a special
+    checkpoint (``ranks``, ``best``)."""
+    restore: Callable[[Trainer, Any, dict[str, Any]], None] | None
+    """Puts ``(trainer, value, whole state)`` back, in list order; None when the field is read
+    elsewhere (the session rebuilds the config from ``config``, the store checks ``version``,
+    another field's restore reads it)."""
+    doc: str
+    """What it is, for a reader of this list."""
+
+
+def _optional(module: torch.nn.Module | torch.optim.Optimizer | None) -> Any:
+    return None if module is None else module.state_dict()
+
+
+def _cpu(tensor: torch.Tensor | None) -> torch.Tensor | None:
+    return None if tensor is None else tensor.cpu()
+
+
+def _set_step(trainer: Trainer, value: Any, state: dict[str, Any]) -> None:
+    trainer.step = int(value)
+
+
+def _load_into(attribute: str) -> Callable[[Trainer, Any, dict[str, Any]], None]:
+    def restore(trainer: Trainer, value: Any, state: dict[str, Any]) -> None:
+        getattr(trainer, attribute).load_state_dict(value)
+    return restore
+
+
+def _restore_rank(trainer: Trainer, value: Any, state: dict[str, Any]) -> None:
+    mine = rank_state_from(trainer, state)
+    torch.set_rng_state(mine["rng"]["torch"])
+    if trainer.device.type == "cuda" and mine["rng"]["cuda"]:
+        torch.cuda.set_rng_state_all(mine["rng"]["cuda"])
+    if mine["rng"].get("noise") is not None:
+        trainer.noise.set_state(mine["rng"]["noise"])
+    trainer.batches.load_state_dict(mine["data"])
+
+
+def _restore_fixed_noise(trainer: Trainer, value: Any, state: dict[str, Any]) -> None:
+    trainer.fixed_noise = value.to(trainer.device)
+
+
+def _restore_fixed_labels(trainer: Trainer, value: Any, state: dict[str, Any]) -> None:
+    trainer.fixed_labels = None if value is None else value.to(trainer.device)
+
+
+def _restore_ema(trainer: Trainer, value: Any, state: dict[str, Any]) -> None:
+    if trainer.G_ema is not None:  # absent (ema switched on at this resume): start from G
+        trainer.G_ema.load_state_dict(value if isinstance(value, dict)
+                                      else trainer.G.state_dict())
+
+
+def _restore_encoder(attribute: str) -> Callable[[Trainer, Any, dict[str, Any]], None]:
+    def restore(trainer: Trainer, value: Any, state: dict[str, Any]) -> None:
+        if trainer.E is not None and trainer.opt_e is not None:  # encoder is fixed by config
+            if attribute == "fixed_real":
+                trainer.fixed_real = value.to(trainer.device)
+            else:
+                getattr(trainer, attribute).load_state_dict(value)
+    return restore
+
+
+def _restore_quality(trainer: Trainer, value: Any, state: dict[str, Any]) -> None:
+    if isinstance(value, dict):
+        trainer.quality.load_state_dict(value)
+
+
+FIELDS: tuple[Field, ...] = (
+    Field("version", lambda t: VERSION, None, "the layout; the store refuses another"),
+    Field("step", lambda t: t.step, _set_step, "steps completed"),
+    Field("config", lambda t: t.cfg.to_dict(), None,
+          "the config as a table; the session rebuilds the run's config from it"),
+    Field("preset", lambda t: t.preset, None, "the preset's name, for the record"),
+    Field("G", lambda t: t.G.state_dict(), _load_into("G"), "the generator's weights"),
+    Field("D", lambda t: t.D.state_dict(), _load_into("D"), "the discriminator's weights"),
+    Field("opt_g", lambda t: t.opt_g.state_dict(), _load_into("opt_g"), "G's Adam state"),
+    Field("opt_d", lambda t: t.opt_d.state_dict(), _load_into("opt_d"), "D's Adam state"),
+    Field("rng", lambda t: rng_state(t), _restore_rank,
+          "rank 0's RNG streams; restores this rank's streams and data position from rng, "
+          "data, world_size and ranks"),
+    Field("world_size", lambda t: t.world.size, None, "ranks that wrote it (read with rng)"),
+    Field("data", lambda t: t.batches.state_dict(), None,
+          "rank 0's data position (read with rng)"),
+    Field("ranks", None, None, "every rank's rng and data, when several ranks wrote it (read "
+          "with rng)"),
+    Field("fixed_noise", lambda t: t.fixed_noise.cpu(), _restore_fixed_noise,
+          "the noise behind every preview"),
+    Field("fixed_labels", lambda t: _cpu(t.fixed_labels), _restore_fixed_labels,
+          "the labels behind every preview (conditional), else None"),
+    Field("G_ema", lambda t: _optional(t.G_ema), _restore_ema,
+          "the moving average of G (ema > 0), else None"),
+    Field("E", lambda t: _optional(t.E), _restore_encoder("E"), "the encoder (cVAE-GAN)"),
+    Field("opt_e", lambda t: _optional(t.opt_e), _restore_encoder("opt_e"), "E's Adam state"),
+    Field("fixed_real", lambda t: _cpu(t.fixed_real), _restore_encoder("fixed_real"),
+          "one real digit per class shown beside its reconstruction (cVAE-GAN)"),
+    Field("quality", lambda t: t.quality.state_dict(), _restore_quality,
+          "the quality tracker: best and latest score, warnings given"),
+    Field("best", None, None, "in best.pt only: the metric and step that made it best"),
+)
+
+
+def save(trainer: Trainer) -> dict[str, Any]:
+    """Everything needed to continue ``trainer`` exactly: one dict of tensors and plain
+    values, one entry per captured field of :data:`FIELDS`."""
+    return {f.name: f.capture(trainer) for f in FIELDS if f.capture is not None}
+
+
+def load(trainer: Trainer, state: dict[str, Any]) -> None:
+    """Put ``state`` (a checkpoint the store loaded and checked) back into ``trainer``, whose
+    config was already rebuilt from it: each field's restore in list order, then the live
+    learning rates and betas over the optimizers' saved ones.
+
+    Raises:
+        GantuiError: a checkpoint of another version, or one this launch cannot continue.
+    """
+    if state.get("version") != VERSION:
+        raise GantuiError(f"the checkpoint has version {state.get('version')!r}; this gantui "
+                          f"reads {VERSION}")
+    for f in FIELDS:
+        if f.restore is not None:
+            f.restore(trainer, state.get(f.name), state)
+    trainer._apply_optimizer_settings()
+
+
+def rng_state(trainer: Trainer) -> dict[str, Any]:
+    """This process's RNG streams: torch's, CUDA's and the trainer's noise generator."""
+    cuda_rng = torch.cuda.get_rng_state_all() if trainer.device.type == "cuda" else []
+    return {"torch": torch.get_rng_state(), "cuda": cuda_rng,
+            "noise": trainer.noise.get_state()}
+
+
+def rank_state(trainer: Trainer) -> dict[str, Any]:
+    """What differs between ranks: RNG streams and the data position (an entry of
+    ``ranks``)."""
+    return {"rng": rng_state(trainer), "data": trainer.batches.state_dict()}
+
+
+def rank_state_from(trainer: Trainer, state: dict[str, Any]) -> dict[str, Any]:
+    """This rank's RNG streams and data position from ``state``: its own when the checkpoint
+    was written by as many ranks, else rank 0's data position with fresh per-rank noise
+    (continuing, but no longer exactly; a note says so)."""
+    world = trainer.world
+    saved = int(state.get("world_size", 1))
+    ranks = state.get("ranks")
+    if saved == world.size:
+        if saved == 1:
+            return {"rng": state["rng"], "data": state["data"]}
+        if isinstance(ranks, list) and len(ranks) == saved:
+            return ranks[world.rank]
+    if trainer.cfg.epochs > 0:
+        raise GantuiError(f"this run counts epochs, and an epoch is a different number of "
+                          f"steps on {world.size} rank(s) than on {saved}: resume on "
+                          f"{saved}, or give its length in steps (--set steps=N)")
+    if world.main:
+        trainer.add_note(ev.Alert(int(state["step"]), "control", f"resuming {saved} rank(s)' "
+                                  f"checkpoint on {world.size}: training continues, but "
+                                  f"no longer exactly as it would have on {saved}"))
+    data = dict(state["data"])
+    batches = trainer.batches
+    if isinstance(batches, RingBatches) or "index" not in data:
+        data = batches.state_dict()  # a fresh stream for this rank
+    elif batches.steps_per_epoch and int(data["index"]) >= batches.steps_per_epoch:
+        data.update(epoch=int(data["epoch"]) + 1, index=0)  # shorter epochs per rank now
+    seed = trainer.cfg.seed + 1 + 7919 * world.rank + 104_729 * int(state["step"])
+    noise = torch.Generator(device=trainer.device).manual_seed(seed).get_state()
+    return {"rng": dict(state["rng"], noise=noise), "data": data}
+
+
+# ---- when writing fails ------------------------------------------------------------------
+
+def disk_full(exc: OSError) -> bool:
+    """True when ``exc`` says the disk or the quota is full."""
+    return exc.errno in FULL
+
+
+def shown_path(path: str | Path | None, run_dir: Path) -> str:
+    """``path`` relative to the run directory when inside it (``checkpoints/ckpt-…pt``)."""
+    if path is None:
+        return "none yet"
+    try:
+        return str(Path(path).relative_to(run_dir))
+    except ValueError:
+        return str(path)
+
+
+def megabytes(n: int | None) -> str:
+    """``0.4 MB``; ``? MB`` when unknown."""
+    return "? MB" if n is None else f"{n / 1e6:.1f} MB"
+
+
+def write_failure(exc: OSError, run_dir: Path, what: str | Path | None = None) -> str:
+    """``No space left on device while writing checkpoints/ckpt-00000300.pt (0.4 MB free)``:
+    the cause, the file (``exc.filename``, else ``what``) and the free space left."""
+    cause = exc.strerror or str(exc) or type(exc).__name__
+    target = shown_path(exc.filename or what, run_dir) if (exc.filename or what) else "a file"
+    return f"{cause} while writing {target} ({megabytes(free_bytes(run_dir))} free)"
+
+
+class DiskWatch:
+    """Warns once when the free space next to the checkpoints falls below :data:`ROOM_FOR`
+    checkpoints' size, and again only after it has risen above it."""
+
+    def __init__(self) -> None:
+        self.low = False
+
+    def after_checkpoint(self, path: Path, run_dir: Path) -> str | None:
+        """The warning to give after writing ``path``, or None."""
+        try:
+            size = path.stat().st_size
+        except OSError:
+            return None
+        free = free_bytes(path.parent)
+        if free is None:
+            return None
+        low = free < ROOM_FOR * size
+        warn = low and not self.low
+        self.low = low
+        if not warn:
+            return None
+        room = free // max(size, 1)
+        return (f"{megabytes(free)} free on the disk of {run_dir}: room for {room} more "
+                f"checkpoint(s) of {megabytes(size)}; free some space before it fills (the run "
+                f"then pauses in the dashboard, or stops headless, with its checkpoints kept)")
+
+
+def _check_against_the_store() -> None:
+    """The store's reader contract and :data:`FIELDS` must describe one layout."""
+    names = [f.name for f in FIELDS]
+    captured = {f.name for f in FIELDS if f.capture is not None}
+    problems = [f"{key} is required by the store but never saved" for key in CHECKPOINT_KEYS
+                if key not in captured]
+    problems += [f"{key} is typed by the store but not a field" for key in _FIELD_TYPES
+                 if key not in names]
+    if len(set(names)) != len(names):
+        problems.append("a field is declared twice")
+    if problems:
+        raise ImportError("gantui.engine.checkpoint and gantui.run.store disagree: "
+                          + "; ".join(problems))
+
+
+_check_against_the_store()
