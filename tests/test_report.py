@@ -15,10 +15,10 @@ import pytest
 import torch
 from PIL import Image
 
-from gantui.engine.session import start
 from gantui.errors import GantuiError
 from gantui.files import read_jsonl
 from gantui.headless import follow
+from gantui.session import start
 from gantui.studies import figures, sampling
 from gantui.studies.compare import load_runs
 from gantui.studies.report import report, report_run, report_sweep

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from gantui.engine.session import start
 from gantui.headless import follow
+from gantui.session import start
 
 from .conftest import tiny
 from .test_cli import gantui
