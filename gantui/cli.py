@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, NoReturn
 
@@ -42,6 +44,23 @@ def fail(message: object, code: int = 1) -> NoReturn:
     """Print ``error: message`` on stderr (made printable) and exit non-zero."""
     typer.echo(f"error: {safe(message, 2000)}", err=True)
     raise typer.Exit(code)
+
+
+@contextmanager
+def one_line(subject: object = "", interrupted: str = "") -> Iterator[None]:
+    """Every command's errors as one line and a non-zero exit: a :class:`GantuiError` as it
+    says, an ``OSError`` as ``FILE: why`` (``subject`` when the error names no file), Ctrl-C
+    as exit 130 (after ``interrupted``, when given)."""
+    try:
+        yield
+    except GantuiError as exc:
+        fail(exc)
+    except OSError as exc:  # a full disk, a read-only or missing directory...
+        fail(f"{safe(exc.filename or subject)}: {exc.strerror or exc}")
+    except KeyboardInterrupt:
+        if interrupted:
+            typer.echo(interrupted, err=True)
+        raise typer.Exit(130) from None
 
 
 @app.command()
@@ -118,34 +137,33 @@ def train(
             None if resume is not None else lambda: config.load(preset, overrides),
             resume=resume, sets=overrides, device=device, runs_dir=runs_dir or Path("runs"),
             name=name))
-    if nproc_per_node > 1:
-        _launch_torchrun(nproc_per_node, preset, overrides, device, runs_dir, name, resume,
-                         dashboard=not (no_ui or not sys.stdout.isatty()))
     headless = no_ui or not sys.stdout.isatty()
+    if nproc_per_node > 1:
+        from gantui.launch import launch_train
+
+        with one_line():
+            code = launch_train(nproc_per_node, preset=preset, sets=overrides, device=device,
+                                runs_dir=runs_dir, name=name, resume=resume,
+                                dashboard=not headless)
+        raise typer.Exit(code)
     hangup = None
     if not headless:
         from gantui.ui.run import Hangup
 
         hangup = Hangup()  # from now on a dropped connection cannot kill the run
-    try:
+    on_nonfinite = "stop" if headless else "pause"
+    with one_line("run directory"):
         if resume is not None:
-            from gantui.engine.session import start
+            from gantui.session import start
 
             session = start(None, "", resume=resume, sets=overrides, device=device,
-                            on_nonfinite="stop" if headless else "pause")
+                            on_nonfinite=on_nonfinite)
         else:
             preset_name, cfg = config.load(preset, overrides)  # fails fast, before torch loads
-            from gantui.engine.session import start
+            from gantui.session import start
 
             session = start(cfg, preset_name, runs_dir=runs_dir or Path("runs"), name=name,
-                            device=device,
-                            on_nonfinite="stop" if headless else "pause")
-    except GantuiError as exc:
-        fail(exc)
-    except OSError as exc:  # a full disk or a read-only runs directory, say
-        fail(f"{exc.filename or 'run directory'}: {exc.strerror or exc}")
-    except KeyboardInterrupt:
-        raise typer.Exit(130) from None
+                            device=device, on_nonfinite=on_nonfinite)
     if headless:
         from gantui.headless import run_headless
 
@@ -153,47 +171,6 @@ def train(
     from gantui.ui.run import run_dashboard
 
     raise typer.Exit(run_dashboard(session, hangup))
-
-
-def _launch_torchrun(nproc: int, preset: str | None, overrides: list[str], device: str,
-                     runs_dir: Path | None, name: str | None, resume: Path | None, *,
-                     dashboard: bool) -> NoReturn:
-    """``gantui train --nproc-per-node N``: torchrun with N ranks, followed from here."""
-    from gantui import config
-    from gantui.launch import check_nproc, launch
-
-    try:
-        check_nproc(nproc, device)
-    except GantuiError as exc:
-        fail(exc)
-    args = ["--device", device]
-    for item in overrides:
-        args += ["--set", item]
-    if resume is not None:
-        if not (resume / "config.toml").is_file():
-            fail(f"{resume} is not a gantui run directory")
-        run_dir = resume
-        args += ["--resume", str(resume)]
-    else:
-        try:
-            preset_name, _ = config.load(preset, overrides)  # fails here, before torchrun
-        except GantuiError as exc:
-            fail(exc)
-        from gantui.run.store import default_run_name
-
-        parent = runs_dir or Path("runs")
-        if name is None:
-            name, n = default_run_name(preset_name), 1
-            while (parent / name).exists():
-                n += 1
-                name = f"{default_run_name(preset_name)}-{n}"
-        elif (parent / name).exists():
-            fail(f"{parent / name} already exists; resume it with --resume {parent / name} "
-                 f"or pick another --name")
-        run_dir = parent / name
-        args += ["--preset", preset or config.DEFAULT_PRESET, "--runs-dir", str(parent),
-                 "--name", name]
-    raise typer.Exit(launch(nproc, args, run_dir, dashboard=dashboard))
 
 
 @app.command()
@@ -253,10 +230,8 @@ def watch(
         if run_dir is None:
             raise typer.Exit(0)
 
-    try:
+    with one_line(run_dir):
         RunStore.open(run_dir)
-    except GantuiError as exc:
-        fail(exc)
     if not (sys.stdout.isatty() or in_browser):
         fail("gantui watch needs a terminal; use gantui runs or gantui ctl RUN status, or "
              "--web for a browser")
@@ -288,7 +263,7 @@ def _serve_web(run_dir: Path, port: int) -> None:
     except GantuiError as exc:
         fail(exc)
     try:
-        from gantui.web import serve_dashboard
+        from gantui.ui.web import serve_dashboard
     except ImportError:
         fail("--web needs textual-serve: pip install 'gantui[web]'")
     command = (f"{shlex.quote(sys.executable)} -m gantui watch "
@@ -333,38 +308,13 @@ def sample(
         fail("--slerp shapes an interpolation: add --interpolate N")
     if class_ is not None and interpolate:
         fail("--class draws a grid of one class; it does not mix with --interpolate")
-    from gantui.engine.session import resolve_device
-    from gantui.run.store import RunStore
-    from gantui.studies import sampling
+    from gantui.session import resolve_device
+    from gantui.studies.sampling import write_sample
 
-    path: Path | None = None
-    try:
-        store = RunStore.open(run_dir)
-        generator, cfg, step = sampling.load_generator(run_dir, checkpoint,
-                                                       resolve_device(device), best=best)
-        if interpolate:
-            z, labels = sampling.interpolation(cfg, rows, interpolate, seed, spherical=slerp)
-            nrow, kind = interpolate, f"{'slerp' if slerp else 'interp'}{interpolate}"
-        elif class_ is not None:
-            labels, nrow = sampling.one_class(cfg, class_, n)
-            z = sampling.latents(cfg, n, seed)
-            kind = f"class{class_}"
-        else:
-            labels, nrow = sampling.class_rows(cfg, n)
-            z = sampling.latents(cfg, n if labels is None else len(labels), seed)
-            kind = "grid"
-        grid = sampling.render(generator, cfg, z, labels, nrow)
-        which = "-best" if best else ""
-        path = out or store.samples / f"sample-step{step:08d}{which}-{kind}-seed{seed}.png"
-        from gantui.run.store import save_png
-
-        save_png(grid, path)
-    except GantuiError as exc:
-        fail(exc)
-    except OSError as exc:
-        where = exc.filename or path or run_dir
-        verb = "write" if path is not None else "read"
-        fail(f"cannot {verb} {safe(where)}: {exc.strerror or exc}")
+    with one_line(run_dir):
+        path, step, cfg, kind = write_sample(
+            run_dir, n=n, interpolate=interpolate, rows=rows, slerp=slerp, class_=class_,
+            seed=seed, checkpoint=checkpoint, best=best, out=out, device=resolve_device(device))
     typer.echo(f"wrote {safe(path)} (step {step}, {cfg.arch}, {kind})")
 
 
@@ -385,20 +335,13 @@ def prepare(
         fail(f"--channels must be 1 or 3 (got {channels})")
     if not 4 <= size <= 1024:
         fail(f"--size must be between 4 and 1024 (got {size})")
-    from gantui.engine.cache import prepare as prepare_folder
+    from gantui.data.cache import prepare as prepare_folder
     from gantui.perf.progress import progress_reporter
 
-    try:
-        with progress_reporter(f"decoding {data_dir} at {size}px") as report:
-            result = prepare_folder(data_dir, size, channels, workers=workers, progress=report)
-    except GantuiError as exc:
-        fail(exc)
-    except OSError as exc:
-        fail(f"{safe(exc.filename or data_dir)}: {exc.strerror or exc}")
-    except KeyboardInterrupt:
-        typer.echo("interrupted: rerun the same command to finish (done files are kept)",
-                   err=True)
-        raise typer.Exit(130) from None
+    interrupted = "interrupted: rerun the same command to finish (done files are kept)"
+    with (one_line(data_dir, interrupted),
+          progress_reporter(f"decoding {data_dir} at {size}px") as report):
+        result = prepare_folder(data_dir, size, channels, workers=workers, progress=report)
     resumed = f", resumed at {result.resumed_at:,}" if result.resumed_at else ""
     skipped = f"; {result.unreadable:,} unreadable file(s) skipped" if result.unreadable else ""
     rate = result.decoded / result.seconds if result.seconds > 0 else 0.0
@@ -436,12 +379,8 @@ def bench(
     from gantui.perf.bench import report, run_bench
 
     say = (lambda line: typer.echo(line, err=True)) if as_json else typer.echo
-    try:
+    with one_line():
         result = run_bench(preset, steps, device, data, rounds, list(sets or []), say=say)
-    except GantuiError as exc:
-        fail(exc)
-    except KeyboardInterrupt:
-        raise typer.Exit(130) from None
     typer.echo(json.dumps(result.to_dict()) if as_json else report(result))
 
 
@@ -466,31 +405,23 @@ def eval_(
         fail("--best and --checkpoint name two different checkpoints; pick one")
     if n is not None and not 10 <= n <= 100_000:
         fail(f"-n must be between 10 and 100,000 (got {n})")
-    from gantui.engine.session import resolve_device
     from gantui.quality.evaluate import Evaluator
     from gantui.quality.tracker import score_table
+    from gantui.session import resolve_device
     from gantui.studies import sampling
 
     notes: list[str] = []
-    try:
+    log = notes.append if as_json else (lambda m: typer.echo(safe(m), err=True))
+    with one_line(run_dir):
         torch_device = resolve_device(device)
         generator, cfg, step = sampling.load_generator(run_dir, checkpoint, torch_device,
                                                        best=best)
-        encoder = None
-        if cfg.encoder:  # a cVAE-GAN: score its reconstructions too
-            from gantui.engine.models import build_encoder
-
-            encoder = build_encoder(cfg)
-            encoder.load_state_dict(sampling.load_state(run_dir, checkpoint, best)["E"])
-            encoder.to(torch_device)
-        log = notes.append if as_json else (lambda m: typer.echo(safe(m), err=True))
+        # a cVAE-GAN: its reconstructions are scored too
+        encoder = (sampling.load_encoder(run_dir, cfg, checkpoint, best, torch_device)
+                   if cfg.encoder else None)
         evaluator = Evaluator(cfg, torch_device, n=n or cfg.eval_samples or None,
                               fid_weights=cfg.fid_weights, log=log)
         score = evaluator.evaluate(generator, step, encoder=encoder)
-    except GantuiError as exc:
-        fail(exc)
-    except OSError as exc:
-        fail(f"cannot read {safe(exc.filename or run_dir)}: {exc.strerror or exc}")
     source = str(checkpoint) if checkpoint else ("best.pt" if best else "newest checkpoint")
     if as_json:
         typer.echo(json.dumps({"run": str(run_dir), "checkpoint": source, "step": step,
@@ -526,23 +457,17 @@ def compare(
     from gantui.studies.compare import chart, legend, load_runs, summary
 
     console = Console(highlight=False)
-    try:
+    with one_line():
         runs = load_runs(run_dirs)
         text = chart(runs, metric, max(40, console.width), height, smoothing=smooth)
-    except GantuiError as exc:
-        fail(exc)
     console.print(Text(f"{metric} (EMA {smooth:g})  ") + legend(runs))
     console.print(text)
     console.print(summary(runs))
     if png is not None:
         from gantui.studies.figures import compare_png
 
-        try:
+        with one_line(png):
             written = compare_png(run_dirs, metric, png, smooth)
-        except GantuiError as exc:
-            fail(exc)
-        except OSError as exc:
-            fail(f"cannot write {safe(exc.filename or png)}: {exc.strerror or exc}")
         console.print(f"wrote {safe(written)}", markup=False)
 
 
@@ -576,26 +501,12 @@ def sweep(
     """
     from gantui.studies import sweep as sweep_mod
 
-    try:
-        items, fixed, zip_ = list(vary or []), list(sets or []), zipped
-        count, base = seeds, preset
-        if study is not None:
-            found = sweep_mod.load_study(study)
-            items = [*found.vary, *items]
-            fixed = [*found.sets, *fixed]
-            count = found.seeds if count is None else count
-            base = base or found.preset or None
-            zip_ = zip_ or found.zipped
-            name = name or f"{found.name}-{(base or 'dcgan-mnist')}"
-        plan = sweep_mod.plan(base or "dcgan-mnist", items, 1 if count is None else count,
-                              fixed, name, runs_dir, zip_)
+    with one_line(runs_dir):
+        plan = sweep_mod.plan_command(preset, list(vary or []), study, seeds, list(sets or []),
+                                      name, runs_dir, zipped)
         runner = sweep_mod.Sweep(plan, parallel=parallel, device=device,
                                  say=lambda line: typer.echo(safe(line)))
         runner.claim()
-    except GantuiError as exc:
-        fail(exc)
-    except OSError as exc:
-        fail(f"{safe(exc.filename or runs_dir)}: {exc.strerror or exc}")
     typer.echo(f"sweep {plan.name}: {len(plan.runs)} runs, {parallel} at a time "
                f"({runner.threads} CPU thread(s) each) -> {plan.path}")
     if sys.stdout.isatty():
@@ -608,13 +519,11 @@ def sweep(
             statuses = runner.run(lambda s: live.update(sweep_mod.progress_table(s)))
     else:
         statuses = runner.run()
-    rows = sweep_mod.summary_rows(plan, statuses)
-    md, csv_path = sweep_mod.write_summary(plan, rows)
-    figure = sweep_mod.write_figure(plan)
+    md, csv_path, figure = sweep_mod.write_results(plan, statuses)
     typer.echo(md.read_text(encoding="utf-8"))
     typer.echo(f"table: {md} and {csv_path}" + (f"; figure: {figure}" if figure else ""))
     unfinished = [s for s in statuses if s.state not in ("finished", "error")]
-    if runner._stopping:
+    if runner.stopped:
         typer.echo(f"stopped: {len(unfinished)} run(s) unfinished; rerun the same command to "
                    f"continue", err=True)
         raise typer.Exit(130)
@@ -637,12 +546,8 @@ def report(
     """
     from gantui.studies.report import report as write_report
 
-    try:
+    with one_line(target):
         path = write_report(target, out)
-    except GantuiError as exc:
-        fail(exc)
-    except OSError as exc:
-        fail(f"{safe(exc.filename or target)}: {exc.strerror or exc}")
     typer.echo(f"wrote {safe(path)} (report.md and the PNGs beside it)")
 
 
@@ -659,12 +564,8 @@ def export(
     """
     from gantui.studies.export import export_tensorboard
 
-    try:
+    with one_line(tensorboard):
         result = export_tensorboard(run_dir, tensorboard)
-    except GantuiError as exc:
-        fail(exc)
-    except OSError as exc:
-        fail(f"{safe(exc.filename or tensorboard)}: {exc.strerror or exc}")
     skipped = f" (skipped {result.skipped} non-finite values)" if result.skipped else ""
     typer.echo(f"wrote {result.scalars:,} scalars, {result.images:,} images and "
                f"{result.texts:,} texts to {safe(result.path)}{skipped}\n"
@@ -681,13 +582,12 @@ def ctl(
 ) -> None:
     """Send a command to a live run and print its acknowledgement."""
     from gantui import config
-    from gantui.remote import request
+    from gantui.remote import CTL_ACTIONS, request
 
-    actions = ("pause", "resume", "checkpoint", "stop", "status", "set")
-    if action not in actions:
-        fail(f"unknown action {action!r}; expected {', '.join(actions)}")
+    if action not in CTL_ACTIONS:
+        fail(f"unknown action {action!r}; expected {', '.join(CTL_ACTIONS)}")
     message: dict = {"action": action, "source": "ctl"}
-    try:
+    with one_line(run_dir):
         if action == "set":
             if not assignments:
                 fail("set needs KEY=VALUE pairs, e.g. gantui ctl RUN set lr_g=1e-4; live keys: "
@@ -701,8 +601,6 @@ def ctl(
         elif assignments:
             fail(f"{action} takes no KEY=VALUE arguments")
         ack = request(run_dir, message)
-    except GantuiError as exc:
-        fail(exc)
     try:
         line = describe_ack(action, ack)
     except (AttributeError, KeyError, TypeError):

@@ -537,6 +537,12 @@ def parse_live(key: str, value: Any) -> Any:
     return coerce(key, value)
 
 
+def plain(value: Any) -> Any:
+    """A config value as TOML and JSON read it back (a tuple as a list), for comparing a value
+    in memory with one from a file."""
+    return list(value) if isinstance(value, tuple) else value
+
+
 def to_toml(values: dict[str, Any]) -> str:
     """Write a flat dict of str/int/float/bool/list values as TOML."""
     lines = []

@@ -11,9 +11,9 @@ import time
 from typing import NoReturn, TextIO
 
 from gantui import events as ev
-from gantui.engine.session import Session
 from gantui.engine.trainer import Trainer
 from gantui.quality.describe import describe_value
+from gantui.session import Session
 from gantui.text import duration, safe
 
 

@@ -66,8 +66,8 @@ def train_rank(load_config: Callable[[], tuple[str, object]] | None, *, resume: 
 
 def _train_main(load_config, world, channel, torch_device, resume, sets, device, runs_dir,
                 name) -> int:
-    from gantui.engine.session import start
     from gantui.headless import run_headless
+    from gantui.session import start
 
     try:
         if resume is not None:
@@ -92,8 +92,8 @@ def _train_main(load_config, world, channel, torch_device, resume, sets, device,
 
 def _train_other(world, channel, torch_device) -> int:
     from gantui.engine.distributed import RankFailed
-    from gantui.engine.session import start_worker
     from gantui.headless import run_worker, worker_printer
+    from gantui.session import start_worker
 
     try:
         trainer = start_worker(world, channel, torch_device, worker_printer(world.rank))
@@ -224,6 +224,38 @@ def launch_env(nproc: int) -> dict[str, str]:
     env.setdefault("OMP_NUM_THREADS", str(max(1, available_cores() // nproc)))
     env.setdefault("PYTHONUNBUFFERED", "1")
     return env
+
+
+def launch_train(nproc: int, *, preset: str | None, sets: list[str], device: str,
+                 runs_dir: Path | None, name: str | None, resume: Path | None,
+                 dashboard: bool) -> int:
+    """``gantui train --nproc-per-node N``: check everything a rank would refuse, name the run
+    directory (rank 0 creates it), then :func:`launch` torchrun and follow it.
+
+    Raises:
+        GantuiError: too many ranks, a bad config, a name taken, not a run directory.
+    """
+    from gantui import config
+    from gantui.run.store import default_run_name, free_run_name
+
+    check_nproc(nproc, device)
+    args = ["--device", device]
+    for item in sets:
+        args += ["--set", item]
+    if resume is not None:
+        if not (resume / "config.toml").is_file():
+            raise GantuiError(f"{resume} is not a gantui run directory")
+        return launch(nproc, [*args, "--resume", str(resume)], resume, dashboard=dashboard)
+    preset_name, _ = config.load(preset, sets)  # fails here, before torchrun starts
+    parent = runs_dir or Path("runs")
+    if name is None:
+        name = free_run_name(parent, default_run_name(preset_name))
+    elif (parent / name).exists():
+        raise GantuiError(f"{parent / name} already exists; resume it with --resume "
+                          f"{parent / name} or pick another --name")
+    args += ["--preset", preset or config.DEFAULT_PRESET, "--runs-dir", str(parent),
+             "--name", name]
+    return launch(nproc, args, parent / name, dashboard=dashboard)
 
 
 def launch(nproc: int, train_args: list[str], run_dir: Path, *, dashboard: bool,

@@ -33,6 +33,9 @@ from gantui.errors import GantuiError
 from gantui.files import parse_record
 from gantui.text import safe, shown
 
+CTL_ACTIONS = (*ACTIONS, "status")
+"""What a client may ask: the controller's :data:`ACTIONS` plus ``status``, answered here."""
+
 SOCKET_NAME = "control.sock"
 MAX_REQUEST = 8 * 1024
 """Largest request accepted, checked before parsing (a real one is under 1 KiB)."""

@@ -62,3 +62,27 @@ def duration(seconds: float) -> str:
     if minutes:
         return f"{minutes}m{secs:02d}s"
     return f"{secs}s"
+
+
+def value_text(value: Any) -> str:
+    """How a config or journal value appears in run names, tables and figure labels:
+    ``0.0002``, ``true``, ``hinge``, ``128x128`` for a list of plain values, ``-`` for None;
+    deeper lists and tables (a damaged or hostile file) as ``[…]`` / ``{…}``, never recursed."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        return f"{value:g}"
+    if value is None:
+        return "-"
+    if isinstance(value, (list, tuple)):
+        if len(value) <= 64 and all(isinstance(v, (int, float, str)) for v in value):
+            return "x".join(value_text(v) for v in value)
+        return "[…]"
+    if isinstance(value, dict):
+        return "{…}"
+    return str(value)
+
+
+def number(value: float | None, digits: int = 4) -> str:
+    """A loss or statistic in a table: fixed ``digits`` decimals, empty when unknown."""
+    return "" if value is None else f"{value:.{digits}f}"

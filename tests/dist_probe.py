@@ -19,7 +19,7 @@ import torch
 from gantui import config
 from gantui import events as ev
 from gantui.engine import distributed
-from gantui.engine.session import start, start_worker
+from gantui.session import start, start_worker
 
 
 def params_digest(trainer) -> str:

@@ -14,8 +14,9 @@ import numpy as np
 import pytest
 import torch
 
-from gantui.engine import cache
-from gantui.engine.data import DataError, FolderBatches, make_batches
+from gantui.data import cache
+from gantui.data.batches import make_batches
+from gantui.data.sources import DataError, FolderBatches
 
 from .conftest import make_image_folder, tiny
 from .test_cli import gantui

@@ -64,7 +64,7 @@ def test_ring8_through_the_cli_covers_most_modes(tmp_path: Path) -> None:
     assert all("event" in r and "step" in r for r in store.events())
 
     # modes counted as in VEEGAN / PacGAN, on fresh samples from the final generator
-    from gantui.engine.models import build_models
+    from gantui.models.builtin import build_models
     from gantui.quality.metrics import ring_coverage
 
     state = load_checkpoint_file(store.checkpoint_paths()[-1])

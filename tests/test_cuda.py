@@ -49,7 +49,7 @@ def test_folder_data_on_cuda(tmp_path: Path, cached: bool, monkeypatch) -> None:
     monkeypatch.setenv("GANTUI_CACHE", str(tmp_path / "cache"))
     root = make_image_folder(tmp_path / "imgs", n=40, size=72)
     if cached:
-        from gantui.engine.cache import prepare
+        from gantui.data.cache import prepare
 
         prepare(root, 64, 3, workers=0)
     trainer = build(tiny("dcgan-celeba", f"data={root}", "batch_size=16", "num_workers=2",

@@ -12,8 +12,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from gantui.engine import data
-from gantui.engine.data import DataError, FolderBatches, make_batches
+from gantui.data import sources as data
+from gantui.data.batches import make_batches
+from gantui.data.sources import DataError, FolderBatches
 
 from .conftest import make_image_folder, tiny
 
@@ -189,7 +190,7 @@ def test_a_run_holding_live_workers_still_exits(tmp_path: Path) -> None:
     root = make_image_folder(tmp_path / "imgs", n=8, size=16)
     script = ("import sys, torch\n"
               "from gantui import config\n"
-              "from gantui.engine.data import FolderBatches\n"
+              "from gantui.data.sources import FolderBatches\n"
               "cfg = config.load('dcgan-celeba', [f'data={sys.argv[1]}', 'batch_size=4',\n"
               "                  'image_size=16', 'num_workers=2', 'epochs=0'])[1]\n"
               "BATCHES = FolderBatches(cfg, torch.device('cpu'))\n"

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from gantui.engine.data import Shard, TensorBatches, epoch_permutation
+from gantui.data.sources import Shard, TensorBatches, epoch_permutation
 from gantui.launch import TorchrunOutput
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -15,10 +15,10 @@ from gantui import config
 from gantui import events as ev
 from gantui.config import ConfigError
 from gantui.engine.control import Controller
-from gantui.engine.session import start
 from gantui.engine.trainer import Trainer
 from gantui.headless import follow
 from gantui.run.store import RunStore, load_checkpoint_file
+from gantui.session import start
 
 from .conftest import tiny
 from .test_cli import gantui

@@ -14,10 +14,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from gantui.engine.session import start
 from gantui.errors import GantuiError
 from gantui.files import read_jsonl, read_toml_dict
 from gantui.headless import follow
+from gantui.session import start
 from gantui.studies.export import INSTALL_HINT, ExportResult, export_tensorboard
 
 from .conftest import tiny

@@ -10,12 +10,12 @@ import pytest
 import torch
 
 from gantui.engine.control import Controller
-from gantui.engine.session import start
 from gantui.engine.trainer import Trainer
 from gantui.headless import follow
 from gantui.perf.bare import BareLoop, measure_data
 from gantui.perf.peaks import peak_flops
 from gantui.run.store import RunStore, load_checkpoint_file
+from gantui.session import start
 
 from .conftest import tiny
 from .test_cli import gantui

@@ -26,10 +26,10 @@ import torch
 from gantui import events as ev
 from gantui import files
 from gantui.engine import checkpoint as ckpt
-from gantui.engine.session import start
 from gantui.headless import LinePrinter, finish, follow
 from gantui.run import store as store_mod
 from gantui.run.store import RunStore, load_checkpoint_file
+from gantui.session import start
 
 from .conftest import tiny
 

@@ -11,12 +11,12 @@ import pytest
 from PIL import Image
 
 from gantui import events as ev
-from gantui.engine.session import start
 from gantui.engine.trainer import JOURNALED
 from gantui.files import read_jsonl
 from gantui.headless import follow
 from gantui.run import follow as follow_mod
 from gantui.run.follow import RunFollower, grid_nrow, metrics_from_record
+from gantui.session import start
 
 from .conftest import make_image_folder, tiny
 

@@ -16,7 +16,6 @@ from rich.console import Console
 
 from gantui import config
 from gantui import events as ev
-from gantui.engine.session import start
 from gantui.files import read_jsonl, read_toml_dict
 from gantui.headless import LinePrinter, follow
 from gantui.remote import socket_path
@@ -24,6 +23,7 @@ from gantui.run.follow import RunFollower
 from gantui.run.restore import checker
 from gantui.run.runs import format_table, scan_runs
 from gantui.run.store import RunStore, StoreError
+from gantui.session import start
 from gantui.studies.compare import load_runs, summary
 from gantui.system import system_lines
 from gantui.text import safe
@@ -366,7 +366,7 @@ def test_readers_survive_random_bytes_in_every_file(runs_dir: Path) -> None:
 
 
 def test_the_dashboard_model_escapes_what_it_is_given() -> None:
-    from gantui.ui.model import format_value
+    from gantui.ui.model import hyperparameter_text
 
     model = RunModel()
     model.apply(ev.RunStarted("d", "\x1b]0;title\x07", "p\u202e", "cpu", 0, 10, {}, ""))
@@ -374,7 +374,7 @@ def test_the_dashboard_model_escapes_what_it_is_given() -> None:
     assert line.text == "refused set from \\x1b[31mx\\x0ay"
     assert model.name == "\\x1b]0;title\\x07" and model.preset == "p\\u202e"
     model.apply(ev.Changed(2, "lr_g", 1e-3, "\x1b[2J"))
-    assert format_value(model.hyperparameters()["lr_g"]) == "\\x1b[2J"
+    assert hyperparameter_text(model.hyperparameters()["lr_g"]) == "\\x1b[2J"
 
 
 def test_hostile_quality_records_cannot_break_the_dashboard(tmp_path: Path) -> None:

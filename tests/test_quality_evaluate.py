@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from gantui import config
-from gantui.engine.data import ring_modes
+from gantui.data.sources import ring_modes
 from gantui.quality.evaluate import (
     EvaluationError,
     Evaluator,
@@ -51,7 +51,7 @@ def test_a_collapsed_ring_generator_covers_one_mode() -> None:
 
 
 def test_a_real_ring_generator_runs_and_spares_the_global_rng() -> None:
-    from gantui.engine.models import build_models
+    from gantui.models.builtin import build_models
 
     cfg = config.load("ring-8")[1]
     G, _ = build_models(cfg)

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from gantui import config
-from gantui.engine.data import ImageFolder, find_images
+from gantui.data.sources import ImageFolder, find_images
 from gantui.quality import fid as fidlib
 from gantui.quality.evaluate import Evaluator
 

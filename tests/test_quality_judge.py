@@ -15,8 +15,8 @@ import torch
 from torch import nn
 
 from gantui import config
-from gantui.engine.data import load_bundled_mnist
-from gantui.engine.models import build_models
+from gantui.data.sources import load_bundled_mnist
+from gantui.models.builtin import build_models
 from gantui.quality import judge as judgelib
 from gantui.quality.evaluate import Evaluator, Score
 from gantui.quality.judge import DigitJudge, JudgeInfo, load_judge, stratified_split, to_unit

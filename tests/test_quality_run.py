@@ -13,7 +13,6 @@ import torch
 
 from gantui import config
 from gantui import events as ev
-from gantui.engine.session import start
 from gantui.files import read_jsonl
 from gantui.headless import follow
 from gantui.quality.evaluate import Score
@@ -21,6 +20,7 @@ from gantui.quality.tracker import QualityTracker
 from gantui.run.follow import RunFollower
 from gantui.run.runs import scan_runs
 from gantui.run.store import RunStore, load_checkpoint_file
+from gantui.session import start
 
 from .conftest import scripted, tiny
 from .test_cli import gantui

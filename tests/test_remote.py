@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from gantui.engine.session import start
 from gantui.remote import RemoteError, request, socket_path
 from gantui.run.store import RunStore, load_checkpoint_file
+from gantui.session import start
 
 from .conftest import tiny
 from .test_cli import TINY, gantui, spawn, wait_for

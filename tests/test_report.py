@@ -7,7 +7,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import re
 import shutil
 from pathlib import Path
 
@@ -15,16 +14,15 @@ import pytest
 import torch
 from PIL import Image
 
-from gantui.engine.session import start
 from gantui.errors import GantuiError
 from gantui.files import read_jsonl
 from gantui.headless import follow
+from gantui.session import start
 from gantui.studies import figures, sampling
 from gantui.studies.compare import load_runs
 from gantui.studies.report import report, report_run, report_sweep
 
 from .conftest import tiny
-from .test_import_hygiene import loaded_after
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -269,8 +267,3 @@ def test_hostile_files_are_escaped_not_fatal(runs, tmp_path: Path) -> None:
     changes = figures.live_changes(read_jsonl(run / "events.jsonl"))
     assert len(figures.curves_figure(ring, "losses", changes).markers) == 2
     assert figures.sample_strip(run).panels[-1] == "step 60"  # the broken grid is skipped
-
-
-def test_the_report_modules_import_neither_matplotlib_nor_torch() -> None:
-    modules = loaded_after("import gantui.studies.report, gantui.studies.figures")
-    assert not {m for m in modules if re.match(r"(matplotlib|torch|textual)(\.|$)", m)}

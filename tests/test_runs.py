@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 
 from gantui import events as ev
-from gantui.engine.session import start
 from gantui.files import open_regular, read_jsonl
 from gantui.headless import follow
 from gantui.run import runs as runs_mod
 from gantui.run.runs import RunInfo, format_age, format_table, read_run, run_state, scan_runs
+from gantui.session import start
 
 from .conftest import tiny
 

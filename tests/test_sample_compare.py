@@ -9,9 +9,9 @@ import pytest
 import torch
 from PIL import Image
 
-from gantui.engine.session import start
 from gantui.errors import GantuiError
 from gantui.headless import follow
+from gantui.session import start
 from gantui.studies import sampling
 from gantui.studies.compare import chart, load_runs, summary
 

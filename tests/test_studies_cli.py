@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from gantui.engine.session import start
 from gantui.headless import follow
+from gantui.session import start
 
 from .conftest import tiny
 from .test_cli import gantui

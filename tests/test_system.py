@@ -15,7 +15,6 @@ from pathlib import Path
 import pytest
 
 from gantui import events as ev
-from gantui import system
 from gantui.files import read_jsonl
 from gantui.headless import follow
 from gantui.run.follow import RunFollower
@@ -221,7 +220,7 @@ def test_a_stale_sample_says_so_at_80x24() -> None:
 def test_data_wait_is_measured_and_a_slow_pipeline_warns(tmp_path: Path) -> None:
     """Decoding big images in the trainer's own thread (num_workers=0) for a tiny model: the
     trainer mostly waits for data, and says what to do about it."""
-    from gantui.engine.session import start
+    from gantui.session import start
 
     root = make_image_folder(tmp_path / "big", n=48, size=400)
     cfg = tiny("dcgan-celeba", f"data={root}", "image_size=16", "batch_size=8", "steps=12",
@@ -239,20 +238,9 @@ def test_data_wait_is_measured_and_a_slow_pipeline_warns(tmp_path: Path) -> None
 
 
 def test_in_memory_data_never_waits(runs_dir: Path) -> None:
-    from gantui.engine.session import start
+    from gantui.session import start
 
     session = start(tiny("ring-8", "eval_every=0"), "ring-8", runs_dir=runs_dir, device="cpu")
     follow(session, 60)
     waits = [r["data_wait"] for r in read_jsonl(session.run_dir / "metrics.jsonl")]
     assert waits and max(waits) < 0.2
-
-
-def test_system_module_never_imports_torch_or_textual() -> None:
-    import subprocess
-
-    code = ("import sys, gantui.system as s; s.SystemSampler().sample(); "
-            "print('torch' in sys.modules, 'textual' in sys.modules)")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         check=True)
-    assert out.stdout.split() == ["False", "False"]
-    assert system.SystemSampler  # the module under test

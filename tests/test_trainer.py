@@ -10,9 +10,9 @@ import torch
 
 from gantui import config
 from gantui import events as ev
-from gantui.engine.session import start
 from gantui.headless import follow
 from gantui.run.store import RunStore, load_checkpoint_file
+from gantui.session import start
 
 from .conftest import tiny
 

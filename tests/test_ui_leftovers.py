@@ -8,12 +8,12 @@ import math
 from pathlib import Path
 
 from gantui import events as ev
-from gantui.engine.session import start
 from gantui.headless import LinePrinter, follow
 from gantui.remote import RemoteController
 from gantui.run.follow import RunFollower
 from gantui.run.lock import is_locked
 from gantui.run.store import RunStore
+from gantui.session import start
 from gantui.text import duration
 from gantui.ui import GantuiApp
 from gantui.ui.model import RunModel

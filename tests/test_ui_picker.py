@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 from textual.widgets import DataTable, Static
 
-from gantui.engine.session import Session, start
 from gantui.headless import follow
+from gantui.session import Session, start
 from gantui.ui.modals import ChoiceModal
 from gantui.ui.picker import RunPicker
 

@@ -8,7 +8,7 @@ import json
 import pytest
 from textual.widgets import Input
 
-from gantui.engine import session as session_mod
+from gantui import session as session_mod
 from gantui.ui import GantuiApp
 from gantui.ui.modals import ChoiceModal, FieldsModal
 

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from gantui.engine.session import start
 from gantui.headless import follow
 from gantui.run.follow import RunFollower, sample_files
+from gantui.session import start
 from gantui.ui import GantuiApp
 from gantui.ui.zoom import ZoomScreen
 

@@ -11,11 +11,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-from gantui.engine.session import start
 from gantui.headless import follow
 from gantui.remote import RemoteController, request, socket_path
 from gantui.run.follow import RunFollower
 from gantui.run.store import RunStore
+from gantui.session import start
 from gantui.ui import GantuiApp
 
 from .conftest import tiny, until

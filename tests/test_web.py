@@ -26,8 +26,8 @@ from typing import Any
 
 import pytest
 
-from gantui.engine.session import start
 from gantui.headless import follow
+from gantui.session import start
 
 from .conftest import tiny
 from .test_cli import gantui

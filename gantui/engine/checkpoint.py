@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from gantui import events as ev
-from gantui.engine.data import RingBatches
+from gantui.data.sources import RingBatches
 from gantui.errors import GantuiError
 from gantui.files import free_bytes
 from gantui.run.store import _FIELD_TYPES, CHECKPOINT_KEYS, CHECKPOINT_VERSION

@@ -27,7 +27,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from gantui.engine.data import Shard
+from gantui.data.sources import Shard
 from gantui.errors import GantuiError
 
 DEFAULT_TIMEOUT_S = 1800

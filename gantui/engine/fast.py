@@ -16,7 +16,7 @@ import torch
 from gantui.config import Config
 from gantui.engine import distributed
 from gantui.engine.distributed import SINGLE, World
-from gantui.engine.models import build_models
+from gantui.models.builtin import build_models
 from gantui.system import available_cores
 
 

@@ -19,19 +19,20 @@ import torch
 
 from gantui import events as ev
 from gantui.config import LIVE_KEYS, Config
+from gantui.data.batches import make_batches
+from gantui.data.grids import grid_image, scatter_image
+from gantui.data.sources import Batches, RingBatches, ring_modes
 from gantui.engine import checkpoint as ckpt
 from gantui.engine import distributed, fast
 from gantui.engine.control import Command, Controller
-from gantui.engine.data import Batches, RingBatches, make_batches, ring_modes
 from gantui.engine.distributed import SINGLE, Channel, World
 from gantui.engine.losses import d_loss, d_prob, g_loss
-from gantui.engine.models import build_encoder
 from gantui.errors import GantuiError
+from gantui.models.builtin import build_encoder
 from gantui.quality.evaluate import Evaluator, Score
 from gantui.quality.metrics import HealthMonitor, diversity, ring_coverage
 from gantui.quality.tracker import QualityTracker, describe
 from gantui.run.store import RunStore, StoreError
-from gantui.studies.sampling import grid_image, scatter_image
 from gantui.text import safe
 
 PREVIEW_MAX_SIDE = 256

@@ -23,8 +23,8 @@ import torch
 
 from gantui import config as config_mod
 from gantui.config import Config
+from gantui.data.batches import make_batches
 from gantui.engine import fast
-from gantui.engine.data import make_batches
 from gantui.engine.losses import d_loss, g_loss
 
 

@@ -198,7 +198,7 @@ def _device_facts(device: str, sets: list[str], preset: str) -> tuple[str, str, 
     import torch
 
     from gantui import config as config_mod
-    from gantui.engine.session import resolve_device
+    from gantui.session import resolve_device
 
     resolved = resolve_device(device)
     _, cfg = config_mod.load(preset, sets)

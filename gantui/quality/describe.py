@@ -3,6 +3,8 @@ so the dashboard, ``gantui runs`` and ``gantui watch`` can show them and start f
 
 from __future__ import annotations
 
+import math
+
 PERCENT = frozenset({"hq", "cond_acc", "recon_acc", "precision", "recall", "coverage",
                      "judge_acc"})
 """Fractions shown as percentages."""
@@ -31,7 +33,9 @@ DESCRIPTIONS = {
 
 
 def format_value(metric: str, value: float) -> str:
-    """A value alone: ``7.12``, ``8``, ``97.1%``, ``4.10e-03``."""
+    """A value alone: ``7.12``, ``8``, ``97.1%``, ``4.10e-03``; ``nan`` / ``inf`` as such."""
+    if not math.isfinite(value):
+        return str(value)
     if metric in ("modes", "classes"):
         return f"{value:g}"
     if metric in PERCENT:

@@ -139,7 +139,7 @@ class Evaluator:
         log: called with one-line messages for the user (judge training, FID unavailable).
 
     Raises:
-        EvaluationError: unknown dataset or ``n`` below 10; gantui.engine.data.DataError: the
+        EvaluationError: unknown dataset or ``n`` below 10; gantui.data.sources.DataError: the
             data for the reference is missing.
     """
 
@@ -169,7 +169,7 @@ class Evaluator:
     # ---- set-up per kind ------------------------------------------------------------------
 
     def _setup_mnist(self) -> None:
-        from gantui.engine.data import fit_images  # the resize training applies to real digits
+        from gantui.data.sources import fit_images  # the resize training applies to real digits
 
         judge, self.judge_info, held_images, held_labels = load_judge(
             "full" if self.cfg.data else "bundled", self.cfg.data, self.cache_dir, self.log,

@@ -212,10 +212,10 @@ def folder_reference(root: Path, n: int, image_size: int, channels: int) -> Fold
     Unreadable files are skipped (as in training).
 
     Raises:
-        gantui.engine.data.DataError: no such folder, or no images in it.
+        gantui.data.sources.DataError: no such folder, or no images in it.
         GantuiError: fewer than 2 readable images among those picked.
     """
-    from gantui.engine.data import ImageFolder, find_images
+    from gantui.data.sources import ImageFolder, find_images
 
     root = Path(root).expanduser()
     files = find_images(root)

@@ -286,7 +286,7 @@ def _fingerprint(root: Path) -> str:
 
 def _load_source(source: str, mnist_root: str) -> tuple[torch.Tensor, torch.Tensor, str, str]:
     """``(images, labels, description, cache key)`` for a data source."""
-    from gantui.engine.data import bundled_mnist_path, load_bundled_mnist, load_full_mnist
+    from gantui.data.sources import bundled_mnist_path, load_bundled_mnist, load_full_mnist
 
     if source == "full" and not mnist_root:
         raise JudgeError("digit-judge source 'full' needs mnist_root, a torchvision MNIST root")
@@ -352,7 +352,7 @@ def load_judge(source: str = "bundled", mnist_root: str = "", cache_dir: Path | 
     Args:
         source: ``"bundled"`` (the 5,000-digit subset), or ``"full"`` with ``mnist_root``.
             A non-empty ``mnist_root`` always means the full set from that root.
-        mnist_root: a torchvision MNIST root (``gantui.engine.data.load_full_mnist``).
+        mnist_root: a torchvision MNIST root (``gantui.data.sources.load_full_mnist``).
         cache_dir: where judges are cached; default ``$GANTUI_CACHE`` or ``~/.cache/gantui``.
         log: called with one-line messages for the user (training, cache trouble).
         device: where to train if training is needed (the judge is returned on the CPU).
@@ -362,7 +362,7 @@ def load_judge(source: str = "bundled", mnist_root: str = "", cache_dir: Path | 
         judge frozen (eval mode, no gradients) on the CPU.
 
     Raises:
-        JudgeError: an unknown source; gantui.engine.data.DataError: the digits cannot be loaded.
+        JudgeError: an unknown source; gantui.data.sources.DataError: the digits cannot be loaded.
     """
     say = log or (lambda _message: None)
     images, labels, text, key = _load_source(source, mnist_root)

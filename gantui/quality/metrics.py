@@ -7,7 +7,7 @@ from collections import deque
 
 import torch
 
-from gantui.engine.data import RING_SIGMA, ring_modes
+from gantui.data.sources import RING_SIGMA, ring_modes
 
 
 def ring_coverage(points: torch.Tensor, sigma: float = RING_SIGMA) -> tuple[int, float]:

@@ -16,8 +16,8 @@ import torch
 
 from gantui import config as config_mod
 from gantui.config import LIVE_KEYS, Config
-from gantui.engine.models import build_encoder, build_models
 from gantui.errors import GantuiError
+from gantui.models.builtin import build_encoder, build_models
 from gantui.run.store import StoreError
 from gantui.text import safe
 

@@ -20,6 +20,7 @@ import re
 import shutil
 import socket
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -109,6 +110,21 @@ def _json_default(value: Any) -> Any:
     raise TypeError(f"not JSON serialisable: {type(value).__name__}")
 
 
+def run_names(name: str) -> Iterator[str]:
+    """The names a run called ``name`` may take, in order: ``name``, ``name-2``, ``name-3``..."""
+    yield name
+    n = 2
+    while True:
+        yield f"{name}-{n}"
+        n += 1
+
+
+def free_run_name(runs_dir: Path, name: str) -> str:
+    """The first of :func:`run_names` not taken under ``runs_dir`` (for a launcher that must
+    name the directory before the process that creates it starts)."""
+    return next(c for c in run_names(name) if not (runs_dir / c).exists())
+
+
 def default_run_name(preset: str) -> str:
     """``<preset>-YYYYmmdd-HHMMSS`` (:meth:`RunStore.create` adds ``-2``... if taken)."""
     return f"{preset}-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -145,16 +161,13 @@ class RunStore:
         except OSError as exc:
             raise StoreError(f"cannot create runs directory {runs_dir}: {exc.strerror}") \
                 from None
-        candidate, n = name, 1
-        while True:
+        for candidate in run_names(name):
             path = runs_dir / candidate
             try:
                 path.mkdir()
                 break
             except FileExistsError:
                 if unique:
-                    n += 1
-                    candidate = f"{name}-{n}"
                     continue
                 if (path / "config.toml").exists():
                     raise StoreError(f"run {path} already exists; resume it with --resume "

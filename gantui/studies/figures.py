@@ -27,7 +27,7 @@ from gantui.history import Series
 from gantui.quality.describe import DESCRIPTIONS, format_value
 from gantui.run.follow import sample_files
 from gantui.studies.compare import METRICS, QUALITY_METRICS, RunCurves, load_runs
-from gantui.text import safe, shown
+from gantui.text import safe, shown, value_text
 
 CURVES = {
     "losses": ("losses", ("loss_d", "loss_g"), False),
@@ -346,22 +346,6 @@ def _plain(text: Any, limit: int | None = None) -> str:
     """Text for matplotlib: printable lines (newlines kept), and no mathtext."""
     lines = str(text).split("\n")
     return "\n".join(safe(line, limit) for line in lines).replace("$", r"\$")
-
-
-def value_text(value: Any) -> str:
-    """A plain value from a file as text: floats as ``%g``, booleans and None as TOML has
-    them, lists and tables as ``[…]`` / ``{…}`` (never recursing into hostile nesting)."""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, float):
-        return f"{value:g}"
-    if value is None:
-        return "-"
-    if isinstance(value, (list, tuple)):
-        return "[…]"
-    if isinstance(value, dict):
-        return "{…}"
-    return str(value)
 
 
 def _check_metric(metric: str) -> None:

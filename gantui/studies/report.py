@@ -37,7 +37,7 @@ from gantui.quality.describe import DESCRIPTIONS, format_value
 from gantui.run.follow import sample_files
 from gantui.studies import figures
 from gantui.studies.compare import RunCurves, load_runs
-from gantui.text import safe
+from gantui.text import number, safe, value_text
 
 REPORT_DIR = "report"
 """Default output folder inside a run or sweep directory."""
@@ -410,11 +410,7 @@ def _generator_sections(doc: Document, run_dir: Path) -> None:
 def _grid(generator, cfg):
     from gantui.studies import sampling
 
-    if cfg.dataset == "ring8":
-        return sampling.render(generator, cfg, sampling.latents(cfg, 512, SEED), None, 1)
-    labels, nrow = sampling.class_rows(cfg, 64)
-    z = sampling.latents(cfg, 64 if labels is None else len(labels), SEED)
-    return sampling.render(generator, cfg, z, labels, nrow)
+    return sampling.sample_grid(generator, cfg, 512 if cfg.dataset == "ring8" else 64, SEED)
 
 
 def _png(image) -> bytes:
@@ -450,14 +446,15 @@ def _quality_section(doc: Document, run: RunCurves) -> None:
         history = [(as_int(r.get("step")), as_float(r.get(name))) for r in run.quality]
         history = [(s, v) for s, v in history if v is not None and math.isfinite(v)]
         if name == primary and as_float(last.get("best_value")) is not None:
-            best = f"{_fmt(name, as_float(last['best_value']))} @{as_int(last.get('best_step'))}"
+            best_value = format_value(name, as_float(last["best_value"]))
+            best = f"{best_value} @{as_int(last.get('best_step'))}"
         elif name in HIGHER_IS_BETTER and history:
             pick = max if HIGHER_IS_BETTER[name] else min
             step, value = pick(history, key=lambda sv: sv[1])
-            best = f"{_fmt(name, value)} @{step}"
+            best = f"{format_value(name, value)} @{step}"
         else:
             best = "-"
-        rows.append([name + (" *" if name == primary else ""), _fmt(name, latest), best,
+        rows.append([name + (" *" if name == primary else ""), format_value(name, latest), best,
                      DESCRIPTIONS.get(name, "")])
     doc.table(["value", f"latest (step {as_int(last.get('step'))})", "best (step)",
                "what it measures"], rows[:MAX_ROWS], more=len(rows) - MAX_ROWS,
@@ -577,13 +574,13 @@ def _sweep_row(entry: _Entry, keys: list[str]) -> list[Any]:
         last = run.quality[-1]
         metric = safe(last["primary"], 20)
         value, best_value = as_float(last.get(metric)), as_float(last.get("best_value"))
-        final = _fmt(metric, value) if value is not None else ""
+        final = format_value(metric, value) if value is not None else ""
         if best_value is not None and math.isfinite(best_value):
-            best = f"{_fmt(metric, best_value)} @{as_int(last.get('best_step'))}"
+            best = f"{format_value(metric, best_value)} @{as_int(last.get('best_step'))}"
     rates = [v for v in (as_float(r.get("img_per_s")) for r in run.records[1:] or run.records)
              if v is not None and math.isfinite(v)]
     return cells + ["" if step is None else step, metric, final, best,
-                    _number(run.last("loss_d")), _number(run.last("loss_g")),
+                    number(run.last("loss_d")), number(run.last("loss_g")),
                     f"{statistics.median(rates):,.0f}" if rates else ""]
 
 
@@ -640,14 +637,6 @@ def _text(value: Any) -> str:
     """A plain value from a file as short printable text (a list's items joined by commas;
     anything nested shown as ``[…]`` or ``{…}``, so hostile nesting costs nothing)."""
     if isinstance(value, (list, tuple)):
-        items = [figures.value_text(v) for v in list(value)[:50]]
+        items = [value_text(v) for v in list(value)[:50]]
         return safe(", ".join(items) + (", …" if len(value) > 50 else ""), 300)
-    return safe(figures.value_text(value), 300)
-
-
-def _fmt(metric: str, value: float) -> str:
-    return format_value(metric, value) if math.isfinite(value) else str(value)
-
-
-def _number(value: float | None) -> str:
-    return "" if value is None else f"{value:.4f}"
+    return safe(value_text(value), 300)

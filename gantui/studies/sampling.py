@@ -13,12 +13,12 @@ from pathlib import Path
 import torch
 
 from gantui.config import Config
-from gantui.engine.data import ring_modes
-from gantui.engine.models import build_models
+from gantui.data.grids import grid_image, scatter_image
 from gantui.errors import GantuiError
 from gantui.files import read_toml_dict
+from gantui.models.builtin import build_encoder, build_models
 from gantui.run.restore import checker, checkpoint_config
-from gantui.run.store import RunStore, StoreError, load_checkpoint_file
+from gantui.run.store import RunStore, StoreError, load_checkpoint_file, save_png
 
 
 def load_generator(run_dir: Path, checkpoint: Path | None = None,
@@ -141,47 +141,6 @@ def interpolation(cfg: Config, rows: int, steps: int, seed: int, spherical: bool
     return z, labels
 
 
-GRID_PADDING = 2
-
-
-def grid_image(images: torch.Tensor, nrow: int) -> torch.Tensor:
-    """Images in [-1, 1], shape (N, C, H, W), as one (C, H', W') grid in [0, 1]: ``nrow``
-    images a row, 2 black pixels between and around them (the layout of torchvision's
-    ``make_grid``, without importing torchvision, whose import costs seconds)."""
-    images = images.add(1).div(2).clamp(0, 1)
-    n, c, h, w = images.shape
-    if n == 1:
-        return images[0]
-    cols = min(nrow, n)
-    rows = math.ceil(n / cols)
-    pad = GRID_PADDING
-    grid = images.new_zeros((c, rows * (h + pad) + pad, cols * (w + pad) + pad))
-    for k in range(n):
-        y, x = divmod(k, cols)
-        top, left = y * (h + pad) + pad, x * (w + pad) + pad
-        grid[:, top:top + h, left:left + w] = images[k]
-    return grid
-
-
-def scatter_image(points: torch.Tensor, size: int = 256, extent: float = 3.0) -> torch.Tensor:
-    """A (3, size, size) picture of 2-D points (black) over the ring's modes (pale red)."""
-    image = torch.ones(3, size, size)
-
-    def to_pixels(xy: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        ij = ((xy.clamp(-extent, extent) + extent) / (2 * extent) * (size - 1)).round().long()
-        return size - 1 - ij[:, 1], ij[:, 0]
-
-    mode_rows, mode_cols = to_pixels(ring_modes())
-    for dr in range(-3, 4):
-        for dc in range(-3, 4):
-            r = (mode_rows + dr).clamp(0, size - 1)
-            c = (mode_cols + dc).clamp(0, size - 1)
-            image[1, r, c] = image[2, r, c] = 0.6
-    rows, cols = to_pixels(points)
-    image[:, rows, cols] = 0.0
-    return image
-
-
 @torch.no_grad()
 def render(generator: torch.nn.Module, cfg: Config, z: torch.Tensor,
            labels: torch.Tensor | None, nrow: int) -> torch.Tensor:
@@ -191,3 +150,55 @@ def render(generator: torch.nn.Module, cfg: Config, z: torch.Tensor,
     if cfg.dataset == "ring8":
         return scatter_image(out)
     return grid_image(out, nrow)
+
+
+def sample_grid(generator: torch.nn.Module, cfg: Config, n: int, seed: int) -> torch.Tensor:
+    """The fixed-seed grid of ``n`` samples (a row per class when conditional; a scatter of
+    the ring's points), as ``gantui sample`` and the report draw it."""
+    labels, nrow = class_rows(cfg, n)
+    z = latents(cfg, n if labels is None else len(labels), seed)
+    return render(generator, cfg, z, labels, nrow)
+
+
+def load_encoder(run_dir: Path, cfg: Config, checkpoint: Path | None = None,
+                 best: bool = False, device: torch.device | None = None) -> torch.nn.Module:
+    """E of a cVAE-GAN run (``encoder``) from the same checkpoint as :func:`load_generator`."""
+    encoder = build_encoder(cfg)
+    encoder.load_state_dict(load_state(run_dir, checkpoint, best)["E"])
+    return encoder.to(device or torch.device("cpu")).eval()
+
+
+def write_sample(run_dir: Path, *, n: int = 64, interpolate: int = 0, rows: int = 8,
+                 slerp: bool = False, class_: int | None = None, seed: int = 0,
+                 checkpoint: Path | None = None, best: bool = False, out: Path | None = None,
+                 device: torch.device | None = None) -> tuple[Path, int, Config, str]:
+    """``gantui sample``: a grid, an interpolation or one class, written as a PNG into the
+    run's ``samples/`` (or ``out``).
+
+    Returns:
+        ``(path, step, config, kind)``.
+
+    Raises:
+        GantuiError: no usable checkpoint, or a class out of range.
+        OSError: the PNG could not be written (``filename`` set).
+    """
+    store = RunStore.open(run_dir)
+    generator, cfg, step = load_generator(run_dir, checkpoint, device, best=best)
+    if interpolate:
+        z, labels = interpolation(cfg, rows, interpolate, seed, spherical=slerp)
+        image = render(generator, cfg, z, labels, interpolate)
+        kind = f"{'slerp' if slerp else 'interp'}{interpolate}"
+    elif class_ is not None:
+        labels, nrow = one_class(cfg, class_, n)
+        image = render(generator, cfg, latents(cfg, n, seed), labels, nrow)
+        kind = f"class{class_}"
+    else:
+        image, kind = sample_grid(generator, cfg, n, seed), "grid"
+    which = "-best" if best else ""
+    path = out or store.samples / f"sample-step{step:08d}{which}-{kind}-seed{seed}.png"
+    try:
+        save_png(image, path)
+    except OSError as exc:
+        exc.filename = exc.filename or str(path)
+        raise
+    return path, step, cfg, kind

@@ -32,10 +32,10 @@ from pathlib import Path
 from typing import Any
 
 from gantui import config as config_mod
-from gantui.config import ConfigError
+from gantui.config import ConfigError, plain
 from gantui.errors import GantuiError
 from gantui.files import atomic_write_bytes, read_json_dict, read_jsonl
-from gantui.text import safe, shown
+from gantui.text import number, safe, shown, value_text
 
 SWEEP_VERSION = 1
 TUPLE_SEPARATOR = ";"
@@ -74,23 +74,10 @@ def parse_vary(items: list[str]) -> dict[str, list[Any]]:
             hint = f" (values of {key} are lists: separate them with ';')" if listed else ""
             raise SweepError(f"--vary {key}= needs values, e.g. {key}=V1,V2{hint}")
         values = [config_mod.coerce(key, part) for part in parts]
-        if len({json.dumps(_plain(v)) for v in values}) != len(values):
+        if len({json.dumps(plain(v)) for v in values}) != len(values):
             raise SweepError(f"--vary {key}: a value is listed twice")
         out[key] = values
     return out
-
-
-def _plain(value: Any) -> Any:
-    return list(value) if isinstance(value, tuple) else value
-
-
-def value_text(value: Any) -> str:
-    """How a value appears in run names and tables: ``0.0002``, ``128x128``, ``hinge``."""
-    if isinstance(value, tuple):
-        return "x".join(str(v) for v in value)
-    if isinstance(value, float):
-        return f"{value:g}"
-    return str(value).lower() if isinstance(value, bool) else str(value)
 
 
 def run_name(params: dict[str, Any]) -> str:
@@ -203,15 +190,15 @@ class Plan:
 
     def spec(self) -> dict[str, Any]:
         return {"version": SWEEP_VERSION, "name": self.name, "preset": self.preset,
-                "vary": {k: [_plain(v) for v in vs] for k, vs in self.vary.items()},
+                "vary": {k: [plain(v) for v in vs] for k, vs in self.vary.items()},
                 "seeds": self.seeds, "sets": self.sets, "zip": self.zipped,
-                "runs": [{"name": r["name"], "params": {k: _plain(v) for k, v in
+                "runs": [{"name": r["name"], "params": {k: plain(v) for k, v in
                                                          r["params"].items()}}
                          for r in self.runs]}
 
     def run_sets(self, params: dict[str, Any]) -> list[str]:
         """The ``--set`` list of one grid point: the fixed ones, then its own values."""
-        own = [f"{k}={_set_text(_plain(v))}" for k, v in params.items()]
+        own = [f"{k}={_set_text(plain(v))}" for k, v in params.items()]
         return [*self.sets, *own]
 
 
@@ -307,6 +294,25 @@ def _walls(path: Path) -> dict[str, float]:
     return {k: float(v) for k, v in data.items() if isinstance(v, (int, float))}
 
 
+def plan_command(preset: str | None, vary: list[str], study: str | None, seeds: int | None,
+                 sets: list[str], name: str | None, runs_dir: Path, zipped: bool) -> Plan:
+    """``gantui sweep``'s options as a :class:`Plan`: a study's ``vary``, ``set``, ``seeds``,
+    ``preset`` and ``zip`` first, the command line's on top of them.
+
+    Raises:
+        SweepError: an unknown study or any reason :func:`plan` refuses.
+    """
+    if study is not None:
+        found = load_study(study)
+        vary, sets = [*found.vary, *vary], [*found.sets, *sets]
+        seeds = found.seeds if seeds is None else seeds
+        preset = preset or found.preset or None
+        zipped = zipped or found.zipped
+        name = name or f"{found.name}-{(preset or 'dcgan-mnist')}"
+    return plan(preset or "dcgan-mnist", vary, 1 if seeds is None else seeds, sets, name,
+                runs_dir, zipped)
+
+
 class Sweep:
     """Runs a :class:`Plan` to the end, resuming whatever an earlier attempt left."""
 
@@ -322,6 +328,11 @@ class Sweep:
         self.walls = {}
         self._children: dict[str, tuple[subprocess.Popen, float, Any]] = {}
         self._stopping = False
+
+    @property
+    def stopped(self) -> bool:
+        """True once a signal stopped the sweep (its unfinished runs resume on a rerun)."""
+        return self._stopping
 
     # -- setup --
 
@@ -623,14 +634,10 @@ def progress_table(statuses: list[RunStatus]):
               "stopped": "yellow", "pending": "dim"}
     for s in statuses:
         table.add_row(s.name, f"[{styles.get(s.state, '')}]{s.state}[/]",
-                      f"{s.step:,}" if s.step else "", _num(s.loss_d), _num(s.loss_g),
+                      f"{s.step:,}" if s.step else "", number(s.loss_d), number(s.loss_g),
                       s.quality, f"{s.img_per_s:,.0f}" if s.img_per_s else "",
                       f"{s.wall_s:.0f}s" if s.wall_s else "")
     return table
-
-
-def _num(value: float | None) -> str:
-    return "" if value is None else f"{value:.4f}"
 
 
 def write_figure(plan_: Plan) -> Path | None:
@@ -648,3 +655,9 @@ def write_figure(plan_: Plan) -> Path | None:
     path = plan_.path / "summary.png"
     compare_png(dirs, metric, path, 0.6 if metric == "loss_g" else 0.0)
     return path
+
+
+def write_results(plan_: Plan, statuses: list[RunStatus]) -> tuple[Path, Path, Path | None]:
+    """The sweep's ``summary.md``, ``summary.csv`` and ``summary.png`` (None without metrics)."""
+    md, csv_path = write_summary(plan_, summary_rows(plan_, statuses))
+    return md, csv_path, write_figure(plan_)

@@ -148,8 +148,8 @@ class RunModel:
         if isinstance(event, Changed):
             self.config[event.key] = event.new
             self.changed_at[event.key] = event.step
-            return [LogLine(step, "change",
-                            f"{event.key}: {_fmt(event.old)} → {_fmt(event.new)} at step {step}")]
+            old, new = hyperparameter_text(event.old), hyperparameter_text(event.new)
+            return [LogLine(step, "change", f"{event.key}: {old} → {new} at step {step}")]
         if isinstance(event, Checkpointed):
             if event.reason.startswith("best "):  # one short line: it recurs while improving
                 return [LogLine(step, "checkpoint", f"new best {event.reason[5:]}: kept in "
@@ -215,16 +215,14 @@ class RunModel:
         return []
 
 
-def _fmt(value: Any) -> str:
-    """Compact display of a hyperparameter value, safe to draw."""
+def hyperparameter_text(value: Any) -> str:
+    """How the dashboard shows a hyperparameter value, compact and safe to draw (``None``:
+    unknown)."""
+    if value is None:
+        return "?"
     if isinstance(value, float):
         return f"{value:.4g}"
     return safe(value, 40)
-
-
-def format_value(value: Any) -> str:
-    """How the dashboard shows a hyperparameter value (``None``: unknown)."""
-    return "?" if value is None else _fmt(value)
 
 
 format_duration = duration

@@ -10,7 +10,7 @@ from textual.widget import Widget
 from textual.widgets import RichLog, Static
 
 from gantui.system import system_lines
-from gantui.ui.model import LogLine, RunModel, format_duration, format_value
+from gantui.ui.model import LogLine, RunModel, format_duration, hyperparameter_text
 
 STALE_SYSTEM_S = 25.0
 """A system sample older than this is shown with its age (a run watched after it ended)."""
@@ -90,13 +90,13 @@ class HyperPanel(Widget):
             for i, (key, value) in enumerate(values.items()):
                 changed = key in model.changed_at
                 out.append(("\n" if i else "") + f"{key:<{width}} ", style="dim")
-                out.append(format_value(value), style="bold cyan" if changed else "bold")
+                out.append(hyperparameter_text(value), style="bold cyan" if changed else "bold")
                 if changed:
                     out.append(f" @{model.changed_at[key]}", style="dim cyan")
             return out
         used = 0  # pairs flow, wrapping between pairs, never inside one
         for key, value in values.items():
-            shown = format_value(value)
+            shown = hyperparameter_text(value)
             need = len(key) + 1 + len(shown)
             if used and used + 2 + need > size.width:
                 out.append("\n")

@@ -18,7 +18,7 @@ from rich.console import Console, ConsoleOptions, RenderResult
 from rich.measure import Measurement
 from textual.app import ComposeResult
 
-from gantui.ui.graphics import current_cell, load_textual_image
+from gantui.ui.imageload import current_cell, load_textual_image
 
 load_textual_image(current_cell())  # before the imports below: they would ask the terminal
 

@@ -29,12 +29,12 @@ from gantui.ui.graphics import (
     HALFBLOCK,
     Graphics,
     PictureFit,
-    current_cell,
     fit_picture,
     largest_subgrid,
     make_picture,
     subgrid_size,
 )
+from gantui.ui.imageload import current_cell
 
 SCATTER_POINTS = 256
 """Most generated points drawn in the ring8 scatter (plotext's cost grows per point)."""

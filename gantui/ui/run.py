@@ -7,8 +7,8 @@ import signal
 import traceback
 from collections.abc import Callable
 
-from gantui.engine.session import Session
 from gantui.headless import LinePrinter, finish, run_headless
+from gantui.session import Session
 from gantui.ui.app import GantuiApp, Outcome
 
 

@@ -16,7 +16,8 @@ from textual.widgets import Footer, Static
 
 from gantui.events import Points, Preview
 from gantui.run.follow import decode_preview, sample_files
-from gantui.ui.graphics import HALFBLOCK, Graphics, PictureFit, current_cell
+from gantui.ui.graphics import HALFBLOCK, Graphics, PictureFit
+from gantui.ui.imageload import current_cell
 from gantui.ui.preview import (
     HalfBlockImage,
     PictureSlot,

@@ -1,7 +1,7 @@
 """A prepared image folder: decoded, cropped and resized once into a memory-mapped array.
 
 ``gantui prepare DIR --size 64`` decodes every image of ``DIR`` exactly as training does
-(:class:`~gantui.engine.data.ImageFolder`) and writes, under the cache root::
+(:class:`~gantui.data.sources.ImageFolder`) and writes, under the cache root::
 
     images/<folder>-<hash>/<size>px-<rgb|grey>/
         manifest.json   the folder's files (relative path, size, mtime) and the array's shape
@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from gantui.engine.data import (
+from gantui.data.sources import (
     WHOLE,
     DataError,
     ImageFolder,
@@ -285,7 +285,7 @@ def _write_progress(where: Path, done: int) -> None:
 class CachedBatches:
     """Batches gathered from a prepared cache by a reader thread, ahead of the trainer.
 
-    The same batches as :class:`~gantui.engine.data.FolderBatches` over the same folder: the
+    The same batches as :class:`~gantui.data.sources.FolderBatches` over the same folder: the
     same epoch permutation, unreadable files dropped from their batch the same way.
     """
 

@@ -89,7 +89,7 @@ class TensorBatches:
     def __init__(self, images: torch.Tensor, labels: torch.Tensor | None, batch_size: int,
                  seed: int, device: torch.device, note: str, shard: Shard = WHOLE) -> None:
         if shard.size(images.shape[0]) < batch_size:
-            raise DataError(f"{note}: {images.shape[0]} images{_per_rank(shard)}, fewer than "
+            raise DataError(f"{note}: {images.shape[0]} images{per_rank(shard)}, fewer than "
                             f"batch_size {batch_size}")
         self.images = images.to(device)
         self.labels = labels.to(device) if labels is not None else None
@@ -218,7 +218,7 @@ def fit_images(images: torch.Tensor, cfg: Config) -> torch.Tensor:
     return images
 
 
-def _per_rank(shard: Shard) -> str:
+def per_rank(shard: Shard) -> str:
     return f" split over {shard.world} ranks" if shard.world > 1 else ""
 
 
@@ -361,7 +361,7 @@ class FolderBatches:
         self.files = find_images(self.root)
         self.shard = shard
         if shard.size(len(self.files)) < cfg.batch_size:
-            raise DataError(f"{self.root}: {len(self.files)} images{_per_rank(shard)}, fewer "
+            raise DataError(f"{self.root}: {len(self.files)} images{per_rank(shard)}, fewer "
                             f"than batch_size {cfg.batch_size}")
         probe_images(self.files, self.root)
         self.cfg = cfg
@@ -446,29 +446,3 @@ def close_open_folders() -> None:
     """
     for batches in list(_OPEN_FOLDERS):
         batches.close()
-
-
-def make_batches(cfg: Config, device: torch.device, shard: Shard = WHOLE) -> Batches:
-    """The batch stream ``cfg`` asks for (this rank's shard of it).
-
-    Raises:
-        DataError: the data is missing, empty or too small, with what was expected.
-    """
-    if cfg.dataset == "ring8":
-        return RingBatches(cfg.batch_size, cfg.seed, device, shard)
-    if cfg.dataset == "mnist":
-        return mnist_batches(cfg, device, shard)
-    if not cfg.data:
-        raise DataError("dataset 'folder' needs --data PATH: a folder of images "
-                        "(e.g. CelebA's img_align_celeba)")
-    if cfg.data_cache:
-        from gantui.engine.cache import CachedBatches, open_prepared
-
-        root = Path(cfg.data).expanduser()
-        prepared = open_prepared(root, cfg.image_size, cfg.channels)
-        if prepared is not None:
-            if shard.size(len(prepared.ok)) < cfg.batch_size:
-                raise DataError(f"{root}: {len(prepared.ok)} images{_per_rank(shard)}, fewer "
-                                f"than batch_size {cfg.batch_size}")
-            return CachedBatches(prepared, root, cfg, device, shard)
-    return FolderBatches(cfg, device, shard)

@@ -1,0 +1,45 @@
+"""The batch stream a config asks for: the one place that chooses between the sources and the
+prepared-image cache (which sits above the sources it reads)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from gantui.config import Config
+from gantui.data.cache import CachedBatches, open_prepared
+from gantui.data.sources import (
+    WHOLE,
+    Batches,
+    DataError,
+    FolderBatches,
+    RingBatches,
+    Shard,
+    mnist_batches,
+    per_rank,
+)
+
+
+def make_batches(cfg: Config, device: torch.device, shard: Shard = WHOLE) -> Batches:
+    """The batch stream ``cfg`` asks for (this rank's shard of it).
+
+    Raises:
+        DataError: the data is missing, empty or too small, with what was expected.
+    """
+    if cfg.dataset == "ring8":
+        return RingBatches(cfg.batch_size, cfg.seed, device, shard)
+    if cfg.dataset == "mnist":
+        return mnist_batches(cfg, device, shard)
+    if not cfg.data:
+        raise DataError("dataset 'folder' needs --data PATH: a folder of images "
+                        "(e.g. CelebA's img_align_celeba)")
+    if cfg.data_cache:
+        root = Path(cfg.data).expanduser()
+        prepared = open_prepared(root, cfg.image_size, cfg.channels)
+        if prepared is not None:
+            if shard.size(len(prepared.ok)) < cfg.batch_size:
+                raise DataError(f"{root}: {len(prepared.ok)} images{per_rank(shard)}, fewer "
+                                f"than batch_size {cfg.batch_size}")
+            return CachedBatches(prepared, root, cfg, device, shard)
+    return FolderBatches(cfg, device, shard)

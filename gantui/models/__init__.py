@@ -1,0 +1,1 @@
+"""The networks: the built-in families (MLP, DCGAN, the encoder)."""
