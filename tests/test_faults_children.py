@@ -117,7 +117,10 @@ def _signal_and_follow(launcher: subprocess.Popen, sig: signal.Signals, log: Pat
         launcher.poll()  # reap the launcher itself (its zombie is ours)
         seen |= _descendants({p for p in seen if _live(p)})  # also ones started since
         if not any(_live(p) for p in seen):
-            return time.monotonic() - started
+            took = time.monotonic() - started
+            print(f"{sig.name}: {len(seen) - 1} descendant(s) and the launcher gone in "
+                  f"{took:.1f} s")
+            return took
         time.sleep(0.1)
     survivors = [f"{p.pid} {_cmdline(p)[:160]}" for p in seen if _live(p)]
     for proc in seen:
@@ -163,12 +166,13 @@ def test_bench_ends_its_children(tmp_path: Path, sig: signal.Signals, child: str
     if sig != signal.SIGKILL:
         assert launcher.returncode == 128 + sig, log.read_text()[-2000:]
         assert "stopped" in _no_traceback(log)
-    if child != "gantui.perf.bare":  # told to stop, it stopped (it did not crash or get killed)
+        assert not list(tmp_path.glob("gantui-bench-*"))  # its temporary folder went with it
+    else:  # the orphaned run stopped itself (it did not crash, nor need a SIGKILL)
         from gantui.files import read_jsonl
 
         states = [r["state"] for r in read_jsonl(run_dir / "events.jsonl")
                   if r.get("event") == "state"]
-        assert states[-1] == "stopped", states
+        assert states[-1:] == ["stopped"], states
 
 
 # ---- gantui sweep ---------------------------------------------------------------------------
