@@ -377,10 +377,15 @@ def bench(
     import json
 
     from gantui.perf.bench import report, run_bench
+    from gantui.procs import Stopped
 
     say = (lambda line: typer.echo(line, err=True)) if as_json else typer.echo
     with one_line():
-        result = run_bench(preset, steps, device, data, rounds, list(sets or []), say=say)
+        try:
+            result = run_bench(preset, steps, device, data, rounds, list(sets or []), say=say)
+        except Stopped as exc:
+            typer.echo(f"bench stopped ({exc}); the run under way was ended", err=True)
+            raise typer.Exit(128 + exc.signum) from None
     typer.echo(json.dumps(result.to_dict()) if as_json else report(result))
 
 

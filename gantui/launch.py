@@ -5,7 +5,9 @@ Rank 0 trains with the headless printer and owns the run directory; the other ra
 in silence (errors only). The launcher runs ``python -m torch.distributed.run`` in its own
 session (a dropped terminal does not reach it), shows rank 0's lines or the dashboard
 (following the run directory, as ``gantui watch`` does), hides torchrun's own log lines and
-tracebacks, and sums up a failed launch in one line.
+tracebacks, and sums up a failed launch in one line. torchrun holds a lifeline to the
+launcher (:mod:`gantui.procs`): whenever the launcher ends, by any signal or SIGKILL, the
+ranks stop after a checkpoint, unless the dashboard left the run in the background.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from collections import deque
 from collections.abc import Callable
 from pathlib import Path
 
+from gantui import procs
 from gantui.errors import GantuiError
 from gantui.text import safe
 
@@ -183,9 +186,12 @@ class TorchrunOutput:
 
 
 def torchrun_command(nproc: int, train_args: list[str]) -> list[str]:
-    """``python -m torch.distributed.run --standalone ... -m gantui train --no-ui ARGS``."""
-    return [sys.executable, "-m", "torch.distributed.run", "--standalone",
-            f"--nproc-per-node={nproc}", "-m", "gantui", "train", "--no-ui", *train_args]
+    """``python -m torch.distributed.run --standalone ... -m gantui train --no-ui ARGS``,
+    run through :func:`gantui.procs.guarded` so that it ends its ranks when the launcher is
+    gone."""
+    return procs.guarded("torch.distributed.run", [
+        "--standalone", f"--nproc-per-node={nproc}", "-m", "gantui", "train", "--no-ui",
+        *train_args])
 
 
 def check_nproc(nproc: int, device: str) -> None:
@@ -264,12 +270,14 @@ def launch(nproc: int, train_args: list[str], run_dir: Path, *, dashboard: bool,
 
     Headless, rank 0's lines are shown as they come. With ``dashboard``, the dashboard
     follows ``run_dir`` once rank 0 has made it; q leaves the run training in the
-    background, x stops it. Returns torchrun's exit code (0 when the dashboard was left).
+    background, x stops it. SIGTERM, SIGINT or SIGHUP asks every rank to stop after a
+    checkpoint (a second one, or :data:`gantui.procs.GRACE_S` without an end, kills them).
+    Returns torchrun's exit code (0 when the dashboard was left, or the stop asked done).
     """
     out = out if out is not None else sys.stdout
-    proc = subprocess.Popen(torchrun_command(nproc, train_args), env=launch_env(nproc),
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            bufsize=1, errors="replace", start_new_session=True)
+    proc = procs.Child(torchrun_command(nproc, train_args), env=launch_env(nproc),
+                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                       bufsize=1, errors="replace", group=True)
     lines: deque[str] = deque(maxlen=200)
     filt = TorchrunOutput()
     shown = threading.Event()  # headless: print as they come; dashboard: keep the tail
@@ -285,7 +293,8 @@ def launch(nproc: int, train_args: list[str], run_dir: Path, *, dashboard: bool,
         for text in filt.flush():
             lines.append(text)
             if not dashboard:
-                print(text, file=out, flush=True)
+                with contextlib.suppress(OSError, ValueError):
+                    print(text, file=out, flush=True)
         shown.set()
 
     reader = threading.Thread(target=pump, name="gantui-torchrun-output", daemon=True)
@@ -300,24 +309,27 @@ def launch(nproc: int, train_args: list[str], run_dir: Path, *, dashboard: bool,
         (the checkpoints on disk are written atomically: they stay whole)."""
         signalled.append(signum)
         if len(signalled) == 1 and _ask_stop(run_dir):
-            print("gantui: stopping every rank after a checkpoint (Ctrl-C again to end it "
-                  "now)", file=sys.stderr, flush=True)
+            with contextlib.suppress(OSError, ValueError):  # SIGHUP: the terminal is gone
+                print("gantui: stopping every rank after a checkpoint (Ctrl-C again to end "
+                      "it now)", file=sys.stderr, flush=True)
             return
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGTERM if len(signalled) == 1 else signal.SIGKILL)
 
-    previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGINT, signal.SIGTERM)}
+    left = False
     try:
-        if dashboard:
-            left = _follow_with_dashboard(proc, run_dir)
-            if left and proc.poll() is None:
-                print(f"the run goes on in the background ({nproc} ranks, pid {proc.pid}): "
-                      f"gantui watch {run_dir}", file=out)
-                return 0
-        code = proc.wait()
+        with procs.on_stop_signals(forward):
+            if dashboard:
+                left = _follow_with_dashboard(proc, run_dir, signalled)
+                if left and proc.poll() is None:
+                    proc.release()
+                    print(f"the run goes on in the background ({nproc} ranks, pid "
+                          f"{proc.pid}): gantui watch {run_dir}", file=out)
+                    return 0
+            code = _wait(proc, signalled)
     finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+        if not left:  # any rank still there (torchrun itself killed, an error here) ends
+            proc.end()
     shown.wait(5)
     if dashboard:  # what the ranks said, after the dashboard gave the terminal back
         for text in list(lines)[-20:]:
@@ -329,6 +341,17 @@ def launch(nproc: int, train_args: list[str], run_dir: Path, *, dashboard: bool,
                 if any((run_dir / "checkpoints").glob("ckpt-*.pt")) else "")
         print(f"gantui: {filt.summary(code)}{kept}", file=sys.stderr)
     return code
+
+
+def _wait(proc: procs.Child, signalled: list[int]) -> int:
+    """torchrun's exit code; a launch still running :data:`gantui.procs.GRACE_S` after the
+    first stop signal is killed (its checkpoints on disk are whole: writes are atomic)."""
+    while True:
+        try:
+            return proc.wait(0.2 if not signalled else procs.GRACE_S)
+        except subprocess.TimeoutExpired:
+            if signalled:
+                return proc.end(0, signal.SIGKILL)
 
 
 def _ask_stop(run_dir: Path) -> bool:
@@ -354,9 +377,11 @@ def _final_state(run_dir: Path) -> str:
         return "unknown"
 
 
-def _follow_with_dashboard(proc: subprocess.Popen, run_dir: Path) -> bool:
+def _follow_with_dashboard(proc: subprocess.Popen, run_dir: Path, signalled: list[int]
+                           ) -> bool:
     """The dashboard on ``run_dir`` once it exists; True when the user left it while the run
-    still trains, False when the launch ended first."""
+    still trains, False when the launch ended first (the dashboard closes when it fails, or
+    ends after a stop signal)."""
     while not (run_dir / "config.toml").is_file():
         if proc.poll() is not None:
             return False
@@ -372,7 +397,7 @@ def _follow_with_dashboard(proc: subprocess.Popen, run_dir: Path) -> bool:
                     can_steer=lambda: is_locked(run_dir))
 
     def close_on_failure() -> None:  # a launch that fails gives the terminal back at once
-        if proc.wait() != 0:
+        if proc.wait() != 0 or signalled:
             with contextlib.suppress(Exception):
                 app.call_from_thread(app.exit)
 

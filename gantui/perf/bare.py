@@ -22,6 +22,7 @@ from typing import Any
 import torch
 
 from gantui import config as config_mod
+from gantui import procs
 from gantui.config import Config
 from gantui.data.batches import make_batches
 from gantui.engine import fast
@@ -143,6 +144,7 @@ def measure_data(cfg: Config, device: torch.device, batches: int) -> dict[str, A
 
 
 def main(argv: list[str] | None = None) -> None:
+    procs.follow_parent()  # a child of gantui bench ends with it
     spec = json.loads((argv or sys.argv[1:])[0])
     _, cfg = config_mod.load(spec["preset"], spec.get("sets", []))
     device = torch.device(spec.get("device", "cpu"))

@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from gantui import procs
 from gantui.errors import GantuiError
 from gantui.files import read_jsonl
 
@@ -43,6 +44,8 @@ TARGETS = {"headless": 0.98, "dashboard": 0.95}
 """Throughput each mode should keep, as a share of the bare loop."""
 DATA_HEADROOM = 3.0
 """How many times what training consumes a prepared cache should deliver."""
+STOP_S = 10.0
+"""How long a measured run that the bench ends may take to exit before it is killed."""
 
 
 def _train_args(preset: str, steps: int, name: str, sets: list[str], device: str
@@ -56,11 +59,16 @@ def _bench_sets(steps: int, sets: list[str]) -> list[str]:
 
 
 def _run(args: list[str], cwd: Path, label: str) -> str:
-    out = subprocess.run(args, cwd=cwd, capture_output=True, text=True)
-    if out.returncode != 0:
-        tail = (out.stderr or out.stdout).strip().splitlines()[-1:] or ["(no output)"]
+    child = procs.Child(args, cwd=cwd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                        stderr=subprocess.PIPE, text=True, grace=STOP_S)
+    try:
+        stdout, stderr = child.communicate()
+    finally:  # a stopped bench ends its run too
+        child.end(STOP_S)
+    if child.returncode != 0:
+        tail = (stderr or stdout).strip().splitlines()[-1:] or ["(no output)"]
         raise GantuiError(f"the {label} run failed: {tail[0].removeprefix('error: ')}")
-    return out.stdout
+    return stdout
 
 
 def _absolute_data(sets: list[str]) -> list[str]:
@@ -85,8 +93,8 @@ def run_dashboard(args: list[str], cwd: Path, run_dir: Path, cols: int = 120,
     master, slave = pty.openpty()
     fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
     env = {**os.environ, "TERM": "xterm-256color", "COLUMNS": str(cols), "LINES": str(rows)}
-    proc = subprocess.Popen(args, cwd=cwd, stdin=slave, stdout=slave, stderr=slave, env=env,
-                            start_new_session=True)
+    proc = procs.Child(args, cwd=cwd, stdin=slave, stdout=slave, stderr=slave, env=env,
+                       group=True, grace=STOP_S)
     os.close(slave)
     done = threading.Event()
 
@@ -109,9 +117,8 @@ def run_dashboard(args: list[str], cwd: Path, run_dir: Path, cols: int = 120,
                 os.write(master, b"q")
             time.sleep(0.5)
     finally:
+        proc.end(STOP_S)  # still running: the bench was stopped, or the run never finished
         done.set()
-        if proc.poll() is None:
-            proc.kill()
         os.close(master)
     if proc.returncode != 0:
         raise GantuiError(f"the dashboard run exited with {proc.returncode}")
@@ -216,8 +223,13 @@ def run_bench(preset: str = "dcgan-mnist", steps: int = 200, device: str = "cpu"
               say: Callable[[str], None] = print) -> BenchResult:
     """Measure every mode ``rounds`` times, alternating, then the data stream alone.
 
+    SIGTERM, SIGINT or SIGHUP ends the run under way (SIGTERM, then SIGKILL after
+    :data:`STOP_S`) and raises :class:`~gantui.procs.Stopped`; a bench killed outright has
+    its runs end themselves (:func:`gantui.procs.follow_parent`).
+
     Raises:
         GantuiError: a bad preset or key, or a run that failed (its last line).
+        Stopped: a stop signal.
     """
     from gantui import config as config_mod
     from gantui.perf.peaks import peak_flops
@@ -235,7 +247,8 @@ def run_bench(preset: str = "dcgan-mnist", steps: int = 200, device: str = "cpu"
     result = BenchResult(preset, resolved, name, steps, precision=precision,
                          peak=peak_flops(name, precision) if resolved.startswith("cuda")
                          else None)
-    with tempfile.TemporaryDirectory(prefix="gantui-bench-") as tmp:
+    with (procs.on_stop_signals(procs.raise_stopped()),
+          tempfile.TemporaryDirectory(prefix="gantui-bench-") as tmp):
         cwd = Path(tmp)
         for round_ in range(rounds):
             for mode in MODES:

@@ -21,7 +21,6 @@ import math
 import os
 import re
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -32,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from gantui import config as config_mod
+from gantui import procs
 from gantui.config import ConfigError, plain
 from gantui.errors import GantuiError
 from gantui.files import atomic_write_bytes, read_json_dict, read_jsonl
@@ -326,7 +326,7 @@ class Sweep:
         self.threads = _threads_for(parallel)
         self.status = {r["name"]: RunStatus(r["name"], r["params"]) for r in plan_.runs}
         self.walls = {}
-        self._children: dict[str, tuple[subprocess.Popen, float, Any]] = {}
+        self._children: dict[str, tuple[procs.Child, float, Any]] = {}
         self._stopping = False
 
     @property
@@ -418,35 +418,32 @@ class Sweep:
     # -- the loop --
 
     def run(self, view: Callable[[list[RunStatus]], None] | None = None) -> list[RunStatus]:
-        """Start children ``parallel`` at a time until every run is done (or a signal says
-        stop: children get SIGTERM, checkpoint and exit; rerun to continue)."""
+        """Start children ``parallel`` at a time until every run is done, or a signal says
+        stop (SIGTERM, SIGINT, SIGHUP): the children get SIGTERM, checkpoint and exit (killed
+        after :data:`gantui.procs.GRACE_S`); rerun to continue. A sweep killed outright has
+        its children stop themselves the same way (:func:`gantui.procs.follow_parent`)."""
         todo = self._todo()
         done_before = len(self.plan.runs) - len(todo)
         if done_before:
             self.say(f"{done_before} of {len(self.plan.runs)} runs already done")
-        previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
 
         def on_signal(signum: int, _frame: Any) -> None:
             self._stopping = True
 
-        for sig in previous:
-            signal.signal(sig, on_signal)
-        try:
-            while (todo or self._children) and not self._stopping:
-                while todo and len(self._children) < self.parallel and not self._stopping:
-                    name, args = todo.pop(0)
-                    self._start(name, args)
-                self._reap()
-                for name in self._children:
-                    _refresh(self.status[name], self.plan.path / name)
-                if view is not None:
-                    view(list(self.status.values()))
-                time.sleep(self.poll_s)
-            if self._stopping:
+        with procs.on_stop_signals(on_signal):
+            try:
+                while (todo or self._children) and not self._stopping:
+                    while todo and len(self._children) < self.parallel and not self._stopping:
+                        name, args = todo.pop(0)
+                        self._start(name, args)
+                    self._reap()
+                    for name in self._children:
+                        _refresh(self.status[name], self.plan.path / name)
+                    if view is not None:
+                        view(list(self.status.values()))
+                    time.sleep(self.poll_s)
+            finally:  # stopped, or an error here: no child outlives the loop
                 self._stop_children()
-        finally:
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
         if view is not None:
             view(list(self.status.values()))
         return list(self.status.values())
@@ -456,8 +453,8 @@ class Sweep:
         command = [sys.executable, "-m", "gantui", "train", "--no-ui", "--device", self.device,
                    *args]
         env = {**os.environ, "OMP_NUM_THREADS": str(self.threads)}
-        proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, env=env)
+        proc = procs.Child(command, stdout=log, stderr=subprocess.STDOUT,
+                           stdin=subprocess.DEVNULL, env=env)
         self._children[name] = (proc, time.monotonic(), log)
         status = self.status[name]
         status.state = "running"
@@ -487,16 +484,9 @@ class Sweep:
                      + (f" ({status.note})" if status.state == "failed" else ""))
 
     def _stop_children(self) -> None:
-        for proc, _, _ in self._children.values():
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)  # each writes a checkpoint and exits
-        deadline = time.monotonic() + 120
-        while any(p.poll() is None for p, _, _ in self._children.values()):
-            if time.monotonic() > deadline:
-                for proc, _, _ in self._children.values():
-                    proc.kill()
-                break
-            time.sleep(0.2)
+        """SIGTERM to every child (each writes a checkpoint and exits), SIGKILL to any still
+        there after :data:`gantui.procs.GRACE_S`."""
+        procs.end_all([proc for proc, _, _ in self._children.values()])
         self._reap()
 
 
