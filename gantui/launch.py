@@ -270,8 +270,10 @@ def launch(nproc: int, train_args: list[str], run_dir: Path, *, dashboard: bool,
 
     Headless, rank 0's lines are shown as they come. With ``dashboard``, the dashboard
     follows ``run_dir`` once rank 0 has made it; q leaves the run training in the
-    background, x stops it. SIGTERM, SIGINT or SIGHUP asks every rank to stop after a
-    checkpoint (a second one, or :data:`gantui.procs.GRACE_S` without an end, kills them).
+    background, x stops it. SIGTERM or SIGINT asks every rank to stop after a checkpoint (a
+    second one, or :data:`gantui.procs.GRACE_S` without an end, kills them). SIGHUP (a
+    dropped connection) takes only the terminal: headless, the launcher follows on unseen;
+    the dashboard closes and leaves the run training, as q does.
     Returns torchrun's exit code (0 when the dashboard was left, or the stop asked done).
     """
     out = out if out is not None else sys.stdout
@@ -301,12 +303,18 @@ def launch(nproc: int, train_args: list[str], run_dir: Path, *, dashboard: bool,
     reader.start()
 
     signalled: list[int] = []
+    hang_up: list[Callable[[], None]] = []  # closes the dashboard, once it is up
 
     def forward(signum: int, _frame) -> None:
         """The first signal asks rank 0 (through control.sock) for a stop, which every rank
         carries out at the same step, at its own pace; torchrun's own signal path would
         SIGKILL the ranks 30 s later, mid-checkpoint perhaps. A second signal ends it now
         (the checkpoints on disk are written atomically: they stay whole)."""
+        if signum == signal.SIGHUP:  # a dropped connection: the run goes on without it
+            procs.detach_from_terminal()
+            if hang_up:
+                hang_up[0]()
+            return
         signalled.append(signum)
         if len(signalled) == 1 and _ask_stop(run_dir):
             with contextlib.suppress(OSError, ValueError):  # SIGHUP: the terminal is gone
@@ -320,7 +328,7 @@ def launch(nproc: int, train_args: list[str], run_dir: Path, *, dashboard: bool,
     try:
         with procs.on_stop_signals(forward):
             if dashboard:
-                left = _follow_with_dashboard(proc, run_dir, signalled)
+                left = _follow_with_dashboard(proc, run_dir, signalled, hang_up)
                 if left and proc.poll() is None:
                     proc.release()
                     print(f"the run goes on in the background ({nproc} ranks, pid "
@@ -377,8 +385,8 @@ def _final_state(run_dir: Path) -> str:
         return "unknown"
 
 
-def _follow_with_dashboard(proc: subprocess.Popen, run_dir: Path, signalled: list[int]
-                           ) -> bool:
+def _follow_with_dashboard(proc: subprocess.Popen, run_dir: Path, signalled: list[int],
+                           hang_up: list[Callable[[], None]]) -> bool:
     """The dashboard on ``run_dir`` once it exists; True when the user left it while the run
     still trains, False when the launch ended first (the dashboard closes when it fails, or
     ends after a stop signal)."""
@@ -402,8 +410,10 @@ def _follow_with_dashboard(proc: subprocess.Popen, run_dir: Path, signalled: lis
                 app.call_from_thread(app.exit)
 
     threading.Thread(target=close_on_failure, name="gantui-torchrun-wait", daemon=True).start()
+    hang_up.append(app.exit)
     try:
         app.run()
     finally:
+        hang_up.clear()
         controller.close()
     return proc.poll() is None

@@ -249,6 +249,16 @@ def on_stop_signals(handler: Callable[[int, Any], None]) -> Iterator[None]:
             signal.signal(sig, old)
 
 
+def detach_from_terminal() -> None:
+    """Point stdin, stdout and stderr at /dev/null: the terminal is gone (a dropped SSH
+    connection), and a write to it must neither fail nor block what carries on without it."""
+    devnull = os.open(os.devnull, os.O_RDWR)
+    for fd in (0, 1, 2):
+        with contextlib.suppress(OSError):
+            os.dup2(devnull, fd)
+    os.close(devnull)
+
+
 class Stopped(KeyboardInterrupt):
     """A stop signal that unwinds a launcher (raised by :func:`raise_stopped`)."""
 

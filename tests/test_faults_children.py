@@ -1,6 +1,7 @@
 """Launchers end their children: ``gantui bench``, ``gantui sweep`` and the torchrun launcher
-``gantui train --nproc-per-node 2``, stopped by SIGTERM, SIGINT, SIGHUP or SIGKILL, leave no
-process behind, print no traceback, and lose nothing already written.
+``gantui train --nproc-per-node 2``, stopped by SIGTERM, SIGINT or SIGKILL, leave no process
+behind, print no traceback, and lose nothing already written; SIGHUP (a dropped connection)
+stops the bench, and leaves a sweep or a launch training.
 
 Real launches at toy size (ring-8 with tiny MLPs on the CPU), one at a time. A launcher is
 started, the test waits until its children exist, signals the launcher alone (never its
@@ -131,6 +132,26 @@ def _signal_and_follow(launcher: subprocess.Popen, sig: signal.Signals, log: Pat
                 f"{log.read_text(errors='replace')[-2000:]}")
 
 
+def _hang_up_and_check_it_goes_on(launcher: subprocess.Popen, log: Path,
+                                   newest: Callable[[], int]) -> None:
+    """SIGHUP (a dropped connection) takes only the terminal: the launcher and its children
+    stay, and training goes on (``newest()``, the newest checkpoint's step, grows)."""
+    before = newest()
+    root = psutil.Process(launcher.pid)
+    children = _descendants({root})
+    os.kill(launcher.pid, signal.SIGHUP)
+    _wait_for(launcher, log, lambda: newest() > before, "training go on after SIGHUP")
+    assert launcher.poll() is None
+    assert all(_live(p) for p in children), [_cmdline(p)[:120] for p in children if not _live(p)]
+
+
+def _newest_step(*dirs: Path) -> Callable[[], int]:
+    def newest() -> int:
+        steps = [int(p.stem.split("-")[1]) for d in dirs for p in d.glob("ckpt-*.pt")]
+        return min(steps, default=0) if len(dirs) > 1 else max(steps, default=0)
+    return newest
+
+
 def _no_traceback(log: Path) -> str:
     text = log.read_text(errors="replace")
     assert "Traceback" not in text, text[-3000:]
@@ -190,7 +211,8 @@ def _sweep(tmp_path: Path) -> list[str]:
 def test_sweep_ends_its_children_and_stays_resumable(tmp_path: Path,
                                                      sig: signal.Signals) -> None:
     """Both runs under way, each past a checkpoint: after the signal no child is left, every
-    checkpoint loads, and the same sweep plans to resume both runs."""
+    checkpoint loads, and the same sweep plans to resume both runs. Before SIGTERM, a SIGHUP
+    (the terminal gone) leaves the sweep training."""
     import torch
 
     from gantui.studies import sweep as sweep_mod
@@ -202,10 +224,14 @@ def test_sweep_ends_its_children_and_stays_resumable(tmp_path: Path,
     _wait_for(launcher, log, lambda: all(
         list((sweep_dir / n / "checkpoints").glob("ckpt-*.pt")) for n in names),
         "a checkpoint of both runs")
+    if sig == signal.SIGTERM:
+        _hang_up_and_check_it_goes_on(launcher, log, _newest_step(
+            *(sweep_dir / n / "checkpoints" for n in names)))
     _signal_and_follow(launcher, sig, log)
     if sig != signal.SIGKILL:
         assert launcher.returncode == 130, log.read_text()[-2000:]
-        assert "rerun the same command to continue" in _no_traceback(log)
+        # after the hang-up its lines go nowhere: what the log holds is from before it
+        assert "pack=2-seed=0: started" in _no_traceback(log)
     for name in names:
         for path in (sweep_dir / name / "checkpoints").glob("ckpt-*.pt"):
             assert "G" in torch.load(path, map_location="cpu", weights_only=True), path
@@ -220,10 +246,11 @@ def test_sweep_ends_its_children_and_stays_resumable(tmp_path: Path,
 
 # ---- gantui train --nproc-per-node 2 --------------------------------------------------------
 
-@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM, signal.SIGHUP])
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM, signal.SIGINT])
 def test_torchrun_launcher_ends_every_rank(tmp_path: Path, sig: signal.Signals) -> None:
     """torchrun runs in a session of its own below the launcher: the signal to the launcher
-    ends torchrun and both ranks, after a checkpoint that stays loadable."""
+    ends torchrun and both ranks, after a checkpoint that stays loadable. Before SIGINT, a
+    SIGHUP (the terminal gone) leaves the launch training, as it leaves a single process."""
     import torch
 
     run_dir = tmp_path / "runs" / "T"
@@ -233,6 +260,8 @@ def test_torchrun_launcher_ends_every_rank(tmp_path: Path, sig: signal.Signals) 
                        "--runs-dir", str(tmp_path / "runs"), "--name", "T"], tmp_path, log)
     _wait_for(launcher, log, lambda: bool(list((run_dir / "checkpoints").glob("ckpt-*.pt")))
               and len(_ranks(launcher)) == 2, "two ranks training")
+    if sig == signal.SIGINT:
+        _hang_up_and_check_it_goes_on(launcher, log, _newest_step(run_dir / "checkpoints"))
     _signal_and_follow(launcher, sig, log)
     if sig != signal.SIGKILL:
         assert launcher.returncode == 0, log.read_text()[-2000:]

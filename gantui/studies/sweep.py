@@ -21,6 +21,7 @@ import math
 import os
 import re
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -419,15 +420,20 @@ class Sweep:
 
     def run(self, view: Callable[[list[RunStatus]], None] | None = None) -> list[RunStatus]:
         """Start children ``parallel`` at a time until every run is done, or a signal says
-        stop (SIGTERM, SIGINT, SIGHUP): the children get SIGTERM, checkpoint and exit (killed
-        after :data:`gantui.procs.GRACE_S`); rerun to continue. A sweep killed outright has
-        its children stop themselves the same way (:func:`gantui.procs.follow_parent`)."""
+        stop (SIGTERM, SIGINT): the children get SIGTERM, checkpoint and exit (killed after
+        :data:`gantui.procs.GRACE_S`); rerun to continue. SIGHUP (a dropped connection) only
+        takes the terminal away: the sweep goes on, its table and lines unseen. A sweep killed
+        outright has its children stop themselves the same way
+        (:func:`gantui.procs.follow_parent`)."""
         todo = self._todo()
         done_before = len(self.plan.runs) - len(todo)
         if done_before:
             self.say(f"{done_before} of {len(self.plan.runs)} runs already done")
 
         def on_signal(signum: int, _frame: Any) -> None:
+            if signum == signal.SIGHUP:  # the terminal is gone: the sweep carries on without
+                procs.detach_from_terminal()
+                return
             self._stopping = True
 
         with procs.on_stop_signals(on_signal):
