@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
+import shutil
+import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import NamedTuple
 
 import pytest
 
@@ -35,6 +40,98 @@ def gantui_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("gantui-cache")
     os.environ["GANTUI_CACHE"] = str(path)
     return path
+
+
+class CliResult(NamedTuple):
+    """What a ``gantui`` command left behind, shaped like ``subprocess.CompletedProcess``."""
+
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+def cli(*args: str, cwd: Path | None = None) -> CliResult:
+    """Run the real ``gantui`` command in this process with Typer's ``CliRunner``.
+
+    For argument and message checks, and for short commands whose output is the point: no
+    interpreter and no torch import per call. stdout is not a terminal, so ``train`` runs
+    headless as it does when piped. An exception the command did not turn into an exit code
+    is raised here (a subprocess would have printed its traceback), so a test cannot pass on
+    one. Signals, sockets held by the process, terminals and torchrun stay in subprocesses.
+
+    Args:
+        args: the command line after ``gantui``.
+        cwd: the working directory for the call (relative paths such as ``runs`` resolve
+            there); default: the current one.
+
+    Returns:
+        The exit code and the captured stdout and stderr.
+    """
+    from typer.testing import CliRunner
+
+    from gantui.cli import app
+
+    torch = sys.modules.get("torch")
+    threads = torch.get_num_threads() if torch is not None else None
+    with contextlib.chdir(cwd or Path.cwd()):
+        result = CliRunner().invoke(app, list(args), prog_name="gantui")
+    torch = sys.modules.get("torch")
+    if threads is not None and torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)  # a ``threads`` key applies process-wide
+    if result.exception is not None and not isinstance(result.exception, SystemExit):
+        raise result.exception
+    return CliResult(result.exit_code, result.stdout, result.stderr)
+
+
+def copy_run(source: Path, parent: Path, name: str | None = None) -> Path:
+    """A private copy of a finished run directory under ``parent`` (for tests that change it)."""
+    target = parent / (name or source.name)
+    parent.mkdir(parents=True, exist_ok=True)
+    shutil.copytree(source, target)
+    return target
+
+
+@pytest.fixture(scope="session")
+def finished_ring(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One finished tiny ring-8 run (``tiny()``: 60 steps, checkpoints at steps 30 and 60),
+    trained once per session. Read it as it is; ``copy_run`` it before changing anything."""
+    from gantui.engine.session import start
+    from gantui.headless import follow
+
+    session = start(tiny("ring-8"), "ring-8", runs_dir=tmp_path_factory.mktemp("finished"),
+                    name="r", device="cpu")
+    follow(session, 120)
+    assert session.state == "finished"
+    return session.run_dir
+
+
+@pytest.fixture(scope="session")
+def trained_judge(gantui_cache: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """The bundled-digit judge, trained once per session into a fresh folder (what the judge
+    tests inspect: messages, RNG, time) and copied into the session cache, where every run
+    evaluated later in the session finds it instead of training its own."""
+    import torch
+
+    from gantui.quality.judge import load_judge
+
+    cache = tmp_path_factory.mktemp("judge-cache")
+    messages: list[str] = []
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # steady on shared cores; the same numbers
+    try:
+        torch.manual_seed(1234)
+        before = torch.get_rng_state()
+        started = time.perf_counter()
+        judge, info, held_x, held_y = load_judge(cache_dir=cache, log=messages.append)
+        seconds = time.perf_counter() - started
+        after = torch.get_rng_state()
+    finally:
+        torch.set_num_threads(threads)
+    for path in cache.glob("judge-*.pt"):
+        if not (gantui_cache / path.name).exists():
+            shutil.copy2(path, gantui_cache / path.name)
+    return {"cache": cache, "judge": judge, "info": info, "held_x": held_x, "held_y": held_y,
+            "messages": messages, "rng_before": before, "rng_after": after, "seconds": seconds}
 
 
 @pytest.fixture(scope="module")

@@ -18,7 +18,7 @@ from gantui.data import cache
 from gantui.data.batches import make_batches
 from gantui.data.sources import DataError, FolderBatches
 
-from .conftest import make_image_folder, tiny
+from .conftest import cli, make_image_folder, tiny
 from .test_cli import gantui
 
 CPU = torch.device("cpu")
@@ -134,6 +134,7 @@ def test_prepare_and_train_from_the_cache_through_the_cli(tmp_path: Path) -> Non
     out = gantui("prepare", str(root), "--size", "32", cwd=tmp_path)
     assert out.returncode == 0, out.stderr
     assert "prepared 42 images" in out.stdout and "2 unreadable" in out.stdout
+    # a subprocess: the loader's worker processes start from a fresh interpreter
     train = gantui("train", "--no-ui", "--preset", "dcgan-celeba", "--data", str(root),
                    "--device", "cpu", "--name", "c", "--set", "image_size=32",
                    "--set", "ngf=8", "--set", "ndf=8", "--set", "batch_size=8",
@@ -142,11 +143,11 @@ def test_prepare_and_train_from_the_cache_through_the_cli(tmp_path: Path) -> Non
     assert train.returncode == 0, train.stderr
     assert "from the prepared cache" in train.stdout
     (root / "more.png").write_bytes((root / "part1" / "img001.png").read_bytes())
-    refused = gantui("train", "--no-ui", "--preset", "dcgan-celeba", "--data", str(root),
-                     "--device", "cpu", "--set", "image_size=32", cwd=tmp_path)
+    refused = cli("train", "--no-ui", "--preset", "dcgan-celeba", "--data", str(root),
+                  "--device", "cpu", "--set", "image_size=32", cwd=tmp_path)
     assert refused.returncode == 1 and "Traceback" not in refused.stderr
     assert refused.stderr.count("\n") == 1 and "no longer matches" in refused.stderr
     for bad in (["--size", "2"], ["--channels", "2"], ["--size", "32", str(tmp_path / "x")]):
         args = ["prepare", *([str(root)] if len(bad) == 2 else []), *bad]
-        failed = gantui(*args, cwd=tmp_path)
+        failed = cli(*args, cwd=tmp_path)
         assert failed.returncode != 0 and "Traceback" not in failed.stderr

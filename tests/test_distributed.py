@@ -19,6 +19,8 @@ import torch
 from gantui.data.sources import Shard, TensorBatches, epoch_permutation
 from gantui.launch import TorchrunOutput
 
+from .conftest import cli
+
 ROOT = Path(__file__).resolve().parent.parent
 RING = ["--preset", "ring-8", "--set", "log_every=10", "--set", "eval_every=0",
         "--set", "sample_every=1000", "--device", "cpu"]
@@ -134,6 +136,7 @@ def test_ranks_agree_on_weights_commands_pause_checkpoint_and_stop(tmp_path):
     assert sum(e.get("event") == "set" for e in events) == 1
 
 
+@pytest.mark.slow  # four torchrun launches of two ranks each
 def test_sigterm_and_resume_on_two_ranks_is_bit_exact(tmp_path):
     """gantui train --nproc-per-node 2: stopped by SIGTERM mid-run and resumed, it ends
     with the same weights, optimizers, RNG and data position as a straight run; resumed
@@ -167,7 +170,7 @@ def test_sigterm_and_resume_on_two_ranks_is_bit_exact(tmp_path):
     for key in ("G", "D", "opt_g", "opt_d", "rng", "data", "ranks"):
         assert same(a[key], b[key]), key
 
-    single = gantui("train", "--no-ui", "--resume", str(runs / "A"), "--set", "steps=130")
+    single = cli("train", "--no-ui", "--resume", str(runs / "A"), "--set", "steps=130")
     assert single.returncode == 0, single.stdout[-2000:] + single.stderr[-2000:]
     assert "no longer exactly" in single.stdout
     assert "finished 130 steps" in single.stdout
@@ -231,13 +234,13 @@ def test_two_gpu_ranks_with_sync_batchnorm(tmp_path):
 def test_the_launcher_refuses_what_this_machine_cannot_run(tmp_path):
     from gantui.system import available_cores
 
-    too_many = gantui("train", "--nproc-per-node", str(available_cores() + 1), "--device",
-                      "cpu", "--preset", "ring-8", "--runs-dir", str(tmp_path))
+    too_many = cli("train", "--nproc-per-node", str(available_cores() + 1), "--device",
+                   "cpu", "--preset", "ring-8", "--runs-dir", str(tmp_path))
     assert too_many.returncode == 1 and "use at most" in too_many.stderr
     assert "Traceback" not in too_many.stderr
-    one_gpu = gantui("train", "--nproc-per-node", "2", "--device", "cuda:1")
+    one_gpu = cli("train", "--nproc-per-node", "2", "--device", "cuda:1", cwd=tmp_path)
     assert one_gpu.returncode == 1 and "cuda:LOCAL_RANK" in one_gpu.stderr
-    bad = gantui("train", "--nproc-per-node", "2", "--device", "cpu", "--preset", "nope",
-                 "--runs-dir", str(tmp_path))
+    bad = cli("train", "--nproc-per-node", "2", "--device", "cpu", "--preset", "nope",
+              "--runs-dir", str(tmp_path))
     assert bad.returncode == 1 and "unknown preset" in bad.stderr
     assert not any(tmp_path.iterdir())  # refused before torchrun: nothing made

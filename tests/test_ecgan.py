@@ -20,8 +20,7 @@ from gantui.headless import follow
 from gantui.run.store import RunStore, load_checkpoint_file
 from gantui.session import start
 
-from .conftest import tiny
-from .test_cli import gantui
+from .conftest import cli, tiny
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -35,7 +34,9 @@ def test_the_preset_loads_and_refuses_an_unconditional_encoder() -> None:
         config.load("ecgan-mnist", ["kl_weight=-1"])
 
 
-def test_a_run_trains_e_and_g_and_previews_reconstructions(runs_dir: Path) -> None:
+def test_a_run_trains_e_and_g_and_previews_reconstructions(runs_dir: Path,
+                                                           trained_judge: dict) -> None:
+    # the session's judge (trained once, in the session cache) scores the run
     cfg = tiny("ecgan-mnist", "eval_every=6", "n_samples=40", "eval_samples=200")
     session = start(cfg, "ecgan-mnist", runs_dir=runs_dir, device="cpu")
     events = follow(session, 300)
@@ -56,7 +57,7 @@ def test_a_run_trains_e_and_g_and_previews_reconstructions(runs_dir: Path) -> No
     assert np.abs(cell - first_real).max() < 0.02
     assert grid.shape[0] == 10 * side + 2 and grid.shape[1] == trainer.grid_nrow * side + 2
 
-    out = gantui("eval", str(session.run_dir), "--json", "-n", "200", cwd=runs_dir)
+    out = cli("eval", str(session.run_dir), "--json", "-n", "200", cwd=runs_dir)
     assert out.returncode == 0, out.stderr
     values = json.loads(out.stdout)["values"]
     assert {"recon_l1", "recon_acc", "cond_acc"} <= set(values)

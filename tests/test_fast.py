@@ -17,8 +17,7 @@ from gantui.perf.peaks import peak_flops
 from gantui.run.store import RunStore, load_checkpoint_file
 from gantui.session import start
 
-from .conftest import tiny
-from .test_cli import gantui
+from .conftest import cli, tiny
 
 CPU = torch.device("cpu")
 
@@ -54,9 +53,11 @@ def test_flops_and_peaks() -> None:
 
 
 def test_bench_through_the_cli(tmp_path: Path) -> None:
-    out = gantui("bench", "--preset", "ring-8", "--steps", "200", "--rounds", "1",
-                 "--device", "cpu", "--set", "g_hidden=32,32", "--set", "d_hidden=32,32",
-                 "--json", cwd=tmp_path, timeout=600)
+    # the fewest steps the bench accepts (two log intervals): it still starts every mode's
+    # fresh process (bare loop, headless, dashboard in a pty, data stream)
+    out = cli("bench", "--preset", "ring-8", "--steps", "40", "--rounds", "1",
+              "--device", "cpu", "--set", "g_hidden=32,32", "--set", "d_hidden=32,32",
+              "--set", "batch_size=64", "--set", "log_every=20", "--json", cwd=tmp_path)
     assert out.returncode == 0, out.stderr
     result = json.loads(out.stdout)
     assert set(result["img_per_s"]) == {"bare", "headless", "dashboard"}
@@ -69,7 +70,7 @@ def test_bench_through_the_cli(tmp_path: Path) -> None:
 
     for args, message in ((["--steps", "50"], "too few"), (["--preset", "nope"], "nope"),
                           (["--set", "lr_g=-1"], "lr_g")):
-        bad = gantui("bench", "--preset", "ring-8", "--device", "cpu", *args, cwd=tmp_path)
+        bad = cli("bench", "--preset", "ring-8", "--device", "cpu", *args, cwd=tmp_path)
         assert bad.returncode == 1 and message in bad.stderr and "Traceback" not in bad.stderr
 
 
@@ -90,6 +91,7 @@ def test_speed_options_are_no_ops_on_the_cpu(tmp_path: Path) -> None:
         assert torch.equal(a, b)
 
 
+@pytest.mark.slow  # inductor compiles G and D on the CPU: half a minute
 def test_a_compiled_run_is_steered_checkpointed_and_resumed_eagerly(runs_dir: Path) -> None:
     """torch.compile on the CPU (inductor): live changes land, R1 steps stay eager, the
     checkpoint holds plain module keys and resumes without compile."""
@@ -135,10 +137,10 @@ def test_threads_key_and_its_sane_default(monkeypatch) -> None:
 
 
 def test_threads_through_the_cli(tmp_path: Path) -> None:
-    out = gantui("train", "--no-ui", "--preset", "ring-8", "--device", "cpu", "--set",
-                 "threads=1", "--set", "steps=20", "--set", "log_every=10", "--set",
-                 "eval_every=0", cwd=tmp_path)
+    out = cli("train", "--no-ui", "--preset", "ring-8", "--device", "cpu", "--set",
+              "threads=1", "--set", "steps=20", "--set", "log_every=10", "--set",
+              "eval_every=0", cwd=tmp_path)
     assert out.returncode == 0, out.stderr
     assert "CPU threads: 1 (the threads key)" in out.stdout
-    bad = gantui("train", "--no-ui", "--set", "threads=-1", cwd=tmp_path)
+    bad = cli("train", "--no-ui", "--set", "threads=-1", cwd=tmp_path)
     assert bad.returncode == 1 and "threads must be >= 0" in bad.stderr

@@ -29,18 +29,26 @@ from gantui.system import system_lines
 from gantui.text import safe
 from gantui.ui.model import RunModel
 
-from .conftest import scripted, tiny
-from .test_cli import TINY, gantui, spawn, wait_for
+from .conftest import cli, copy_run, scripted, tiny
+from .test_cli import TINY, spawn, wait_for
 from .test_remote import raw
 
 
-def finished_run(runs_dir: Path, name: str = "r", *extra: str) -> Path:
-    """A finished tiny ring-8 run with checkpoints at steps 30 and 60."""
-    session = start(tiny("ring-8", *extra), "ring-8", runs_dir=runs_dir, name=name,
-                    device="cpu")
-    follow(session, 120)
-    assert session.state == "finished"
-    return session.run_dir
+@pytest.fixture
+def finished_run(finished_ring: Path):
+    """Makes a finished tiny ring-8 run with checkpoints at steps 30 and 60: a copy of the
+    session's run, or trained here when ``extra`` overrides change it."""
+
+    def make(runs_dir: Path, name: str = "r", *extra: str) -> Path:
+        if not extra:
+            return copy_run(finished_ring, runs_dir, name)
+        session = start(tiny("ring-8", *extra), "ring-8", runs_dir=runs_dir, name=name,
+                        device="cpu")
+        follow(session, 120)
+        assert session.state == "finished"
+        return session.run_dir
+
+    return make
 
 
 def resume(run_dir: Path, *sets: str):
@@ -143,33 +151,35 @@ def test_printer_survives_unencodable_text() -> None:
 
 # ---- damaged run directories ---------------------------------------------------------------
 
-def test_invalid_utf8_in_metrics_does_not_block_compare_or_resume(runs_dir: Path) -> None:
+def test_invalid_utf8_in_metrics_does_not_block_compare_or_resume(
+        runs_dir: Path, finished_run) -> None:
     run = finished_run(runs_dir)
     with open(run / "metrics.jsonl", "ab") as fh:
         fh.write(b"\xff\n")
     (curves,) = load_runs([run])
     assert curves.records and curves.last("loss_d") is not None
-    out = gantui("compare", str(run), str(run), cwd=runs_dir)
+    out = cli("compare", str(run), str(run), cwd=runs_dir)
     assert out.returncode == 0 and "Traceback" not in out.stderr, out.stderr
     session, _ = resume(run, "steps=90")
     assert session.state == "finished"
     assert [r["step"] for r in read_jsonl(run / "metrics.jsonl")][-3:] == [70, 80, 90]
 
 
-def test_one_bad_config_toml_lists_that_run_as_unreadable(runs_dir: Path) -> None:
+def test_one_bad_config_toml_lists_that_run_as_unreadable(runs_dir: Path, finished_run) -> None:
     finished_run(runs_dir, "good")
     bad = finished_run(runs_dir, "bad")
     (bad / "config.toml").write_bytes(b'x = "\xff"\n')
     rows = {r.name: r for r in scan_runs(runs_dir, dead)}
     assert rows["bad"].state == "unreadable" and rows["good"].state == "finished"
-    out = gantui("runs", "--runs-dir", str(runs_dir), cwd=runs_dir)
+    out = cli("runs", "--runs-dir", str(runs_dir), cwd=runs_dir)
     assert out.returncode == 0 and "unreadable" in out.stdout and "finished" in out.stdout
     with pytest.raises(config.ConfigError, match="not UTF-8"):
         config.resolve_preset(str(bad / "config.toml"))
 
 
 @pytest.mark.parametrize("journal", ["metrics.jsonl", "events.jsonl"])
-def test_a_torn_last_line_is_terminated_before_appending(runs_dir: Path, journal: str) -> None:
+def test_a_torn_last_line_is_terminated_before_appending(
+        runs_dir: Path, journal: str, finished_run) -> None:
     run = finished_run(runs_dir)
     path = run / journal
     path.write_bytes(path.read_bytes() + b'{"step": 101, "lo')  # killed mid-write
@@ -196,7 +206,8 @@ def _newest(run: Path) -> Path:
     return RunStore.open(run).checkpoint_paths()[-1]
 
 
-def test_checkpoints_of_other_shapes_or_types_fall_back_to_the_previous(runs_dir: Path) -> None:
+def test_checkpoints_of_other_shapes_or_types_fall_back_to_the_previous(
+        runs_dir: Path, finished_run) -> None:
     run = finished_run(runs_dir, "r")
     wide = finished_run(runs_dir, "wide", "g_hidden=48,48")
     state = torch.load(_newest(run), weights_only=True)
@@ -204,13 +215,13 @@ def test_checkpoints_of_other_shapes_or_types_fall_back_to_the_previous(runs_dir
     foreign = torch.load(_newest(wide), weights_only=True)
     foreign["config"] = state["config"]
     torch.save(foreign, run / "checkpoints" / "ckpt-00000070.pt")
-    out = gantui("sample", str(run), "-n", "16", cwd=runs_dir)
+    out = cli("sample", str(run), "-n", "16", cwd=runs_dir)
     assert out.returncode == 0, out.stderr
     assert "(step 60," in out.stdout
     for field, value in (("config", [1, 2]), ("G", "str"), ("opt_g", 3), ("step", "x")):
         broken = dict(state, **{field: value})
         torch.save(broken, run / "checkpoints" / "ckpt-00000080.pt")
-        out = gantui("sample", str(run), "-n", "16", cwd=runs_dir)
+        out = cli("sample", str(run), "-n", "16", cwd=runs_dir)
         assert out.returncode == 0 and "(step 60," in out.stdout, (field, out.stderr)
     warnings: list[str] = []
     session = start(None, "", resume=run, sets=["steps=120"], device="cpu")
@@ -224,40 +235,42 @@ def test_checkpoints_of_other_shapes_or_types_fall_back_to_the_previous(runs_dir
                e.message for e in events)
 
 
-def test_a_checkpoint_of_another_preset_is_refused(runs_dir: Path) -> None:
+def test_a_checkpoint_of_another_preset_is_refused(runs_dir: Path, finished_run) -> None:
     ring = finished_run(runs_dir, "ring")
     other = finished_run(runs_dir, "other", "nz=4")
     for path in RunStore.open(ring).checkpoint_paths():
         path.unlink()
     _copy_checkpoint(_newest(other), ring, 60)
-    out = gantui("train", "--resume", str(ring), "--set", "steps=90", "--no-ui", cwd=runs_dir)
+    out = cli("train", "--resume", str(ring), "--set", "steps=90", "--no-ui", cwd=runs_dir)
     assert out.returncode == 1 and len(out.stderr.strip().splitlines()) == 1, out.stderr
     assert f"belongs to another run (nz 4 vs {tiny().nz} in config.toml)" in out.stderr
-    out = gantui("sample", str(ring), cwd=runs_dir)
+    out = cli("sample", str(ring), cwd=runs_dir)
     assert out.returncode == 1 and "belongs to another run" in out.stderr
-    explicit = gantui("sample", str(ring), "--checkpoint", str(_newest(other)), "--out",
-                      str(runs_dir / "x.png"), cwd=runs_dir)
+    explicit = cli("sample", str(ring), "--checkpoint", str(_newest(other)), "--out",
+                   str(runs_dir / "x.png"), cwd=runs_dir)
     assert explicit.returncode == 0, explicit.stderr  # a file the user named is theirs to use
 
 
-def test_compare_and_sample_name_the_path_when_a_file_is_a_directory(runs_dir: Path) -> None:
+def test_compare_and_sample_name_the_path_when_a_file_is_a_directory(
+        runs_dir: Path, finished_run) -> None:
     run = finished_run(runs_dir)
     other = finished_run(runs_dir, "other")
     metrics = other / "metrics.jsonl"
     metrics.unlink()
     metrics.mkdir()
-    out = gantui("compare", str(run), str(other), cwd=runs_dir)
+    out = cli("compare", str(run), str(other), cwd=runs_dir)
     assert out.returncode == 0 and "Traceback" not in out.stderr, out.stderr
     shutil.rmtree(run / "samples")
     (run / "samples").write_text("not a folder")
-    out = gantui("sample", str(run), cwd=runs_dir)
+    out = cli("sample", str(run), cwd=runs_dir)
     assert out.returncode == 1 and out.stderr.strip() == (
         f"error: {run / 'samples'} exists but is not a directory; move it aside")
-    out = gantui("train", "--resume", str(other), "--set", "steps=90", "--no-ui", cwd=runs_dir)
+    out = cli("train", "--resume", str(other), "--set", "steps=90", "--no-ui", cwd=runs_dir)
     assert out.returncode == 1 and "metrics.jsonl exists but is not a regular file" in out.stderr
 
 
-def test_stale_temp_files_of_dead_writers_are_removed_on_resume(runs_dir: Path) -> None:
+def test_stale_temp_files_of_dead_writers_are_removed_on_resume(
+        runs_dir: Path, finished_run) -> None:
     run = finished_run(runs_dir)
     dead_pid = 2**22 + 12345  # above any pid_max in use here
     stale = [run / "checkpoints" / f".ckpt-00000090.pt.tmp-{dead_pid}",
@@ -302,7 +315,7 @@ def test_accepted_number_forms() -> None:
 def test_echoed_values_are_cut_to_a_readable_length(tmp_path: Path) -> None:
     for item in ("lr_g=" + "9" * 10_000, "x" * 10_000 + "=1", "steps=" + "1" * 10_000,
                  "steps=1e300"):
-        out = gantui("train", "--no-ui", "--preset", "ring-8", "--set", item, cwd=tmp_path)
+        out = cli("train", "--no-ui", "--preset", "ring-8", "--set", item, cwd=tmp_path)
         assert out.returncode == 1 and len(out.stderr.splitlines()) == 1, out.stderr[:200]
         assert "x" * 100 not in out.stderr and "9" * 100 not in out.stderr
         assert "1" * 100 not in out.stderr and len(out.stderr) < 1200
@@ -316,7 +329,7 @@ def test_safe_escapes_what_a_terminal_would_obey() -> None:
 
 # ---- property-style: random bytes appended to every run-directory file ---------------------
 
-def test_readers_survive_random_bytes_in_every_file(runs_dir: Path) -> None:
+def test_readers_survive_random_bytes_in_every_file(runs_dir: Path, finished_run) -> None:
     """Every reader of run directories, on copies of a real run with garbage appended to or
     written over each file: no exception but the project's own one-line errors."""
     pristine = finished_run(runs_dir, "pristine", "eval_every=20")  # quality.jsonl, best.pt
@@ -399,7 +412,7 @@ def test_hostile_quality_records_cannot_break_the_dashboard(tmp_path: Path) -> N
     asyncio.run(main())
 
 
-def test_a_fifo_in_a_run_directory_blocks_no_reader(runs_dir: Path) -> None:
+def test_a_fifo_in_a_run_directory_blocks_no_reader(runs_dir: Path, finished_run) -> None:
     run = finished_run(runs_dir)
     for name in ("events.jsonl", "quality.jsonl", "run.json"):
         path = run / name
@@ -417,5 +430,5 @@ def test_a_fifo_in_a_run_directory_blocks_no_reader(runs_dir: Path) -> None:
     reader.start()
     reader.join(30)
     assert len(done) == 3, "a reader blocked on a FIFO"
-    out = gantui("train", "--resume", str(run), "--set", "steps=90", "--no-ui", cwd=runs_dir)
+    out = cli("train", "--resume", str(run), "--set", "steps=90", "--no-ui", cwd=runs_dir)
     assert out.returncode == 1 and "not a regular file" in out.stderr

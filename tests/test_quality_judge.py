@@ -1,4 +1,4 @@
-"""The digit judge (trained once for this module, into a temporary cache) and MNIST evaluation.
+"""The digit judge (trained once per session, into a temporary cache) and MNIST evaluation.
 
 Stand-in generators return real digits, noise or one digit over and over, so the expected
 scores are known: real digits sit at the floor, the others far above it.
@@ -35,17 +35,10 @@ def one_thread():
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory: pytest.TempPathFactory) -> dict:
-    """Train the judge once into a fresh cache; record the RNG state around it."""
-    cache = tmp_path_factory.mktemp("judge-cache")
-    messages: list[str] = []
-    torch.manual_seed(1234)
-    before = torch.get_rng_state()
-    started = time.perf_counter()
-    judge, info, held_x, held_y = load_judge(cache_dir=cache, log=messages.append)
-    return {"cache": cache, "judge": judge, "info": info, "held_x": held_x, "held_y": held_y,
-            "messages": messages, "rng_before": before, "rng_after": torch.get_rng_state(),
-            "seconds": time.perf_counter() - started}
+def trained(trained_judge: dict) -> dict:
+    """The judge trained once for the session into a fresh cache (conftest
+    ``trained_judge``), with the RNG state recorded around its training."""
+    return trained_judge
 
 
 @pytest.fixture(scope="module")

@@ -22,8 +22,7 @@ from gantui.run.runs import scan_runs
 from gantui.run.store import RunStore, load_checkpoint_file
 from gantui.session import start
 
-from .conftest import scripted, tiny
-from .test_cli import gantui
+from .conftest import cli, scripted, tiny
 
 
 def ring_run(runs_dir: Path, name: str, *extra: str):
@@ -58,18 +57,18 @@ def test_evaluations_are_recorded_emitted_and_the_best_kept(runs_dir: Path) -> N
 def test_eval_and_sample_best_through_the_cli(runs_dir: Path) -> None:
     session, _ = ring_run(runs_dir, "q", "steps=60")
     run = str(session.run_dir)
-    out = gantui("eval", run, "--json", cwd=runs_dir)
+    out = cli("eval", run, "--json", cwd=runs_dir)
     assert out.returncode == 0, out.stderr
     result = json.loads(out.stdout)
     assert result["step"] == 60 and result["primary"] == "modes" and result["n"] == 2500
     assert set(result["values"]) == {"modes", "hq"}
-    table = gantui("eval", run, "--best", "-n", "500", cwd=runs_dir)
+    table = cli("eval", run, "--best", "-n", "500", cwd=runs_dir)
     assert table.returncode == 0 and "modes *" in table.stdout and "500 samples" in table.stdout
-    picture = gantui("sample", run, "--best", cwd=runs_dir)
+    picture = cli("sample", run, "--best", cwd=runs_dir)
     assert picture.returncode == 0 and "-best-grid" in picture.stdout, picture.stderr
     for args, fragment in ((["--best", "--checkpoint", "x.pt"], "pick one"),
                            (["-n", "3"], "-n must be between 10")):
-        bad = gantui("eval", run, *args, cwd=runs_dir)
+        bad = cli("eval", run, *args, cwd=runs_dir)
         assert bad.returncode == 1 and fragment in bad.stderr, bad.stderr
 
 
@@ -86,9 +85,9 @@ def test_eval_works_on_a_run_from_before_quality_existed(runs_dir: Path) -> None
         del state["config"][key]
     torch.save(state, path)
     assert not (session.run_dir / "quality.jsonl").exists()
-    out = gantui("eval", str(session.run_dir), cwd=runs_dir)
+    out = cli("eval", str(session.run_dir), cwd=runs_dir)
     assert out.returncode == 0 and "step 30" in out.stdout, out.stderr
-    none = gantui("sample", str(session.run_dir), "--best", cwd=runs_dir)
+    none = cli("sample", str(session.run_dir), "--best", cwd=runs_dir)
     assert none.returncode == 1 and "no best checkpoint yet" in none.stderr
 
 

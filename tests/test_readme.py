@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import re
-import subprocess
-import sys
 from pathlib import Path
+
+from .conftest import cli
 
 ROOT = Path(__file__).resolve().parent.parent
 README = (ROOT / "README.md").read_text(encoding="utf-8")
@@ -31,8 +31,7 @@ def test_every_gantui_command_in_the_readme_exists() -> None:
     commands = set(re.findall(r"^gantui (\w+)", README, re.M))
     assert {"presets", "train", "runs", "watch", "ctl"} <= commands
     for command in sorted(commands):
-        out = subprocess.run([sys.executable, "-m", "gantui", command, "--help"],
-                             capture_output=True, text=True)
+        out = cli(command, "--help")
         assert out.returncode == 0, (command, out.stderr)
 
 

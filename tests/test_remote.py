@@ -6,8 +6,6 @@ import json
 import os
 import socket
 import stat
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -17,8 +15,8 @@ from gantui.remote import RemoteError, request, socket_path
 from gantui.run.store import RunStore, load_checkpoint_file
 from gantui.session import start
 
-from .conftest import tiny
-from .test_cli import TINY, gantui, spawn, wait_for
+from .conftest import cli, tiny
+from .test_cli import TINY, spawn, wait_for
 
 
 def raw(run_dir: Path, payload: bytes) -> dict:
@@ -40,21 +38,21 @@ def test_headless_run_steered_by_ctl(tmp_path: Path) -> None:
     run = tmp_path / "runs" / "r"
     try:
         wait_for(lambda: socket_path(run).exists() and (run / "metrics.jsonl").exists())
-        out = gantui("ctl", str(run), "pause", cwd=tmp_path)
+        out = cli("ctl", str(run), "pause", cwd=tmp_path)
         assert out.returncode == 0 and out.stdout.startswith("paused at step "), out.stderr
         held = int(out.stdout.split()[-1])
         time.sleep(1.0)
-        status = gantui("ctl", str(run), "status", cwd=tmp_path)
+        status = cli("ctl", str(run), "status", cwd=tmp_path)
         assert f"paused at step {held}/" in status.stdout
 
-        out = gantui("ctl", str(run), "set", "lr_g=2e-4", "label_smoothing=0.1", cwd=tmp_path)
+        out = cli("ctl", str(run), "set", "lr_g=2e-4", "label_smoothing=0.1", cwd=tmp_path)
         assert out.returncode == 0, out.stderr
         assert f"set lr_g 0.001 -> 0.0002 at step {held}" in out.stdout
-        bad = gantui("ctl", str(run), "set", "lr_g=abc", cwd=tmp_path)
+        bad = cli("ctl", str(run), "set", "lr_g=abc", cwd=tmp_path)
         assert bad.returncode == 1 and bad.stderr.startswith("error: bad value 'abc' for lr_g")
-        bad = gantui("ctl", str(run), "set", "ngf=3", cwd=tmp_path)
+        bad = cli("ctl", str(run), "set", "ngf=3", cwd=tmp_path)
         assert bad.returncode == 1 and "cannot be changed while training" in bad.stderr
-        assert gantui("ctl", str(run), "resume", cwd=tmp_path).returncode == 0
+        assert cli("ctl", str(run), "resume", cwd=tmp_path).returncode == 0
 
         store = RunStore.open(run)
         wait_for(lambda: any(r["step"] > held for r in store.metrics()))
@@ -63,7 +61,7 @@ def test_headless_run_steered_by_ctl(tmp_path: Path) -> None:
         assert {"event": "set", "key": "lr_g", "old": 1e-3, "new": 2e-4,
                 "step": held} in store.events()
 
-        out = gantui("ctl", str(run), "stop", cwd=tmp_path)
+        out = cli("ctl", str(run), "stop", cwd=tmp_path)
         assert out.returncode == 0 and out.stdout.startswith("stopped at step"), out.stderr
         ckpt = Path(out.stdout.strip().split(": ", 1)[1])
         assert proc.wait(timeout=60) == 0
@@ -71,7 +69,7 @@ def test_headless_run_steered_by_ctl(tmp_path: Path) -> None:
         proc.kill()
     assert load_checkpoint_file(tmp_path / ckpt)["step"] > held
     assert not socket_path(run).exists()
-    dead = gantui("ctl", str(run), "pause", cwd=tmp_path)
+    dead = cli("ctl", str(run), "pause", cwd=tmp_path)
     assert dead.returncode == 1 and dead.stderr.strip() == (
         f"error: no live run at {run} (no control socket; it has ended or never started)")
 
@@ -82,11 +80,11 @@ def test_ctl_against_a_dead_process_fails_cleanly(tmp_path: Path) -> None:
     stale = socket.socket(socket.AF_UNIX)
     stale.bind(str(socket_path(run)))  # a socket file whose process died
     stale.close()
-    out = gantui("ctl", str(run), "checkpoint", cwd=tmp_path)
+    out = cli("ctl", str(run), "checkpoint", cwd=tmp_path)
     assert out.returncode == 1
     assert out.stderr.strip() == f"error: no live run at {run} (its process has exited)"
     assert "Traceback" not in out.stderr
-    out = gantui("ctl", str(run), "explode", cwd=tmp_path)
+    out = cli("ctl", str(run), "explode", cwd=tmp_path)
     assert out.returncode == 1 and "unknown action 'explode'" in out.stderr
 
 
@@ -177,9 +175,9 @@ def test_a_stopped_process_still_owns_its_run(tmp_path: Path) -> None:
     try:
         wait_for(lambda: socket_path(run).exists() and (run / "metrics.jsonl").exists())
         proc.send_signal(signal.SIGSTOP)
-        listing = gantui("runs", cwd=tmp_path)
+        listing = cli("runs", cwd=tmp_path)
         assert "crashed" not in listing.stdout and "running" in listing.stdout
-        again = gantui("train", "--no-ui", "--resume", str(run), cwd=tmp_path)
+        again = cli("train", "--no-ui", "--resume", str(run), cwd=tmp_path)
         assert again.returncode == 1 and "being trained by a live process" in again.stderr
     finally:
         proc.send_signal(signal.SIGCONT)
@@ -202,8 +200,7 @@ def test_long_run_paths_still_get_a_socket(tmp_path: Path) -> None:
 
 
 def test_python_api_and_cli_share_validation(tmp_path: Path) -> None:
-    out = subprocess.run([sys.executable, "-m", "gantui", "ctl", str(tmp_path), "set"],
-                         capture_output=True, text=True)
+    out = cli("ctl", str(tmp_path), "set", cwd=tmp_path)
     assert out.returncode == 1 and "set needs KEY=VALUE pairs" in out.stderr
 
 

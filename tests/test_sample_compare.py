@@ -15,8 +15,7 @@ from gantui.session import start
 from gantui.studies import sampling
 from gantui.studies.compare import chart, load_runs, summary
 
-from .conftest import tiny
-from .test_cli import gantui
+from .conftest import cli, tiny
 
 
 @pytest.fixture(scope="module")
@@ -44,8 +43,8 @@ def test_interpolation_walks_between_two_latents() -> None:
 
 
 def test_sample_writes_a_grid_with_a_row_per_class(runs, tmp_path: Path) -> None:
-    out = gantui("sample", str(runs["cond"]), "-n", "20", "--out", str(tmp_path / "g.png"),
-                 cwd=tmp_path)
+    out = cli("sample", str(runs["cond"]), "-n", "20", "--out", str(tmp_path / "g.png"),
+              cwd=tmp_path)
     assert out.returncode == 0, out.stderr
     image = np.asarray(Image.open(tmp_path / "g.png"))
     assert image.ndim == 2  # grey MNIST stays grey
@@ -53,12 +52,12 @@ def test_sample_writes_a_grid_with_a_row_per_class(runs, tmp_path: Path) -> None
 
 
 def test_sample_interpolation_and_ring_scatter(runs, tmp_path: Path) -> None:
-    out = gantui("sample", str(runs["cond"]), "--interpolate", "6", "--rows", "4", cwd=tmp_path)
+    out = cli("sample", str(runs["cond"]), "--interpolate", "6", "--rows", "4", cwd=tmp_path)
     assert out.returncode == 0, out.stderr
     path = Path(out.stdout.split()[1])
     assert path.parent == runs["cond"] / "samples" and "interp6" in path.name
     assert np.asarray(Image.open(path)).shape == (4 * 30 + 2, 6 * 30 + 2)
-    out = gantui("sample", str(runs["ring"]), cwd=tmp_path)
+    out = cli("sample", str(runs["ring"]), cwd=tmp_path)
     assert out.returncode == 0 and np.asarray(Image.open(out.stdout.split()[1])).shape == (
         256, 256, 3)
 
@@ -68,7 +67,7 @@ def test_sample_bad_input(runs, tmp_path: Path) -> None:
                            ([str(runs["ring"]), "-n", "0"], "-n must be between"),
                            ([str(runs["ring"]), "--checkpoint", str(tmp_path / "x.pt")],
                             "unreadable")):
-        out = gantui("sample", *args, cwd=tmp_path)
+        out = cli("sample", *args, cwd=tmp_path)
         assert out.returncode == 1 and fragment in out.stderr and "Traceback" not in out.stderr
 
 
@@ -78,11 +77,11 @@ def test_compare_draws_each_run_and_summarises(runs, tmp_path: Path) -> None:
     assert "waiting" not in text and len(text.splitlines()) == 12
     table = summary(loaded)
     assert [c.header for c in table.columns][:3] == ["run", "preset", "step"]
-    out = gantui("compare", str(runs["ring"]), str(runs["ring-fast"]), "--metric", "d_real",
-                 cwd=tmp_path)
+    out = cli("compare", str(runs["ring"]), str(runs["ring-fast"]), "--metric", "d_real",
+              cwd=tmp_path)
     assert out.returncode == 0, out.stderr
     assert "ring-fast" in out.stdout and "d_real (EMA 0.9)" in out.stdout
-    bad = gantui("compare", str(runs["ring"]), "--metric", "nope", cwd=tmp_path)
+    bad = cli("compare", str(runs["ring"]), "--metric", "nope", cwd=tmp_path)
     assert bad.returncode == 1 and "unknown metric 'nope'" in bad.stderr
-    bad = gantui("compare", str(tmp_path), cwd=tmp_path)
+    bad = cli("compare", str(tmp_path), cwd=tmp_path)
     assert bad.returncode == 1 and "is not a gantui run" in bad.stderr

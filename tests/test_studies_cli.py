@@ -1,5 +1,5 @@
-"""The study commands through the real CLI: report, export, compare --png, sample --slerp and
---class, with their one-line errors."""
+"""The study commands through the real CLI (Typer's CliRunner, in this process): report,
+export, compare --png, sample --slerp and --class, with their one-line errors."""
 
 from __future__ import annotations
 
@@ -11,8 +11,7 @@ from PIL import Image
 from gantui.headless import follow
 from gantui.session import start
 
-from .conftest import tiny
-from .test_cli import gantui
+from .conftest import cli, tiny
 
 
 @pytest.fixture(scope="module")
@@ -32,7 +31,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 
 def test_report_of_a_run_through_the_cli(runs, tmp_path: Path) -> None:
     cond, _ = runs
-    out = gantui("report", str(cond), "--out", str(tmp_path / "r"), cwd=tmp_path)
+    out = cli("report", str(cond), "--out", str(tmp_path / "r"), cwd=tmp_path)
     assert out.returncode == 0, out.stderr
     html = (tmp_path / "r" / "report.html").read_text()
     assert "data:image/png;base64," in html and "<script" not in html and "lr_g" in html
@@ -43,21 +42,21 @@ def test_report_of_a_run_through_the_cli(runs, tmp_path: Path) -> None:
 
 def test_export_compare_png_and_sample_options(runs, tmp_path: Path) -> None:
     cond, ring = runs
-    out = gantui("export", str(ring), "--tensorboard", str(tmp_path / "tb"), cwd=tmp_path)
+    out = cli("export", str(ring), "--tensorboard", str(tmp_path / "tb"), cwd=tmp_path)
     assert out.returncode == 0, out.stderr
     assert "tensorboard --logdir" in out.stdout
     assert list((tmp_path / "tb" / ring.name).glob("events.out.tfevents.*"))
 
     png = tmp_path / "loss.png"
-    out = gantui("compare", str(cond), str(ring), "--metric", "loss_g", "--png", str(png),
-                 cwd=tmp_path)
+    out = cli("compare", str(cond), str(ring), "--metric", "loss_g", "--png", str(png),
+              cwd=tmp_path)
     assert out.returncode == 0, out.stderr
     assert Image.open(png).size[0] > 300
 
     for args, kind in ((["--interpolate", "4", "--rows", "2", "--slerp"], "slerp4"),
                        (["--class", "3", "-n", "8"], "class3")):
-        out = gantui("sample", str(cond), *args, "--out", str(tmp_path / f"{kind}.png"),
-                     cwd=tmp_path)
+        out = cli("sample", str(cond), *args, "--out", str(tmp_path / f"{kind}.png"),
+                  cwd=tmp_path)
         assert out.returncode == 0, out.stderr
         assert kind in out.stdout and (tmp_path / f"{kind}.png").is_file()
 
@@ -76,6 +75,6 @@ def test_bad_input_gets_one_line(runs, tmp_path: Path, args: list[str], message:
     empty = tmp_path / "empty"
     empty.mkdir()
     filled = [a.format(cond=cond, ring=ring, empty=empty) for a in args]
-    out = gantui(*filled, cwd=tmp_path)
+    out = cli(*filled, cwd=tmp_path)
     assert out.returncode != 0 and message in out.stderr, out.stderr
     assert "Traceback" not in out.stderr

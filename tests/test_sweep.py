@@ -16,7 +16,7 @@ from gantui.errors import GantuiError
 from gantui.studies import sweep as sweep_mod
 from gantui.studies.sweep import SweepError
 
-from .test_cli import gantui
+from .conftest import cli
 
 TINY = ["--set", "g_hidden=32,32", "--set", "d_hidden=32,32", "--set", "batch_size=64",
         "--set", "log_every=10", "--set", "sample_every=40", "--set", "checkpoint_every=40",
@@ -59,7 +59,7 @@ def test_every_shipped_study_plans_and_is_listed(tmp_path: Path) -> None:
         assert len(plan.runs) >= 2 and study.description
     lr = sweep_mod.load_study("lr")
     assert lr.zipped and len(sweep_mod.plan(lr.preset, lr.vary, zipped=True).runs) == 6
-    listed = gantui("presets", cwd=tmp_path)
+    listed = cli("presets", cwd=tmp_path)
     assert listed.returncode == 0 and "studies (gantui sweep --study NAME" in listed.stdout
     assert all(name in listed.stdout for name in names)
     bad = tmp_path / "bad.toml"
@@ -84,6 +84,7 @@ def _states(sweep_dir: Path) -> dict[str, str]:
             if (p / "config.toml").is_file()}
 
 
+@pytest.mark.slow  # four runs in child processes, killed half-way, then run to the end
 def test_a_killed_sweep_resumes_where_it_stopped(tmp_path: Path) -> None:
     """Two values with 2 seeds, two at a time: SIGTERM half-way (the running children
     checkpoint), rerun."""
@@ -138,10 +139,10 @@ def test_a_killed_sweep_resumes_where_it_stopped(tmp_path: Path) -> None:
     for name in kept:
         log = (sweep_dir / "logs" / f"{name}.log").read_text()
         assert f"CPU threads: {each} (the threads key)" in log
-    third = subprocess.run(_sweep_args(tmp_path), capture_output=True, text=True, timeout=120)
+    third = cli(*_sweep_args(tmp_path)[3:])  # nothing left to start: in this process
     assert third.returncode == 0 and "4 of 4 runs already done" in third.stdout
-    other = gantui("sweep", "--preset", "ring-8", "--vary", "pack=1,4", "--runs-dir",
-                   str(tmp_path / "runs"), "--name", "ring-8-pack", cwd=tmp_path)
+    other = cli("sweep", "--preset", "ring-8", "--vary", "pack=1,4", "--runs-dir",
+                str(tmp_path / "runs"), "--name", "ring-8-pack", cwd=tmp_path)
     assert other.returncode == 1 and "holds a different sweep" in other.stderr
 
 
@@ -150,6 +151,6 @@ def test_bad_sweeps_get_one_line(tmp_path: Path) -> None:
                           (["--vary", "ngf="], "needs values"), (["--study", "nope"],
                                                                  "unknown study"),
                           (["--vary", "ngf=8", "--seeds", "0"], "--seeds")):
-        out = gantui("sweep", *args, "--runs-dir", str(tmp_path), cwd=tmp_path)
+        out = cli("sweep", *args, "--runs-dir", str(tmp_path), cwd=tmp_path)
         assert out.returncode == 1 and message in out.stderr, (args, out.stderr)
         assert "Traceback" not in out.stderr and out.stderr.count("\n") == 1
