@@ -95,8 +95,8 @@ def copy_run(source: Path, parent: Path, name: str | None = None) -> Path:
 def finished_ring(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One finished tiny ring-8 run (``tiny()``: 60 steps, checkpoints at steps 30 and 60),
     trained once per session. Read it as it is; ``copy_run`` it before changing anything."""
-    from gantui.engine.session import start
     from gantui.headless import follow
+    from gantui.session import start
 
     session = start(tiny("ring-8"), "ring-8", runs_dir=tmp_path_factory.mktemp("finished"),
                     name="r", device="cpu")
