@@ -59,5 +59,5 @@ def test_folder_data_on_cuda(tmp_path: Path, cached: bool, monkeypatch) -> None:
         trainer.d_step()
         trainer.g_step()
     assert trainer.log()
-    trainer.sample()
-    assert trainer.checkpoint("test") is not None
+    trainer.previews.draw()
+    assert trainer.checkpoints.write("test") is not None

@@ -47,15 +47,15 @@ def test_a_run_trains_e_and_g_and_previews_reconstructions(runs_dir: Path,
     assert 0 < quality.values["recon_l1"] < 2 and quality.primary == "cond_acc"
     state = load_checkpoint_file(session.run_dir / "checkpoints" / "ckpt-00000006.pt")
     assert set(state["E"]) == set(trainer.E.state_dict()) and state["opt_e"]["state"]
-    assert torch.equal(state["fixed_real"], trainer.fixed_real.cpu())
+    assert torch.equal(state["fixed_real"], trainer.previews.fixed_real.cpu())
     # the preview: a row per class, column 0 the real digit of that class, column 1 its
     # reconstruction, then free samples
     grid = np.asarray(Image.open(sorted((session.run_dir / "samples").glob("*.png"))[-1]))
     side = 28 + 2  # make_grid's padding
     cell = grid[2:2 + 28, 2:2 + 28].astype(float) / 127.5 - 1
-    first_real = trainer.fixed_real[0, 0].numpy()
+    first_real = trainer.previews.fixed_real[0, 0].numpy()
     assert np.abs(cell - first_real).max() < 0.02
-    assert grid.shape[0] == 10 * side + 2 and grid.shape[1] == trainer.grid_nrow * side + 2
+    assert grid.shape[0] == 10 * side + 2 and grid.shape[1] == trainer.previews.nrow * side + 2
 
     out = cli("eval", str(session.run_dir), "--json", "-n", "200", cwd=runs_dir)
     assert out.returncode == 0, out.stderr

@@ -47,7 +47,7 @@ def test_conditional_preview_has_a_row_per_class(runs_dir: Path) -> None:
     cfg = tiny("cdcgan-mnist", "n_samples=30")
     session = start(cfg, "cdcgan-mnist", runs_dir=runs_dir, device="cpu")
     previews = [e for e in follow(session, 120) if isinstance(e, ev.Preview)]
-    assert session.trainer.fixed_labels.tolist() == [c for c in range(10) for _ in range(3)]
+    assert session.trainer.previews.fixed_labels.tolist() == [c for c in range(10) for _ in range(3)]
     grid = previews[-1]
     assert grid.nrow == 3 and grid.channels == 1
     assert len(grid.pixels) == grid.height * grid.width * grid.channels
@@ -274,7 +274,7 @@ def test_a_crash_between_steps_saves_the_completed_step(runs_dir: Path) -> None:
     def broken():
         raise OSError(5, "Input/output error")
 
-    session.trainer.sample = broken
+    session.trainer.previews.draw = broken
     session.join(30)
     assert session.state == "error"
     crash = [r for r in RunStore.open(session.run_dir).events()

@@ -85,11 +85,11 @@ def _restore_rank(trainer: Trainer, value: Any, state: dict[str, Any]) -> None:
 
 
 def _restore_fixed_noise(trainer: Trainer, value: Any, state: dict[str, Any]) -> None:
-    trainer.fixed_noise = value.to(trainer.device)
+    trainer.previews.fixed_noise = value.to(trainer.device)
 
 
 def _restore_fixed_labels(trainer: Trainer, value: Any, state: dict[str, Any]) -> None:
-    trainer.fixed_labels = None if value is None else value.to(trainer.device)
+    trainer.previews.fixed_labels = None if value is None else value.to(trainer.device)
 
 
 def _restore_ema(trainer: Trainer, value: Any, state: dict[str, Any]) -> None:
@@ -102,7 +102,7 @@ def _restore_encoder(attribute: str) -> Callable[[Trainer, Any, dict[str, Any]],
     def restore(trainer: Trainer, value: Any, state: dict[str, Any]) -> None:
         if trainer.E is not None and trainer.opt_e is not None:  # encoder is fixed by config
             if attribute == "fixed_real":
-                trainer.fixed_real = value.to(trainer.device)
+                trainer.previews.fixed_real = value.to(trainer.device)
             else:
                 getattr(trainer, attribute).load_state_dict(value)
     return restore
@@ -110,7 +110,7 @@ def _restore_encoder(attribute: str) -> Callable[[Trainer, Any, dict[str, Any]],
 
 def _restore_quality(trainer: Trainer, value: Any, state: dict[str, Any]) -> None:
     if isinstance(value, dict):
-        trainer.quality.load_state_dict(value)
+        trainer.evaluation.tracker.load_state_dict(value)
 
 
 FIELDS: tuple[Field, ...] = (
@@ -131,17 +131,17 @@ FIELDS: tuple[Field, ...] = (
           "rank 0's data position (read with rng)"),
     Field("ranks", None, None, "every rank's rng and data, when several ranks wrote it (read "
           "with rng)"),
-    Field("fixed_noise", lambda t: t.fixed_noise.cpu(), _restore_fixed_noise,
+    Field("fixed_noise", lambda t: t.previews.fixed_noise.cpu(), _restore_fixed_noise,
           "the noise behind every preview"),
-    Field("fixed_labels", lambda t: _cpu(t.fixed_labels), _restore_fixed_labels,
+    Field("fixed_labels", lambda t: _cpu(t.previews.fixed_labels), _restore_fixed_labels,
           "the labels behind every preview (conditional), else None"),
     Field("G_ema", lambda t: _optional(t.G_ema), _restore_ema,
           "the moving average of G (ema > 0), else None"),
     Field("E", lambda t: _optional(t.E), _restore_encoder("E"), "the encoder (cVAE-GAN)"),
     Field("opt_e", lambda t: _optional(t.opt_e), _restore_encoder("opt_e"), "E's Adam state"),
-    Field("fixed_real", lambda t: _cpu(t.fixed_real), _restore_encoder("fixed_real"),
+    Field("fixed_real", lambda t: _cpu(t.previews.fixed_real), _restore_encoder("fixed_real"),
           "one real digit per class shown beside its reconstruction (cVAE-GAN)"),
-    Field("quality", lambda t: t.quality.state_dict(), _restore_quality,
+    Field("quality", lambda t: t.evaluation.tracker.state_dict(), _restore_quality,
           "the quality tracker: best and latest score, warnings given"),
     Field("best", None, None, "in best.pt only: the metric and step that made it best"),
 )
@@ -167,7 +167,7 @@ def load(trainer: Trainer, state: dict[str, Any]) -> None:
     for f in FIELDS:
         if f.restore is not None:
             f.restore(trainer, state.get(f.name), state)
-    trainer._apply_optimizer_settings()
+    trainer.apply_optimizer_settings()
 
 
 def rng_state(trainer: Trainer) -> dict[str, Any]:
@@ -269,6 +269,133 @@ class DiskWatch:
         return (f"{megabytes(free)} free on the disk of {run_dir}: room for {room} more "
                 f"checkpoint(s) of {megabytes(size)}; free some space before it fills (the run "
                 f"then pauses in the dashboard, or stops headless, with its checkpoints kept)")
+
+
+class Checkpoints:
+    """The checkpoint room of a trainer: periodic, requested, final and crash checkpoints,
+    written atomically by rank 0 with every rank's RNG streams and data position, and what
+    happens when one cannot be written (a full disk pauses the dashboard's run, stops a
+    headless one; any other failure is a warning)."""
+
+    def __init__(self, trainer: Trainer) -> None:
+        self.t = trainer
+        self._disk = DiskWatch()
+
+    def write(self, reason: str) -> Path | None:
+        """Write a checkpoint atomically, unless the weights went bad (then keep the last).
+
+        Raises:
+            OSError: the write failed (on every rank); the earlier checkpoints stay whole.
+        """
+        t = self.t
+        if not t.params_finite():
+            t.emit(ev.Alert(t.step, "nonfinite", "checkpoint skipped: the weights are not "
+                            f"finite; the last good checkpoint is kept "
+                            f"({t.last_good_checkpoint or 'none yet'})"))
+            return None
+        previous = t.state
+        t.set_state("checkpointing", reason, journal=False)
+        try:
+            path = self._write_all_ranks()
+        except OSError:
+            t.set_state(previous, journal=False)
+            raise
+        t.last_good_checkpoint = path
+        t.emit(ev.Checkpointed(t.step, str(path), reason))
+        t.set_state(previous, journal=False)
+        low = self._disk.after_checkpoint(path, t.store.path) if t.world.main else None
+        if low is not None:
+            t.emit(ev.Alert(t.step, "disk", low))
+        return path
+
+    def _write_all_ranks(self) -> Path:
+        """Every rank's RNG and data position into rank 0's checkpoint (a collective: every
+        rank calls it at the same step); every rank learns whether the write worked."""
+        t = self.t
+        states = t.channel.gather(rank_state(t))
+        outcome: dict[str, Any] | None = None
+        if t.world.main:
+            state = save(t)
+            if t.world.distributed:
+                state["ranks"] = states
+            try:
+                outcome = {"path": str(t.store.save_checkpoint(
+                    state, t.cfg.keep_checkpoints, warn=self._note))}
+            except OSError as exc:
+                outcome = {"errno": exc.errno or 0, "error": exc.strerror or str(exc),
+                           "file": exc.filename}
+        outcome = t.channel.broadcast(outcome)
+        if "error" in outcome:
+            raise OSError(outcome["errno"], outcome["error"], outcome.get("file"))
+        return Path(outcome["path"])
+
+    def _note(self, message: str) -> None:
+        self.t.emit(ev.Alert(self.t.step, "data", message))
+
+    def periodic(self) -> None:
+        """A scheduled checkpoint. Failing to write one is a warning and training goes on,
+        except on a full disk: the dashboard's run pauses until the user makes room (then
+        ``c`` writes it, or resuming tries again), a headless run stops with the resume line.
+        The earlier checkpoints stay whole either way."""
+        t = self.t
+        while True:
+            try:
+                self.write("periodic")
+                return
+            except OSError as exc:
+                message = self.failure(exc)
+                if not disk_full(exc):
+                    t.emit(ev.Alert(t.step, "error", f"{message}; training continues"))
+                    return
+            if t.on_nonfinite != "pause":  # headless: stop, and say how to go on
+                t.write_failure = message
+                t.stopping = True
+                t.emit(ev.Alert(t.step, "error", f"{message}; stopping"))
+                return
+            t.emit(ev.Alert(t.step, "error", f"{message}; paused: free some space, then "
+                            f"press c to checkpoint or p to resume"))
+            t.paused = True  # as for a non-finite loss in the dashboard
+            t.set_state("paused", "disk full")
+            t.commands.wait_while_paused()
+            if t.stopping or step_of(t.last_good_checkpoint) == t.step:
+                return  # stopped, or `c` wrote it while paused; else try again
+
+    def final(self, state: str) -> Path | None:
+        """The checkpoint a finished or stopped run ends with (unless this step has one); a
+        failure is recorded in ``write_failure`` and the earlier checkpoints stay."""
+        t = self.t
+        path = t.last_good_checkpoint
+        if t.write_failure is None and step_of(path) != t.step:
+            try:
+                path = self.write("final" if state == "finished" else "stop")
+            except OSError as exc:  # a full disk: the earlier checkpoints stay whole
+                t.write_failure = self.failure(exc)
+                t.emit(ev.Alert(t.step, "error", t.write_failure))
+        return path
+
+    def after_crash(self) -> None:
+        """After a crash between steps (logging, sampling), keep the completed step. A crash
+        inside a step leaves D updated and G not: that state is not a resume point, so the
+        last checkpoint stays the newest. On several ranks it would need every rank, and one
+        may be gone."""
+        t = self.t
+        if t.mid_step or step_of(t.last_good_checkpoint) == t.step or t.world.distributed:
+            return
+        self.write("crash")
+
+    def failure(self, exc: OSError) -> str:
+        """``<cause> while writing <file> (<N> MB free); the last good checkpoint is …``."""
+        t = self.t
+        last = t.last_good_checkpoint
+        kept = ("there is no checkpoint yet" if last is None else
+                f"the last good checkpoint is {shown_path(last, t.store.path)}")
+        return (f"{write_failure(exc, t.store.path, f'checkpoints/ckpt-{t.step:08d}.pt')}; "
+                f"{kept}")
+
+
+def step_of(path: Path | None) -> int | None:
+    """The step of ``checkpoints/ckpt-<step>.pt`` (None for none)."""
+    return None if path is None else int(path.stem.split("-")[1])
 
 
 def _check_against_the_store() -> None:

@@ -28,6 +28,7 @@ import torch
 import torch.distributed as dist
 
 from gantui.data.sources import Shard
+from gantui.engine.control import Command
 from gantui.errors import GantuiError
 
 DEFAULT_TIMEOUT_S = 1800
@@ -115,13 +116,45 @@ def device_for(world: World, spec: str) -> torch.device:
     return torch.device("cuda", world.local_rank)
 
 
+SYNC_EVERY = 4
+"""On several ranks, steps between two command exchanges (and stop checks): a command lands
+on every rank at the same step, at most this many steps after it arrived."""
+PAUSED_POLL_S = 0.2
+"""While paused on several ranks, rank 0 waits this long for a command between exchanges:
+the ranks keep meeting, so no collective ever waits near its timeout."""
+
+
 class Channel:
     """The ranks' control channel between steps, on a CPU (gloo) process group."""
+
+    sync_every = SYNC_EVERY
+    paused_poll_s = PAUSED_POLL_S
 
     def __init__(self, world: World, group: Any = None) -> None:
         self.world = world
         self.group = group
         self.setup_sent = False
+
+    def share(self, commands: list[Command], stop: bool) -> tuple[list[Command], bool]:
+        """Rank 0's ``commands`` on every rank (the others pass none), and whether any rank
+        asked to stop."""
+        payload = encode([(c.action, c.changes, c.source) for c in commands])
+        payload, stop_any = self.exchange(payload if self.world.main else b"", stop)
+        if self.world.main:
+            return commands, stop_any
+        return [Command(action, changes, source)
+                for action, changes, source in decode(payload)], stop_any
+
+    def average(self, stats: torch.Tensor, counts: list[float]) -> tuple[list[float],
+                                                                         list[float]]:
+        """Per-interval statistics averaged over the ranks and ``counts`` summed (on the
+        training group: NCCL on CUDA)."""
+        packed = torch.cat([stats, torch.tensor(counts, dtype=torch.float32,
+                                                device=stats.device)])
+        dist.all_reduce(packed)
+        values = packed.tolist()
+        n = len(counts)
+        return [v / self.world.size for v in values[:-n]], values[-n:]
 
     def exchange(self, payload: bytes, stop: bool) -> tuple[bytes, bool]:
         """Rank 0's ``payload`` on every rank, and whether any rank asked to stop."""
@@ -175,6 +208,35 @@ class Channel:
             raise error
         if failed:
             raise RankFailed(f"rank {failed - 1} could not start (its message says why)")
+
+
+class LocalChannel:
+    """The channel of a single process, a do-nothing stand-in for :class:`Channel`: every
+    exchange is with itself, so the trainer has one code path for one rank or many."""
+
+    sync_every = 1
+    """Commands apply at every step."""
+    paused_poll_s = 0.1
+
+    def share(self, commands: list[Command], stop: bool) -> tuple[list[Command], bool]:
+        return commands, stop
+
+    def average(self, stats: torch.Tensor, counts: list[float]) -> tuple[list[float],
+                                                                         list[float]]:
+        return stats.tolist(), counts
+
+    def gather(self, obj: Any) -> list[Any]:
+        return [obj]
+
+    def broadcast(self, obj: Any = None) -> Any:
+        return obj
+
+    def spread(self, value: int) -> tuple[int, int]:
+        return value, value
+
+    def agree(self, error: BaseException | None) -> None:
+        if error is not None:
+            raise error
 
 
 class RankFailed(GantuiError):

@@ -1,8 +1,15 @@
 """The training loop. Flat, step-based, and silent but for ``emit(event)``.
 
 One iteration, top to bottom: apply pending commands -> wait while paused -> D step(s) ->
-G step -> log -> sample -> checkpoint. Statistics accumulate on the device and are read once
-per log interval, so a CUDA run never syncs with the host between logs.
+G step -> log -> sample -> evaluate -> checkpoint. Statistics accumulate on the device and
+are read once per log interval, so a CUDA run never syncs with the host between logs.
+
+The jobs around the loop live in rooms of their own, each given the trainer:
+:mod:`~gantui.engine.commands` (steering), :mod:`~gantui.engine.previews` (the sample grid),
+:mod:`~gantui.engine.evaluation` (quality and ``best.pt``) and
+:mod:`~gantui.engine.checkpoint` (what a checkpoint holds, writing it, a full disk). One rank
+or many run the same code: a single process talks to itself through
+:class:`~gantui.engine.distributed.LocalChannel`.
 """
 
 from __future__ import annotations
@@ -20,35 +27,27 @@ import torch
 from gantui import events as ev
 from gantui.config import LIVE_KEYS, Config
 from gantui.data.batches import make_batches
-from gantui.data.grids import grid_image, scatter_image
-from gantui.data.sources import Batches, RingBatches, ring_modes
+from gantui.data.sources import Batches
 from gantui.engine import checkpoint as ckpt
 from gantui.engine import distributed, fast
-from gantui.engine.control import Command, Controller
-from gantui.engine.distributed import SINGLE, Channel, World
+from gantui.engine.commands import Commands
+from gantui.engine.control import Controller
+from gantui.engine.distributed import SINGLE, Channel, LocalChannel, World
+from gantui.engine.evaluation import Evaluation
 from gantui.engine.losses import d_loss, d_prob, g_loss
+from gantui.engine.previews import Previews
 from gantui.errors import GantuiError
 from gantui.models.builtin import build_encoder
-from gantui.quality.evaluate import Evaluator, Score
-from gantui.quality.metrics import HealthMonitor, diversity, ring_coverage
-from gantui.quality.tracker import QualityTracker, describe
+from gantui.quality.metrics import HealthMonitor
+from gantui.quality.tracker import QualityTracker
 from gantui.run.store import RunStore, StoreError
 from gantui.text import safe
 
-PREVIEW_MAX_SIDE = 256
-RING_PREVIEW_POINTS = 512
-RING_EVAL_POINTS = 2500
 # Events that go to events.jsonl; metrics go to metrics.jsonl, quality evaluations to
 # quality.jsonl, previews to samples/.
 JOURNALED = (ev.RunStarted, ev.Changed, ev.Checkpointed, ev.StateChanged, ev.Alert, ev.Note)
 # Slots of the on-device statistics accumulator.
 LOSS_D, D_REAL, D_FAKE, GRAD_D, LOSS_G, D_FAKE_G, GRAD_G = range(7)
-SYNC_EVERY = 4
-"""On several ranks, steps between two command exchanges (and stop checks): a command lands
-on every rank at the same step, at most this many steps after it arrived."""
-PAUSED_POLL_S = 0.2
-"""While paused on several ranks, rank 0 waits this long for a command between exchanges:
-the ranks keep meeting, so no collective ever waits near its timeout."""
 
 
 class Trainer:
@@ -74,8 +73,8 @@ class Trainer:
         self._notes = list(notes)
         self.world = world
         """This process's rank; rank 0 alone writes the run directory, samples, evaluates."""
-        self.channel = channel if world.distributed else None
-        self._stop_asked = False  # a stop signal on a rank other than 0, sent at the next sync
+        self.channel: Channel | LocalChannel = channel if world.distributed else LocalChannel()
+        """How the ranks meet between steps; a single process meets itself."""
 
         # The data first: on several ranks, a rank without its data must end them all before
         # DDP's first collective.
@@ -84,15 +83,12 @@ class Trainer:
             self.batches: Batches = make_batches(cfg, device, world.shard)
         except BaseException as exc:  # noqa: BLE001 - raised by agree() on this rank
             error = exc
-        if self.channel is not None:
-            self.channel.agree(error)
-            low, high = self.channel.spread(self.batches.steps_per_epoch or 0)
-            if low != high:
-                raise GantuiError(f"the ranks see different data: {low} to {high} batches per "
-                                  f"epoch per rank; every node needs the same files (and the "
-                                  f"same `gantui prepare` cache, or none)")
-        elif error is not None:
-            raise error
+        self.channel.agree(error)
+        low, high = self.channel.spread(self.batches.steps_per_epoch or 0)
+        if low != high:
+            raise GantuiError(f"the ranks see different data: {low} to {high} batches per "
+                              f"epoch per rank; every node needs the same files (and the same "
+                              f"`gantui prepare` cache, or none)")
         # _G_step/_D_step are what the training steps call: the modules, their compiled
         # forwards (compile), in DDP on several ranks; everything else uses the modules.
         models = fast.training_models(cfg, device, world)
@@ -120,35 +116,33 @@ class Trainer:
         self._real: tuple[torch.Tensor, torch.Tensor | None] | None = None
         # each rank its own noise; rank 0's is a single process's
         self.noise = torch.Generator(device=device).manual_seed(cfg.seed + 1 + 7919 * world.rank)
-        self.fixed_noise, self.fixed_labels, self.grid_nrow = self._fixed_inputs()
-        self.fixed_real = self._fixed_real() if cfg.encoder else None
-        """One real digit per class: the preview shows it beside its reconstruction."""
         self.amp = cfg.amp and device.type == "cuda"
 
         self.step = 0
         self.total_steps = self._total_steps()
         self.health = HealthMonitor(data_fix=getattr(self.batches, "data_fix", ""))
-        self.quality = QualityTracker()
-        self._evaluator: Evaluator | None = None
-        self._eval_broken = False
         self._excluded = 0.0  # seconds in this log interval spent evaluating, not training
         self._waited = 0.0  # seconds in this log interval spent waiting for batches
         self.paused = False
         self.stopping = False
-        self._mid_step = False
+        self.mid_step = False
+        """True from the D step to the end of the G step: the weights are half-updated."""
         self.state = "starting"
         self.last_good_checkpoint: Path | None = None
         self.write_failure: str | None = None
         """Why the run ended early: a checkpoint it could not write (a full disk)."""
         self._unwritable: set[str] = set()  # files and folders already warned about
-        self._disk = ckpt.DiskWatch()
-        self._stop_replies: list[Command] = []
         self._acc = torch.zeros(7, device=device)
         self._n_d = self._n_g = 0
         self._images = 0
         self._skipped_reported = 0
         self._t_log = time.perf_counter()
         self._paused_for = 0.0
+        # the rooms: each job around the loop in a module of its own
+        self.previews = Previews(self)
+        self.evaluation = Evaluation(self)
+        self.checkpoints = ckpt.Checkpoints(self)
+        self.commands = Commands(self)
         self.resumed = resume_state is not None
         if resume_state is not None:
             try:
@@ -179,24 +173,6 @@ class Trainer:
             return self.cfg.epochs * self.batches.steps_per_epoch
         return self.cfg.steps
 
-    def _fixed_inputs(self) -> tuple[torch.Tensor, torch.Tensor | None, int]:
-        """The noise (and labels) behind every preview: a row per class when conditional."""
-        cfg = self.cfg
-        gen = torch.Generator().manual_seed(cfg.seed + 2)
-        if cfg.conditional:
-            cols = max(1, cfg.n_samples // cfg.n_classes)
-            labels = torch.arange(cfg.n_classes).repeat_interleave(cols)
-            z = torch.randn(len(labels), cfg.nz, generator=gen)
-            return z.to(self.device), labels.to(self.device), cols
-        z = torch.randn(cfg.n_samples, cfg.nz, generator=gen)
-        return z.to(self.device), None, max(1, round(math.sqrt(cfg.n_samples)))
-
-    def _fixed_real(self) -> torch.Tensor:
-        """The first training digit of each class, as the model sees it ([-1, 1])."""
-        images, labels = self.batches.images, self.batches.labels
-        first = [int((labels == k).nonzero()[0]) for k in range(self.cfg.n_classes)]
-        return images[first].float().div(127.5).sub(1.0)
-
     def add_note(self, event: ev.Event) -> None:
         """Queue a lifecycle event to be journaled when the run starts."""
         self._notes.append(event)
@@ -206,48 +182,48 @@ class Trainer:
     def run(self) -> str:
         """Train until done or stopped; returns the final state."""
         cfg = self.cfg
-        self._emit(ev.RunStarted(str(self.store.path), self.name, self.preset, str(self.device),
+        self.emit(ev.RunStarted(str(self.store.path), self.name, self.preset, str(self.device),
                                  self.step, self.total_steps, cfg.to_dict(), self.batches.note,
                                  self.resumed))
-        self._emit(ev.Note(self.step, self.batches.note))
+        self.emit(ev.Note(self.step, self.batches.note))
         for note in self._notes:
-            self._emit(note)
-        self._set_state("running")
+            self.emit(note)
+        self.set_state("running")
         self._t_log = time.perf_counter()
         try:
             while self.step < self.total_steps and not self.stopping:
-                self._apply_commands()
+                self.commands.poll()
                 if self.paused:
-                    self._wait_while_paused()
+                    self.commands.wait_while_paused()
                     continue
 
                 if self.cfg.lr_decay != "none":
-                    self._apply_optimizer_settings()
-                self._mid_step = True  # from here to step += 1 the weights are half-updated
+                    self.apply_optimizer_settings()
+                self.mid_step = True
                 # ---- Update D: maximise log D(x) + log(1 - D(G(z))) ----
                 for _ in range(self.cfg.d_steps):
                     self.d_step()
                 # ---- Update G: fool D ----
                 self.g_step()
                 self.step += 1
-                self._mid_step = False
+                self.mid_step = False
 
                 if self.step % self.cfg.log_every == 0 and not self.log():
                     if self.on_nonfinite == "stop":
                         return self._end("error", "training diverged (non-finite loss)")
                     continue
                 if self.step % self.cfg.sample_every == 0:
-                    self.sample()
+                    self.previews.draw()
                 if self.cfg.eval_every and self.step % self.cfg.eval_every == 0:
-                    self.evaluate()
+                    self.evaluation.evaluate()
                 if self.step % self.cfg.checkpoint_every == 0:
-                    self._periodic_checkpoint()
-            self._apply_commands(force=True)
+                    self.checkpoints.periodic()
+            self.commands.poll(force=True)
             finite = self.log() if self._n_g else True  # the last steps of a partial interval
             if not finite and self.paused:  # as in the loop: the dashboard user decides
-                self._wait_while_paused()
-            if finite and self._final_evaluation_due():
-                self.evaluate()
+                self.commands.wait_while_paused()
+            if finite and self.evaluation.final_due():
+                self.evaluation.evaluate()
             if self.stopping:
                 return self._end("stopped", f"stopped at step {self.step}")
             if not finite:
@@ -255,7 +231,7 @@ class Trainer:
             return self._end("finished", f"finished {self.total_steps} steps")
         except Exception as exc:
             error, why = exc, f"{type(exc).__name__}: {exc}"
-            lost = self.channel is not None and distributed.is_peer_failure(exc)
+            lost = self.world.distributed and distributed.is_peer_failure(exc)
             if lost:
                 first = safe(str(exc).splitlines()[0] if str(exc) else type(exc).__name__, 140)
                 why = (f"another rank stopped answering, or the link to it failed (a worker "
@@ -263,10 +239,10 @@ class Trainer:
             # Each step of the wind-down on its own: a full disk must not keep the others
             # (answering waiting clients, the final state) from happening.
             for wind_down in (
-                lambda: self._emit(ev.Alert(self.step, "error", f"training crashed: {why}")),
-                self._crash_checkpoint,
-                lambda: self._fail_replies(error),
-                lambda: self._set_state("error", why),
+                lambda: self.emit(ev.Alert(self.step, "error", f"training crashed: {why}")),
+                self.checkpoints.after_crash,
+                lambda: self.commands.fail_all(error),
+                lambda: self.set_state("error", why),
             ):
                 with contextlib.suppress(Exception):
                     wind_down()
@@ -401,75 +377,6 @@ class Trainer:
         for ema_buf, buf in zip(self.G_ema.buffers(), self.G.buffers(), strict=True):
             ema_buf.copy_(buf)  # batch-norm statistics follow G's
 
-    # ---- evaluate ----------------------------------------------------------------------
-
-    def _final_evaluation_due(self) -> bool:
-        """At the end of a finished run (not a stop: a stop must be quick, and a resumed run
-        must evaluate at the same steps as a straight one), unless the last step was just
-        evaluated."""
-        every = self.cfg.eval_every
-        latest = self.quality.latest
-        return (self.world.main and bool(every) and not self._eval_broken and not self.stopping
-                and self.step >= every and (latest is None or latest.step != self.step))
-
-    def evaluate(self) -> Score | None:
-        """Score G (the EMA G when on) between steps; record, emit, keep the best model.
-
-        An evaluation that fails (missing data for its reference, say) is reported once and
-        switches evaluation off for this run: a metric never ends a training run.
-        """
-        if self._eval_broken or not self.world.main:
-            return None
-        started = time.perf_counter()
-        try:
-            if self._evaluator is None:
-                cfg = self.cfg
-                self._evaluator = Evaluator(cfg, self.device, n=cfg.eval_samples or None,
-                                            fid_weights=cfg.fid_weights,
-                                            log=lambda m: self._emit(ev.Note(self.step, m)))
-            score = self._evaluator.evaluate(self.G_eval, self.step, encoder=self.E)
-        except Exception as exc:  # noqa: BLE001 - see the docstring
-            self._eval_broken = True
-            self._emit(ev.Alert(self.step, "error", f"quality evaluation failed "
-                                f"({type(exc).__name__}: {safe(exc, 200)}); it is off for "
-                                f"the rest of this run"))
-            return None
-        finally:
-            self.G.train()
-            if self.E is not None:
-                self.E.train()
-            self._excluded += time.perf_counter() - started
-        improved, warnings = self.quality.update(score)
-        if improved and not self._save_best(score):
-            self.quality.revert_best()  # the best claimed must be the one on disk
-        best = self.quality.best or score
-        self._emit(ev.Quality(self.step, dict(score.values), score.primary, best.step,
-                              best.values.get(score.primary, math.nan), score.seconds))
-        for kind, message in warnings:
-            self._emit(ev.Alert(self.step, kind, message))
-        return score
-
-    def _save_best(self, score: Score) -> bool:
-        """Write ``best.pt`` for ``score``; False when it could not be written."""
-        if not self.params_finite():
-            return False
-        state = self.state_dict()
-        state["best"] = {"step": score.step, "metric": score.primary,
-                         "value": score.values.get(score.primary), "values": dict(score.values)}
-        started = time.perf_counter()
-        try:
-            path = self.store.save_best(state)
-        except OSError as exc:
-            self._emit(ev.Alert(self.step, "error", f"{ckpt.write_failure(exc, self.store.path)}"
-                                f"; the best checkpoint on disk stays; training continues"))
-            return False
-        finally:
-            self._excluded += time.perf_counter() - started
-        shown = dict.fromkeys(m for m in (score.primary, "hq", "judge_fd") if m in score.values)
-        self._emit(ev.Checkpointed(self.step, str(path), "best " + ", ".join(
-            describe(score, metric) for metric in shown)))
-        return True
-
     # ---- log / sample / checkpoint -----------------------------------------------------
 
     def log(self) -> bool:
@@ -478,17 +385,10 @@ class Trainer:
         Returns:
             False when a loss went non-finite (the run is then stopped or paused).
         """
-        images, skipped = self._images, self.batches.skipped
-        if self.channel is not None:  # every rank's statistics: averaged, images summed
-            packed = torch.cat([self._acc, torch.tensor([images, skipped], dtype=torch.float32,
-                                                        device=self._acc.device)])
-            torch.distributed.all_reduce(packed)
-            values = packed.tolist()
-            skipped = round(values.pop())
-            images = round(values.pop())
-            values = [v / self.world.size for v in values]
-        else:
-            values = self._acc.tolist()
+        # every rank's statistics averaged, images and skipped files summed
+        values, (images, skipped) = self.channel.average(
+            self._acc, [self._images, self.batches.skipped])
+        images, skipped = round(images), round(skipped)
         now = time.perf_counter()
         elapsed = max(now - self._t_log - self._paused_for - self._excluded, 1e-9)
         steps = self._n_g
@@ -509,7 +409,7 @@ class Trainer:
         self._n_d = self._n_g = self._images = 0
         self._t_log = now
         self._paused_for = self._excluded = self._waited = 0.0
-        self._emit(metrics)
+        self.emit(metrics)
         if skipped:
             self._emit_once_per_count("data", skipped)
         if not all(math.isfinite(v) for v in values):
@@ -518,13 +418,13 @@ class Trainer:
         for kind, message in self.health.on_metrics(metrics.d_real, metrics.d_fake,
                                                     metrics.grad_g, metrics.grad_d,
                                                     data_wait=metrics.data_wait):
-            self._emit(ev.Alert(self.step, kind, message))
+            self.emit(ev.Alert(self.step, kind, message))
         return True
 
     def _emit_once_per_count(self, kind: str, count: int) -> None:
         if count != self._skipped_reported:
             self._skipped_reported = count
-            self._emit(ev.Alert(self.step, kind, f"{count} unreadable image file(s) skipped "
+            self.emit(ev.Alert(self.step, kind, f"{count} unreadable image file(s) skipped "
                                 "so far"))
 
     def _nonfinite(self) -> None:
@@ -532,77 +432,15 @@ class Trainer:
         message = (f"loss became non-finite (NaN/inf) at step {self.step}: training diverged. "
                    f"The last good checkpoint is kept ({kept}); resume from it with a lower "
                    f"learning rate")
-        self._emit(ev.Alert(self.step, "nonfinite", message))
+        self.emit(ev.Alert(self.step, "nonfinite", message))
         if self.on_nonfinite == "pause":
             self.paused = True
-            self._set_state("paused", "non-finite loss")
+            self.set_state("paused", "non-finite loss")
 
     @property
     def G_eval(self) -> torch.nn.Module:
         """The generator to show and score: the EMA one when ``ema`` is on."""
         return self.G_ema if self.G_ema is not None else self.G
-
-    @torch.no_grad()
-    def sample(self) -> None:
-        """Run G in eval mode on the fixed noise; save the grid and emit a preview (rank 0)."""
-        if not self.world.main:
-            return
-        self.G_eval.eval()
-        try:
-            if isinstance(self.batches, RingBatches):
-                self._sample_points()
-                return
-            images = self.G_eval(self.fixed_noise, self.fixed_labels).float()
-            if self.E is not None and self.fixed_real is not None:
-                images = self._with_reconstructions(images)
-        finally:
-            self.G.train()
-            if self.E is not None:
-                self.E.train()
-        grid = grid_image(images, self.grid_nrow)
-        self._save_sample(grid)
-        preview = _downsample(grid, PREVIEW_MAX_SIDE)
-        c, h, w = preview.shape
-        pixels = preview.mul(255).round().to(torch.uint8).permute(1, 2, 0).contiguous()
-        score = diversity(images)
-        self._emit(ev.Preview(self.step, pixels.cpu().numpy().tobytes(), h, w, c,
-                              self.grid_nrow, score))
-        for kind, message in self.health.on_samples(score):
-            self._emit(ev.Alert(self.step, kind, message))
-
-    def _with_reconstructions(self, images: torch.Tensor) -> torch.Tensor:
-        """The first two columns of each class row become a real digit of that class and
-        G(mu(E(digit)), class): inputs beside reconstructions, the rest free samples."""
-        assert self.E is not None and self.fixed_real is not None
-        self.E.eval()
-        labels = torch.arange(self.cfg.n_classes, device=self.device)
-        rebuilt = self.G_eval(self.E(self.fixed_real)[0], labels).float()
-        out = images.clone()
-        cols = self.grid_nrow
-        if cols >= 2:
-            out[0::cols] = self.fixed_real
-            out[1::cols] = rebuilt
-        return out
-
-    def _sample_points(self) -> None:
-        gen = torch.Generator().manual_seed(self.cfg.seed + 3)
-        z = torch.randn(RING_EVAL_POINTS, self.cfg.nz, generator=gen).to(self.device)
-        points = self.G_eval(z).float().cpu()
-        covered, quality = ring_coverage(points)
-        shown = tuple((round(x, 4), round(y, 4)) for x, y in points[:RING_PREVIEW_POINTS].tolist())
-        modes = tuple(tuple(m) for m in ring_modes().tolist())
-        self._save_sample(scatter_image(points))
-        self._emit(ev.Points(self.step, shown, modes, covered, quality))
-        for kind, message in self.health.on_samples(diversity(points[:256])):
-            self._emit(ev.Alert(self.step, kind, message))
-
-    def _save_sample(self, grid: torch.Tensor) -> None:
-        try:
-            self.store.save_grid(self.step, grid)
-        except OSError as exc:  # a full disk: the preview still shows
-            self._write_warning(exc, "samples", f"samples/step-{self.step:08d}.png")
-        else:
-            self._unwritable.discard("samples")
 
     def status(self) -> dict[str, Any]:
         """A plain snapshot for ``gantui ctl`` and ``gantui runs`` (safe from any thread)."""
@@ -611,62 +449,32 @@ class Trainer:
                 "name": self.name, "preset": self.preset, "device": str(self.device),
                 "pid": os.getpid(), "live": {key: getattr(cfg, key) for key in LIVE_KEYS},
                 "world_size": self.world.size,
-                "best": None if self.quality.best is None else {
-                    "step": self.quality.best.step, "metric": self.quality.best.primary,
-                    "value": self.quality.best.values.get(self.quality.best.primary)}}
+                "best": self.evaluation.best_status()}
 
-    def _crash_checkpoint(self) -> None:
-        """After a crash between steps (logging, sampling), keep the completed step. A crash
-        inside a step leaves D updated and G not: that state is not a resume point, so the
-        last checkpoint stays the newest."""
-        if self._mid_step or _checkpoint_step_of(self.last_good_checkpoint) == self.step:
-            return
-        if self.channel is not None:  # it would need every rank, and one may be gone
-            return
-        self.checkpoint("crash")
+    @property
+    def quality(self) -> QualityTracker:
+        """The run's quality so far: best and latest score (the evaluation room's)."""
+        return self.evaluation.tracker
 
-    def _periodic_checkpoint(self) -> None:
-        """A scheduled checkpoint. Failing to write one is a warning and training goes on,
-        except on a full disk: the dashboard's run pauses until the user makes room (then
-        ``c`` writes it, or resuming tries again), a headless run stops with the resume line.
-        The earlier checkpoints stay whole either way."""
-        while True:
-            try:
-                self.checkpoint("periodic")
-                return
-            except OSError as exc:
-                message = self._write_failed(exc)
-                if not ckpt.disk_full(exc):
-                    self._emit(ev.Alert(self.step, "error", f"{message}; training continues"))
-                    return
-            if self.on_nonfinite != "pause":  # headless: stop, and say how to go on
-                self.write_failure = message
-                self.stopping = True
-                self._emit(ev.Alert(self.step, "error", f"{message}; stopping"))
-                return
-            self._emit(ev.Alert(self.step, "error", f"{message}; paused: free some space, "
-                                f"then press c to checkpoint or p to resume"))
-            self.paused = True  # as for a non-finite loss in the dashboard
-            self._set_state("paused", "disk full")
-            self._wait_while_paused()
-            if self.stopping or _checkpoint_step_of(self.last_good_checkpoint) == self.step:
-                return  # stopped, or `c` wrote it while paused; else try again
+    def not_training(self, seconds: float) -> None:
+        """Leave ``seconds`` spent between steps (evaluating) out of this interval's img/s."""
+        self._excluded += seconds
 
-    def _write_failed(self, exc: OSError) -> str:
-        """``<cause> while writing <file> (<N> MB free); the last good checkpoint is …``."""
-        run_dir = self.store.path
-        last = self.last_good_checkpoint
-        kept = ("there is no checkpoint yet" if last is None else
-                f"the last good checkpoint is {ckpt.shown_path(last, run_dir)}")
-        return f"{ckpt.write_failure(exc, run_dir, f'checkpoints/ckpt-{self.step:08d}.pt')}; {kept}"
+    def paused_for(self, seconds: float) -> None:
+        """Leave ``seconds`` spent paused out of this interval's img/s."""
+        self._paused_for += seconds
 
-    def _write_warning(self, exc: OSError, key: str, what: str) -> None:
+    def writable(self, key: str) -> None:
+        """A write to ``key`` (a file or folder) worked: warn again if it fails later."""
+        self._unwritable.discard(key)
+
+    def write_warning(self, exc: OSError, key: str, what: str) -> None:
         """A sample or journal record that could not be written: a warning once per file (or
         folder) until it is written again; training goes on."""
         if key in self._unwritable:
             return
         self._unwritable.add(key)  # before emitting: journaling this may fail as well
-        self._emit(ev.Alert(self.step, "error", f"{ckpt.write_failure(exc, self.store.path, what)}"
+        self.emit(ev.Alert(self.step, "error", f"{ckpt.write_failure(exc, self.store.path, what)}"
                             f"; training continues without it (said once, until it works "
                             f"again)"))
 
@@ -676,159 +484,12 @@ class Trainer:
         flags = [p.isfinite().all() for m in models for p in m.parameters()]
         return bool(torch.stack(flags).all())
 
-    def checkpoint(self, reason: str) -> Path | None:
-        """Write a checkpoint atomically, unless the weights went bad (then keep the last)."""
-        if not self.params_finite():
-            self._emit(ev.Alert(self.step, "nonfinite", "checkpoint skipped: the weights are "
-                                f"not finite; the last good checkpoint is kept "
-                                f"({self.last_good_checkpoint or 'none yet'})"))
-            return None
-        previous = self.state
-        self._set_state("checkpointing", reason, journal=False)
-        try:
-            if self.channel is None:
-                path = self.store.save_checkpoint(self.state_dict(), self.cfg.keep_checkpoints,
-                                                  warn=self._checkpoint_note)
-            else:
-                path = self._checkpoint_all_ranks()
-        except OSError:
-            self._set_state(previous, journal=False)
-            raise
-        self.last_good_checkpoint = path
-        self._emit(ev.Checkpointed(self.step, str(path), reason))
-        self._set_state(previous, journal=False)
-        low = self._disk.after_checkpoint(path, self.store.path) if self.world.main else None
-        if low is not None:
-            self._emit(ev.Alert(self.step, "disk", low))
-        return path
-
-    def _checkpoint_note(self, message: str) -> None:
-        self._emit(ev.Alert(self.step, "data", message))
-
-    def _checkpoint_all_ranks(self) -> Path:
-        """Every rank's RNG and data position into rank 0's checkpoint (a collective: every
-        rank calls it at the same step); every rank learns whether the write worked.
-
-        Raises:
-            OSError: on every rank, when rank 0 could not write it.
-        """
-        assert self.channel is not None
-        states = self.channel.gather(ckpt.rank_state(self))
-        outcome: dict[str, Any] | None = None
-        if self.world.main:
-            state = self.state_dict()
-            state["world_size"] = self.world.size
-            state["ranks"] = states
-            try:
-                outcome = {"path": str(self.store.save_checkpoint(
-                    state, self.cfg.keep_checkpoints, warn=self._checkpoint_note))}
-            except OSError as exc:
-                outcome = {"errno": exc.errno or 0, "error": exc.strerror or str(exc),
-                           "file": exc.filename}
-        outcome = self.channel.broadcast(outcome)
-        if "error" in outcome:
-            raise OSError(outcome["errno"], outcome["error"], outcome.get("file"))
-        return Path(outcome["path"])
-
     def state_dict(self) -> dict[str, Any]:
         """Everything needed to continue exactly (see :mod:`gantui.engine.checkpoint`)."""
         return ckpt.save(self)
 
-    # ---- control -----------------------------------------------------------------------
-
-    def _apply_commands(self, force: bool = False) -> None:
-        if self.channel is not None:
-            if force or self.step % SYNC_EVERY == 0:
-                self._exchange_commands()
-            return
-        while (command := self.controller.get()) is not None:
-            self._apply(command)
-
-    def _wait_while_paused(self) -> None:
-        started = time.perf_counter()
-        while self.paused and not self.stopping:
-            if self.channel is not None:  # rank 0 waits for a command; the others for it
-                first = self.controller.get(timeout=PAUSED_POLL_S) if self.world.main else None
-                self._exchange_commands(first)
-                continue
-            command = self.controller.get(timeout=0.1)
-            if command is not None:
-                self._apply(command)
-        self._paused_for += time.perf_counter() - started
-
-    def _exchange_commands(self, first: Command | None = None) -> None:
-        """Rank 0's commands, applied on every rank at this step in the same order; a stop
-        asked on any rank (its SIGTERM) stops them all."""
-        assert self.channel is not None
-        local = [] if first is None else [first]
-        while (command := self.controller.get()) is not None:
-            local.append(command)
-        if self.world.main:
-            payload = distributed.encode([(c.action, c.changes, c.source) for c in local])
-        else:  # only a stop is ever asked of another rank (its signal handler)
-            payload = b""
-            for command in local:
-                self._stop_asked = self._stop_asked or command.action == "stop"
-                command.reply.set_result({"action": command.action, "step": self.step})
-        payload, stop = self.channel.exchange(payload, self._stop_asked)
-        if self.world.main:
-            commands = local
-        else:
-            commands = [Command(action, changes, source)
-                        for action, changes, source in distributed.decode(payload)]
-        for command in commands:
-            self._apply(command)
-        if stop and not self.stopping:
-            self._apply(Command("stop", source="a signal on another rank"))
-
-    def _apply(self, command: Command) -> None:
-        """Carry out one command and answer its future; refusals are journaled."""
-        try:
-            ack = self._carry_out(command)
-        except GantuiError as exc:
-            self._emit(ev.Alert(self.step, "control", f"refused {command.action} from "
-                                f"{command.source}: {exc}"))
-            command.reply.set_exception(exc)
-            return
-        except OSError as exc:  # a requested checkpoint on a full disk: the run goes on
-            self._set_state("paused" if self.paused else "running", journal=False)
-            message = (f"{command.action} from {command.source} failed: "
-                       f"{self._write_failed(exc)}; "
-                       f"{'the run stays paused' if self.paused else 'training continues'}")
-            self._emit(ev.Alert(self.step, "error", message))
-            command.reply.set_exception(GantuiError(message))
-            return
-        if ack is not None:
-            command.reply.set_result(ack)
-
-    def _carry_out(self, command: Command) -> dict[str, Any] | None:
-        action = command.action
-        ack: dict[str, Any] = {"action": action, "step": self.step}
-        if action == "pause":
-            if not self.paused:
-                self.paused = True
-                self._set_state("paused", f"paused by {command.source}")
-        elif action == "resume":
-            if self.paused:
-                self.paused = False
-                self._set_state("running", f"resumed by {command.source}")
-        elif action == "checkpoint":
-            path = self.checkpoint(f"requested by {command.source}")
-            if path is None:
-                raise GantuiError("checkpoint refused: the weights are not finite")
-            ack["path"] = str(path)
-        elif action == "stop":
-            self.stopping = True
-            self._stop_replies.append(command)
-            return None  # answered once the final checkpoint is written
-        elif action == "set":
-            ack["changes"] = self._set(command.changes)
-        elif action == "journal":
-            self._emit(ev.Alert(self.step, str(command.changes["kind"]),
-                                str(command.changes["message"])))
-        return ack
-
-    def _set(self, changes: dict[str, Any]) -> list[dict[str, Any]]:
+    def set_live(self, changes: dict[str, Any]) -> list[dict[str, Any]]:
+        """Change live hyperparameters (validated together), journal each change."""
         new_cfg = self.cfg.replace(**changes)  # validates ranges together
         self._check_sync_bn(new_cfg)
         applied = []
@@ -838,12 +499,12 @@ class Trainer:
                 continue
             applied.append({"key": key, "old": old, "new": value})
         self.cfg = new_cfg
-        self._apply_optimizer_settings()
+        self.apply_optimizer_settings()
         for change in applied:
-            self._emit(ev.Changed(self.step, change["key"], change["old"], change["new"]))
+            self.emit(ev.Changed(self.step, change["key"], change["old"], change["new"]))
         return applied
 
-    def _apply_optimizer_settings(self) -> None:
+    def apply_optimizer_settings(self) -> None:
         """Push the live lr (times the schedule's factor at this step) and betas of
         :attr:`cfg` into both optimizers."""
         betas = (self.cfg.beta1, self.cfg.beta2)
@@ -860,47 +521,27 @@ class Trainer:
 
     def _end(self, state: str, message: str) -> str:
         if state in ("finished", "stopped"):
-            path = self.last_good_checkpoint
-            if self.write_failure is None and _checkpoint_step_of(path) != self.step:
-                try:
-                    path = self.checkpoint("final" if state == "finished" else "stop")
-                except OSError as exc:  # a full disk: the earlier checkpoints stay whole
-                    self.write_failure = self._write_failed(exc)
-                    self._emit(ev.Alert(self.step, "error", self.write_failure))
+            path = self.checkpoints.final(state)
             if self.write_failure is not None:
                 cause = self.write_failure.partition(" while writing ")[0]
                 state, message = "error", (f"stopped at step {self.step}: {cause} (the "
                                            f"checkpoints on disk are intact)")
             elif path is not None:
                 message += f"; checkpoint {path}"
-        for command in self._stop_replies:
-            command.reply.set_result({"action": "stop", "step": self.step,
-                                      "path": str(self.last_good_checkpoint or "")})
-        self._stop_replies.clear()
-        self._fail_pending(state)
-        self._set_state(state, message)
+        self.commands.answer_stops(str(self.last_good_checkpoint or ""))
+        self.commands.fail_pending(state)
+        self.set_state(state, message)
         return state
 
-    def _fail_pending(self, state: str) -> None:
-        """Answer commands that arrived too late to be applied."""
-        while (command := self.controller.get()) is not None:
-            command.reply.set_exception(GantuiError(f"run already {state}"))
-
-    def _fail_replies(self, exc: Exception) -> None:
-        for command in self._stop_replies:
-            command.reply.set_exception(GantuiError(f"run crashed: {exc}"))
-        self._stop_replies.clear()
-        self._fail_pending("crashed")
-
-    def _set_state(self, state: str, message: str = "", journal: bool = True) -> None:
+    def set_state(self, state: str, message: str = "", journal: bool = True) -> None:
         self.state = state
         event = ev.StateChanged(self.step, state, message)
         if journal:
-            self._emit(event)
+            self.emit(event)
         else:
             self._user_emit(event)
 
-    def _emit(self, event: ev.Event) -> None:
+    def emit(self, event: ev.Event) -> None:
         """Record ``event`` in the run directory, then hand it to the consumer (on rank 0;
         the other ranks only hand it over)."""
         if not self.world.main:
@@ -918,9 +559,9 @@ class Trainer:
         try:
             append(record)
         except OSError as exc:
-            self._write_warning(exc, name, name)
+            self.write_warning(exc, name, name)
         else:
-            self._unwritable.discard(name)
+            self.writable(name)
 
 
 def lr_factor(schedule: str, step: int, total: int) -> float:
@@ -939,21 +580,7 @@ def _frozen_copy(module: torch.nn.Module) -> torch.nn.Module:
     return copied
 
 
-def _checkpoint_step_of(path: Path | None) -> int | None:
-    return None if path is None else int(path.stem.split("-")[1])
-
-
 def _metrics_record(event: ev.Metrics) -> dict[str, Any]:
     record = ev.to_record(event)
     record.pop("event")
     return record
-
-
-def _downsample(grid: torch.Tensor, max_side: int) -> torch.Tensor:
-    """Shrink a (C, H, W) grid so its longer side is at most ``max_side`` (area filter)."""
-    _, h, w = grid.shape
-    scale = max_side / max(h, w)
-    if scale >= 1:
-        return grid
-    size = (max(1, round(h * scale)), max(1, round(w * scale)))
-    return torch.nn.functional.interpolate(grid[None], size=size, mode="area")[0]

@@ -1,0 +1,104 @@
+"""The evaluation room: scoring G between steps, and keeping the best model.
+
+Every ``eval_every`` steps (and once at the end of a finished run) rank 0 scores the generator
+the run shows (the EMA one when on) through :class:`~gantui.quality.evaluate.Evaluator`,
+records it in ``quality.jsonl``, and writes ``best.pt`` whenever the primary metric improves.
+A failing evaluation is reported once and switches evaluation off: a metric never ends a run.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import TYPE_CHECKING
+
+from gantui import events as ev
+from gantui.engine import checkpoint as ckpt
+from gantui.quality.evaluate import Evaluator, Score
+from gantui.quality.tracker import QualityTracker, describe
+from gantui.text import safe
+
+if TYPE_CHECKING:
+    from gantui.engine.trainer import Trainer
+
+
+class Evaluation:
+    """The run's quality: its tracker (best and latest, saved in checkpoints) and evaluator."""
+
+    def __init__(self, trainer: Trainer) -> None:
+        self.t = trainer
+        self.tracker = QualityTracker()
+        self._evaluator: Evaluator | None = None
+        self.broken = False
+
+    def final_due(self) -> bool:
+        """At the end of a finished run (not a stop: a stop must be quick, and a resumed run
+        must evaluate at the same steps as a straight one), unless the last step was just
+        evaluated."""
+        t = self.t
+        every = t.cfg.eval_every
+        latest = self.tracker.latest
+        return (t.world.main and bool(every) and not self.broken and not t.stopping
+                and t.step >= every and (latest is None or latest.step != t.step))
+
+    def evaluate(self) -> Score | None:
+        """Score G between steps; record, emit, keep the best model (rank 0)."""
+        t = self.t
+        if self.broken or not t.world.main:
+            return None
+        started = time.perf_counter()
+        try:
+            if self._evaluator is None:
+                cfg = t.cfg
+                self._evaluator = Evaluator(cfg, t.device, n=cfg.eval_samples or None,
+                                            fid_weights=cfg.fid_weights,
+                                            log=lambda m: t.emit(ev.Note(t.step, m)))
+            score = self._evaluator.evaluate(t.G_eval, t.step, encoder=t.E)
+        except Exception as exc:  # noqa: BLE001 - see the module's docstring
+            self.broken = True
+            t.emit(ev.Alert(t.step, "error", f"quality evaluation failed "
+                            f"({type(exc).__name__}: {safe(exc, 200)}); it is off for the "
+                            f"rest of this run"))
+            return None
+        finally:
+            t.G.train()
+            if t.E is not None:
+                t.E.train()
+            t.not_training(time.perf_counter() - started)
+        improved, warnings = self.tracker.update(score)
+        if improved and not self._save_best(score):
+            self.tracker.revert_best()  # the best claimed must be the one on disk
+        best = self.tracker.best or score
+        t.emit(ev.Quality(t.step, dict(score.values), score.primary, best.step,
+                          best.values.get(score.primary, math.nan), score.seconds))
+        for kind, message in warnings:
+            t.emit(ev.Alert(t.step, kind, message))
+        return score
+
+    def _save_best(self, score: Score) -> bool:
+        """Write ``best.pt`` for ``score``; False when it could not be written."""
+        t = self.t
+        if not t.params_finite():
+            return False
+        state = t.state_dict()
+        state["best"] = {"step": score.step, "metric": score.primary,
+                         "value": score.values.get(score.primary), "values": dict(score.values)}
+        started = time.perf_counter()
+        try:
+            path = t.store.save_best(state)
+        except OSError as exc:
+            t.emit(ev.Alert(t.step, "error", f"{ckpt.write_failure(exc, t.store.path)}; the "
+                            f"best checkpoint on disk stays; training continues"))
+            return False
+        finally:
+            t.not_training(time.perf_counter() - started)
+        shown = dict.fromkeys(m for m in (score.primary, "hq", "judge_fd") if m in score.values)
+        t.emit(ev.Checkpointed(t.step, str(path), "best " + ", ".join(
+            describe(score, metric) for metric in shown)))
+        return True
+
+    def best_status(self) -> dict | None:
+        """The best score so far, for ``gantui ctl status`` (None before one)."""
+        best = self.tracker.best
+        return None if best is None else {"step": best.step, "metric": best.primary,
+                                          "value": best.values.get(best.primary)}
