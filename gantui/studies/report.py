@@ -14,30 +14,21 @@ readers of :mod:`gantui.files` and escaped for Markdown and HTML.
 from __future__ import annotations
 
 import base64
-import csv
 import html
 import io
 import math
-import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from gantui.errors import GantuiError
-from gantui.files import (
-    as_float,
-    as_int,
-    open_regular,
-    read_json_dict,
-    read_jsonl,
-    read_toml_dict,
-    toml_readable,
-)
+from gantui.files import as_float, as_int, read_json_dict, read_jsonl, read_toml_dict
 from gantui.quality.describe import DESCRIPTIONS, format_value
 from gantui.run.follow import sample_files
 from gantui.studies import figures
 from gantui.studies.compare import RunCurves, load_runs
-from gantui.text import number, safe, value_text
+from gantui.studies.summary import check_run_dir, read_sweep, summarise
+from gantui.text import safe, value_text
 
 REPORT_DIR = "report"
 """Default output folder inside a run or sweep directory."""
@@ -45,8 +36,6 @@ JOURNAL_EVENTS = ("set", "checkpoint", "alert", "state")
 """Journal records shown in a run's report."""
 MAX_ROWS = 400
 """Longest table (the journal keeps its newest rows); the rest are counted, not shown."""
-MAX_SUMMARY_BYTES = 2**20
-"""A larger ``summary.csv`` is left out of a sweep's report."""
 SEED = 0
 """Seed for the latents of every rendered sample, so final and best grids compare."""
 
@@ -77,7 +66,7 @@ def report_run(run_dir: Path, out_dir: Path | None = None) -> Path:
         GantuiError: not a run directory, no metrics yet, an unreadable file, or the report
             cannot be written; one line each.
     """
-    _check_run_dir(run_dir)
+    check_run_dir(run_dir)
     (run,) = load_runs([run_dir])
     if not run.records:
         raise GantuiError(f"{safe(run_dir)}: no metrics yet: nothing to report")
@@ -132,8 +121,8 @@ def report_run(run_dir: Path, out_dir: Path | None = None) -> Path:
 
 def report_sweep(sweep_dir: Path, out_dir: Path | None = None) -> Path:
     """Write a sweep's report to ``out_dir`` (default ``SWEEP_DIR/report/``): its runs' curves
-    on shared axes, a table (varied keys, state, final and best quality, final losses, img/s;
-    absent runs read ``missing``) and one final grid per run labelled with its params.
+    on shared axes, the sweep's table (:func:`gantui.studies.summary.summarise`: absent runs
+    read ``missing``) and one final grid per run labelled with its params.
 
     Returns:
         The path of ``report.html``.
@@ -142,22 +131,21 @@ def report_sweep(sweep_dir: Path, out_dir: Path | None = None) -> Path:
         GantuiError: no readable ``sweep.json``, one listing no runs, or the report cannot be
             written.
     """
-    spec = _read_sweep(sweep_dir)
-    entries = [_sweep_entry(sweep_dir, item) for item in spec["runs"]]
-    present = [e for e in entries if e.curves is not None]
+    spec = read_sweep(sweep_dir)
+    table = summarise(sweep_dir, spec.runs, spec.vary)
+    present = [r for r in table.runs if r.curves is not None]
     out_dir = _make_dir(out_dir or sweep_dir / REPORT_DIR)
 
-    doc = Document(f"gantui sweep report · {safe(spec['name'], 80)}")
-    vary = spec["vary"]
-    doc.facts([("sweep", spec["name"]), ("preset", spec["preset"]),
-               ("varied", "; ".join(f"{k} = {', '.join(map(_text, v))}" for k, v in vary.items())
-                or "-"),
-               ("seeds", ", ".join(map(_text, spec["seeds"])) or "-"),
-               ("fixed", " ".join(map(_text, spec["sets"])) or "-"),
-               ("runs", f"{len(present)} with metrics of {len(entries)}")])
+    doc = Document(f"gantui sweep report · {safe(spec.name, 80)}")
+    doc.facts([("sweep", spec.name), ("preset", spec.preset),
+               ("varied", "; ".join(f"{k} = {', '.join(map(_text, v))}"
+                                    for k, v in spec.vary.items()) or "-"),
+               ("seeds", ", ".join(map(_text, spec.seeds)) or "-"),
+               ("fixed", " ".join(map(_text, spec.sets)) or "-"),
+               ("runs", f"{len(present)} with metrics of {len(table.runs)}")])
 
     doc.heading("Curves")
-    curves = [e.curves for e in present]
+    curves = [r.curves for r in present]
     if curves:
         primary = figures.primary_metric(curves)
         for metric in ("loss_g", "loss_d", *([primary] if primary else [])):
@@ -170,23 +158,17 @@ def report_sweep(sweep_dir: Path, out_dir: Path | None = None) -> Path:
         doc.paragraph("No run of this sweep has metrics yet.")
 
     doc.heading("Runs")
-    keys = list(dict.fromkeys([*vary, *(["seed"] if len(spec["seeds"]) > 1 else [])]))
-    if not keys:
-        keys = list(dict.fromkeys(k for e in entries for k in e.params))
-    doc.table(["run", *keys, "state", "step", "metric", "final", "best", "loss_d", "loss_g",
-               "img/s"], [_sweep_row(e, keys) for e in entries])
-    summary = _summary_csv(sweep_dir / "summary.csv")
-    if summary:
-        doc.table(summary[0], summary[1:MAX_ROWS + 1], more=len(summary) - 1 - MAX_ROWS,
-                  note="summary.csv, as the sweep wrote it")
+    doc.table(table.columns, table.rows[:MAX_ROWS], more=len(table.rows) - MAX_ROWS,
+              note="the table of the sweep's summary.md and summary.csv, read from the run "
+                   "directories now")
 
     doc.heading("Final samples")
     panels = []
-    for entry in present:
-        image = _final_image(entry.run_dir)
+    for result in present:
+        image = _final_image(result.run_dir)
         if image is not None:
-            params = ", ".join(f"{k}={_text(v)}" for k, v in entry.params.items())
-            panels.append((params or entry.name, image))
+            params = ", ".join(f"{k}={_text(v)}" for k, v in result.params.items())
+            panels.append((params or result.name, image))
     if panels:
         drawn = figures.panels_figure(panels, "final samples, one run each")
         doc.image("sweep-final.png", drawn.png, "Final samples of each run (seed 0), labelled "
@@ -341,23 +323,6 @@ def esc(text: Any) -> str:
 # ---- a run's sections --------------------------------------------------------------------
 
 
-def _check_run_dir(run_dir: Path) -> None:
-    if not run_dir.is_dir():
-        raise GantuiError(f"no run or sweep directory at {safe(run_dir)}")
-    if not (run_dir / "config.toml").is_file():
-        raise GantuiError(f"{safe(run_dir)} is not a gantui run or sweep directory (no "
-                          f"config.toml or sweep.json)")
-    for name in ("config.toml", "metrics.jsonl", "events.jsonl", "quality.jsonl", "run.json"):
-        path = run_dir / name
-        if path.exists() or path.is_symlink():
-            try:
-                open_regular(path).close()
-            except OSError as exc:
-                raise GantuiError(f"cannot read {safe(path)}: {exc.strerror or exc}") from None
-    if not toml_readable(run_dir / "config.toml"):
-        raise GantuiError(f"cannot read {safe(run_dir / 'config.toml')}: not valid TOML")
-
-
 def _last_state(journal: list[dict]) -> str:
     for record in reversed(journal):
         if record.get("event") == "state" and isinstance(record.get("state"), str):
@@ -502,88 +467,6 @@ def _flatten(data: dict, prefix: str = "", depth: int = 0) -> list[list[str]]:
 # ---- a sweep's pieces --------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class _Entry:
-    name: str
-    params: dict[str, Any]
-    run_dir: Path | None
-    curves: RunCurves | None
-    status: str
-
-
-def _read_sweep(sweep_dir: Path) -> dict[str, Any]:
-    """``sweep.json`` with every field checked and defaulted (runs kept as found)."""
-    if not sweep_dir.is_dir():
-        raise GantuiError(f"no run or sweep directory at {safe(sweep_dir)}")
-    path = sweep_dir / "sweep.json"
-    if not path.is_file():
-        raise GantuiError(f"{safe(sweep_dir)} is not a gantui run or sweep directory (no "
-                          f"config.toml or sweep.json)")
-    try:
-        open_regular(path).close()
-    except OSError as exc:
-        raise GantuiError(f"cannot read {safe(path)}: {exc.strerror or exc}") from None
-    spec = read_json_dict(path)
-    if not spec:
-        raise GantuiError(f"cannot read {safe(path)}: not a JSON object")
-    version = spec.get("version", 1)
-    if version != 1:
-        raise GantuiError(f"{safe(path)} has version {_text(version)[:20]}; this gantui reads "
-                          f"version 1")
-    runs = spec.get("runs")
-    if not isinstance(runs, list) or not runs:
-        raise GantuiError(f"{safe(path)} lists no runs: nothing to report")
-    vary = spec.get("vary") if isinstance(spec.get("vary"), dict) else {}
-    return {
-        "name": _text(spec.get("name", sweep_dir.name)),
-        "preset": _text(spec.get("preset", "?")),
-        "vary": {str(k): v if isinstance(v, list) else [v] for k, v in vary.items()},
-        "seeds": spec["seeds"] if isinstance(spec.get("seeds"), list) else [],
-        "sets": spec["sets"] if isinstance(spec.get("sets"), list) else [],
-        "runs": runs,
-    }
-
-
-def _sweep_entry(sweep_dir: Path, item: Any) -> _Entry:
-    name = item.get("name") if isinstance(item, dict) else None
-    params = item.get("params") if isinstance(item, dict) else None
-    params = params if isinstance(params, dict) else {}
-    if not isinstance(name, str) or not name or "/" in name or "\\" in name or \
-            name in (".", "..") or "\0" in name:
-        return _Entry(_text(name), params, None, None, "missing (bad name in sweep.json)")
-    run_dir = sweep_dir / name
-    try:
-        _check_run_dir(run_dir)
-        (curves,) = load_runs([run_dir])
-    except GantuiError:
-        return _Entry(name, params, None, None, "missing")
-    if not curves.records:
-        return _Entry(name, params, run_dir, None, "missing (no metrics)")
-    return _Entry(name, params, run_dir, curves, _last_state(read_jsonl(run_dir / "events.jsonl")))
-
-
-def _sweep_row(entry: _Entry, keys: list[str]) -> list[Any]:
-    cells: list[Any] = [safe(entry.name, 80), *(entry.params.get(k, "") for k in keys),
-                        entry.status]
-    run = entry.curves
-    if run is None:
-        return cells + [""] * 7
-    step = as_int(run.records[-1].get("step"))
-    metric = final = best = ""
-    if run.quality and isinstance(run.quality[-1].get("primary"), str):
-        last = run.quality[-1]
-        metric = safe(last["primary"], 20)
-        value, best_value = as_float(last.get(metric)), as_float(last.get("best_value"))
-        final = format_value(metric, value) if value is not None else ""
-        if best_value is not None and math.isfinite(best_value):
-            best = f"{format_value(metric, best_value)} @{as_int(last.get('best_step'))}"
-    rates = [v for v in (as_float(r.get("img_per_s")) for r in run.records[1:] or run.records)
-             if v is not None and math.isfinite(v)]
-    return cells + ["" if step is None else step, metric, final, best,
-                    number(run.last("loss_d")), number(run.last("loss_g")),
-                    f"{statistics.median(rates):,.0f}" if rates else ""]
-
-
 def _final_image(run_dir: Path):
     """A run's final samples: drawn from its newest checkpoint, else its last preview grid."""
     import numpy as np
@@ -603,23 +486,6 @@ def _final_image(run_dir: Path):
         image = _grid(generator, cfg)
     array = image.permute(1, 2, 0).clamp(0, 1).cpu().numpy()
     return np.ascontiguousarray(array[:, :, 0] if array.shape[2] == 1 else array)
-
-
-def _summary_csv(path: Path) -> list[list[str]] | None:
-    """``summary.csv`` as rows of strings (header first), or None when absent or unusable."""
-    try:
-        with open_regular(path) as fh:
-            data = fh.read(MAX_SUMMARY_BYTES + 1)
-    except OSError:
-        return None
-    if len(data) > MAX_SUMMARY_BYTES:
-        return None
-    try:
-        rows = list(csv.reader(io.StringIO(data.decode("utf-8", errors="replace"))))
-    except csv.Error:
-        return None
-    rows = [[safe(c, 120) for c in row[:40]] for row in rows if row]
-    return rows if len(rows) > 1 else None
 
 
 # ---- small helpers -----------------------------------------------------------------------

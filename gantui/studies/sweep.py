@@ -17,12 +17,10 @@ import csv
 import io
 import itertools
 import json
-import math
 import os
 import re
 import shutil
 import signal
-import statistics
 import subprocess
 import sys
 import time
@@ -36,9 +34,9 @@ from gantui import procs
 from gantui.config import ConfigError, plain
 from gantui.errors import GantuiError
 from gantui.files import atomic_write_bytes, read_json_dict, read_jsonl
+from gantui.studies.summary import SWEEP_VERSION, Summary, read_walls, summarise
 from gantui.text import number, safe, shown, value_text
 
-SWEEP_VERSION = 1
 TUPLE_SEPARATOR = ";"
 """Separates the values of a list-valued key in ``--vary`` (``g_hidden=128,128;256,256``)."""
 
@@ -290,11 +288,6 @@ def _refresh(status: RunStatus, run_dir: Path) -> None:
             status.quality = f"{safe(primary, 20)} {format_value(primary, float(value))}"
 
 
-def _walls(path: Path) -> dict[str, float]:
-    data = read_json_dict(path / "walls.json") or {}
-    return {k: float(v) for k, v in data.items() if isinstance(v, (int, float))}
-
-
 def plan_command(preset: str | None, vary: list[str], study: str | None, seeds: int | None,
                  sets: list[str], name: str | None, runs_dir: Path, zipped: bool) -> Plan:
     """``gantui sweep``'s options as a :class:`Plan`: a study's ``vary``, ``set``, ``seeds``,
@@ -362,7 +355,7 @@ class Sweep:
                              f"sweep already running?")
         (path / "logs").mkdir(parents=True, exist_ok=True)
         atomic_write_bytes(path / "sweep.json", json.dumps(spec, indent=1).encode())
-        self.walls = _walls(path)
+        self.walls = read_walls(path)
 
     def _todo(self) -> list[tuple[str, list[str]]]:
         """``(run name, train arguments)`` for every run not yet done, in grid order."""
@@ -506,78 +499,13 @@ def _last_line(path: Path) -> str:
 
 # ---- the table ---------------------------------------------------------------------------
 
-def summary_rows(plan_: Plan, statuses: list[RunStatus] | None = None) -> list[dict[str, Any]]:
-    """One row per grid point: the varied values, state, final and best quality, final
-    losses, median img/s and wall time; runs that never started read ``missing``."""
-    from gantui.quality.describe import format_value
-
-    walls = _walls(plan_.path)
-    by_name = {s.name: s for s in statuses or []}
-    rows = []
-    for run in plan_.runs:
-        name, run_dir = run["name"], plan_.path / run["name"]
-        row: dict[str, Any] = {k: value_text(v) for k, v in run["params"].items()}
-        metrics = read_jsonl(run_dir / "metrics.jsonl") if run_dir.is_dir() else []
-        quality = read_jsonl(run_dir / "quality.jsonl") if run_dir.is_dir() else []
-        status = by_name.get(name)
-        if not metrics:
-            row.update(state=status.state if status else "missing", step="", metric="",
-                       final="", best="", best_step="", loss_d="", loss_g="", img_per_s="",
-                       wall_s="")
-            rows.append(row)
-            continue
-        from gantui.run.lock import is_locked
-        from gantui.run.runs import run_state
-
-        last = metrics[-1]
-        rates = [r["img_per_s"] for r in metrics[1:] or metrics
-                 if isinstance(r.get("img_per_s"), (int, float))]
-        row["state"] = run_state(run_dir, is_locked)
-        row["step"] = last.get("step", "")
-        row.update(_quality_cells(quality, format_value))
-        for key in ("loss_d", "loss_g"):
-            value = last.get(key)
-            row[key] = f"{value:.4f}" if isinstance(value, (int, float)) else ""
-        row["img_per_s"] = f"{statistics.median(rates):.0f}" if rates else ""
-        wall = walls.get(name)
-        row["wall_s"] = f"{wall:.0f}" if wall is not None else ""
-        rows.append(row)
-    return rows
-
-
-def _quality_cells(records: list[dict[str, Any]], format_value) -> dict[str, str]:
-    """The primary metric's name, final and best values and the best step (ring runs add
-    the high-quality fraction to the final value)."""
-    cells = {"metric": "", "final": "", "best": "", "best_step": ""}
-    usable = [r for r in records if isinstance(r.get("values"), dict)
-              and isinstance(r.get("primary"), str)]
-    if not usable:
-        return cells
-    last = usable[-1]
-    primary, values = last["primary"], last["values"]
-    cells["metric"] = safe(primary, 20)
-    value = values.get(primary)
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        cells["final"] = format_value(primary, float(value))
-        hq = values.get("hq")
-        if primary == "modes" and isinstance(hq, (int, float)):
-            cells["final"] += f" (hq {format_value('hq', float(hq))})"
-    best_step, best_value = last.get("best_step"), last.get("best_value")
-    if (isinstance(best_value, (int, float)) and math.isfinite(best_value)
-            and type(best_step) is int):
-        cells["best"], cells["best_step"] = format_value(primary, float(best_value)), best_step
-    return cells
-
-
-def write_summary(plan_: Plan, rows: list[dict[str, Any]]) -> tuple[Path, Path]:
-    """``summary.md`` and ``summary.csv`` in the sweep directory."""
-    if not rows:
+def write_summary(plan_: Plan, table: Summary) -> tuple[Path, Path]:
+    """``summary.md`` and ``summary.csv`` in the sweep directory: ``table`` (see
+    :func:`gantui.studies.summary.summarise`) under a line saying what was swept."""
+    if not table.rows:
         raise SweepError("no runs to summarise")
-    columns = list(rows[0])
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
+    csv.writer(buffer, lineterminator="\n").writerows([table.columns, *table.rows])
     csv_path = plan_.path / "summary.csv"
     atomic_write_bytes(csv_path, buffer.getvalue().encode())
     lines = [f"# Sweep {plan_.name}", "",
@@ -586,34 +514,12 @@ def write_summary(plan_: Plan, rows: list[dict[str, Any]]) -> tuple[Path, Path]:
                          for k, vs in plan_.vary.items())
              + f"; seeds {', '.join(map(str, plan_.seeds))}"
              + (f"; fixed: {' '.join('`' + s + '`' for s in plan_.sets)}" if plan_.sets else ""),
-             "", "| " + " | ".join(columns) + " |", "|" + " --- |" * len(columns)]
-    for row in rows:
-        lines.append("| " + " | ".join(str(row[c]).replace("|", "\\|") for c in columns) + " |")
+             "", "| " + " | ".join(table.columns) + " |", "|" + " --- |" * len(table.columns)]
+    lines += ["| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |"
+              for row in table.rows]
     md_path = plan_.path / "summary.md"
     atomic_write_bytes(md_path, ("\n".join(lines) + "\n").encode())
     return md_path, csv_path
-
-
-def load_plan(sweep_dir: Path) -> Plan:
-    """The plan recorded in a sweep directory's ``sweep.json``.
-
-    Raises:
-        SweepError: not a sweep directory, or a damaged ``sweep.json``.
-    """
-    spec = read_json_dict(sweep_dir / "sweep.json")
-    if spec is None:
-        raise SweepError(f"{sweep_dir} is not a sweep directory (no readable sweep.json)")
-    try:
-        runs = [{"name": str(r["name"]), "params": dict(r["params"])} for r in spec["runs"]]
-        result = Plan(str(spec["name"]), sweep_dir, str(spec["preset"]),
-                      {str(k): list(v) for k, v in dict(spec["vary"]).items()},
-                      [int(s) for s in spec["seeds"]], [str(s) for s in spec["sets"]],
-                      bool(spec.get("zip", False)), runs)
-    except (KeyError, TypeError, ValueError, AttributeError):
-        raise SweepError(f"{sweep_dir}/sweep.json is damaged") from None
-    if any("/" in r["name"] or r["name"] in ("", ".", "..") for r in runs):
-        raise SweepError(f"{sweep_dir}/sweep.json is damaged")
-    return result
 
 
 # ---- the progress view -------------------------------------------------------------------
@@ -636,24 +542,23 @@ def progress_table(statuses: list[RunStatus]):
     return table
 
 
-def write_figure(plan_: Plan) -> Path | None:
+def write_figure(plan_: Plan, table: Summary) -> Path | None:
     """``summary.png``: the quality metric (else loss_g) of every run on shared axes; None
     when no run has metrics."""
-    from gantui.studies.figures import compare_png
+    from gantui.studies.figures import compare_figure
 
-    dirs = [plan_.path / r["name"] for r in plan_.runs
-            if read_jsonl(plan_.path / r["name"] / "metrics.jsonl")]
-    if not dirs:
+    curves = [r.curves for r in table.runs if r.curves is not None]
+    if not curves:
         return None
-    quality = [read_jsonl(d / "quality.jsonl")[-1:] for d in dirs]
-    primaries = {q[0].get("primary") for q in quality if q}
-    metric = primaries.pop() if len(primaries) == 1 and None not in primaries else "loss_g"
-    path = plan_.path / "summary.png"
-    compare_png(dirs, metric, path, 0.6 if metric == "loss_g" else 0.0)
-    return path
+    primaries = {c.quality[-1]["primary"] for c in curves if c.quality}
+    metric = primaries.pop() if len(primaries) == 1 else "loss_g"
+    return compare_figure(curves, metric, 0.6 if metric == "loss_g" else 0.0).save(
+        plan_.path / "summary.png")
 
 
 def write_results(plan_: Plan, statuses: list[RunStatus]) -> tuple[Path, Path, Path | None]:
-    """The sweep's ``summary.md``, ``summary.csv`` and ``summary.png`` (None without metrics)."""
-    md, csv_path = write_summary(plan_, summary_rows(plan_, statuses))
-    return md, csv_path, write_figure(plan_)
+    """The sweep's ``summary.md``, ``summary.csv`` and ``summary.png`` (None without metrics),
+    from one reading of its run directories."""
+    table = summarise(plan_.path, plan_.runs, plan_.vary, {s.name: s.state for s in statuses})
+    md, csv_path = write_summary(plan_, table)
+    return md, csv_path, write_figure(plan_, table)
