@@ -47,7 +47,8 @@ def test_conditional_preview_has_a_row_per_class(runs_dir: Path) -> None:
     cfg = tiny("cdcgan-mnist", "n_samples=30")
     session = start(cfg, "cdcgan-mnist", runs_dir=runs_dir, device="cpu")
     previews = [e for e in follow(session, 120) if isinstance(e, ev.Preview)]
-    assert session.trainer.previews.fixed_labels.tolist() == [c for c in range(10) for _ in range(3)]
+    labels = session.trainer.previews.fixed_labels
+    assert labels.tolist() == [c for c in range(10) for _ in range(3)]
     grid = previews[-1]
     assert grid.nrow == 3 and grid.channels == 1
     assert len(grid.pixels) == grid.height * grid.width * grid.channels
