@@ -898,9 +898,13 @@ class Trainer:
         return state
 
     def _fail_pending(self, state: str) -> None:
-        """Answer commands that arrived too late to be applied."""
+        """Answer commands that arrived too late to be applied; a journal entry (a terminal
+        lost while the run stopped, say) is still written, before the final state."""
         while (command := self.controller.get()) is not None:
-            command.reply.set_exception(GantuiError(f"run already {state}"))
+            if command.action == "journal":
+                self._apply(command)
+            else:
+                command.reply.set_exception(GantuiError(f"run already {state}"))
 
     def _fail_replies(self, exc: Exception) -> None:
         for command in self._stop_replies:
