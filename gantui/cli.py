@@ -244,8 +244,10 @@ def watch(
     app = GantuiApp(follower.drain, controller, attached=True,
                     title=f"gantui watch · {run_dir.name}",
                     can_steer=lambda: is_locked(run_dir))
+    from gantui.ui.tty import run_follower
+
     try:
-        app.run()
+        run_follower(app)  # a terminal that stalls or vanishes ends it
     finally:
         controller.close()
 

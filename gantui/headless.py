@@ -14,6 +14,7 @@ from gantui import events as ev
 from gantui.engine.trainer import Trainer
 from gantui.quality.describe import describe_value
 from gantui.session import Session
+from gantui.terminal import TerminalOutput
 from gantui.text import duration, safe
 
 
@@ -93,7 +94,7 @@ def run_headless(session: Session, out: TextIO | None = None, poll: float = 0.2)
     (the checkpoints already on disk stay intact; the run lock goes with the process).
     SIGHUP is ignored: training carries on.
     """
-    printer = LinePrinter(out)
+    printer = LinePrinter(out if out is not None else terminal_out(session))
     received: list[str] = []  # signal names; the handler only records, the loop reports
 
     def on_signal(signum: int, _frame) -> None:
@@ -125,6 +126,18 @@ def run_headless(session: Session, out: TextIO | None = None, poll: float = 0.2)
     finally:
         _install(previous)
     return finish(session, printer)
+
+
+def terminal_out(session: Session) -> TextIO:
+    """Where lines for the user go: ``sys.stdout``, through a
+    :class:`~gantui.terminal.TerminalOutput` when it is a terminal, so that a terminal that stops
+    reading (a hung SSH connection, Ctrl-S) holds the printing up as ever but cannot keep a stop
+    of ``session`` from ending the process."""
+    if not sys.stdout.isatty():
+        return sys.stdout
+    sys.stdout.flush()  # what is already buffered comes first
+    return TerminalOutput(sys.stdout, patience=None,  # type: ignore[return-value]
+                          hurry=lambda: session.trainer.stopping)
 
 
 def abandon(session: Session, code: int) -> NoReturn:

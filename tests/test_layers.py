@@ -3,7 +3,7 @@ them against the layers below, lowest first: a module may import its own unit (p
 module) and anything in a lower layer, never sideways into another unit of its layer, never up.
 
     errors, text, files, events, history,     plain Python: no gantui imports; procs: children
-    procs                                     that end with their launcher
+    procs, terminal                           that end with their launcher; terminals that stall
     chart, config                             drawing series; the run's settings
     data, models                              sources, cache, grids; the networks
     run                                       run directories: store, lock, restore, follow
@@ -34,7 +34,7 @@ import pytest
 PACKAGE = Path(__file__).resolve().parent.parent / "gantui"
 
 LAYERS: list[list[str]] = [
-    ["errors", "text", "files", "events", "history", "procs"],
+    ["errors", "text", "files", "events", "history", "procs", "terminal"],
     ["chart", "config"],
     ["data", "models"],
     ["run"],

@@ -119,9 +119,13 @@ class Commands:
         self.stop_replies.clear()
 
     def fail_pending(self, state: str) -> None:
-        """Answer commands that arrived too late to be applied."""
+        """Answer commands that arrived too late to be applied; a journal entry (a terminal
+        lost while the run stopped, say) is still written, before the final state."""
         while (command := self.t.controller.get()) is not None:
-            command.reply.set_exception(GantuiError(f"run already {state}"))
+            if command.action == "journal":
+                self.apply(command)
+            else:
+                command.reply.set_exception(GantuiError(f"run already {state}"))
 
     def fail_all(self, exc: Exception) -> None:
         """The run crashed: every waiting stop request and late command learns why."""
