@@ -81,7 +81,7 @@ class _Terminated(SystemExit):
 
 
 def init(config: Any = None, *, name: str | None = None, runs_dir: str | Path = "runs",
-         total_steps: int = 0, log_every: int = 10, keep_checkpoints: int = 3,
+         total_steps: int = 0, log_every: int = 50, keep_checkpoints: int = 3,
          resume: bool = False, device: Any = None, label: str | None = None,
          echo: bool = True, system: bool = True) -> Run:
     """Open a run directory for this script and start serving its control socket.
@@ -206,7 +206,6 @@ class Run:
         self._steps_in_log = 0
         self._paused_for = 0.0
         self._warned: set[str] = set()
-        self._names_ok: set[str] = set()
         self._nonfinite: set[str] = set()
         self.paused = False
         self._stopping = False
@@ -362,25 +361,31 @@ class Run:
             return
         sums: dict[str, float] = {}
         counts: dict[str, int] = {}
-        tensors: list[Any] = []
+        tensors: list[Any] = []  # on a GPU: read below in one batch (one sync)
         owners: list[str] = []
+        tensor = _tensor_type()
         for _, row in rows:
             for name, value in row.items():
-                if name not in self._names_ok and not self._name_ok(name):
-                    continue
                 kind = type(value)
                 if kind is float or kind is int:
-                    sums[name] = sums.get(name, 0.0) + value
-                    counts[name] = counts.get(name, 0) + 1
-                    continue
-                number = self._number(name, value, tensors, owners, sums, counts)
-                if number is not None:
-                    sums[name] = sums.get(name, 0.0) + number
-                    counts[name] = counts.get(name, 0) + 1
+                    number = value
+                elif tensor is not None and isinstance(value, tensor) and value.is_cpu and \
+                        value.numel() == 1 and not value.dtype.is_complex:
+                    number = value.item()  # on the CPU: no sync to avoid
+                else:
+                    number = self._number(name, value, tensors, owners, sums, counts)
+                    if number is None:
+                        continue
+                if name in sums:
+                    sums[name] += number
+                    counts[name] += 1
+                elif self._name_ok(name):
+                    sums[name] = number
+                    counts[name] = 1
         if tensors:
             for name, number in zip(owners, _read_tensors(tensors), strict=True):
-                sums[name] = sums.get(name, 0.0) + number
-                counts[name] = counts.get(name, 0) + 1
+                sums[name] += number
+                counts[name] += 1
         step = rows[-1][0]
         now = time.perf_counter()
         elapsed = max(now - self._t_log - self._paused_for, 1e-9)
@@ -412,7 +417,6 @@ class Run:
                        f"(printable text of at most 40 characters, not step or time); "
                        f"not recorded")
             return False
-        self._names_ok.add(name)
         return True
 
     def _number(self, name: str, value: Any, tensors: list[Any], owners: list[str],
@@ -421,7 +425,9 @@ class Run:
         batch) or warning about a value that is not a number."""
         if _is_tensor(value):
             if value.numel() == 1 and not value.is_complex():
-                tensors.append(value.reshape(()))
+                if name not in sums and not self._name_ok(name):
+                    return None
+                tensors.append(value if value.ndim == 0 else value.reshape(()))
                 owners.append(name)
                 sums.setdefault(name, 0.0)  # the record keeps the order names came in
                 counts.setdefault(name, 0)
@@ -850,9 +856,15 @@ def _checkpoint_step(path: Path | None) -> int | None:
         return None
 
 
-def _is_tensor(value: Any) -> bool:
+def _tensor_type() -> type | None:
+    """``torch.Tensor`` when torch is loaded (a script without it logs plain numbers)."""
     torch = sys.modules.get("torch")
-    return torch is not None and isinstance(value, torch.Tensor)
+    return None if torch is None else torch.Tensor
+
+
+def _is_tensor(value: Any) -> bool:
+    tensor = _tensor_type()
+    return tensor is not None and isinstance(value, tensor)
 
 
 def _read_tensors(tensors: list[Any]) -> list[float]:
