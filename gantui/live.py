@@ -14,7 +14,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from gantui.config import _FLOAT_RE, _as_int, ConfigError  # the --set number grammar
+from gantui.config import ConfigError, _as_int, _FLOAT_RE  # the --set number grammar
 from gantui.text import safe, shown
 
 KINDS = ("float", "int", "bool", "str")
