@@ -173,6 +173,29 @@ def train(
     raise typer.Exit(run_dashboard(session, hangup))
 
 
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def run(
+    ctx: typer.Context,
+    script: Annotated[Path, typer.Argument(
+        help="A Python training script that uses gantui.api; the arguments after it are "
+        "its own (put -- first when one is also a gantui option).")],
+    no_ui: Annotated[bool, typer.Option(
+        "--no-ui", help="Print the script's output instead of the dashboard (automatic when "
+        "stdout is not a terminal).")] = False,
+) -> None:
+    """Run your own training script with the dashboard, as train does for presets.
+
+    q offers to stop the script (a checkpoint first) or to leave it training here without
+    the dashboard; gantui watch RUN attaches later, gantui ctl RUN steers it.
+    """
+    from gantui.runner import run_script
+
+    with one_line(script):
+        code = run_script(script, list(ctx.args),
+                          dashboard=not (no_ui or not sys.stdout.isatty()))
+    raise typer.Exit(code)
+
+
 @app.command()
 def runs(
     runs_dir: Annotated[Path, typer.Option(help="Where run directories live.")] = Path("runs"),
@@ -589,7 +612,7 @@ def ctl(
 ) -> None:
     """Send a command to a live run and print its acknowledgement."""
     from gantui import config
-    from gantui.remote import CTL_ACTIONS, request
+    from gantui.remote import CTL_ACTIONS, check_changes, request
 
     if action not in CTL_ACTIONS:
         fail(f"unknown action {action!r}; expected {', '.join(CTL_ACTIONS)}")
@@ -599,11 +622,8 @@ def ctl(
             if not assignments:
                 fail("set needs KEY=VALUE pairs, e.g. gantui ctl RUN set lr_g=1e-4; live keys: "
                      + ", ".join(config.LIVE_KEYS))
-            changes = {}
-            for item in assignments:
-                key, value = config.parse_assignment(item)
-                config.parse_live(key, value)
-                changes[key] = value
+            changes = dict(config.parse_assignment(item) for item in assignments)
+            check_changes(run_dir, changes)  # the script's own live values, or the trainer's
             message["changes"] = changes
         elif assignments:
             fail(f"{action} takes no KEY=VALUE arguments")
@@ -618,6 +638,8 @@ def ctl(
 def describe_ack(action: str, ack: dict) -> str:
     """One human line for a control acknowledgement."""
     step = ack.get("step")
+    if ack.get("waiting"):  # a script between two step boundaries: queued, not applied yet
+        return str(ack.get("message", f"{action} queued; not applied yet"))
     if action == "status":
         live = ", ".join(f"{k}={v}" for k, v in ack.get("live", {}).items())
         size = ack.get("world_size", 1)

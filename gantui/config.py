@@ -547,7 +547,8 @@ def to_toml(values: dict[str, Any]) -> str:
     """Write a flat dict of str/int/float/bool/list values as TOML."""
     lines = []
     for key, value in values.items():
-        lines.append(f"{key} = {_toml_value(value)}")
+        bare = re.fullmatch(r"[A-Za-z0-9_-]+", key)  # else quoted: "a.b" is one key
+        lines.append(f"{key if bare else _toml_value(key)} = {_toml_value(value)}")
     return "\n".join(lines) + "\n"
 
 

@@ -177,8 +177,28 @@ class Note:
     message: str
 
 
+@dataclass(frozen=True)
+class Scalars:
+    """Values a script logged under names of its own (:mod:`gantui.api`), averaged over a log
+    interval; the names :class:`Metrics` has travel there instead. Read from
+    ``metrics.jsonl``; each name gets a chart of its own."""
+
+    step: int
+    values: dict[str, float]
+
+
+@dataclass(frozen=True)
+class LiveSpec:
+    """The live values a script declared (:mod:`gantui.api`): ``{name: [kind, low, high,
+    *choices]}`` (see :mod:`gantui.live`) and their current ``values``."""
+
+    step: int
+    keys: dict[str, Any]
+    values: dict[str, Any]
+
+
 Event = (RunStarted | Metrics | Preview | Points | Quality | System | Changed | Checkpointed
-         | StateChanged | Alert | Note)
+         | StateChanged | Alert | Note | Scalars | LiveSpec)
 Emit = Callable[[Event], None]
 
 _NAMES: dict[type, str] = {
@@ -193,6 +213,8 @@ _NAMES: dict[type, str] = {
     StateChanged: "state",
     Alert: "alert",
     Note: "note",
+    Scalars: "scalars",
+    LiveSpec: "live",
 }
 _TYPES = {name: cls for cls, name in _NAMES.items()}
 

@@ -8,14 +8,16 @@ import signal
 import sys
 import threading
 import time
-from typing import NoReturn, TextIO
+from typing import TYPE_CHECKING, NoReturn, TextIO
 
 from gantui import events as ev
-from gantui.engine.trainer import Trainer
 from gantui.quality.describe import describe_value
-from gantui.session import Session
 from gantui.terminal import TerminalOutput
 from gantui.text import duration, safe
+
+if TYPE_CHECKING:  # the printer alone (gantui.api uses it) must not load the trainer
+    from gantui.engine.trainer import Trainer
+    from gantui.session import Session
 
 
 class LinePrinter:
@@ -40,6 +42,8 @@ class LinePrinter:
                     f"D(x) {event.d_real:.3f}  D(G(z)) {event.d_fake:.3f}/{event.d_fake_g:.3f}  "
                     f"{event.img_per_s:8,.0f} img/s  eta {duration(event.eta_s)}"
                     + (f"  data wait {event.data_wait:.0%}" if event.data_wait >= 0.05 else ""))
+        if isinstance(event, ev.Scalars):
+            return scalars_line(event, self.total)
         if isinstance(event, ev.Points):
             return (f"step {event.step}: samples cover {event.modes_covered}/{len(event.modes)} "
                     f"modes, {event.high_quality:.0%} high quality")
@@ -75,6 +79,26 @@ class LinePrinter:
                 print(printable, file=self.out, flush=True)
         except (OSError, ValueError):  # EIO/EPIPE after the terminal went away
             self.broken = True
+
+
+def scalars_line(event: ev.Scalars, total: int) -> str:
+    """A script's own values (:mod:`gantui.api`) in the metrics line's layout:
+    ``step  20/100 ep 0   loss 0.4127  acc 0.8812  lr 0.001  1,234 img/s  eta 1m``."""
+    values = dict(event.values)
+    epoch, speed, eta = (values.pop(k, None) for k in ("epoch", "img_per_s", "eta_s"))
+    head = f"step {event.step:>{len(str(total))}}/{total}" if total else f"step {event.step}"
+    if epoch is not None:
+        head += f" ep {int(epoch):<3d}"
+    parts = [head, *(f"{k} {_number(v)}" for k, v in values.items())]
+    if speed is not None:
+        parts.append(f"{speed:8,.0f} img/s")
+    if eta is not None and total:
+        parts.append(f"eta {duration(eta)}")
+    return "  ".join(parts)
+
+
+def _number(value: float) -> str:
+    return f"{value:7.4f}" if 1e-3 <= abs(value) < 1e4 else f"{value:.4g}"
 
 
 def quality_line(event: ev.Quality) -> str:

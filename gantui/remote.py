@@ -293,6 +293,25 @@ def request(run_dir: Path, message: dict[str, Any], timeout: float = ACK_TIMEOUT
     return ack if isinstance(ack, dict) else {}
 
 
+def check_changes(run_dir: Path, changes: dict[str, Any]) -> None:
+    """Check ``set`` changes as the run will: against the live values its script declared
+    (``run.json``, :mod:`gantui.api`), else the trainer's live keys.
+
+    Raises:
+        ConfigError: an unknown key or a bad value.
+    """
+    from gantui.config import parse_live
+    from gantui.files import read_json_dict
+    from gantui.live import owner_spec, parse_changes
+
+    spec = owner_spec(read_json_dict(run_dir / "run.json"))
+    if spec is not None:
+        parse_changes(spec, changes)
+        return
+    for key, value in changes.items():
+        parse_live(key, value)
+
+
 class RemoteController:
     """The :class:`~gantui.engine.control.Controller` interface, over a run's control socket.
 
@@ -327,10 +346,7 @@ class RemoteController:
 
     def set(self, changes: dict[str, Any], source: str | None = None) -> Future:
         """Change live hyperparameters (validated here, then by the trainer)."""
-        from gantui.config import parse_live
-
-        for key, value in changes.items():
-            parse_live(key, value)
+        check_changes(self.run_dir, changes)
         return self._submit({"action": "set", "changes": {k: str(v) for k, v in
                                                           changes.items()}})
 

@@ -168,9 +168,10 @@ def test_follows_appended_metrics_journal_and_torn_lines(copied: Path) -> None:
     _append(copied / "events.jsonl", json.dumps(ev.to_record(ev.Note(10, "hello"))) + "\n")
     _append(copied / "metrics.jsonl", "not json\n\n" + json.dumps({"step": 12, "extra": 1})
             + "\n" + json.dumps({"loss_d": 1.0}) + "\n")
-    note, sparse = follower.drain()
+    note, sparse, extra = follower.drain()
     assert note == ev.Note(10, "hello")
     assert sparse.step == 12 and sparse.epoch == 0 and math.isnan(sparse.loss_d)
+    assert extra == ev.Scalars(12, {"extra": 1.0})  # a script's own name (gantui.api)
     assert follower.drain() == []
 
 

@@ -5,16 +5,17 @@ module) and anything in a lower layer, never sideways into another unit of its l
     errors, text, files, events, history,     plain Python: no gantui imports; procs: children
     procs, terminal                           that end with their launcher; terminals that stall
     chart, config                             drawing series; the run's settings
-    data, models                              sources, cache, grids; the networks
+    data, models, live                        sources, cache, grids; the networks; live keys
     run                                       run directories: store, lock, restore, follow
     system                                    machine samples (written into a run)
     quality                                   scores, the judge, health
     engine                                    the loop and its rooms, DDP, speed options
     remote                                    control.sock: server and client
     session                                   wires lock, store, socket, sampler, trainer
-    headless, studies, perf, api              consumers of runs and sessions
+    headless, studies, perf                   consumers of runs and sessions
+    api                                       your own loop: a run directory without a trainer
     ui                                        the only Textual importer
-    launch                                    torchrun launcher (follows with the ui)
+    launch, runner                            torchrun and script launchers (follow with the ui)
     cli                                       argument parsing, one call each
     __main__                                  python -m gantui
 
@@ -36,16 +37,17 @@ PACKAGE = Path(__file__).resolve().parent.parent / "gantui"
 LAYERS: list[list[str]] = [
     ["errors", "text", "files", "events", "history", "procs", "terminal"],
     ["chart", "config"],
-    ["data", "models"],
+    ["data", "models", "live"],
     ["run"],
     ["system"],
     ["quality"],
     ["engine"],
     ["remote"],
     ["session"],
-    ["headless", "studies", "perf", "api"],
+    ["headless", "studies", "perf"],
+    ["api"],
     ["ui"],
-    ["launch"],
+    ["launch", "runner"],
     ["cli"],
     ["__main__"],
 ]

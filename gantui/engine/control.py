@@ -8,6 +8,7 @@ fails with a :class:`~gantui.errors.GantuiError`.
 from __future__ import annotations
 
 import queue
+from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
@@ -29,10 +30,17 @@ class Command:
 
 
 class Controller:
-    """A thread-safe command inbox shared by the trainer and whoever steers it."""
+    """A thread-safe command inbox shared by the trainer and whoever steers it.
 
-    def __init__(self) -> None:
+    Args:
+        parse: ``(key, value) -> typed value`` for ``set``, raising
+            :class:`~gantui.config.ConfigError`; default the trainer's live keys
+            (:func:`~gantui.config.parse_live`), a script's own for :mod:`gantui.api`.
+    """
+
+    def __init__(self, parse: Callable[[str, Any], Any] = parse_live) -> None:
         self._inbox: queue.Queue[Command] = queue.Queue()
+        self._parse = parse
 
     def submit(self, command: Command) -> Future:
         """Queue ``command`` for the trainer; the future resolves once it is applied."""
@@ -63,13 +71,18 @@ class Controller:
         Raises:
             ConfigError: a key that is not live or a value of the wrong type or range.
         """
-        typed = {key: parse_live(key, value) for key, value in changes.items()}
+        typed = {key: self._parse(key, value) for key, value in changes.items()}
         return self.submit(Command("set", typed, source=source))
 
     def journal(self, kind: str, message: str) -> None:
         """Ask the trainer to journal an :class:`~gantui.events.Alert` (never blocks): a refused
         outside request, a lost terminal..."""
         self._inbox.put(Command("journal", {"kind": kind, "message": message}))
+
+    @property
+    def pending(self) -> bool:
+        """True when a command waits (cheap: for a loop that checks every step)."""
+        return not self._inbox.empty()
 
     def get(self, timeout: float | None = None) -> Command | None:
         """Next command (trainer side); blocks up to ``timeout`` seconds, None if none came."""

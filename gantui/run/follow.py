@@ -38,6 +38,7 @@ from gantui.files import (
     read_json_dict,
     read_toml_dict,
 )
+from gantui.text import safe
 
 CHUNK_BYTES = 4 << 20
 """How much of a journal is read per system call; bounds memory on a huge first drain."""
@@ -178,6 +179,26 @@ def metrics_from_record(record: dict[str, Any]) -> ev.Metrics | None:
     return ev.Metrics(**values)
 
 
+MAX_SCALARS = 64
+"""Most names of a script's own values taken from one record (a hostile file could hold
+thousands)."""
+
+
+def scalars_from_record(record: dict[str, Any], step: int) -> ev.Scalars | None:
+    """The numbers of a ``metrics.jsonl`` record under names :class:`~gantui.events.Metrics`
+    lacks (a script's own, :mod:`gantui.api`), or None when there are none."""
+    values = {}
+    for key, value in record.items():
+        if key in _METRIC_KEYS:
+            continue
+        number = as_float(value)
+        if number is not None:
+            values[safe(key, 40)] = number
+            if len(values) >= MAX_SCALARS:
+                break
+    return ev.Scalars(step, values) if values else None
+
+
 def _as_float(value: Any) -> float:
     number = as_float(value)
     return math.nan if number is None else number
@@ -314,12 +335,16 @@ class RunFollower:
                 found.append(event)
         return found
 
-    def _metrics_events(self) -> list[ev.Metrics]:
-        found = []
+    def _metrics_events(self) -> list[ev.Metrics | ev.Scalars]:
+        found: list[ev.Metrics | ev.Scalars] = []
         for record in _records(self._metrics):
             metrics = metrics_from_record(record)
             if metrics is not None:
                 found.append(metrics)
+                if record.keys() != _METRIC_KEYS:  # a script's record: its own names too
+                    scalars = scalars_from_record(record, metrics.step)
+                    if scalars is not None:
+                        found.append(scalars)
         return found
 
     def _first_run_started(self, journal: list[ev.Event]) -> ev.RunStarted | None:
@@ -424,7 +449,8 @@ def _insert_by_step(journal: list[ev.Event], preview: ev.Preview) -> list[ev.Eve
     return [*journal[:at], preview, *journal[at:]]
 
 
-def _merge_by_step(metrics: list[ev.Metrics], others: list[ev.Event]) -> list[ev.Event]:
+def _merge_by_step(metrics: list[ev.Metrics | ev.Scalars],
+                   others: list[ev.Event]) -> list[ev.Event]:
     """Interleave two streams by step, keeping each one's own order; at equal steps metrics
     come first, as the trainer logs before it samples or checkpoints. Linear time."""
     if not others:

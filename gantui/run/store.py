@@ -381,6 +381,32 @@ class RunStore:
                 self._own.discard(old.name)
         return path
 
+    def save_written(self, step: int, write, keep: int) -> Path:
+        """A checkpoint written by a user's own script (:mod:`gantui.api`): ``write(path)``
+        fills a temp file, which becomes ``ckpt-<step>.pt`` atomically (fsync, rename); then
+        prune to the newest ``keep``.
+
+        Raises:
+            StoreError: ``write`` left no file at the path it was given.
+        """
+        path = self.checkpoints / f"ckpt-{step:08d}.pt"
+        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+        try:
+            write(tmp)
+            if not tmp.is_file():
+                raise StoreError(f"the save function wrote nothing to the path it was given "
+                                 f"({tmp}); it must write the checkpoint there")
+            with open(tmp, "rb+") as fh:
+                os.fsync(fh.fileno())
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)  # a failed save leaves no debris
+        fsync_dir(path.parent)
+        for old in self.checkpoint_paths()[:-keep]:
+            if old != path:
+                old.unlink(missing_ok=True)
+        return path
+
     @property
     def best_path(self) -> Path:
         """``checkpoints/best.pt``: the best model by the quality metric, never pruned."""

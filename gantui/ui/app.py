@@ -26,6 +26,7 @@ from gantui import config as config_mod
 from gantui.errors import GantuiError
 from gantui.events import Alert, Event, Preview, StateChanged
 from gantui.history import SMOOTHING_LEVELS
+from gantui.live import Spec, parse_changes, spec_from_json
 from gantui.quality.describe import describe_value, format_value
 from gantui.text import safe
 from gantui.ui import graphics as graphics_mod
@@ -43,6 +44,9 @@ Plots: each column shows the min and max of the steps it covers, so spikes stay 
 z cycles the smoothing (EMA), w switches between the whole run and the recent window.
 Warnings (⚠ in the status bar) are explained in the event log."""
 
+
+EXTRA_COLORS = (45, 214, 118, 177, 203, 228)
+"""Line colours (ANSI 256) of the charts of a script's own values, in turn."""
 
 UI_CPU_BUDGET = 0.03
 """Most of a core the dashboard's redraws may use on average (3%)."""
@@ -181,6 +185,9 @@ class GantuiApp(App[Outcome]):
                                     classes="panel")
         self.hyper = HyperPanel(self.model, id="hyper", classes="panel")
         self.event_log = EventLog(id="log", classes="panel")
+        self.extra_charts = Vertical(id="extra")  # a script's own values, a chart per name
+        self.extra_plots: dict[str, MetricPlot] = {}
+        self.extra_charts.display = False  # until a script logs a name of its own
         self.system = SystemPanel(self.model, id="system", classes="panel")
         self.system.display = False  # until the first sample
         yield self.status
@@ -189,6 +196,7 @@ class GantuiApp(App[Outcome]):
                 yield from self.plots
                 yield self.quality_plot
                 yield self.grads
+                yield self.extra_charts
             with Vertical(id="side"):
                 yield self.preview
                 yield self.hyper
@@ -322,10 +330,29 @@ class GantuiApp(App[Outcome]):
             return True
         return time.thread_time() - self._last_view_cpu <= UI_CPU_BUDGET * elapsed
 
+    def _show_extra(self) -> None:
+        """A chart for each name a script logged that the dashboard has no panel for; the GAN
+        panels step aside while such a run logs nothing for them (a classifier)."""
+        extra = self.model.extra
+        for name in [n for n in extra if n not in self.extra_plots]:
+            color = EXTRA_COLORS[len(self.extra_plots) % len(EXTRA_COLORS)]
+            plot = MetricPlot([Line(name, extra[name], color)], classes="panel extra")
+            plot.border_title = legend_markup(plot.lines)
+            self.extra_plots[name] = plot
+            self.extra_charts.mount(plot)
+            self.extra_charts.display = True
+        if extra:
+            series = self.model.series
+            for widget, names in ((self.plots[0], ("loss_d", "loss_g")),
+                                  (self.plots[1], ("d_real", "d_fake")),
+                                  (self.grads, ("grad_g", "grad_d"))):
+                widget.display = any(len(series[n]) > series[n].nonfinite for n in names)
+
     def replot(self) -> None:
         """Hand the charts the current data version and view settings."""
         version = self.model.metrics_version
-        for plot in (*self.plots, self.quality_plot):
+        self._show_extra()
+        for plot in (*self.plots, self.quality_plot, *self.extra_plots.values()):
             plot.replot(version, self.smoothing, self.window)
         self.grads.replot(version, self.window)
         self.status.show(self.model, self.view_label())
@@ -351,6 +378,8 @@ class GantuiApp(App[Outcome]):
                 return False
             if action == "stop_run":
                 return self.attached
+            if action == "learning_rates":  # a script may have no lr_g/lr_d
+                return {"lr_g", "lr_d"} <= self.model.hyperparameters().keys()
         if action == "save":
             return isinstance(self.model.image, Preview)
         if action == "zoom":
@@ -385,7 +414,9 @@ class GantuiApp(App[Outcome]):
     def action_edit(self) -> None:
         """Open the dialog for any live hyperparameter."""
         values = {key: str(value) for key, value in self.model.hyperparameters().items()}
-        docs = {key: config_mod.field_doc(key) for key in values}
+        spec = self._script_spec()
+        docs = {key: spec[key].describe() if spec is not None and key in spec
+                else config_mod.field_doc(key) for key in values}
         self.push_screen(KeyValueModal("Live hyperparameters (applied between steps)", values,
                                        self.validate_changes, docs), self.apply_changes)
 
@@ -395,6 +426,10 @@ class GantuiApp(App[Outcome]):
         Raises:
             GantuiError: the first invalid key or value, in one line.
         """
+        spec = self._script_spec()
+        if spec is not None:  # a script's own live values (gantui.api): its own bounds
+            typed = parse_changes(spec, {key: value.strip() for key, value in raw.items()})
+            return {k: v for k, v in typed.items() if self.model.config.get(k) != v}
         typed = {key: config_mod.parse_live(key, value.strip()) for key, value in raw.items()}
         try:
             current = config_mod.from_dict(self.model.config)
@@ -402,6 +437,12 @@ class GantuiApp(App[Outcome]):
             current = config_mod.Config()
         current.replace(**typed)  # raises ConfigError on out-of-range values
         return {k: v for k, v in typed.items() if self.model.config.get(k) != v}
+
+    def _script_spec(self) -> Spec | None:
+        """The live values a script declared, None for a ``gantui train`` run."""
+        if self.model.live_spec is None:
+            return None
+        return spec_from_json(self.model.live_spec)
 
     def apply_changes(self, changes: dict[str, Any] | None) -> None:
         """Send validated changes (a dialog's result) to the trainer."""

@@ -7,6 +7,7 @@ produced, so the model can be tested and reused without a terminal.
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -17,12 +18,14 @@ from gantui.events import (
     Changed,
     Checkpointed,
     Event,
+    LiveSpec,
     Metrics,
     Note,
     Points,
     Preview,
     Quality,
     RunStarted,
+    Scalars,
     StateChanged,
     System,
 )
@@ -109,6 +112,13 @@ class RunModel:
     """Monotonic time of the last event."""
     data_note: str = ""
     """Where the run's data comes from (the run start's note), shown once in the log."""
+    extra: dict[str, Series] = field(default_factory=dict)
+    """A script's own values (:mod:`gantui.api`) by name, in the order they first came; each
+    gets a chart of its own."""
+    live_spec: dict[str, Any] | None = None
+    """The live values a script declared (``{name: [kind, low, high, *choices]}``, see
+    :mod:`gantui.live`); None for a ``gantui train`` run, whose live keys are
+    :data:`~gantui.config.LIVE_KEYS`."""
     _notes_shown: set[str] = field(default_factory=set)
 
     @property
@@ -123,7 +133,8 @@ class RunModel:
 
     def hyperparameters(self) -> dict[str, Any]:
         """Current values of every live key (missing ones as None)."""
-        return {key: self.config.get(key) for key in LIVE_KEYS}
+        keys = LIVE_KEYS if self.live_spec is None else self.live_spec
+        return {key: self.config.get(key) for key in keys}
 
     def apply(self, event: Event) -> list[LogLine]:
         """Fold ``event`` into the model; return the log lines it produced."""
@@ -142,7 +153,16 @@ class RunModel:
             self.system = event
             self.system_version += 1
             return []
+        if isinstance(event, Scalars):
+            for key, value in event.values.items():
+                self.extra.setdefault(key, Series()).append(event.step, value)
+            self.metrics_version += 1
+            return []
         self.info_version += 1
+        if isinstance(event, LiveSpec):
+            self.live_spec = dict(event.keys)
+            self.config.update(event.values)
+            return []
         if isinstance(event, RunStarted):
             return self._started(event)
         if isinstance(event, Changed):
@@ -183,8 +203,8 @@ class RunModel:
         self.data_note = event.data_note
         # A (re)start replays history from here on (a follower starting over after a journal
         # was replaced): begin the plots afresh rather than drawing points twice.
-        for series in self.series.values():  # in place: the charts hold these objects
-            series.clear()
+        for series in (*self.series.values(), *self.extra.values()):  # in place: the
+            series.clear()  # charts hold these objects
         self.metrics_version += 1
         verb = "resumed" if event.resumed else "started"
         # The data note also arrives as a Note event: not repeated here.
@@ -208,7 +228,9 @@ class RunModel:
         self.data_wait = m.data_wait
         for key in SERIES:
             self.series[key].append(m.step, getattr(m, key))
-        if self.config.get("lr_g") != m.lr_g or self.config.get("lr_d") != m.lr_d:
+        if not (math.isfinite(m.lr_g) and math.isfinite(m.lr_d)):
+            pass  # a script's record without them (NaN): its live values say more
+        elif self.config.get("lr_g") != m.lr_g or self.config.get("lr_d") != m.lr_d:
             self.config["lr_g"], self.config["lr_d"] = m.lr_g, m.lr_d
         self.metrics_version += 1
         self.info_version += 1
