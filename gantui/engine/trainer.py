@@ -25,6 +25,7 @@ from gantui.engine.data import Batches, RingBatches, make_batches, ring_modes
 from gantui.engine.distributed import SINGLE, Channel, World
 from gantui.engine.losses import d_loss, d_prob, g_loss
 from gantui.engine.models import build_encoder
+from gantui.engine.usermodel import built_digest
 from gantui.errors import GantuiError
 from gantui.quality.evaluate import Evaluator, Score
 from gantui.quality.metrics import HealthMonitor, diversity, ring_coverage
@@ -700,6 +701,7 @@ class Trainer:
             "opt_e": None if self.opt_e is None else self.opt_e.state_dict(),
             "fixed_real": None if self.fixed_real is None else self.fixed_real.cpu(),
             "quality": self.quality.state_dict(),
+            "model_source": built_digest(self.cfg),  # sha256 of a user's model file, or ""
         }
 
     def _restore(self, state: dict[str, Any]) -> None:
