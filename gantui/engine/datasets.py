@@ -93,9 +93,10 @@ class _ArraysOnly(pickle.Unpickler):
     """Unpickles plain containers and numpy arrays; refuses every other global (a pickle can
     otherwise run any code)."""
 
-    ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
-               ("numpy", "ndarray"), ("numpy", "dtype"), ("numpy.core.multiarray", "scalar"),
-               ("numpy._core.multiarray", "scalar")}
+    ALLOWED = {("numpy.core.multiarray", "_reconstruct"),
+               ("numpy._core.multiarray", "_reconstruct"), ("numpy", "ndarray"), ("numpy", "dtype"), ("numpy.core.multiarray", "scalar"),
+               ("numpy._core.multiarray", "scalar"),
+               ("_codecs", "encode")}  # bytes in a protocol-2 pickle written by Python 3
 
     def find_class(self, module: str, name: str) -> Any:
         if (module, name) in self.ALLOWED:
