@@ -90,3 +90,14 @@ def write_npz(path: Path, n: int = 48, side: int = 16, labels: bool = True,
         arrays["y"] = np.arange(n) % 4
     np.savez(path, **arrays)
     return path
+
+
+def own_data(dataset: str, tmp_path: Path) -> list[str]:
+    """``KEY=VALUE`` overrides that give a preset on these data sets toy data (and a toy
+    width to the SNGAN example); [] for the others."""
+    if dataset == "cifar10":
+        return [f"data={write_cifar10(tmp_path / 'cifar', per_batch=4)}",
+                "model_args.g_width=16", "model_args.d_width=16"]
+    if dataset == "fashion":
+        return [f"data={write_fashion(tmp_path / 'fashion', n=20)}"]
+    return []
