@@ -41,7 +41,10 @@ def main(ctx: typer.Context) -> None:
 
 
 def fail(message: object, code: int = 1) -> NoReturn:
-    """Print ``error: message`` on stderr (made printable) and exit non-zero."""
+    """Print ``error: message`` on stderr (made printable) and exit non-zero; an error in the
+    user's own model code is preceded by its traceback lines in the user's files."""
+    for line in getattr(message, "trace", ()):
+        typer.echo(safe(line, 300), err=True)
     typer.echo(f"error: {safe(message, 2000)}", err=True)
     raise typer.Exit(code)
 

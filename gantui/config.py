@@ -20,7 +20,7 @@ from gantui.text import safe, shown
 
 Arch = Literal["mlp", "dcgan"]
 Conditioning = Literal["none", "embedding", "onehot"]
-Dataset = Literal["mnist", "folder", "ring8"]
+Dataset = Literal["mnist", "folder", "ring8", "cifar10", "fashion", "array"]
 WeightInit = Literal["dcgan", "default"]
 Loss = Literal["nonsaturating", "saturating", "hinge", "lsgan"]
 LrDecay = Literal["none", "linear", "cosine"]
@@ -39,10 +39,14 @@ class Config:
 
     # --- data -------------------------------------------------------------------------------
     dataset: Dataset = "mnist"
-    """Where samples come from: ``mnist``, ``folder`` (any images, e.g. CelebA) or ``ring8``."""
+    """Where samples come from: ``mnist``, ``folder`` (any images, e.g. CelebA; conditional
+    runs read one sub-folder per class), ``ring8``, or a set already on disk: ``cifar10``
+    (``cifar-10-batches-py``), ``fashion`` (Fashion-MNIST idx files), ``array`` (one
+    ``.npy``/``.npz`` of images). Nothing is downloaded."""
     data: str = ""
-    """Data path: a torchvision MNIST root, or an image folder. Empty: MNIST uses the bundled
-    5,000-digit subset; ``folder`` requires a path."""
+    """Data path: a torchvision MNIST root, an image folder, the folder holding
+    ``cifar-10-batches-py``, a Fashion-MNIST idx folder, or a ``.npy``/``.npz`` file. Empty:
+    MNIST uses the bundled 5,000-digit subset; the others require a path."""
     image_size: int = 28
     """Side of the square training images in pixels (28, or 4·2^k such as 32 and 64)."""
     channels: int = 1
@@ -54,12 +58,23 @@ class Config:
     when one exists for this size; ``false`` decodes the files every epoch."""
 
     # --- models -----------------------------------------------------------------------------
+    model: str = ""
+    """Your own networks: a ``.py`` file or an importable module defining ``generator(cfg)``
+    and ``discriminator(cfg)`` (and ``encoder(cfg)`` with ``encoder``); empty uses ``arch``.
+    A relative file is looked up from the working directory, then beside the preset."""
+    model_args: dict[str, Any] = dataclasses.field(default_factory=dict)
+    """Free-form values for your own model (a ``[model_args]`` table in the TOML, or
+    ``--set model_args.KEY=VALUE``), read as ``cfg.model_args``; not live."""
     arch: Arch = "dcgan"
     """Network family: ``mlp`` or ``dcgan`` (strided convolutions with batch norm)."""
     conditioning: Conditioning = "none"
     """Class conditioning: ``none``, ``embedding`` (learned label embedding) or ``onehot``."""
     n_classes: int = 10
-    """Number of classes for conditional models."""
+    """Number of classes for conditional models (labelled folders and arrays: set from the
+    data when a run starts)."""
+    class_names: tuple[str, ...] = ()
+    """Names of the classes in label order, shown in previews; filled from the data when a
+    run starts (folder names, CIFAR-10's and Fashion-MNIST's own); empty shows numbers."""
     nz: int = 100
     """Latent dimension of z."""
     ngf: int = 32
@@ -184,7 +199,8 @@ class Config:
         out = {}
         for f in fields():
             value = getattr(self, f.name)
-            out[f.name] = list(value) if isinstance(value, tuple) else value
+            out[f.name] = (list(value) if isinstance(value, tuple)
+                           else dict(value) if isinstance(value, dict) else value)
         return out
 
     def replace(self, **changes: Any) -> Config:
@@ -243,7 +259,10 @@ def _type_name(tp: Any) -> str:
     if typing.get_origin(tp) is Literal:
         return " | ".join(str(a) for a in typing.get_args(tp))
     if typing.get_origin(tp) is tuple:
-        return "comma-separated integers"
+        return ("comma-separated names" if typing.get_args(tp)[0] is str
+                else "comma-separated integers")
+    if typing.get_origin(tp) is dict:
+        return "a table of names to numbers, strings or booleans"
     return getattr(tp, "__name__", str(tp))
 
 
@@ -267,6 +286,15 @@ def coerce(key: str, value: Any) -> Any:
         if str(value) not in typing.get_args(tp):
             raise bad
         return str(value)
+    if origin is dict:
+        return _model_args(value, bad)
+    if origin is tuple and typing.get_args(tp)[0] is str:
+        if isinstance(value, str):
+            value = [p.strip(" ") for p in value.split(",") if p.strip(" ")]
+        if not isinstance(value, (list, tuple)) or not all(
+                isinstance(v, str) and v and safe(v) == v and len(v) <= 100 for v in value):
+            raise bad
+        return tuple(value)
     if origin is tuple:
         if isinstance(value, str):
             parts = [p.strip(" ") for p in value.split(",") if p.strip(" ")]
@@ -310,6 +338,43 @@ def coerce(key: str, value: Any) -> Any:
             raise bad  # control characters would reach the terminal in every log line
         return value
     raise bad  # pragma: no cover - every field type is handled above
+
+
+_ARG_KEY_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}\Z", re.ASCII)
+
+
+def _model_args(value: Any, bad: ConfigError) -> dict[str, Any]:
+    """A ``model_args`` table: plain names to strings, numbers, booleans or lists of them."""
+    if not isinstance(value, dict):
+        raise bad
+    out: dict[str, Any] = {}
+    for key, item in value.items():
+        if not isinstance(key, str) or not _ARG_KEY_RE.match(key):
+            raise ConfigError(f"model_args: {shown(key)} is not a plain name (letters, digits, "
+                              f"_)")
+        if not _plain_arg(item) and not (isinstance(item, list) and len(item) <= 1024
+                                         and all(_plain_arg(v) for v in item)):
+            raise ConfigError(f"model_args.{key}: {shown(item)} is not a number, string, "
+                              f"boolean or list of them")
+        out[key] = item
+    return out
+
+
+def _plain_arg(value: Any) -> bool:
+    if isinstance(value, float):
+        return math.isfinite(value)
+    if isinstance(value, str):
+        return safe(value) == value and len(value) <= 1000
+    return isinstance(value, (bool, int))
+
+
+def arg_value(text: str) -> Any:
+    """A ``--set model_args.KEY=VALUE`` value as TOML reads it (``64``, ``0.5``, ``true``,
+    ``[1, 2]``, ``"x"``); anything else is the string itself."""
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except (tomllib.TOMLDecodeError, RecursionError):
+        return text
 
 
 def _as_int(value: Any) -> int:
@@ -406,21 +471,32 @@ def validate(cfg: Config) -> None:
                f"{key} needs 1 to 64 layer sizes, each from 1 to 65,536")
     _check(not (cfg.dataset == "ring8" and cfg.data),
            "dataset ring8 is synthesised and reads no files; drop --data")
-    if cfg.arch == "dcgan":
+    _check(not cfg.class_names or len(cfg.class_names) == cfg.n_classes,
+           f"class_names lists {len(cfg.class_names)} names for n_classes {cfg.n_classes}")
+    if cfg.arch == "dcgan" and not cfg.model:
         _check(cfg.dataset != "ring8", "dataset ring8 needs arch = mlp")
         _check(dcgan_start_size(cfg.image_size) is not None,
                f"arch dcgan needs image_size 28 or 4*2^k (8, 16, 32, 64, 128...); "
                f"got {cfg.image_size}")
     if cfg.conditional:
-        _check(cfg.dataset == "mnist", "conditional models need labelled data (dataset mnist)")
-        _check(cfg.n_classes >= 10, f"MNIST has 10 classes: n_classes must be >= 10 "
-                                    f"(got {cfg.n_classes})")
+        _check(cfg.dataset != "ring8", "conditional models need labelled data (mnist, fashion, "
+               "cifar10, a folder of class folders, or an array with labels)")
+        if cfg.dataset in TEN_CLASS_SETS:
+            _check(cfg.n_classes >= 10, f"{cfg.dataset} has 10 classes: n_classes must be "
+                                        f">= 10 (got {cfg.n_classes})")
     if cfg.encoder:
-        _check(cfg.conditional and cfg.arch == "dcgan", "encoder needs a conditional DCGAN "
-               "(arch dcgan with conditioning onehot or embedding), as ecgan-mnist")
+        _check(cfg.conditional and (cfg.arch == "dcgan" or bool(cfg.model)),
+               "encoder needs a conditional DCGAN (arch dcgan with conditioning onehot or "
+               "embedding), as ecgan-mnist, or your own model with encoder(cfg)")
+        _check(cfg.dataset != "folder", "encoder needs a data set held in memory (mnist, "
+               "fashion, cifar10, array), not an image folder")
     for key in ("recon_weight", "kl_weight"):
         _check(0 <= getattr(cfg, key) <= 1e4, f"{key} must be between 0 and 10000 "
                f"(got {_got(getattr(cfg, key))})")
+
+
+TEN_CLASS_SETS = ("mnist", "fashion", "cifar10")
+"""Data sets with 10 classes whose labels come from the set itself."""
 
 
 def dcgan_start_size(image_size: int) -> int | None:
@@ -490,6 +566,11 @@ def build(overrides: dict[str, Any], sets: list[str] | tuple[str, ...] = ()) -> 
         values[key] = coerce(key, value)
     for item in sets:
         key, value = parse_assignment(item)
+        if key.startswith("model_args."):
+            args = dict(values.get("model_args", {}))
+            args[key.split(".", 1)[1]] = arg_value(value)
+            values["model_args"] = coerce("model_args", args)
+            continue
         values[key] = coerce(key, value)
     values.update(steps_over_epochs(values, sets))
     try:
@@ -519,7 +600,26 @@ def parse_assignment(item: str) -> tuple[str, str]:
 def load(preset: str | None = None, sets: list[str] | tuple[str, ...] = ()) -> tuple[str, Config]:
     """Resolve ``preset`` (default ``dcgan-mnist``) and overrides into ``(preset_name, Config)``."""
     name, overrides = resolve_preset(preset or DEFAULT_PRESET)
-    return name, build(overrides, sets)
+    cfg = build(overrides, sets)
+    if cfg.model:
+        given = Path(preset or DEFAULT_PRESET).expanduser()
+        beside = given.parent if given.suffix == ".toml" or given.is_file() else presets_dir()
+        cfg = cfg.replace(model=model_path(cfg.model, beside))
+    return name, cfg
+
+
+def model_path(spec: str, beside: Path) -> str:
+    """A ``model`` that names a file, as an absolute path: found from the working directory,
+    else beside the preset (or its parent, where ``examples/`` sits next to ``presets/``);
+    a module name, or a file found nowhere, stays as written."""
+    if not (spec.endswith(".py") or "/" in spec or "\\" in spec):
+        return spec
+    path = Path(spec).expanduser()
+    for base in (Path.cwd(), beside, beside.parent):
+        candidate = base / path
+        if candidate.is_file():
+            return str(candidate.resolve())
+    return spec
 
 
 def from_dict(values: dict[str, Any]) -> Config:
@@ -562,6 +662,8 @@ def _toml_value(value: Any) -> str:
         return f'"{escaped}"'
     if isinstance(value, (list, tuple)):
         return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    if isinstance(value, dict):  # an inline table: keys are plain names (see _model_args)
+        return "{" + ", ".join(f"{k} = {_toml_value(v)}" for k, v in value.items()) + "}"
     raise TypeError(f"cannot write {type(value).__name__} to TOML")
 
 

@@ -16,12 +16,14 @@ import torch
 from gantui import config as config_mod
 from gantui import events as ev
 from gantui.config import Config, ConfigError
+from gantui.data import datasets
 from gantui.engine import fast
 from gantui.engine.control import Controller
 from gantui.engine.distributed import SINGLE, Channel, World
 from gantui.engine.trainer import Trainer
 from gantui.errors import GantuiError
 from gantui.files import read_toml_dict
+from gantui.models import user as usermodel
 from gantui.quality.tracker import describe, score_from_dict
 from gantui.remote import ControlServer
 from gantui.run.lock import RunBusy, RunLock
@@ -107,6 +109,35 @@ def prepare_resume(store: RunStore, sets: list[str] | tuple[str, ...] = (),
     return str(state.get("preset", "custom")), cfg, state, path
 
 
+def with_classes(cfg: Config) -> Config:
+    """A conditional run on data that names its classes (class folders, an array's labels,
+    CIFAR-10, Fashion-MNIST) takes ``n_classes`` and ``class_names`` from it.
+
+    Raises:
+        gantui.data.sources.DataError: the data is missing or unusable.
+    """
+    if not cfg.conditional:
+        return cfg
+    names = datasets.classes_of(cfg.dataset, cfg.data, cfg.conditional)
+    if names is None:
+        return cfg
+    return cfg.replace(n_classes=len(names), class_names=names)
+
+
+def model_changed(cfg: Config, state: dict[str, Any]) -> str:
+    """A warning when a user's model file differs from the one that wrote the checkpoint (its
+    weights still fit, or it would not have loaded); "" when unchanged or not recorded."""
+    recorded = state.get("model_source")
+    if not cfg.model or not isinstance(recorded, str) or not recorded:
+        return ""
+    now = usermodel.file_digest(cfg.model)
+    if now == recorded:
+        return ""
+    return (f"the model source {cfg.model} changed since this checkpoint (sha256 "
+            f"{recorded[:12]} then, {now[:12] or 'unreadable'} now); its weights still fit, "
+            f"so training continues with the new code")
+
+
 def start(cfg: Config | None, preset: str, *, runs_dir: Path = Path("runs"),
           name: str | None = None, device: str = "auto", resume: Path | None = None,
           sets: list[str] | tuple[str, ...] = (), on_nonfinite: str = "stop",
@@ -149,6 +180,7 @@ def _start(cfg: Config | None, preset: str, runs_dir: Path, name: str | None, de
         store = RunStore.open(resume)
     else:
         assert cfg is not None
+        cfg = with_classes(cfg)
         store = RunStore.create(runs_dir, name or default_run_name(preset),
                                 cfg.to_dict() | {"preset": preset}, unique=name is None)
     lock = RunLock(store.path)
@@ -180,6 +212,9 @@ def _start_locked(store: RunStore, lock: RunLock, cfg: Config | None, preset: st
         preset, cfg, resume_state, ckpt = prepare_resume(store, sets, warn=warnings.append)
         step = int(resume_state["step"])
         notes = [ev.Alert(step, "data", w) for w in warnings]
+        changed = model_changed(cfg, resume_state)
+        if changed:
+            notes.append(ev.Alert(step, "control", changed))
         notes.append(ev.Note(step, f"resuming from {ckpt} at step {step}"))
         stale = store.remove_stale_temp_files()
         if stale:

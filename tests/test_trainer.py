@@ -21,10 +21,12 @@ from .conftest import tiny
 def test_every_preset_builds_and_takes_real_steps(preset: str, runs_dir: Path,
                                                   tmp_path: Path) -> None:
     from .conftest import make_image_folder
+    from .owndata import own_data
 
     extra = []
     if config.load(preset)[1].dataset == "folder":
         extra.append(f"data={make_image_folder(tmp_path / 'imgs', n=20)}")
+    extra += own_data(config.load(preset)[1].dataset, tmp_path)
     cfg = tiny(preset, *extra)
     session = start(cfg, preset, runs_dir=runs_dir, device="cpu")
     events = follow(session, timeout=120)

@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 
 from gantui.config import Config
+from gantui.data import datasets
 from gantui.data.cache import CachedBatches, open_prepared
 from gantui.data.sources import (
     WHOLE,
@@ -16,6 +17,7 @@ from gantui.data.sources import (
     FolderBatches,
     RingBatches,
     Shard,
+    memory_batches,
     mnist_batches,
     per_rank,
 )
@@ -31,10 +33,12 @@ def make_batches(cfg: Config, device: torch.device, shard: Shard = WHOLE) -> Bat
         return RingBatches(cfg.batch_size, cfg.seed, device, shard)
     if cfg.dataset == "mnist":
         return mnist_batches(cfg, device, shard)
+    if cfg.dataset in datasets.MEMORY_SETS:
+        return memory_batches(cfg, device, shard)
     if not cfg.data:
         raise DataError("dataset 'folder' needs --data PATH: a folder of images "
                         "(e.g. CelebA's img_align_celeba)")
-    if cfg.data_cache:
+    if cfg.data_cache and not cfg.conditional:  # the cache holds no labels
         root = Path(cfg.data).expanduser()
         prepared = open_prepared(root, cfg.image_size, cfg.channels)
         if prepared is not None:

@@ -27,16 +27,13 @@ import numpy as np
 import torch
 
 from gantui.config import Config
-from gantui.errors import GantuiError
+from gantui.data import datasets
+from gantui.data.datasets import IMAGE_SUFFIXES, DataError
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff", ".ppm")
+__all__ = ["IMAGE_SUFFIXES", "DataError"]  # defined with the readers, used from here too
 RING_RADIUS = 2.0
 RING_SIGMA = 0.02
 RING_MODES = 8
-
-
-class DataError(GantuiError):
-    """Missing, empty or unusable training data."""
 
 
 class Batches(Protocol):
@@ -213,6 +210,9 @@ def fit_images(images: torch.Tensor, cfg: Config) -> torch.Tensor:
             images.float(), size=(cfg.image_size, cfg.image_size), mode="bilinear",
             antialias=True, align_corners=False)
         images = resized.round().clamp(0, 255).to(torch.uint8)
+    if images.shape[1] == 3 and cfg.channels == 1:  # ITU-R 601 luma, as PIL's "L"
+        weights = torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)
+        images = (images.float() * weights).sum(1, keepdim=True).round().to(torch.uint8)
     if images.shape[1] != cfg.channels:
         images = images.expand(-1, cfg.channels, -1, -1).contiguous()
     return images
@@ -234,6 +234,19 @@ def mnist_batches(cfg: Config, device: torch.device, shard: Shard = WHOLE) -> Te
     images = fit_images(images, cfg)
     return TensorBatches(images, labels if cfg.conditional else None, cfg.batch_size, cfg.seed,
                          device, note, shard)
+
+
+def memory_batches(cfg: Config, device: torch.device, shard: Shard = WHOLE) -> TensorBatches:
+    """CIFAR-10, Fashion-MNIST or an array, read whole and held in memory like MNIST."""
+    found = datasets.read(cfg.dataset, cfg.data)
+    if cfg.conditional and found.labels is None:
+        raise DataError(f"{cfg.data} has no labels (y) for a conditional run")
+    if cfg.conditional and int(found.labels.max()) >= cfg.n_classes:
+        raise DataError(f"{cfg.data}: labels reach {int(found.labels.max())}, beyond "
+                        f"n_classes {cfg.n_classes}")
+    images = fit_images(found.images, cfg)
+    return TensorBatches(images, found.labels if cfg.conditional else None, cfg.batch_size,
+                         cfg.seed, device, found.note, shard)
 
 
 # ---- image folders -----------------------------------------------------------------------
@@ -311,6 +324,7 @@ def collate_images(items: list[tuple[torch.Tensor | None, int, int, int]]) -> di
     return {
         "x": torch.stack(good) if good else None,
         "bad": [index for img, index, _, _ in items if img is None],
+        "good": [index for img, index, _, _ in items if img is not None],
         "epoch": items[0][2],
         "position": items[0][3],
     }
@@ -358,7 +372,20 @@ class FolderBatches:
 
     def __init__(self, cfg: Config, device: torch.device, shard: Shard = WHOLE) -> None:
         self.root = Path(cfg.data).expanduser()
-        self.files = find_images(self.root)
+        self.labels: torch.Tensor | None = None
+        """A conditional run's labels, one per file (its class folder)."""
+        loose = ""
+        if cfg.conditional:
+            found = datasets.class_folders(self.root)
+            self.files = found.files
+            self.labels = torch.from_numpy(found.labels)
+            if found.loose:
+                loose = f"; {found.loose} image(s) outside the class folders left out"
+            classes = f", {len(found.class_names)} classes ({', '.join(found.class_names[:6])}"
+            classes += ", ...)" if len(found.class_names) > 6 else ")"
+        else:
+            self.files = find_images(self.root)
+            classes = ""
         self.shard = shard
         if shard.size(len(self.files)) < cfg.batch_size:
             raise DataError(f"{self.root}: {len(self.files)} images{per_rank(shard)}, fewer "
@@ -368,8 +395,9 @@ class FolderBatches:
         self.device = device
         self.dataset = ImageFolder(self.files, cfg.image_size, cfg.channels)
         self.steps_per_epoch = shard.size(len(self.files)) // cfg.batch_size
-        self.note = (f"image folder: {len(self.files):,} images under {self.root}, "
-                     f"{cfg.image_size}x{cfg.image_size} {'RGB' if cfg.channels == 3 else 'grey'}")
+        self.note = (f"image folder: {len(self.files):,} images under {self.root}{classes}, "
+                     f"{cfg.image_size}x{cfg.image_size} {'RGB' if cfg.channels == 3 else 'grey'}"
+                     f"{loose}")
         self.data_fix = (f"Decode the folder once with `gantui prepare {self.root} --size "
                          f"{cfg.image_size}` (training then reads that cache), or raise "
                          f"num_workers (now {cfg.num_workers})")
@@ -398,7 +426,7 @@ class FolderBatches:
             generator=torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + 11))
         return iter(loader)
 
-    def next(self) -> tuple[torch.Tensor, None]:
+    def next(self) -> tuple[torch.Tensor, torch.Tensor | None]:
         if self._iter is None:
             self._iter = self._loader()
         for _ in range(self.steps_per_epoch):
@@ -410,7 +438,9 @@ class FolderBatches:
             self._state = (epoch, position)
             if batch["x"] is not None:
                 x = batch["x"].to(self.device, non_blocking=True)
-                return x.float().div_(127.5).sub_(1.0), None
+                y = (None if self.labels is None
+                     else self.labels[batch["good"]].to(self.device, non_blocking=True))
+                return x.float().div_(127.5).sub_(1.0), y
         raise DataError(f"no readable image in {self.steps_per_epoch} batches in a row (a whole "
                         f"epoch) under {self.root}; {self.skipped} unreadable files so far")
 

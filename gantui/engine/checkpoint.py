@@ -24,6 +24,7 @@ from gantui import events as ev
 from gantui.data.sources import RingBatches
 from gantui.errors import GantuiError
 from gantui.files import free_bytes
+from gantui.models import user as user_model
 from gantui.run.store import _FIELD_TYPES, CHECKPOINT_KEYS, CHECKPOINT_VERSION
 
 if TYPE_CHECKING:
@@ -143,6 +144,9 @@ FIELDS: tuple[Field, ...] = (
           "one real digit per class shown beside its reconstruction (cVAE-GAN)"),
     Field("quality", lambda t: t.evaluation.tracker.state_dict(), _restore_quality,
           "the quality tracker: best and latest score, warnings given"),
+    Field("model_source", lambda t: user_model.built_digest(t.cfg), None,
+          "sha256 of a user's model file (\"\" for the built-in models): a resume warns "
+          "when the file changed (read by the session and run/restore)"),
     Field("best", None, None, "in best.pt only: the metric and step that made it best"),
 )
 

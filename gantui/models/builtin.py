@@ -7,12 +7,14 @@ vector, ``onehot`` concatenates a one-hot code (as extra channels for convolutio
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
 from torch import nn
 
 from gantui.config import Config, dcgan_start_size
+from gantui.models import user as usermodel
 
 
 def _label_code(cfg: Config) -> tuple[nn.Module | None, int]:
@@ -180,7 +182,9 @@ class DCGANEncoder(nn.Module):
 
 
 def build_encoder(cfg: Config) -> nn.Module:
-    """E for ``cfg.encoder`` runs, initialised like G and D."""
+    """E for ``cfg.encoder`` runs, initialised like G and D (or the user's own, as built)."""
+    if cfg.model:
+        return usermodel.build_encoder(cfg)
     encoder = DCGANEncoder(cfg)
     if cfg.weight_init == "dcgan":
         encoder.apply(dcgan_init)
@@ -208,16 +212,45 @@ def dcgan_init(module: nn.Module) -> None:
 
 
 def build_models(cfg: Config) -> tuple[nn.Module, nn.Module]:
-    """Construct ``(G, D)`` for ``cfg`` on the CPU, initialised as ``cfg.weight_init`` says."""
-    if cfg.arch == "mlp":
+    """Construct ``(G, D)`` for ``cfg`` on the CPU, initialised as ``cfg.weight_init`` says.
+
+    With ``cfg.model``, the user's own G and D (their own initialisation), with spectral norm
+    and packing applied to D as for the built-in families, checked on one dry batch.
+
+    Raises:
+        gantui.models.user.UserModelError: the user's model cannot be used.
+    """
+    if cfg.model:
+        g, d = usermodel.build(cfg)
+    elif cfg.arch == "mlp":
         g, d = MLPGenerator(cfg), MLPDiscriminator(cfg)
     else:
         g, d = DCGANGenerator(cfg), DCGANDiscriminator(cfg)
-    if cfg.weight_init == "dcgan":
+    if cfg.weight_init == "dcgan" and not cfg.model:
         g.apply(dcgan_init)
         d.apply(dcgan_init)
     if cfg.spectral_norm:
         for module in list(d.modules()):
-            if isinstance(module, (nn.Conv2d, nn.Linear)):
+            if isinstance(module, SPECTRAL_LAYERS) and not _normalized(module):
                 nn.utils.parametrizations.spectral_norm(module)
+    if cfg.model:
+        if cfg.pack > 1:  # the built-in Ds pack inside forward; a user's D gets packed input
+            d.register_forward_pre_hook(functools.partial(_pack_hook, cfg.pack))
+        usermodel.dry_batch(g, d, cfg)
     return g, d
+
+
+def _pack_hook(pack: int, _module: nn.Module, args: tuple) -> tuple:
+    """PacGAN for a user's D: ``pack`` consecutive samples side by side along dim 1 before D
+    sees them (a forward pre-hook: D's weights and state dict stay its own)."""
+    return (packed(args[0], pack), *args[1:])
+
+
+SPECTRAL_LAYERS = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose2d, nn.Linear)
+"""The layers ``spectral_norm`` normalises in D."""
+
+
+def _normalized(module: nn.Module) -> bool:
+    """True when a layer already carries spectral norm (a user's D may bring its own)."""
+    return (nn.utils.parametrize.is_parametrized(module, "weight")
+            or hasattr(module, "weight_orig"))

@@ -18,6 +18,7 @@ so successive scores differ only because G did; the global RNG is never touched.
 
 from __future__ import annotations
 
+import hashlib
 import math
 import time
 from collections.abc import Callable, Iterator
@@ -28,6 +29,7 @@ import torch
 from torch import nn
 
 from gantui.config import Config
+from gantui.data import datasets
 from gantui.errors import GantuiError
 from gantui.quality import fid as fidlib
 from gantui.quality import scores
@@ -149,7 +151,8 @@ class Evaluator:
     def __init__(self, cfg: Config, device: torch.device, *, n: int | None = None,
                  fid_weights: str = "", cache_dir: Path | None = None,
                  log: Log | None = None) -> None:
-        kinds = {"ring8": "ring", "mnist": "mnist", "folder": "folder"}
+        kinds = {"ring8": "ring", "mnist": "mnist", "folder": "folder", "cifar10": "folder",
+                 "fashion": "folder", "array": "folder"}  # images: scored like a folder
         if cfg.dataset not in kinds:
             raise EvaluationError(f"no evaluation for dataset {cfg.dataset!r}")
         self.cfg = cfg
@@ -184,8 +187,11 @@ class Evaluator:
 
     def _setup_folder(self, fid_weights: str) -> None:
         self.rcfd_net = fidlib.RandomConvFeatures().to(self.device)
-        self.reference = fidlib.folder_reference(Path(self.cfg.data), self.n,
-                                                 self.cfg.image_size, self.cfg.channels)
+        if self.cfg.dataset == "folder":
+            self.reference = fidlib.folder_reference(Path(self.cfg.data), self.n,
+                                                     self.cfg.image_size, self.cfg.channels)
+        else:
+            self.reference = memory_reference(self.cfg, self.n)
         real = self.reference.images
         with torch.no_grad():
             feats = torch.cat([self.rcfd_net(fidlib.from_uint8(real[i:i + BATCH])
@@ -331,6 +337,22 @@ class Evaluator:
             values["kid"], values["kid_std"] = scores.kid(self.real_inception, fake,
                                                           subsets=100, subset_size=1000)
         return values
+
+
+def memory_reference(cfg: Config, n: int) -> fidlib.FolderReference:
+    """Up to ``n`` images spread evenly over a data set held in memory (CIFAR-10,
+    Fashion-MNIST, an array), fitted as training fits them: the reference for its scores."""
+    from gantui.data.sources import fit_images  # as _setup_mnist does
+
+    found = datasets.read(cfg.dataset, cfg.data)
+    total = len(found.images)
+    count = min(n, total)
+    picked = torch.tensor([i * total // count for i in range(count)])
+    images = fit_images(found.images[picked], cfg).contiguous()
+    digest = hashlib.sha256(images.numpy().tobytes())
+    digest.update(f"{cfg.dataset}|{total}|{cfg.image_size}|{cfg.channels}".encode())
+    return fidlib.FolderReference(root=Path(cfg.data), images=images, n_files=total,
+                                  key=digest.hexdigest()[:16])
 
 
 def _raise_shape(x: torch.Tensor, expected: str) -> None:

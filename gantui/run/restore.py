@@ -17,6 +17,7 @@ import torch
 from gantui import config as config_mod
 from gantui.config import LIVE_KEYS, Config
 from gantui.errors import GantuiError
+from gantui.models import user as usermodel
 from gantui.models.builtin import build_encoder, build_models
 from gantui.run.store import StoreError
 from gantui.text import safe
@@ -67,7 +68,7 @@ def check_fits(state: dict[str, Any], cfg: Config, optimizers: bool = True) -> N
             first = str(exc).strip().splitlines()
             detail = first[1].strip() if len(first) > 1 else first[0] if first else ""
             raise StoreError(f"its {key} weights do not fit the config "
-                             f"({safe(detail, 160)})") from None
+                             f"({safe(detail, 160)}){_changed_source(state, cfg)}") from None
         if optimizers:
             _check_optimizer(state.get(f"opt_{key.lower()}"), model, f"opt_{key.lower()}")
     ema = state.get("G_ema")
@@ -78,6 +79,16 @@ def check_fits(state: dict[str, Any], cfg: Config, optimizers: bool = True) -> N
             G.load_state_dict(ema)
         except (RuntimeError, TypeError, AttributeError):
             raise StoreError("its G_ema weights do not fit the config") from None
+
+
+def _changed_source(state: dict[str, Any], cfg: Config) -> str:
+    """A hint when the user's model file is no longer the one the checkpoint was made with."""
+    recorded = state.get("model_source")
+    if not cfg.model or not isinstance(recorded, str) or not recorded:
+        return ""
+    if recorded == usermodel.file_digest(cfg.model):
+        return ""
+    return f"; the model source {safe(cfg.model, 80)} changed since this checkpoint"
 
 
 def _check_optimizer(opt_state: Any, model: torch.nn.Module, key: str) -> None:

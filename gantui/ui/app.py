@@ -486,10 +486,12 @@ class GantuiApp(App[Outcome]):
         quality = model.quality
         shown = describe_value(quality.primary, quality.value) if quality is not None else ""
         n_classes = model.config.get("n_classes", 10)
+        names = model.config.get("class_names") or ()
         self.push_screen(ZoomScreen(
             model.image, model.run_dir,
             conditional=model.config.get("conditioning", "none") != "none",
-            n_classes=n_classes if isinstance(n_classes, int) else 10, quality=shown))
+            n_classes=n_classes if isinstance(n_classes, int) else 10, quality=shown,
+            class_names=tuple(safe(n, 40) for n in names) if isinstance(names, list) else ()))
 
     def action_smoothing(self) -> None:
         """Cycle the EMA smoothing of the plots."""

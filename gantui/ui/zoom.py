@@ -56,7 +56,8 @@ class ZoomImage(Widget):
         self._show_picture()
 
     def _gutter(self) -> int:
-        return 3 if self.labels else 0
+        """Room for the longest label (class names up to 12 characters) and a space."""
+        return min(LABEL_MAX, max(2, *map(len, self.labels))) + 1 if self.labels else 0
 
     def _show_picture(self) -> None:
         if self.slot is None:
@@ -90,12 +91,20 @@ class ZoomImage(Widget):
         return _labelled(drawn, self.labels, self.grid_rows, gutter)
 
 
+LABEL_MAX = 12
+"""Longest class label shown beside a zoomed grid (longer names are cut)."""
+
+
+def _short(label: str) -> str:
+    return label if len(label) <= LABEL_MAX else label[:LABEL_MAX - 1] + "…"
+
+
 def _picture_labels(placed: PictureFit, labels: list[str], grid_rows: int, gutter: int) -> Text:
     """The gutter beside a pixel picture: each grid row's label on the terminal row that
     holds the middle of that grid row."""
     row_px = placed.size[0] / max(1, grid_rows)
     cell_h = current_cell()[1]
-    marks = {int((k + 0.5) * row_px // cell_h): label
+    marks = {int((k + 0.5) * row_px // cell_h): _short(label)
              for k, label in enumerate(labels[:grid_rows])}
     lines = [f"{marks.get(i, ''):>{gutter - 1}} " if gutter else "" for i in range(placed.cells[1])]
     return Text("\n".join(lines), style="bold", no_wrap=True, end="")
@@ -105,7 +114,8 @@ def _labelled(drawn: HalfBlockImage, labels: list[str], grid_rows: int, gutter: 
     """Each terminal row of ``drawn`` with the label of the grid row at its middle."""
     rows = drawn.rows()
     per_row = len(rows) / max(1, grid_rows)
-    marks = {int((k + 0.5) * per_row): label for k, label in enumerate(labels[:grid_rows])}
+    marks = {int((k + 0.5) * per_row): _short(label)
+             for k, label in enumerate(labels[:grid_rows])}
     lines = []
     for i, segments in enumerate(rows):
         line = Text(f"{marks.get(i, ''):>{gutter - 1}} ", style="bold")
@@ -132,8 +142,10 @@ class ZoomScreen(ModalScreen[None]):
     """
 
     def __init__(self, current: Preview | Points | None, run_dir: str, *, conditional: bool,
-                 n_classes: int, quality: str = "") -> None:
+                 n_classes: int, quality: str = "", class_names: tuple[str, ...] = ()) -> None:
         super().__init__()
+        self.class_names = class_names
+        """The run's class names (labelled folders, CIFAR-10...); empty shows numbers."""
         self.current = current
         self.run_dir = run_dir
         self.conditional = conditional
@@ -172,7 +184,9 @@ class ZoomScreen(ModalScreen[None]):
             return [], 0
         cell = image.width / max(1, image.nrow)
         grid_rows = max(1, round(image.height / cell))
-        return [str(k) for k in range(min(self.n_classes, grid_rows))], grid_rows
+        names = self.class_names if len(self.class_names) == self.n_classes else ()
+        return [names[k] if names else str(k)
+                for k in range(min(self.n_classes, grid_rows))], grid_rows
 
     def _title(self, image: Preview | Points | None, where: str) -> str:
         if image is None:
