@@ -236,8 +236,8 @@ def from_record(record: dict[str, Any]) -> Event | None:
 
     Every field is checked against its declared type (a journal may hold anything): ints must
     be ints (not bools), floats may be any number, strings strings, ``config`` an object of
-    plain values, point lists pairs of numbers. ``old``/``new`` of a change may be any plain
-    value.
+    plain values (and tables of them, one deep), point lists pairs of numbers. ``old``/``new``
+    of a change may be any plain value.
     """
     cls = _TYPES.get(record.get("event", ""))
     if cls is None:
@@ -259,6 +259,12 @@ def from_record(record: dict[str, Any]) -> Event | None:
 _BAD = object()
 _HINTS = {cls: typing.get_type_hints(cls) for cls in _TYPES.values()}
 _PLAIN = (str, int, float, bool, type(None))
+
+
+def _plain_value(value: Any) -> bool:
+    """A plain value, or a list of them."""
+    return isinstance(value, _PLAIN) or (isinstance(value, list) and all(
+        isinstance(i, _PLAIN) for i in value))
 
 
 def _checked(hint: Any, value: Any) -> Any:
@@ -285,8 +291,9 @@ def _checked(hint: Any, value: Any) -> Any:
         if typing.get_args(hint)[1] is float:  # quality values: numbers only
             numbers = {k: _checked(float, v) for k, v in value.items()}
             return _BAD if any(v is _BAD for v in numbers.values()) else numbers
-        if not all(isinstance(v, _PLAIN) or (isinstance(v, list) and all(
-                isinstance(i, _PLAIN) for i in v)) for v in value.values()):
+        if not all(_plain_value(v) or (isinstance(v, dict) and all(  # one table deep:
+                isinstance(k, str) and _plain_value(i) for k, i in v.items()))  # model_args
+                for v in value.values()):
             return _BAD
         return value
     if typing.get_origin(hint) is tuple:  # point lists ((x, y), ...), GPU samples...

@@ -229,6 +229,7 @@ def test_sweep_ends_its_children_and_stays_resumable(tmp_path: Path,
             *(sweep_dir / n / "checkpoints" for n in names)))
     _signal_and_follow(launcher, sig, log)
     if sig != signal.SIGKILL:
+        launcher.wait(10)  # gone, perhaps not yet reaped
         assert launcher.returncode == 130, log.read_text()[-2000:]
         # after the hang-up its lines go nowhere: what the log holds is from before it
         assert "pack=2-seed=0: started" in _no_traceback(log)
@@ -264,6 +265,7 @@ def test_torchrun_launcher_ends_every_rank(tmp_path: Path, sig: signal.Signals) 
         _hang_up_and_check_it_goes_on(launcher, log, _newest_step(run_dir / "checkpoints"))
     _signal_and_follow(launcher, sig, log)
     if sig != signal.SIGKILL:
+        launcher.wait(10)  # gone, perhaps not yet reaped
         assert launcher.returncode == 0, log.read_text()[-2000:]
         _no_traceback(log)
     for path in (run_dir / "checkpoints").glob("ckpt-*.pt"):

@@ -98,7 +98,7 @@ def test_labelled_folders_train_conditionally_with_their_names(tmp_path: Path) -
     finish(session)
     trainer = session.trainer
     assert trainer.cfg.class_names == ("blue", "green", "red") and trainer.cfg.n_classes == 3
-    assert trainer.fixed_labels.tolist() == [0] * 4 + [1] * 4 + [2] * 4  # a row per class
+    assert trainer.previews.fixed_labels.tolist() == [0] * 4 + [1] * 4 + [2] * 4  # a row per class
     assert "3 classes (blue, green, red)" in trainer.batches.note
     x, y = trainer.batches.next()
     assert x.shape[1:] == (3, 16, 16) and y is not None and len(y) == len(x)
