@@ -308,14 +308,10 @@ def coerce(key: str, value: Any) -> Any:
             raise bad from None
         return out
     if tp is bool:
-        if isinstance(value, bool):
-            return value
-        text = str(value).strip().lower()
-        if text in ("1", "true", "yes", "on"):
-            return True
-        if text in ("0", "false", "no", "off"):
-            return False
-        raise bad
+        flag = parse_bool(value)
+        if flag is None:
+            raise bad
+        return flag
     if tp is int:
         try:
             return _as_int(value)
@@ -375,6 +371,19 @@ def arg_value(text: str) -> Any:
         return tomllib.loads(f"v = {text}")["v"]
     except (tomllib.TOMLDecodeError, RecursionError):
         return text
+
+
+def parse_bool(value: Any) -> bool | None:
+    """A boolean as ``--set`` takes it (``true``/``false``, ``1``/``0``, ``yes``/``no``,
+    ``on``/``off``, any case); None when ``value`` is none of them."""
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off"):
+        return False
+    return None
 
 
 def _as_int(value: Any) -> int:

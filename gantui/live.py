@@ -15,7 +15,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from gantui.config import _FLOAT_RE, ConfigError, _as_int  # the --set number grammar
+from gantui.config import _FLOAT_RE, ConfigError, _as_int, parse_bool  # the --set number grammar
 from gantui.text import safe, shown
 
 KINDS = ("float", "int", "bool", "str")
@@ -54,14 +54,10 @@ class LiveKey:
         bad = ConfigError(f"bad value {shown(value)} for {self.name}: expected "
                           f"{self.describe()}")
         if self.kind == "bool":
-            if isinstance(value, bool):
-                return value
-            text = str(value).strip().lower()
-            if text in ("1", "true", "yes", "on"):
-                return True
-            if text in ("0", "false", "no", "off"):
-                return False
-            raise bad
+            flag = parse_bool(value)
+            if flag is None:
+                raise bad
+            return flag
         if self.kind == "str":
             if not isinstance(value, str) or safe(value) != value:
                 raise bad

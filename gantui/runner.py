@@ -22,6 +22,7 @@ import time
 from collections import deque
 from pathlib import Path
 
+from gantui import procs
 from gantui.errors import GantuiError
 
 ANNOUNCE_ENV = "GANTUI_RUN_ANNOUNCE"  # the same name as gantui.api.ANNOUNCE_ENV
@@ -122,7 +123,7 @@ class _Child:
                 os.killpg(self.proc.pid, signal.SIGKILL)
         if signum == signal.SIGHUP:  # the terminal is gone: nothing more to show
             self.printing = None
-            _detach_from_terminal()
+            procs.detach_from_terminal()
         if self.app is not None:
             with contextlib.suppress(Exception):
                 self.app.exit()
@@ -180,12 +181,3 @@ class _Child:
             self.printing = True
         else:
             self.printing = False
-
-
-def _detach_from_terminal() -> None:
-    """Point stdout/stderr at /dev/null so writes to a dead terminal cannot fail."""
-    devnull = os.open(os.devnull, os.O_RDWR)
-    for fd in (1, 2):
-        with contextlib.suppress(OSError):
-            os.dup2(devnull, fd)
-    os.close(devnull)
