@@ -22,8 +22,19 @@ import time
 from collections.abc import Callable
 from typing import TextIO
 
-STALL_S = 10.0
-"""A dashboard's terminal that takes no output at all for this long has stopped reading."""
+
+def _stall_seconds() -> float:
+    """``GANTUI_STALL_S`` (seconds, > 0) where set and valid, else 10."""
+    try:
+        value = float(os.environ.get("GANTUI_STALL_S", ""))
+    except ValueError:
+        return 10.0
+    return value if 0 < value < 1e6 else 10.0
+
+
+STALL_S = _stall_seconds()
+"""A dashboard's terminal that takes no output at all for this long has stopped reading
+(10 s; ``GANTUI_STALL_S`` sets another bound, e.g. for a link that often stalls longer)."""
 STOPPING_STALL_S = 1.0
 """How long any write waits on a terminal that takes nothing once a stop is asked: the stop
 must not wait on the terminal."""
