@@ -39,6 +39,7 @@ from gantui.errors import GantuiError
 from gantui.quality import fid as fidlib
 from gantui.quality import scores
 from gantui.quality.judge import (
+    JudgeData,
     cache_root,
     labelled_data,
     load_data_judge,
@@ -205,7 +206,7 @@ class Evaluator:
                                          for i in range(0, len(real), BATCH)])
         self.real_stats = scores.gaussian_stats(self.real_feats)
 
-    def _setup_labelled(self, data, fid_weights: str) -> None:
+    def _setup_labelled(self, data: JudgeData, fid_weights: str) -> None:
         """The data's judge and its held-out images (at most :data:`REFERENCE_MAX`, fitted as
         training fits them) as the real reference, for the judge and the folder values."""
         from gantui.data.sources import fit_images  # as _setup_mnist does
