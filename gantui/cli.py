@@ -356,6 +356,7 @@ def prepare(
 ) -> None:
     """Decode an image folder once into a memory-mapped cache that training then reads.
 
+    A class-labelled folder (ROOT/<class>/...) keeps its labels for conditional runs.
     Resumable (rerun after a kill), skips unreadable files as training does; the cache lives
     under $GANTUI_CACHE (default ~/.cache/gantui) and is refused once the folder changes.
     """
@@ -372,9 +373,12 @@ def prepare(
         result = prepare_folder(data_dir, size, channels, workers=workers, progress=report)
     resumed = f", resumed at {result.resumed_at:,}" if result.resumed_at else ""
     skipped = f"; {result.unreadable:,} unreadable file(s) skipped" if result.unreadable else ""
+    names = result.class_names
+    labelled = (f"; labels of {len(names)} classes ({', '.join(names[:6])}"
+                f"{', ...' if len(names) > 6 else ''})" if names else "")
     rate = result.decoded / result.seconds if result.seconds > 0 else 0.0
     typer.echo(f"prepared {result.files:,} images ({result.decoded:,} decoded in "
-               f"{result.seconds:.1f} s, {rate:,.0f} img/s{resumed}){skipped}\n"
+               f"{result.seconds:.1f} s, {rate:,.0f} img/s{resumed}){skipped}{labelled}\n"
                f"cache: {result.path}\ntraining with --data {data_dir} --set image_size={size} "
                f"now reads it")
 
@@ -431,7 +435,7 @@ def eval_(
         False,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "cpu",
 ) -> None:
-    """Score a checkpoint: ring modes, the MNIST digit judge (FD, KID, classes...), FID."""
+    """Score a checkpoint: ring modes, the data's judge (FD, KID, classes...), FID."""
     import json
 
     if best and checkpoint is not None:

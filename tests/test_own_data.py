@@ -154,16 +154,17 @@ def test_wrong_rank_npy_and_grey_floats(tmp_path: Path) -> None:
     assert found.images.shape == (10, 1, 12, 12) and int(found.images[0, 0, 0, 0]) == 128
 
 
-def test_evaluation_scores_in_memory_data_like_a_folder(tmp_path: Path) -> None:
+def test_evaluation_scores_labelled_data_by_its_judge_and_like_a_folder(tmp_path: Path) -> None:
     root = write_cifar10(tmp_path / "c", per_batch=8)
     _, cfg = config.load("dcgan-cifar10", [f"data={root}", "ngf=8", "ndf=8"])
     from gantui.models.builtin import build_models
 
     G, _ = build_models(cfg)
     evaluator = Evaluator(cfg, torch.device("cpu"), n=20, cache_dir=tmp_path / "cache")
-    assert evaluator.kind == "folder" and len(evaluator.reference.images) == 20
+    assert evaluator.kind == "labelled" and evaluator.judge_info.size == 32
+    assert len(evaluator.reference.images) == evaluator.judge_info.n_holdout  # held-out reals
     score = evaluator.evaluate(G, step=1)
-    assert score.primary in ("fid", "rcfd") and np.isfinite(score.values["rcfd"])
+    assert score.primary == "judge_fd" and np.isfinite(score.values["rcfd"])
 
 
 def test_model_args_and_class_names_reach_config_toml_and_run_started(tmp_path: Path) -> None:

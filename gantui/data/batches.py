@@ -38,12 +38,20 @@ def make_batches(cfg: Config, device: torch.device, shard: Shard = WHOLE) -> Bat
     if not cfg.data:
         raise DataError("dataset 'folder' needs --data PATH: a folder of images "
                         "(e.g. CelebA's img_align_celeba)")
-    if cfg.data_cache and not cfg.conditional:  # the cache holds no labels
+    if cfg.data_cache:
         root = Path(cfg.data).expanduser()
         prepared = open_prepared(root, cfg.image_size, cfg.channels)
-        if prepared is not None:
-            if shard.size(len(prepared.ok)) < cfg.batch_size:
-                raise DataError(f"{root}: {len(prepared.ok)} images{per_rank(shard)}, fewer "
+        # a conditional run needs the cache's labels, for the classes the run was given
+        if prepared is not None and (not cfg.conditional or (
+                prepared.labels is not None and prepared.class_names == tuple(cfg.class_names))):
+            batches = CachedBatches(prepared, root, cfg, device, shard)
+            if shard.size(batches.n) < cfg.batch_size:
+                raise DataError(f"{root}: {batches.n} images{per_rank(shard)}, fewer "
                                 f"than batch_size {cfg.batch_size}")
-            return CachedBatches(prepared, root, cfg, device, shard)
+            return batches
+        if prepared is not None:
+            batches = FolderBatches(cfg, device, shard)
+            batches.note += (f"; its prepared cache holds no labels for these classes (rerun "
+                             f"`gantui prepare {root} --size {cfg.image_size}`)")
+            return batches
     return FolderBatches(cfg, device, shard)

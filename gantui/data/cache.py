@@ -4,7 +4,9 @@
 (:class:`~gantui.data.sources.ImageFolder`) and writes, under the cache root::
 
     images/<folder>-<hash>/<size>px-<rgb|grey>/
-        manifest.json   the folder's files (relative path, size, mtime) and the array's shape
+        manifest.json   the folder's files (relative path, size, mtime) and the array's shape;
+                        for a class-labelled folder (ROOT/<class>/...) also the class names
+                        and each file's label (-1 outside the class folders)
         images.u8       uint8 (N, C, S, S), row i = file i of the manifest
         ok.u8           one byte per file: 1 decoded, 0 unreadable (skipped, as training does)
         progress.json   how many files are done; a killed prepare resumes from here
@@ -12,7 +14,8 @@
 Training from the cache gives the same batches, bit for bit, as decoding the files (same
 pixels, same epoch permutation, same skipped files), so a run may switch between the two on
 resume. A cache whose folder gained, lost or changed files is refused: it would train on
-something else than the folder says.
+something else than the folder says. A conditional run reads the labels from the cache and
+trains on the files of the class folders alone, as decoding them would.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from gantui.data import datasets
 from gantui.data.sources import (
     WHOLE,
     DataError,
@@ -106,6 +110,11 @@ class Prepared:
     """uint8 (N, C, S, S), memory-mapped read-only."""
     ok: np.ndarray
     """bool (N,): False for files that could not be decoded."""
+    labels: np.ndarray | None = None
+    """int64 (N,): each file's class, -1 outside the class folders; None when the folder
+    is not class-labelled (or was prepared before labels were cached)."""
+    class_names: tuple[str, ...] = ()
+    """The classes in label order (empty without labels)."""
 
     @property
     def unreadable(self) -> int:
@@ -162,7 +171,31 @@ def open_prepared(root: Path, size: int, channels: int, files: Listing | None = 
     if ok.shape != (n,):
         raise DataError(f"the image cache {where} is damaged (ok.u8 holds {len(ok)} entries, "
                         f"expected {n}); {redo}")
-    return Prepared(where, images, ok.astype(bool))
+    labels, names = _read_labels(manifest, n)
+    return Prepared(where, images, ok.astype(bool), labels, names)
+
+
+def _labels_of(root: Path, files: Listing) -> dict[str, Any]:
+    """``{"classes": [...], "labels": [...]}`` for the manifest of a class-labelled folder
+    (labels as :func:`~gantui.data.datasets.class_folders` gives them, -1 for other files);
+    ``{}`` when the folder is not one."""
+    try:
+        found = datasets.class_folders(root)
+    except DataError:
+        return {}
+    label_of = {path.relative_to(root).as_posix(): int(label)
+                for path, label in zip(found.files, found.labels, strict=True)}
+    return {"classes": list(found.class_names),
+            "labels": [label_of.get(name, -1) for name, _, _ in files]}
+
+
+def _read_labels(manifest: dict[str, Any], n: int) -> tuple[np.ndarray | None, tuple[str, ...]]:
+    names, labels = manifest.get("classes"), manifest.get("labels")
+    if not (isinstance(names, list) and isinstance(labels, list) and len(labels) == n
+            and len(names) >= 2 and all(isinstance(c, str) for c in names)
+            and all(type(v) is int and -1 <= v < len(names) for v in labels)):
+        return None, ()
+    return np.asarray(labels, dtype=np.int64), tuple(names)
 
 
 # ---- gantui prepare --------------------------------------------------------------------------
@@ -180,6 +213,8 @@ class PrepareResult:
     seconds: float
     resumed_at: int
     """Files already done when this call started."""
+    class_names: tuple[str, ...] = ()
+    """The classes of a class-labelled folder, whose labels the cache holds."""
 
 
 def _tagged(items: list) -> list:
@@ -224,7 +259,7 @@ def prepare(root: Path, size: int, channels: int = 3, *, workers: int = 2,
     lock = _lock(where)
     try:
         manifest = {"version": CACHE_VERSION, "root": str(root.resolve()), "shape": list(shape),
-                    "files": [list(f) for f in files]}
+                    "files": [list(f) for f in files], **_labels_of(root, files)}
         old = read_json_dict(where / "manifest.json")
         progress_record = read_json_dict(where / "progress.json") or {}
         done = progress_record.get("done")
@@ -246,6 +281,9 @@ def prepare(root: Path, size: int, channels: int = 3, *, workers: int = 2,
             np.zeros(n, dtype=np.uint8).tofile(where / "ok.u8")
             atomic_write_bytes(where / "manifest.json", json.dumps(manifest).encode())
             _write_progress(where, 0)
+        elif (old.get("classes"), old.get("labels")) != (manifest.get("classes"),
+                                                         manifest.get("labels")):
+            atomic_write_bytes(where / "manifest.json", json.dumps(manifest).encode())
         resumed_at = done
         images = np.memmap(where / "images.u8", dtype=np.uint8, mode="r+", shape=shape)
         ok = np.memmap(where / "ok.u8", dtype=np.uint8, mode="r+", shape=(n,))
@@ -273,11 +311,54 @@ def prepare(root: Path, size: int, channels: int = 3, *, workers: int = 2,
     finally:
         lock.close()
     return PrepareResult(where, n, n - resumed_at, unreadable, time.perf_counter() - started,
-                         resumed_at)
+                         resumed_at, tuple(manifest.get("classes", ())))
 
 
 def _write_progress(where: Path, done: int) -> None:
     atomic_write_bytes(where / "progress.json", json.dumps({"done": done}).encode())
+
+
+# ---- a labelled folder in memory -------------------------------------------------------------
+
+def labelled_folder(root: Path, size: int, channels: int, *, workers: int = 0,
+                    use_cache: bool = True) -> datasets.Labelled:
+    """The readable images of a class-labelled folder (``ROOT/<class>/...``) and their labels,
+    decoded as training decodes them: from the prepared cache when it holds them, else from
+    the files (unreadable ones left out).
+
+    Raises:
+        DataError: not a class-labelled folder, or no readable image in it.
+    """
+    root = Path(root).expanduser()
+    found = datasets.class_folders(root)
+    prepared = None
+    if use_cache:
+        try:
+            prepared = open_prepared(root, size, channels)
+        except DataError:  # stale or damaged: decode the files instead
+            prepared = None
+    if (prepared is not None and prepared.labels is not None
+            and prepared.class_names == found.class_names):
+        rows = np.flatnonzero((prepared.labels >= 0) & prepared.ok)
+        images = torch.from_numpy(np.asarray(prepared.images[rows]))
+        labels = torch.from_numpy(prepared.labels[rows])
+        where = f"the prepared cache {prepared.path}"
+    else:
+        dataset = ImageFolder(found.files, size, channels)
+        loader = torch.utils.data.DataLoader(
+            dataset, sampler=[(i, 0, 0) for i in range(len(found.files))], batch_size=CHUNK,
+            num_workers=workers, collate_fn=_tagged,
+            worker_init_fn=worker_init_fn if workers else None)
+        decoded = [(image, index) for chunk in loader for image, index in chunk
+                   if image is not None]
+        if not decoded:
+            raise DataError(f"no readable images in the class folders of {root}")
+        images = torch.stack([image for image, _ in decoded])
+        labels = torch.from_numpy(found.labels[[index for _, index in decoded]])
+        where = "its files"
+    return datasets.Labelled(images, labels, found.class_names,
+                             f"{len(images):,} images of {len(found.class_names)} classes under "
+                             f"{root} ({size}px, from {where})")
 
 
 # ---- training from the cache -------------------------------------------------------------
@@ -286,7 +367,11 @@ class CachedBatches:
     """Batches gathered from a prepared cache by a reader thread, ahead of the trainer.
 
     The same batches as :class:`~gantui.data.sources.FolderBatches` over the same folder: the
-    same epoch permutation, unreadable files dropped from their batch the same way.
+    same epoch permutation, unreadable files dropped from their batch the same way; for a
+    conditional run, over the files of the class folders, with their labels.
+
+    Raises:
+        DataError: a conditional run on a cache without labels.
     """
 
     def __init__(self, prepared: Prepared, root: Path, cfg: Any, device: torch.device,
@@ -297,12 +382,23 @@ class CachedBatches:
         self.batch_size = cfg.batch_size
         self.seed = cfg.seed
         self.device = device
-        self.n = len(prepared.ok)
+        self.rows: np.ndarray | None = None
+        """A conditional run's cache rows (the files of the class folders), in label order."""
+        classes = ""
+        if cfg.conditional:
+            if prepared.labels is None:
+                raise DataError(f"the image cache {prepared.path} holds no labels; rerun "
+                                f"`gantui prepare {root} --size {cfg.image_size}`")
+            self.rows = np.flatnonzero(prepared.labels >= 0)
+            names = prepared.class_names
+            classes = f", {len(names)} classes ({', '.join(names[:6])}"
+            classes += ", ...)" if len(names) > 6 else ")"
+        self.n = len(prepared.ok) if self.rows is None else len(self.rows)
         self.steps_per_epoch = shard.size(self.n) // cfg.batch_size
         kind = "RGB" if cfg.channels == 3 else "grey"
         skipped = (f"; {prepared.unreadable:,} unreadable file(s) skipped"
                    if prepared.unreadable else "")
-        self.note = (f"image folder: {self.n:,} images under {root}, {cfg.image_size}x"
+        self.note = (f"image folder: {self.n:,} images under {root}{classes}, {cfg.image_size}x"
                      f"{cfg.image_size} {kind}, from the prepared cache {prepared.path}"
                      f"{skipped}")
         self.data_fix = ("The cache is read ahead by one thread; keep it on a local disk with "
@@ -317,26 +413,31 @@ class CachedBatches:
         return len(self.bad)
 
     def gather(self, epoch: int, position: int, perm: np.ndarray
-               ) -> tuple[torch.Tensor | None, list[int]]:
-        """The uint8 images (and skipped indices) of batch ``position`` of ``epoch``."""
+               ) -> tuple[torch.Tensor | None, torch.Tensor | None, list[int]]:
+        """The uint8 images, their labels (conditional runs) and the skipped file indices of
+        batch ``position`` of ``epoch``."""
         idx = perm[position * self.batch_size:(position + 1) * self.batch_size]
-        ok = self.prepared.ok[idx]
-        good = idx[ok]
+        rows = idx if self.rows is None else self.rows[idx]
+        ok = self.prepared.ok[rows]
+        good = rows[ok]
         x = torch.from_numpy(np.asarray(self.prepared.images[good])) if len(good) else None
         if x is not None and self.device.type == "cuda":
             x = x.pin_memory()
-        return x, idx[~ok].tolist()
+        y = (torch.from_numpy(self.prepared.labels[good])
+             if self.rows is not None and x is not None else None)
+        return x, y, idx[~ok].tolist()
 
-    def next(self) -> tuple[torch.Tensor, None]:
+    def next(self) -> tuple[torch.Tensor, torch.Tensor | None]:
         if self._reader is None:
             self._reader = _Reader(self, self._state)
         for _ in range(self.steps_per_epoch):
-            x, bad, state = self._reader.get()
+            x, y, bad, state = self._reader.get()
             self.bad.update(bad)
             self._state = state
             if x is not None:
                 x = x.to(self.device, non_blocking=True)
-                return x.float().div_(127.5).sub_(1.0), None
+                y = y.to(self.device, non_blocking=True) if y is not None else None
+                return x.float().div_(127.5).sub_(1.0), y
         raise DataError(f"no readable image in {self.steps_per_epoch} batches in a row (a whole "
                         f"epoch) in the cache of {self.root}")
 
@@ -374,10 +475,10 @@ class _Reader:
             while not self._stop.is_set():
                 perm = epoch_permutation(batches.n, batches.seed, epoch, batches.shard).numpy()
                 for pos in range(position, batches.steps_per_epoch):
-                    x, bad = batches.gather(epoch, pos, perm)
+                    x, y, bad = batches.gather(epoch, pos, perm)
                     after = (epoch, pos + 1) if pos + 1 < batches.steps_per_epoch else (
                         epoch + 1, 0)
-                    if not self._put((x, bad, after)):
+                    if not self._put((x, y, bad, after)):
                         return
                 epoch, position = epoch + 1, 0
         except BaseException as exc:  # noqa: BLE001 - handed to the trainer's thread
@@ -392,7 +493,8 @@ class _Reader:
                 continue
         return False
 
-    def get(self) -> tuple[torch.Tensor | None, list[int], tuple[int, int]]:
+    def get(self) -> tuple[torch.Tensor | None, torch.Tensor | None, list[int],
+                           tuple[int, int]]:
         item = self._queue.get()
         if isinstance(item, BaseException):
             raise DataError(f"reading the image cache failed: {item}") from item

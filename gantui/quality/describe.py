@@ -12,12 +12,12 @@ PERCENT = frozenset({"hq", "cond_acc", "recon_acc", "precision", "recall", "cove
 DESCRIPTIONS = {
     "modes": "ring modes covered (of 8)",
     "hq": "high-quality samples (within 3 sigma of a mode)",
-    "judge_fd": "Frechet distance on the digit judge's features",
+    "judge_fd": "Frechet distance on the judge's features (the digit judge's for MNIST)",
     "kid": "kernel distance on the judge's features",
     "kid_std": "its standard deviation over subsets",
-    "is": "classifier score (MNIST 'inception score', at most 10)",
+    "is": "classifier score (the judge's 'inception score', at most the number of classes)",
     "classes": "classes present (>= 1% of samples)",
-    "class_entropy": "class-histogram entropy (at most ln 10 = 2.303)",
+    "class_entropy": "class-histogram entropy (at most ln of the classes; ln 10 = 2.303)",
     "precision": "precision (k=5): samples on the real manifold",
     "recall": "recall (k=5): real data covered by samples",
     "density": "density (k=5)",
@@ -26,7 +26,10 @@ DESCRIPTIONS = {
     "recon_l1": "reconstruction error |G(E(x), y) - x| per pixel ([-1, 1] scale), held-out",
     "recon_acc": "the judge's class of the reconstruction G(E(x), y) is y",
     "judge_acc": "the judge's own held-out accuracy (the yardstick)",
+    "judge_floor": "the judge's floor: judge_fd of held-out real vs training real images",
     "fid": "FID (Inception, torch-fidelity)",
+    "fid_kid": "kernel distance on Inception features (labelled data, beside the judge's)",
+    "fid_kid_std": "its standard deviation over subsets",
     "rcfd": "random-conv Frechet distance: a proxy for trends and collapse only",
 }
 """What each value measures, for ``gantui eval``'s table."""
@@ -40,7 +43,7 @@ def format_value(metric: str, value: float) -> str:
         return f"{value:g}"
     if metric in PERCENT:
         return f"{value:.1%}"
-    if metric in ("kid", "kid_std"):
+    if metric in ("kid", "kid_std", "fid_kid", "fid_kid_std"):
         return f"{value:.2e}"
     return f"{value:.4g}"
 

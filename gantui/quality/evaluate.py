@@ -8,7 +8,12 @@ generator every so often. What is measured depends on the data:
 * ``mnist``: 5,000 generated digits scored by the digit judge (:mod:`gantui.quality.judge`)
   against its held-out real digits: ``judge_fd`` (primary), ``kid``, ``is``, ``classes``,
   ``class_entropy``, ``precision``/``recall``/``density``/``coverage``, and ``cond_acc`` for
-  conditional models; ``judge_acc`` records the yardstick's own accuracy.
+  conditional models; ``judge_acc`` and ``judge_floor`` record the yardstick's own accuracy
+  and floor (held-out real against training real digits).
+* ``labelled`` (CIFAR-10, Fashion-MNIST, a labelled array, the class folders of a conditional
+  folder run): the same values, from 2,000 generated images, by the data's own judge
+  (:func:`gantui.quality.judge.load_data_judge`), plus the folder values below on its held-out
+  images.
 * ``folder``: ``rcfd`` always; ``fid`` and ``kid`` when torch-fidelity and Inception weights
   are available (:mod:`gantui.quality.fid`), from 2,000 generated vs 2,000 real images.
 
@@ -33,24 +38,34 @@ from gantui.data import datasets
 from gantui.errors import GantuiError
 from gantui.quality import fid as fidlib
 from gantui.quality import scores
-from gantui.quality.judge import cache_root, load_judge, to_unit
+from gantui.quality.judge import (
+    JudgeData,
+    cache_root,
+    labelled_data,
+    load_data_judge,
+    load_judge,
+    to_unit,
+)
 
 Log = Callable[[str], None]
 RECON_N = 1000
 """Held-out digits an encoder run's reconstructions are scored on."""
 
-DEFAULT_N = {"ring": 2500, "mnist": 5000, "folder": 2000}
+DEFAULT_N = {"ring": 2500, "mnist": 5000, "labelled": 2000, "folder": 2000}
 """Generated samples per evaluation (and, for folders, real reference images)."""
 BATCH = 500
 """Samples generated per forward pass."""
 PRDC_K = 5
 """Neighbourhood size of precision, recall, density and coverage."""
+REFERENCE_MAX = 5000
+"""Held-out real images a labelled run's scores compare with, at most (spread evenly)."""
 HIGHER_IS_BETTER = {
     "modes": True, "hq": True, "cond_acc": True, "recon_acc": True, "recon_l1": False,
     "is": True, "classes": True,
     "class_entropy": True, "precision": True, "recall": True, "density": True,
-    "coverage": True, "judge_acc": True,
+    "coverage": True, "judge_acc": True, "judge_floor": False,
     "judge_fd": False, "kid": False, "kid_std": False, "fid": False, "rcfd": False,
+    "fid_kid": False, "fid_kid_std": False,
 }
 """Which way each value improves (for displays; :func:`primary_order` decides "better")."""
 
@@ -81,12 +96,13 @@ def primary_order(kind: str, conditional: bool) -> list[tuple[str, bool]]:
     """
     if kind == "ring":
         return [("modes", True), ("hq", True)]
-    if kind == "mnist":
+    if kind in ("mnist", "labelled"):
         return [("cond_acc", True), ("judge_fd", False)] if conditional else [
             ("judge_fd", False)]
     if kind == "folder":
         return [("fid", False), ("rcfd", False)]
-    raise EvaluationError(f"unknown evaluation kind {kind!r} (expected ring, mnist or folder)")
+    raise EvaluationError(f"unknown evaluation kind {kind!r} (expected ring, mnist, labelled "
+                          f"or folder)")
 
 
 def _order_of(score: Score) -> list[tuple[str, bool]]:
@@ -146,7 +162,7 @@ class Evaluator:
     """
 
     kind: str
-    """``ring``, ``mnist`` or ``folder``."""
+    """``ring``, ``mnist``, ``labelled`` or ``folder``."""
 
     def __init__(self, cfg: Config, device: torch.device, *, n: int | None = None,
                  fid_weights: str = "", cache_dir: Path | None = None,
@@ -158,14 +174,19 @@ class Evaluator:
         self.cfg = cfg
         self.device = torch.device(device)
         self.kind = kinds[cfg.dataset]
+        self.log: Log = log or (lambda _message: None)
+        self.cache_dir = cache_root(cache_dir)
+        data = labelled_data(cfg) if self.kind == "folder" else None
+        if data is not None:
+            self.kind = "labelled"
         self.n = DEFAULT_N[self.kind] if n is None else n
         if self.n < 10:
             raise EvaluationError(f"evaluation needs n >= 10 samples (got {self.n})")
-        self.log: Log = log or (lambda _message: None)
-        self.cache_dir = cache_root(cache_dir)
         self.order = primary_order(self.kind, cfg.conditional)
         if self.kind == "mnist":
             self._setup_mnist()
+        elif self.kind == "labelled":
+            self._setup_labelled(data, fid_weights)
         elif self.kind == "folder":
             self._setup_folder(fid_weights)
 
@@ -185,9 +206,36 @@ class Evaluator:
                                          for i in range(0, len(real), BATCH)])
         self.real_stats = scores.gaussian_stats(self.real_feats)
 
-    def _setup_folder(self, fid_weights: str) -> None:
+    def _setup_labelled(self, data: JudgeData, fid_weights: str) -> None:
+        """The data's judge and its held-out images (at most :data:`REFERENCE_MAX`, fitted as
+        training fits them) as the real reference, for the judge and the folder values."""
+        from gantui.data.sources import fit_images  # as _setup_mnist does
+
+        judge, self.judge_info, held_images, held_labels = load_data_judge(
+            data, self.cache_dir, self.log, device=self.device)
+        self.judge = judge.to(self.device).eval()
+        count = min(len(held_labels), REFERENCE_MAX)
+        picked = torch.tensor([i * len(held_labels) // count for i in range(count)])
+        fitted = fit_images(held_images[picked], self.cfg).contiguous()
+        real = to_unit(fitted)
+        self.held_real, self.held_labels = real[:RECON_N], held_labels[picked][:RECON_N].long()
+        with torch.no_grad():
+            self.real_feats = torch.cat([self.judge.features(real[i:i + BATCH].to(self.device))
+                                         for i in range(0, len(real), BATCH)])
+        self.real_stats = scores.gaussian_stats(self.real_feats)
+        digest = hashlib.sha256(fitted.numpy().tobytes())
+        digest.update(f"{self.cfg.dataset}|held-out|{self.cfg.image_size}|"
+                      f"{self.cfg.channels}".encode())
+        self._setup_folder(fid_weights, fidlib.FolderReference(
+            root=Path(self.cfg.data), images=fitted, n_files=len(data.labels),
+            key=digest.hexdigest()[:16]))
+
+    def _setup_folder(self, fid_weights: str,
+                      reference: fidlib.FolderReference | None = None) -> None:
         self.rcfd_net = fidlib.RandomConvFeatures().to(self.device)
-        if self.cfg.dataset == "folder":
+        if reference is not None:
+            self.reference = reference
+        elif self.cfg.dataset == "folder":
             self.reference = fidlib.folder_reference(Path(self.cfg.data), self.n,
                                                      self.cfg.image_size, self.cfg.channels)
         else:
@@ -215,8 +263,9 @@ class Evaluator:
 
     @property
     def has_fid(self) -> bool:
-        """True when folder evaluations include Inception ``fid`` and ``kid``."""
-        return self.kind == "folder" and self.inception is not None
+        """True when folder (and labelled) evaluations include Inception ``fid`` and
+        ``kid`` (a labelled run's ``kid`` is the judge's; Inception's is ``fid_kid``)."""
+        return self.kind in ("folder", "labelled") and self.inception is not None
 
     # ---- evaluation -----------------------------------------------------------------------
 
@@ -253,8 +302,8 @@ class Evaluator:
             with torch.no_grad():
                 if self.kind == "ring":
                     values = self._ring(G)
-                elif self.kind == "mnist":
-                    values = self._mnist(G)
+                elif self.kind in ("mnist", "labelled"):
+                    values = self._mnist(G) if self.kind == "mnist" else self._labelled(G)
                     if encoder is not None:
                         values.update(self._reconstruction(G, encoder))
                 else:
@@ -284,8 +333,11 @@ class Evaluator:
             logits.append(lg)
             if y is not None:
                 labels.append(y)
-        fake = torch.cat(feats)
-        logits = torch.cat(logits)
+        return self._judged(torch.cat(feats), torch.cat(logits), labels)
+
+    def _judged(self, fake: torch.Tensor, logits: torch.Tensor,
+                labels: list[torch.Tensor]) -> dict[str, float]:
+        """The judge's values from generated features, logits and asked-for labels."""
         pred = logits.argmax(dim=1)
         kid_mean, kid_std = scores.kid(self.real_feats, fake)
         present, entropy = scores.class_histogram(pred, logits.shape[1])
@@ -299,9 +351,34 @@ class Evaluator:
             **scores.prdc(self.real_feats, fake, k=PRDC_K),
             "judge_acc": self.judge_info.accuracy,
         }
+        if math.isfinite(self.judge_info.floor):
+            values["judge_floor"] = self.judge_info.floor
         if labels:
             values["cond_acc"] = scores.conditional_accuracy(pred, torch.cat(labels))
         return values
+
+    def _labelled(self, G: nn.Module) -> dict[str, float]:
+        """The judge's values and the folder values from one pass of G."""
+        feats, logits, labels, rcfd, incep = [], [], [], [], []
+        shape = (self.cfg.channels, self.cfg.image_size, self.cfg.image_size)
+        for x, y in self._batches(G):
+            if x.ndim != 4 or x.shape[1:] != shape:
+                _raise_shape(x, f"(N, {', '.join(map(str, shape))})")
+            x = torch.nan_to_num(x)
+            f, lg = self.judge.features_and_logits(x.clamp(-1, 1))
+            feats.append(f)
+            logits.append(lg)
+            if y is not None:
+                labels.append(y)
+            images = fidlib.to_uint8(x)
+            rcfd.append(self.rcfd_net(fidlib.from_uint8(images)))
+            if self.inception is not None:
+                incep.append(fidlib.inception_features(self.inception, images))
+        values = self._judged(torch.cat(feats), torch.cat(logits), labels)
+        folder = self._folder_values(rcfd, incep)
+        if "kid" in folder:  # Inception's, beside the judge's kid
+            folder["fid_kid"], folder["fid_kid_std"] = folder.pop("kid"), folder.pop("kid_std")
+        return {**values, **folder}
 
     def _reconstruction(self, G: nn.Module, encoder: nn.Module) -> dict[str, float]:
         """``recon_l1``: mean |G(mu(E(x)), y) - x| per pixel on the [-1, 1] scale over
@@ -327,6 +404,11 @@ class Evaluator:
             rcfd.append(self.rcfd_net(fidlib.from_uint8(images)))
             if self.inception is not None:
                 incep.append(fidlib.inception_features(self.inception, images))
+        return self._folder_values(rcfd, incep)
+
+    def _folder_values(self, rcfd: list[torch.Tensor], incep: list[torch.Tensor]
+                       ) -> dict[str, float]:
+        """``rcfd``, and ``fid``/``kid`` when Inception features were taken."""
         values = {"rcfd": scores.frechet_from_stats(*self.rcfd_stats,
                                                     *scores.gaussian_stats(torch.cat(rcfd)))}
         if incep:
