@@ -60,7 +60,7 @@ def run_script(script: Path, args: list[str], *, dashboard: bool, out=None) -> i
         with procs.on_stop_signals(follower.on_signal):
             if dashboard:
                 follower.dashboard(script)
-            code = _wait(proc, follower.signalled)
+            code = procs.wait_after_stop(proc, follower.signalled)
     finally:
         proc.end()  # leaving abnormally (an error here): the script must not outlive us
         shutil.rmtree(folder, ignore_errors=True)
@@ -71,17 +71,6 @@ def run_script(script: Path, args: list[str], *, dashboard: bool, out=None) -> i
     if code < 0 and follower.signalled:  # killed by our second signal
         return 128 - code
     return code
-
-
-def _wait(proc: procs.Child, signalled: list[int]) -> int:
-    """The script's exit code; one still running :data:`gantui.procs.GRACE_S` after the first
-    stop signal is killed (its checkpoints on disk are whole: writes are atomic)."""
-    while True:
-        try:
-            return proc.wait(0.2 if not signalled else procs.GRACE_S)
-        except subprocess.TimeoutExpired:
-            if signalled:
-                return proc.end(0, signal.SIGKILL)
 
 
 class _Child:
@@ -206,10 +195,12 @@ def _script_main(argv: list[str]) -> None:
             # gantui.api refused to open the run (its directory taken, say): one line
             print(f"gantui: {Path(script).name}: {exc}", file=sys.stderr, flush=True)
         else:  # what python SCRIPT prints, without this module's and runpy's frames
-            tb = exc.__traceback__
-            while tb is not None and tb.tb_frame.f_code.co_filename != script:
+            tb, own = exc.__traceback__, {script, os.path.abspath(script)}
+            while tb is not None and tb.tb_frame.f_code.co_filename not in own:
                 tb = tb.tb_next
-            sys.excepthook(type(exc), exc, tb or exc.__traceback__)
+            if tb is not None:
+                exc.__traceback__ = tb  # the hook prints the exception's own traceback
+            sys.excepthook(type(exc), exc, exc.__traceback__)
         raise SystemExit(130 if isinstance(exc, KeyboardInterrupt) else 1) from None
 
 

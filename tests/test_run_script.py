@@ -14,6 +14,7 @@ import subprocess
 import sys
 import termios
 import textwrap
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -229,7 +230,7 @@ def test_a_script_that_raises_under_gantui_run_reads_as_error(tmp_path: Path) ->
     assert "runpy" not in out.stdout and "gantui/runner.py" not in out.stdout
     run_dir = tmp_path / "runs" / "boom"
     assert state_of(run_dir) == "error"
-    assert RunStore.open(run_dir).metrics()[-1]["step"] == 5  # what was logged is kept
+    assert RunStore.open(run_dir).metrics()[-1]["step"] == 7  # what was logged is kept
 
 
 def test_two_scripts_on_one_run_and_ctl_set_lists_the_scripts_live_values(
@@ -266,3 +267,37 @@ def test_two_scripts_on_one_run_and_ctl_set_lists_the_scripts_live_values(
     assert state_of(run_dir) == "stopped"
     starts = [r for r in RunStore.open(run_dir).events() if r["event"] == "start"]
     assert len(starts) == 1  # the refused scripts wrote nothing into it
+
+
+def test_a_script_that_logs_plain_numbers_starts_without_torch() -> None:
+    """gantui.api loads torch only to read tensors, save images or checkpoints with it."""
+    code = "import sys, gantui.api; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, env=ENV)
+    assert out.stdout.strip() == "False"
+
+
+def test_a_launchers_wait_gives_a_stopping_child_its_grace() -> None:
+    """A stop signal that lands while the launcher waits: the child gets its grace to finish
+    (here it takes half a second after SIGTERM) instead of a SIGKILL at the next poll."""
+    from gantui import procs as procs_mod
+
+    code = ("import signal, sys, time\n"
+            "signal.signal(signal.SIGTERM, lambda *a: (time.sleep(0.5), sys.exit(7)))\n"
+            "print('ready', flush=True)\n"
+            "time.sleep(60)\n")
+    child = procs_mod.Child([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    assert child.stdout.readline() == "ready\n"
+    signalled: list[int] = []
+
+    def stop() -> None:  # what a launcher's signal handler does, mid-wait
+        signalled.append(signal.SIGTERM)
+        child.send_signal(signal.SIGTERM)
+
+    timer = threading.Timer(0.3, stop)
+    timer.start()
+    try:
+        assert procs_mod.wait_after_stop(child, signalled, grace=30) == 7
+    finally:
+        timer.cancel()
+        child.end(0, signal.SIGKILL)
