@@ -619,7 +619,7 @@ def ctl(
 ) -> None:
     """Send a command to a live run and print its acknowledgement."""
     from gantui import config
-    from gantui.remote import CTL_ACTIONS, check_changes, request
+    from gantui.remote import CTL_ACTIONS, check_changes, describe_live_keys, request
 
     if action not in CTL_ACTIONS:
         fail(f"unknown action {action!r}; expected {', '.join(CTL_ACTIONS)}")
@@ -627,8 +627,10 @@ def ctl(
     with one_line(run_dir):
         if action == "set":
             if not assignments:
-                fail("set needs KEY=VALUE pairs, e.g. gantui ctl RUN set lr_g=1e-4; live keys: "
-                     + ", ".join(config.LIVE_KEYS))
+                keys = describe_live_keys(run_dir)  # the script's own, or the trainer's
+                fail("set needs KEY=VALUE pairs, e.g. gantui ctl RUN set "
+                     + (f"{keys[0].split()[0]}=VALUE; live keys: {', '.join(keys)}" if keys
+                        else "KEY=VALUE; this run's script declares no live values"))
             changes = dict(config.parse_assignment(item) for item in assignments)
             check_changes(run_dir, changes)  # the script's own live values, or the trainer's
             message["changes"] = changes

@@ -334,7 +334,7 @@ def launch(nproc: int, train_args: list[str], run_dir: Path, *, dashboard: bool,
                     print(f"the run goes on in the background ({nproc} ranks, pid "
                           f"{proc.pid}): gantui watch {run_dir}", file=out)
                     return 0
-            code = _wait(proc, signalled)
+            code = procs.wait_after_stop(proc, signalled)
     finally:
         if not left:  # any rank still there (torchrun itself killed, an error here) ends
             proc.end()
@@ -349,17 +349,6 @@ def launch(nproc: int, train_args: list[str], run_dir: Path, *, dashboard: bool,
                 if any((run_dir / "checkpoints").glob("ckpt-*.pt")) else "")
         print(f"gantui: {filt.summary(code)}{kept}", file=sys.stderr)
     return code
-
-
-def _wait(proc: procs.Child, signalled: list[int]) -> int:
-    """torchrun's exit code; a launch still running :data:`gantui.procs.GRACE_S` after the
-    first stop signal is killed (its checkpoints on disk are whole: writes are atomic)."""
-    while True:
-        try:
-            return proc.wait(0.2 if not signalled else procs.GRACE_S)
-        except subprocess.TimeoutExpired:
-            if signalled:
-                return proc.end(0, signal.SIGKILL)
 
 
 def _ask_stop(run_dir: Path) -> bool:

@@ -153,6 +153,22 @@ def end_all(children: list[Child], grace: float = GRACE_S, sig: int = signal.SIG
             child.wait()
 
 
+def wait_after_stop(child: Child, signalled: list[int], grace: float = GRACE_S) -> int:
+    """A launcher's wait on ``child``: its exit code. ``signalled`` is the list a stop-signal
+    handler appends to; ``grace`` seconds after the first stop signal, a child that has not
+    ended is killed (its group included; checkpoints on disk are whole: writes are atomic).
+    The grace is counted from the signal, however long the wait had gone on before it."""
+    deadline: float | None = None
+    while True:
+        if signalled and deadline is None:
+            deadline = time.monotonic() + grace
+        try:
+            return child.wait(0.2)
+        except subprocess.TimeoutExpired:
+            if deadline is not None and time.monotonic() >= deadline:
+                return child.end(0, signal.SIGKILL)
+
+
 def _running(proc: Any) -> bool:
     """A psutil process that still runs (a zombie does not: nothing may ever reap it)."""
     import psutil

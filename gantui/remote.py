@@ -312,6 +312,19 @@ def check_changes(run_dir: Path, changes: dict[str, Any]) -> None:
         parse_live(key, value)
 
 
+def describe_live_keys(run_dir: Path) -> list[str]:
+    """What ``set`` may change in the run at ``run_dir``: the live values its script declared,
+    with type and bounds (``lr (float in [1e-06, 1])``), else the trainer's live keys."""
+    from gantui.config import LIVE_KEYS
+    from gantui.files import read_json_dict
+    from gantui.live import owner_spec
+
+    spec = owner_spec(read_json_dict(run_dir / "run.json"))
+    if spec is None:
+        return list(LIVE_KEYS)
+    return [f"{name} ({key.describe()})" for name, key in spec.items()]
+
+
 class RemoteController:
     """The :class:`~gantui.engine.control.Controller` interface, over a run's control socket.
 

@@ -2,10 +2,15 @@
 :mod:`gantui.api`) in a child process, with the dashboard following its run directory as
 ``gantui watch`` does, or headless (its output printed) without a terminal.
 
-The child runs in its own session, so a dropped terminal reaches it only through us: SIGINT,
-SIGTERM and SIGHUP are forwarded as SIGTERM (the script checkpoints and stops at its next
-step boundary; a second signal kills it), and a parent-death signal ends it if we die.
-The script tells us its run directory through the file named in ``GANTUI_RUN_ANNOUNCE``.
+The script runs as a :class:`gantui.procs.Child` in a session of its own, started through
+this module (``python -m gantui.runner SCRIPT ARGS``), which watches the lifeline first and
+then runs the script as ``python SCRIPT`` would: however the launcher ends (SIGKILL
+included), the script gets SIGTERM (it checkpoints and stops at its next step boundary) and
+is killed :data:`gantui.procs.GRACE_S` later if it has not ended. A terminal reaches the
+script only through the launcher: SIGINT and SIGTERM are forwarded as SIGTERM (a second one
+kills it); SIGHUP (a dropped connection) only takes the terminal away, and the script trains
+on, as under ``gantui train``. The script tells the launcher its run directory through the
+file named in ``GANTUI_RUN_ANNOUNCE``.
 """
 
 from __future__ import annotations
@@ -30,18 +35,6 @@ TAIL_LINES = 40
 """The script's last output lines shown after the dashboard closes."""
 
 
-def _die_with_parent(parent: int) -> None:
-    """In the child, before exec: SIGTERM when the parent dies (Linux ``PR_SET_PDEATHSIG``).
-    The lead unifies this with the shared helper at merge."""
-    with contextlib.suppress(Exception):
-        import ctypes
-
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(1, signal.SIGTERM, 0, 0, 0)  # PR_SET_PDEATHSIG
-    if os.getppid() != parent:  # the parent died before the prctl took effect
-        os.kill(os.getpid(), signal.SIGTERM)
-
-
 def run_script(script: Path, args: list[str], *, dashboard: bool, out=None) -> int:
     """Run ``script`` with ``args`` in a child Python and follow it; returns its exit code.
 
@@ -54,29 +47,22 @@ def run_script(script: Path, args: list[str], *, dashboard: bool, out=None) -> i
     folder = Path(tempfile.mkdtemp(prefix="gantui-run-"))
     announce = folder / "run_dir"
     env = dict(os.environ, PYTHONUNBUFFERED="1", **{ANNOUNCE_ENV: str(announce)})
-    parent = os.getpid()
     try:
-        proc = subprocess.Popen(
-            [sys.executable, str(script), *args], env=env,
+        proc = procs.Child(
+            [sys.executable, "-m", "gantui.runner", str(script), *args], env=env, group=True,
             stdin=subprocess.DEVNULL if dashboard else None, stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT, text=True, bufsize=1, errors="replace",
-            start_new_session=True, preexec_fn=lambda: _die_with_parent(parent))
+            stderr=subprocess.STDOUT, text=True, bufsize=1, errors="replace")
     except OSError as exc:
         shutil.rmtree(folder, ignore_errors=True)
         raise GantuiError(f"cannot start {script}: {exc.strerror or exc}") from None
     follower = _Child(proc, announce, out, printing=not dashboard)
-    previous = {sig: signal.signal(sig, follower.on_signal)
-                for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
     try:
-        if dashboard:
-            follower.dashboard(script)
-        code = proc.wait()
+        with procs.on_stop_signals(follower.on_signal):
+            if dashboard:
+                follower.dashboard(script)
+            code = procs.wait_after_stop(proc, follower.signalled)
     finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-        if proc.poll() is None:  # we are leaving abnormally: the child must not outlive us
-            with contextlib.suppress(ProcessLookupError):
-                proc.terminate()
+        proc.end()  # leaving abnormally (an error here): the script must not outlive us
         shutil.rmtree(folder, ignore_errors=True)
     follower.reader.join(5)
     if follower.printing is False:  # the dashboard held the output: its tail now
@@ -112,18 +98,20 @@ class _Child:
                     print(text, file=self.out, flush=True)
 
     def on_signal(self, signum: int, _frame) -> None:
-        """First signal: the script stops at its next step boundary (after a checkpoint); a
-        second: killed now (its checkpoints on disk are written atomically)."""
-        self.signalled.append(signum)
-        first = len(self.signalled) == 1
-        with contextlib.suppress(ProcessLookupError):
-            if first:
-                os.kill(self.proc.pid, signal.SIGTERM)
-            else:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-        if signum == signal.SIGHUP:  # the terminal is gone: nothing more to show
+        """SIGHUP: the terminal is gone; the dashboard closes and the script trains on, its
+        output unseen. SIGTERM or SIGINT: the script stops at its next step boundary (after a
+        checkpoint); a second one kills it now (its checkpoints on disk are written
+        atomically)."""
+        if signum == signal.SIGHUP:
             self.printing = None
             procs.detach_from_terminal()
+        else:
+            self.signalled.append(signum)
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                if len(self.signalled) == 1:
+                    os.kill(self.proc.pid, signal.SIGTERM)  # not its group: its own workers
+                else:
+                    os.killpg(self.proc.pid, signal.SIGKILL)
         if self.app is not None:
             with contextlib.suppress(Exception):
                 self.app.exit()
@@ -135,7 +123,7 @@ class _Child:
                 text = self.announce.read_text().strip()
                 if text:
                     return Path(text)
-            if self.proc.poll() is not None or self.signalled:
+            if self.proc.poll() is not None or self.signalled or self.printing is None:
                 return None
             time.sleep(0.1)
 
@@ -143,6 +131,8 @@ class _Child:
         """The dashboard on the script's run once it exists; leaving it with "keep training"
         prints the script's output here until it ends, as ``gantui train`` does."""
         run_dir = self.run_dir()
+        if self.printing is None:  # the terminal went while the script started
+            return
         if run_dir is None:
             if not self.signalled and self.proc.poll() is not None and self.proc.returncode == 0:
                 print(f"gantui: {script.name} opened no run (gantui.api.init)", file=self.out)
@@ -181,3 +171,45 @@ class _Child:
             self.printing = True
         else:
             self.printing = False
+
+
+# ---- the child's side ----------------------------------------------------------------------
+
+def _script_main(argv: list[str]) -> None:
+    """``python -m gantui.runner SCRIPT ARGS``: follow the launcher's lifeline (SIGTERM to
+    this process when the launcher is gone, however it went), then run SCRIPT as
+    ``python SCRIPT ARGS`` would: as ``__main__``, with its folder first on ``sys.path``."""
+    import runpy
+
+    if not argv:
+        print("usage: python -m gantui.runner SCRIPT [ARGS...]", file=sys.stderr)
+        raise SystemExit(2)
+    procs.follow_parent(_orphaned)
+    script = argv[0]
+    sys.argv = list(argv)
+    sys.path[0] = str(Path(script).resolve().parent)
+    try:
+        runpy.run_path(script, run_name="__main__")
+    except (Exception, KeyboardInterrupt) as exc:
+        if isinstance(exc, GantuiError) and sys.excepthook is sys.__excepthook__:
+            # gantui.api refused to open the run (its directory taken, say): one line
+            print(f"gantui: {Path(script).name}: {exc}", file=sys.stderr, flush=True)
+        else:  # what python SCRIPT prints, without this module's and runpy's frames
+            tb, own = exc.__traceback__, {script, os.path.abspath(script)}
+            while tb is not None and tb.tb_frame.f_code.co_filename not in own:
+                tb = tb.tb_next
+            if tb is not None:
+                exc.__traceback__ = tb  # the hook prints the exception's own traceback
+            sys.excepthook(type(exc), exc, exc.__traceback__)
+        raise SystemExit(130 if isinstance(exc, KeyboardInterrupt) else 1) from None
+
+
+def _orphaned() -> None:
+    """The launcher is gone: the script's output has no reader now, so a print must neither
+    fail nor block; SIGTERM then stops it at its next step boundary (see gantui.api)."""
+    procs.detach_from_terminal()
+    os.kill(os.getpid(), signal.SIGTERM)
+
+
+if __name__ == "__main__":
+    _script_main(sys.argv[1:])

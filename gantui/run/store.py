@@ -22,9 +22,7 @@ import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from gantui.config import to_toml
 from gantui.errors import GantuiError
@@ -39,6 +37,9 @@ from gantui.files import (
     read_jsonl,
 )
 from gantui.text import safe
+
+if TYPE_CHECKING:  # torch loads when a checkpoint or an image is written or read, so a
+    import torch  # gantui.api script that logs plain numbers starts without it
 
 CHECKPOINT_VERSION = 1
 CHECKPOINT_KEYS = ("version", "step", "config", "G", "D", "opt_g", "opt_d", "rng", "data",
@@ -507,6 +508,8 @@ def _atomic_torch_save(state: dict[str, Any], path: Path) -> None:
     Raises:
         OSError: naming ``path`` with the cause (a full disk); no temp file is left.
     """
+    import torch
+
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     recorder: _Recorder | None = None
     try:
@@ -546,6 +549,7 @@ def save_png(grid: torch.Tensor, path: Path) -> Path:
     """Write a (C, H, W) float image in [0, 1] as a PNG (grey or RGB), atomically."""
     import io
 
+    import torch
     from PIL import Image
 
     array = grid.mul(255).round().clamp(0, 255).to(torch.uint8).permute(1, 2, 0).cpu()
@@ -564,6 +568,8 @@ def load_checkpoint_file(path: Path, check=None) -> dict[str, Any]:
         CorruptCheckpoint: the file does not unpickle.
         StoreError: it is not a checkpoint this gantui can use.
     """
+    import torch
+
     name = safe(path.name, 80)
     try:
         if not path.is_file():
@@ -583,7 +589,8 @@ def load_checkpoint_file(path: Path, check=None) -> dict[str, Any]:
     if state["version"] != CHECKPOINT_VERSION:
         raise StoreError(f"checkpoint {name} has version {safe(state['version'], 20)}, "
                          f"this gantui reads {CHECKPOINT_VERSION}")
-    wrong = [key for key, kind in _FIELD_TYPES.items() if not isinstance(state[key], kind)]
+    wrong = [key for key, kind in _FIELD_TYPES.items()
+             if not isinstance(state[key], torch.Tensor if kind == "Tensor" else kind)]
     if as_int(state["step"]) is None or state["step"] < 0:
         wrong.insert(0, "step")
     if wrong:
@@ -597,4 +604,5 @@ def load_checkpoint_file(path: Path, check=None) -> dict[str, Any]:
 
 
 _FIELD_TYPES = {"config": dict, "G": dict, "D": dict, "opt_g": dict, "opt_d": dict,
-                "rng": dict, "data": dict, "fixed_noise": torch.Tensor}
+                "rng": dict, "data": dict, "fixed_noise": "Tensor"}
+"""The type of each checkpoint field; ``"Tensor"``: a ``torch.Tensor``."""
