@@ -126,6 +126,7 @@ def test_sweep_compared_at_80x24_and_160x48_focused_and_back(finished_ring: Path
         async with app.run_test(size=(160, 48)) as pilot:
             await until(pilot, lambda: "finished" in cells(app, 3))
             assert [len(r.model.series["loss_d"]) for r in state.runs] == steps  # not reread
+            assert app.table.cursor_row == 1  # where it was
             assert all(p.display for p in app.plots)  # all seven charts fit, quality included
             assert "modes" in app.plots[-1].border_title
             await pilot.press("q")
@@ -144,9 +145,11 @@ def test_a_live_run_steered_from_the_compare_view(finished_ring: Path, tmp_path:
     (sweep / "sweep.json").write_text(json.dumps(listing))
     cfg = tiny("ring-8", "steps=10000000", "log_every=10", "checkpoint_every=10000000",
                "lr_g=0.002")
-    session = start(cfg, "ring-8", runs_dir=sweep, name="live", device="cpu")
-    state = CompareState(resolve([sweep]))
+    state = CompareState(resolve([sweep]))  # before the run starts: listed, pending
     live = state.runs[3]
+    state.poll()
+    assert live.state == "pending" and state.runs[0].state == "finished"
+    session = start(cfg, "ring-8", runs_dir=sweep, name="live", device="cpu")
 
     async def main() -> None:
         app = CompareApp(state)

@@ -81,10 +81,9 @@ def resolve(paths: list[Path]) -> RunSet:
             if not isinstance(name, str) or not name or "/" in name or name in (".", ".."):
                 continue  # damaged entry: gantui report lists it as missing
             params = item.get("params") if isinstance(item.get("params"), dict) else {}
-            run_dir = path / name
-            if (run_dir / "config.toml").is_file():  # a run not started yet is not followed
-                found.append((run_dir, safe(f"{path.name}/{name}", 80),
-                              {k: params[k] for k in keys if k in params}))
+            # a run the sweep has not started yet is followed too: it appears when it starts
+            found.append((path / name, safe(f"{path.name}/{name}", 80),
+                          {k: params[k] for k in keys if k in params}))
     unique: dict[Path, tuple[Path, str, dict[str, Any] | None]] = {}
     for entry in found:
         unique.setdefault(entry[0].resolve(), entry)

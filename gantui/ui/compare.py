@@ -69,9 +69,12 @@ class Followed:
 
     @property
     def state(self) -> str:
-        """The run's state as the table shows it: ``crashed`` when the journal says it runs
-        but no process owns it."""
+        """The run's state as the table shows it: ``pending`` before its directory holds a
+        run (a sweep's run not started yet), ``crashed`` when the journal says it runs but no
+        process owns it."""
         model = self.model
+        if not model.run_dir:
+            return "pending"
         return "crashed" if model.live and not self.owned and model.step else model.state
 
     @property
@@ -94,6 +97,10 @@ class CompareState:
         self.runs = [Followed(ref, RunFollower(ref.path, preview_max_side))
                      for ref in runset.runs]
         self._owners_checked = -1.0
+        self.cursor = 0
+        """The table row the view had when it left for a dashboard, restored on return."""
+        self.samples = False
+        """Whether the view showed the sample grids when it left."""
 
     def poll(self) -> int:
         """Drain every follower into its model; returns how many events arrived."""
@@ -269,7 +276,7 @@ class CompareApp(App[Focus | None]):
         self.page = 0
         """The first chart shown, when not all fit (``m`` moves it)."""
         self.per_page = len(CHARTS)
-        self.samples = False
+        self.samples = state.samples
         """True while the sample grids replace the charts (``g``)."""
         self.slider: int | None = None
         """Index into :attr:`steps` of the shared step, None while following the newest."""
@@ -341,6 +348,7 @@ class CompareApp(App[Focus | None]):
         for preview, run in zip(self.previews, self.runs, strict=True):
             preview.border_subtitle = Text(run.ref.label, style=f"color({run.ref.color})")
         self.table.focus()
+        self.table.move_cursor(row=min(self.state.cursor, len(self.runs) - 1), animate=False)
         self._last_view_cpu = time.thread_time()
         self.set_interval(1.0 / self.poll_hz, self.poll)
         self.poll()
@@ -536,6 +544,7 @@ class CompareApp(App[Focus | None]):
     def action_focus_run(self) -> None:
         """Leave for the full dashboard of the run under the cursor (``q`` there comes back)."""
         if self.cursor is not None:
+            self.state.cursor, self.state.samples = self.table.cursor_row, self.samples
             self.exit(Focus(self.table.cursor_row))
 
     def action_mark(self) -> None:
