@@ -137,29 +137,29 @@ def test_sweep_compared_at_80x24_and_160x48_focused_and_back(finished_ring: Path
 
 
 def test_a_live_run_steered_from_the_compare_view(finished_ring: Path, tmp_path: Path) -> None:
-    """Three finished runs and a live one in a sweep: pause it from the cursor, set a value
+    """A live run and three finished ones in a sweep: pause it from the cursor, set a value
     on the marked runs after a confirmation, stop it; the finished ones are skipped."""
     sweep = make_sweep(finished_ring, tmp_path, 3)
     listing = json.loads((sweep / "sweep.json").read_text())
-    listing["runs"].append({"name": "live", "params": {"lr_g": 2e-3, "seed": 0}})
+    listing["runs"].insert(0, {"name": "live", "params": {"lr_g": 2e-3, "seed": 0}})
     (sweep / "sweep.json").write_text(json.dumps(listing))
-    cfg = tiny("ring-8", "steps=10000000", "log_every=10", "checkpoint_every=10000000",
+    cfg = tiny("ring-8", "steps=10000000", "log_every=50", "checkpoint_every=10000000",
                "lr_g=0.002")
     state = CompareState(resolve([sweep]))  # before the run starts: listed, pending
-    live = state.runs[3]
+    live = state.runs[0]
     state.poll()
-    assert live.state == "pending" and state.runs[0].state == "finished"
+    assert live.state == "pending" and state.runs[1].state == "finished"
     session = start(cfg, "ring-8", runs_dir=sweep, name="live", device="cpu")
 
     async def main() -> None:
         app = CompareApp(state)
         async with app.run_test(size=(80, 24)) as pilot:
             await until(pilot, lambda: live.steerable and live.model.step > 0)
-            await pilot.press("down", "down", "down", "p")  # the cursor run: no question
+            await pilot.press("p")  # the run under the cursor: no question asked
             await until(pilot, lambda: session.state == "paused")
-            await until(pilot, lambda: cells(app, 3)[2] == "paused")
+            await until(pilot, lambda: cells(app, 0)[2] == "paused")
             await pilot.press("space")  # marked: the keys act on the marked runs, after asking
-            await pilot.press("up", "space")  # a finished run marked too: skipped
+            await pilot.press("down", "space")  # a finished run marked too: skipped
             await pilot.press("e")
             assert len(app.screen_stack) == 2
             await pilot.press(*"0.0005", "enter")  # lr_g, its value selected: replaced
@@ -167,7 +167,7 @@ def test_a_live_run_steered_from_the_compare_view(finished_ring: Path, tmp_path:
                 app.screen.question))
             await pilot.press("y")
             await until(pilot, lambda: "lr_g" in live.model.changed_at)
-            assert not state.runs[2].model.changed_at  # the finished run: skipped
+            assert not state.runs[1].model.changed_at  # the finished run: skipped
             await pilot.press("x", "s")
             await until(pilot, lambda: live.model.ended, timeout=60)
             await pilot.press("q")

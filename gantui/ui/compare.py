@@ -288,6 +288,9 @@ class CompareApp(App[Focus | None]):
         self.redraw_s = 0.0
         """CPU seconds of the last :meth:`redraw` (Textual draws the charts afterwards)."""
         self._plotted = -1
+        self._n_charts = 0
+        self._rows: dict[int, list[str]] = {}
+        self._files: tuple[tuple[int, ...], list[list[tuple[int, Path]]]] = ((), [])
         self._seen: tuple = ()
         self._last_view = 0.0
         self._last_view_cpu = 0.0
@@ -365,7 +368,8 @@ class CompareApp(App[Focus | None]):
         room = max(1, height - 4 - min(len(self.runs) + 1, 6 if height < 36 else 17))
         cols = max(1, min(4, width // CHART_MIN[0]))
         rows = max(1, min(1 if height < 36 else 2, room // CHART_MIN[1]))
-        self.per_page = min(len(self._charts()), cols * rows)
+        self._n_charts = len(self._charts())
+        self.per_page = min(self._n_charts, cols * rows)
         self.charts.styles.grid_size_columns = min(cols, self.per_page)
         self.charts.styles.grid_size_rows = max(1, -(-self.per_page // cols))
         n = len(self.runs)
@@ -429,12 +433,14 @@ class CompareApp(App[Focus | None]):
             for plot in self.plots:
                 plot.replot(version, 0.0, None)
             self._title_quality()
-            if len(self._charts()) != sum(p.display for p in self.plots) and \
-                    self.per_page >= len(self._charts()) - 1:
+            if len(self._charts()) != self._n_charts:  # the first evaluation: its chart
                 self._layout()
         for i, run in enumerate(self.runs):
-            for column, cell in zip(self.table.columns, self._row(i, run), strict=True):
-                self.table.update_cell(str(i), column, cell)
+            row = self._row(i, run)
+            if [c.plain for c in row] != self._rows.get(i):  # only what changed
+                self._rows[i] = [c.plain for c in row]
+                for column, cell in zip(self.table.columns, row, strict=True):
+                    self.table.update_cell(str(i), column, cell)
         self.legend.refresh(layout=True)
         if self.samples:
             self._show_grids()
@@ -482,7 +488,10 @@ class CompareApp(App[Focus | None]):
 
     def _show_grids(self) -> None:
         """Each run's newest grid, or the newest at or before the slider's step."""
-        files = [sample_files(run.ref.path) for run in self.runs]
+        versions = tuple(run.model.image_version for run in self.runs)
+        if versions != self._files[0]:  # a new grid somewhere: list the stored ones again
+            self._files = (versions, [sample_files(run.ref.path) for run in self.runs])
+        files = self._files[1]
         self.steps = sorted({step for found in files for step, _ in found})
         if self.slider is not None:
             self.slider = min(self.slider, len(self.steps) - 1) if self.steps else None
@@ -564,6 +573,7 @@ class CompareApp(App[Focus | None]):
     def action_samples(self) -> None:
         """Switch between the charts and every run's sample grid side by side."""
         self.samples = not self.samples
+        self._files = ((), [])
         self._show_page()
         self.redraw()
         self.refresh_bindings()
