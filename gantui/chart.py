@@ -31,9 +31,9 @@ def plot_text(lines: list[Line], width: int, height: int, *, smoothing: float = 
 
     Each series is bucketed to one bucket per column and drawn as two lines, through each
     bucket's minimum and through its maximum, so spikes stay visible (one line when every
-    bucket holds a single value, or, without ``envelope``, one through the middle of each
-    bucket: many runs on one chart, at half the cost). Colours are 256-colour codes, which Rich downgrades further
-    when the terminal has fewer.
+    bucket holds a single value). Colours are 256-colour codes, which Rich downgrades further
+    when the terminal has fewer. Without ``envelope``, one line through the middle of each
+    bucket: many runs on one chart, at half the cost.
     """
     if width < 12 or height < 4:
         return Text("(too small)", style="dim")
