@@ -8,6 +8,7 @@ import asyncio
 import json
 import re
 import shutil
+import time
 from pathlib import Path
 
 import pytest
@@ -183,8 +184,6 @@ def test_a_live_run_steered_from_the_compare_view(finished_ring: Path, tmp_path:
 def test_sixteen_finished_runs_and_the_redraw_cost(finished_ring: Path, tmp_path: Path) -> None:
     """16 runs at once at 80x24 (the legend falls back to numbers) and 160x48; the redraw
     cost with 16 lines on every chart is reported (printed), never asserted."""
-    import time
-
     sweep = make_sweep(finished_ring, tmp_path, 16)
     state = CompareState(resolve([sweep]))
     assert state.runset.keys == ["lr_g", "seed"]
