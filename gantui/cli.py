@@ -222,7 +222,7 @@ def runs(
 def watch(
     runs: Annotated[list[Path] | None, typer.Argument(
         help="A run directory, live or finished (none: pick one from a list); several, or a "
-        "sweep directory: the compare view.", show_default=False)] = None,
+        "sweep directory: the compare view.", metavar="RUN", show_default=False)] = None,
     runs_dir: Annotated[Path, typer.Option(
         help="Where the picker looks for runs.")] = Path("runs"),
     web: Annotated[bool, typer.Option(
@@ -233,7 +233,7 @@ def watch(
 ) -> None:
     """Open the dashboard on a run started anywhere; q detaches, x stops the run.
 
-    Without RUNS, a live list of the runs under --runs-dir: Enter watches one (or the runs
+    Without RUN, a live list of the runs under --runs-dir: Enter watches one (or the runs
     marked with space, compared), x stops a live one (after asking), q quits. Several runs or a
     sweep directory open the compare view: shared charts, a table, the sample grids.
     """
