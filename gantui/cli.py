@@ -220,8 +220,9 @@ def runs(
 
 @app.command()
 def watch(
-    run_dir: Annotated[Path | None, typer.Argument(
-        help="A run directory, live or finished (none: pick one from a list).")] = None,
+    runs: Annotated[list[Path] | None, typer.Argument(
+        help="A run directory, live or finished (none: pick one from a list); several, or a "
+        "sweep directory: the compare view.", metavar="RUN", show_default=False)] = None,
     runs_dir: Annotated[Path, typer.Option(
         help="Where the picker looks for runs.")] = Path("runs"),
     web: Annotated[bool, typer.Option(
@@ -232,30 +233,36 @@ def watch(
 ) -> None:
     """Open the dashboard on a run started anywhere; q detaches, x stops the run.
 
-    Without RUN_DIR, a live list of the runs under --runs-dir: Enter watches one, x stops a
-    live one (after asking), q quits.
+    Without RUN, a live list of the runs under --runs-dir: Enter watches one (or the runs
+    marked with space, compared), x stops a live one (after asking), q quits. Several runs or a
+    sweep directory open the compare view: shared charts, a table, the sample grids.
     """
     from gantui.remote import RemoteController
     from gantui.run.follow import RunFollower
     from gantui.run.lock import is_locked
     from gantui.run.store import RunStore
 
+    paths = list(runs or [])
     if web:
-        if run_dir is None:
+        if len(paths) != 1:
             fail("--web serves one run: gantui watch RUN --web")
-        _serve_web(run_dir, port)
+        _serve_web(paths[0], port)
         return
     in_browser = "web_driver" in os.environ.get("TEXTUAL_DRIVER", "")  # under textual-serve
-    if run_dir is None:
+    if not paths:
         if not (sys.stdout.isatty() or in_browser):
             fail("the run picker needs a terminal; name a run (gantui watch RUN) or use "
                  "gantui runs")
         from gantui.ui.picker import pick_run
 
-        run_dir = pick_run(runs_dir)
-        if run_dir is None:
+        picked = pick_run(runs_dir)
+        if picked is None:
             raise typer.Exit(0)
-
+        paths = picked if isinstance(picked, list) else [picked]
+    if len(paths) > 1 or _is_sweep(paths[0]):
+        _watch_compare(paths, in_browser)
+        return
+    run_dir = paths[0]
     with one_line(run_dir):
         RunStore.open(run_dir)
     if not (sys.stdout.isatty() or in_browser):
@@ -276,6 +283,24 @@ def watch(
         run_follower(app)  # a terminal that stalls or vanishes ends it
     finally:
         controller.close()
+
+
+def _is_sweep(path: Path) -> bool:
+    return (path / "sweep.json").is_file() and not (path / "config.toml").exists()
+
+
+def _watch_compare(paths: list[Path], in_browser: bool) -> None:
+    """``gantui watch`` on several runs or a sweep: the live compare view."""
+    from gantui.studies.runset import resolve
+
+    with one_line(paths[0]):
+        runset = resolve(paths)
+    if not (sys.stdout.isatty() or in_browser):
+        fail("the compare view needs a terminal; use gantui compare RUN RUN ... for a printed "
+             "comparison")
+    from gantui.ui.compare import run_compare
+
+    run_compare(runset)
 
 
 def _serve_web(run_dir: Path, port: int) -> None:

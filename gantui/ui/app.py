@@ -26,13 +26,13 @@ from gantui import config as config_mod
 from gantui.errors import GantuiError
 from gantui.events import Alert, Event, Preview, StateChanged
 from gantui.history import SMOOTHING_LEVELS
-from gantui.live import Spec, parse_changes, spec_from_json
+from gantui.live import Spec, spec_from_json
 from gantui.quality.describe import describe_value, format_value
 from gantui.text import safe
 from gantui.ui import graphics as graphics_mod
 from gantui.ui.graphics import HALFBLOCK, Graphics
 from gantui.ui.modals import ChoiceModal, FieldsModal, HelpModal, KeyValueModal
-from gantui.ui.model import LogLine, RunModel
+from gantui.ui.model import LogLine, RunModel, checked_changes
 from gantui.ui.panels import EventLog, HyperPanel, StatusBar, SystemPanel
 from gantui.ui.plots import GradSparks, Line, MetricPlot, legend_markup
 from gantui.ui.preview import PreviewPanel, save_png
@@ -426,17 +426,7 @@ class GantuiApp(App[Outcome]):
         Raises:
             GantuiError: the first invalid key or value, in one line.
         """
-        spec = self._script_spec()
-        if spec is not None:  # a script's own live values (gantui.api): its own bounds
-            typed = parse_changes(spec, {key: value.strip() for key, value in raw.items()})
-            return {k: v for k, v in typed.items() if self.model.config.get(k) != v}
-        typed = {key: config_mod.parse_live(key, value.strip()) for key, value in raw.items()}
-        try:
-            current = config_mod.from_dict(self.model.config)
-        except (GantuiError, TypeError):
-            current = config_mod.Config()
-        current.replace(**typed)  # raises ConfigError on out-of-range values
-        return {k: v for k, v in typed.items() if self.model.config.get(k) != v}
+        return checked_changes(self.model, raw)
 
     def _script_spec(self) -> Spec | None:
         """The live values a script declared, None for a ``gantui train`` run."""

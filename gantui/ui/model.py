@@ -12,7 +12,9 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from gantui import config as config_mod
 from gantui.config import LIVE_KEYS
+from gantui.errors import GantuiError
 from gantui.events import (
     Alert,
     Changed,
@@ -30,6 +32,7 @@ from gantui.events import (
     System,
 )
 from gantui.history import Series
+from gantui.live import parse_changes, spec_from_json
 from gantui.text import duration, safe
 
 LIVE_STATES = ("starting", "running", "paused", "checkpointing")
@@ -235,6 +238,26 @@ class RunModel:
         self.metrics_version += 1
         self.info_version += 1
         return []
+
+
+def checked_changes(model: RunModel, raw: dict[str, str]) -> dict[str, Any]:
+    """Type- and range-check edited live values against ``model``'s run (a script's own
+    declared bounds, else the trainer's config); keep the real changes.
+
+    Raises:
+        GantuiError: the first invalid key or value, in one line.
+    """
+    if model.live_spec is not None:  # a script's own live values (gantui.api): its own bounds
+        typed = parse_changes(spec_from_json(model.live_spec),
+                              {key: value.strip() for key, value in raw.items()})
+        return {k: v for k, v in typed.items() if model.config.get(k) != v}
+    typed = {key: config_mod.parse_live(key, value.strip()) for key, value in raw.items()}
+    try:
+        current = config_mod.from_dict(model.config)
+    except (GantuiError, TypeError):
+        current = config_mod.Config()
+    current.replace(**typed)  # raises ConfigError on out-of-range values
+    return {k: v for k, v in typed.items() if model.config.get(k) != v}
 
 
 def hyperparameter_text(value: Any) -> str:

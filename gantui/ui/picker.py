@@ -2,7 +2,8 @@
 
 A table of the runs under a runs directory (and of the runs inside its sweeps), newest first,
 rescanned on a timer. Enter picks a run, ``x`` stops a live one over its control socket after
-asking, ``q`` leaves without a choice. Everything shown comes from disk, so every string goes
+asking, ``q`` leaves without a choice. Space marks runs: Enter then opens them together in the
+compare view (:mod:`gantui.ui.compare`). Everything shown comes from disk, so every string goes
 through :func:`~gantui.text.safe` into a rich :class:`~rich.text.Text` (never markup).
 """
 
@@ -68,11 +69,12 @@ def is_live(info: RunInfo) -> bool:
     return info.state not in NOT_LIVE
 
 
-def row_cells(info: RunInfo, now: float) -> list[Text]:
-    """One table row: name, preset, state, ``step/total``, quality and age, as plain text."""
+def row_cells(info: RunInfo, now: float, marked: bool = False) -> list[Text]:
+    """One table row: name (``●`` before it when marked), preset, state, ``step/total``,
+    quality and age, as plain text."""
     step = f"{info.step}/{info.total_steps}" if info.total_steps else str(info.step)
     return [
-        Text(safe(info.name, 60)),
+        Text(("● " if marked else "") + safe(info.name, 60), style="bold" if marked else ""),
         Text(safe(info.preset, 30)),
         Text(safe(info.state, 20), style=STATE_STYLES.get(info.state, "")),
         Text(step, justify="right"),
@@ -81,8 +83,9 @@ def row_cells(info: RunInfo, now: float) -> list[Text]:
     ]
 
 
-class RunPicker(App[Path | None]):
-    """Lists the runs under a runs directory; exits with the chosen run's path, or None."""
+class RunPicker(App[Path | list[Path] | None]):
+    """Lists the runs under a runs directory; exits with the chosen run's path, the marked
+    runs' paths (to compare them), or None."""
 
     CSS_PATH = Path(__file__).with_name("picker.tcss")  # absolute: subclasses live elsewhere
     TITLE = "gantui runs"
@@ -90,6 +93,7 @@ class RunPicker(App[Path | None]):
 
     BINDINGS: ClassVar = [
         Binding("enter", "open", "Watch", priority=True),  # before the table's own Enter
+        Binding("space", "mark", "Mark to compare", priority=True),
         Binding("x", "stop_run", "Stop run"),
         Binding("r", "rescan", "Refresh"),
         Binding("q", "quit", "Quit"),
@@ -111,6 +115,8 @@ class RunPicker(App[Path | None]):
         """Stop requests in flight, by run directory: (shown name, future, its controller)."""
         self.scanning = False
         """True while a scan runs in its thread."""
+        self.marked: set[Path] = set()
+        """Runs marked (space) to open together in the compare view."""
 
     # ---- layout ------------------------------------------------------------------------------
 
@@ -168,7 +174,7 @@ class RunPicker(App[Path | None]):
         now = time.time()
         table.clear()
         for info in runs:
-            table.add_row(*row_cells(info, now), key=str(info.path))
+            table.add_row(*row_cells(info, now, info.path in self.marked), key=str(info.path))
         paths = [info.path for info in runs]
         if before is not None and before.path in paths:
             row = paths.index(before.path)
@@ -177,15 +183,16 @@ class RunPicker(App[Path | None]):
         live = sum(is_live(info) for info in runs)
         self.query_one("#heading", Static).update(Text(
             f"{len(runs)} run{'' if len(runs) == 1 else 's'} under "
-            f"{safe(self.runs_dir, 200)}, {live} live"))
+            f"{safe(self.runs_dir, 200)}, {live} live"
+            + (f", {len(self.marked)} marked (Enter compares them)" if self.marked else "")))
         table.screen.set_class(not runs, "-empty")
         self.refresh_bindings()
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
-        if action in ("open", "stop_run") and self.screen is not self.screen_stack[0]:
+        if action in ("open", "stop_run", "mark") and self.screen is not self.screen_stack[0]:
             return False  # a dialog is open: its keys go to it
         info = self.selected
-        if action == "open":
+        if action in ("open", "mark"):
             return info is not None
         if action == "stop_run":
             return info is not None and is_live(info) and info.path not in self.stopping
@@ -194,10 +201,22 @@ class RunPicker(App[Path | None]):
     # ---- keys --------------------------------------------------------------------------------
 
     def action_open(self) -> None:
-        """Leave with the selected run, to watch it."""
+        """Leave with the selected run, to watch it, or with the marked runs, to compare them."""
+        marked = [info.path for info in self.runs if info.path in self.marked]
+        if marked:
+            self.exit(marked)
+            return
         info = self.selected
         if info is not None:
             self.exit(info.path)
+
+    def action_mark(self) -> None:
+        """Mark or unmark the selected run for the compare view."""
+        info = self.selected
+        if info is None:
+            return
+        self.marked ^= {info.path}
+        self.show_runs(self.runs)
 
     def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:
         """A row picked with the mouse opens that run, as Enter does."""
@@ -272,7 +291,7 @@ class RunPicker(App[Path | None]):
             controller.close()
 
 
-def pick_run(runs_dir: Path, refresh_s: float = 2.0) -> Path | None:
-    """Show the picker over ``runs_dir`` in this terminal; the chosen run's directory, or None
-    when the user quit without choosing."""
+def pick_run(runs_dir: Path, refresh_s: float = 2.0) -> Path | list[Path] | None:
+    """Show the picker over ``runs_dir`` in this terminal; the chosen run's directory, the
+    marked runs' directories, or None when the user quit without choosing."""
     return RunPicker(runs_dir, refresh_s).run()
