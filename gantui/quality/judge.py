@@ -452,8 +452,9 @@ def load_judge(source: str = "bundled", mnist_root: str = "", cache_dir: Path | 
     say(f"training the digit judge once for this machine ({text}); cached at {path}")
     judge, info = train_judge(images, labels, seed=SEED, holdout=HOLDOUT, device=device,
                               source=text)
-    info = dataclasses.replace(info, path=str(path))
     _, held = stratified_split(labels, HOLDOUT, SEED)
+    floor = measure_floor(judge, images, held) if math.isnan(info.floor) else info.floor
+    info = dataclasses.replace(info, path=str(path), floor=floor)
     try:
         _save(path, judge, info, held, len(labels))
     except OSError as exc:
