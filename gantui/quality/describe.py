@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 
 PERCENT = frozenset({"hq", "cond_acc", "recon_acc", "precision", "recall", "coverage",
-                     "judge_acc"})
+                     "judge_acc", "near_copies", "d_acc_train", "d_acc_held"})
 """Fractions shown as percentages."""
 
 DESCRIPTIONS = {
@@ -28,8 +28,39 @@ DESCRIPTIONS = {
     "judge_acc": "the judge's own held-out accuracy (the yardstick)",
     "fid": "FID (Inception, torch-fidelity)",
     "rcfd": "random-conv Frechet distance: a proxy for trends and collapse only",
+    "near_copies": "samples closer to a training image than any held-out real image is",
+    "nn_fake": "median distance of a sample to its nearest training image (judge features)",
+    "nn_real": "the same for held-out real images: what a new digit looks like",
+    "r_t": "ADA's overfitting heuristic E[sign D(x_real)] over recent training batches",
+    "d_acc_train": "D calls training images real (accuracy)",
+    "d_acc_held": "D calls held-out real images real; far below d_acc_train: D overfits",
 }
 """What each value measures, for ``gantui eval``'s table."""
+
+
+def is_class_share(metric: str) -> bool:
+    """True for the per-class shares ``class_0``, ``class_1``... (shown as a strip)."""
+    return metric.startswith("class_") and metric[6:].isdigit()
+
+
+SHADES = " ░▒▓█"
+"""Heat-strip shades from empty to full."""
+
+
+def share_strip(shares: list[float]) -> str:
+    """One character per class: a blank for a class no sample falls in, then lighter to
+    darker up to twice the even share (a vanishing class fades before it goes blank)."""
+    if not shares:
+        return ""
+    even = 1.0 / len(shares)
+    out = []
+    for share in shares:
+        if not share > 0:
+            out.append(SHADES[0])
+        else:
+            level = 1 + min(3, int(share / even * 2))  # 0-50% of even, 50-100, 100-150, 150+
+            out.append(SHADES[level])
+    return "".join(out)
 
 
 def format_value(metric: str, value: float) -> str:
@@ -38,8 +69,10 @@ def format_value(metric: str, value: float) -> str:
         return str(value)
     if metric in ("modes", "classes"):
         return f"{value:g}"
-    if metric in PERCENT:
+    if metric in PERCENT or is_class_share(metric):
         return f"{value:.1%}"
+    if metric == "r_t":
+        return f"{value:+.2f}"
     if metric in ("kid", "kid_std"):
         return f"{value:.2e}"
     return f"{value:.4g}"

@@ -31,6 +31,7 @@ from torch import nn
 from gantui.config import Config
 from gantui.data import datasets
 from gantui.errors import GantuiError
+from gantui.quality import diagnostics as diag
 from gantui.quality import fid as fidlib
 from gantui.quality import scores
 from gantui.quality.judge import cache_root, load_judge, to_unit
@@ -47,7 +48,7 @@ PRDC_K = 5
 """Neighbourhood size of precision, recall, density and coverage."""
 HIGHER_IS_BETTER = {
     "modes": True, "hq": True, "cond_acc": True, "recon_acc": True, "recon_l1": False,
-    "is": True, "classes": True,
+    "is": True, "classes": True, "near_copies": False,
     "class_entropy": True, "precision": True, "recall": True, "density": True,
     "coverage": True, "judge_acc": True,
     "judge_fd": False, "kid": False, "kid_std": False, "fid": False, "rcfd": False,
@@ -174,16 +175,29 @@ class Evaluator:
     def _setup_mnist(self) -> None:
         from gantui.data.sources import fit_images  # the resize training applies to real digits
 
+        from gantui.data.sources import mnist_split
+
         judge, self.judge_info, held_images, held_labels = load_judge(
             "full" if self.cfg.data else "bundled", self.cfg.data, self.cache_dir, self.log,
             device=self.device)
         self.judge = judge.to(self.device).eval()
         real = to_unit(fit_images(held_images, self.cfg))
         self.held_real, self.held_labels = real[:RECON_N], held_labels[:RECON_N].long()
-        with torch.no_grad():
-            self.real_feats = torch.cat([self.judge.features(real[i:i + BATCH].to(self.device))
-                                         for i in range(0, len(real), BATCH)])
+        self.real_feats = self._judge_features(real)
         self.real_stats = scores.gaussian_stats(self.real_feats)
+        # the digits this run trains on (never the held-out ones): memorisation's reference
+        split = mnist_split(self.cfg)
+        self.train_real = to_unit(fit_images(split.train_images, self.cfg))
+        self.train_labels = split.train_labels.long()
+        self.train_feats = self._judge_features(self.train_real)
+        self.offenders: tuple[torch.Tensor, torch.Tensor] | None = None
+        """The latest evaluation's worst near-copies and their nearest training images,
+        ``(k, C, H, W)`` each in [-1, 1], worst first."""
+
+    def _judge_features(self, images: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            return torch.cat([self.judge.features(images[i:i + BATCH].to(self.device))
+                              for i in range(0, len(images), BATCH)])
 
     def _setup_folder(self, fid_weights: str) -> None:
         self.rcfd_net = fidlib.RandomConvFeatures().to(self.device)
@@ -275,11 +289,13 @@ class Evaluator:
         return {"modes": float(modes), "hq": float(hq)}
 
     def _mnist(self, G: nn.Module) -> dict[str, float]:
-        feats, logits, labels = [], [], []
+        feats, logits, labels, images = [], [], [], []
         for x, y in self._batches(G):
             if x.ndim != 4 or x.shape[1] not in (1, 3):
                 _raise_shape(x, "(N, 1 or 3, H, W) images")
-            f, lg = self.judge.features_and_logits(torch.nan_to_num(x).clamp(-1, 1))
+            x = torch.nan_to_num(x).clamp(-1, 1)
+            f, lg = self.judge.features_and_logits(x)
+            images.append(x)
             feats.append(f)
             logits.append(lg)
             if y is not None:
@@ -301,6 +317,16 @@ class Evaluator:
         }
         if labels:
             values["cond_acc"] = scores.conditional_accuracy(pred, torch.cat(labels))
+        else:  # unconditional: which classes G draws, so a vanishing one shows over time
+            values.update({f"{diag.CLASS_PREFIX}{c}": share for c, share in enumerate(
+                diag.class_shares(pred, logits.shape[1]))})
+        found = diag.memorisation(fake, self.train_feats, self.real_feats)
+        values.update(near_copies=found.near_copies, nn_fake=found.nn_fake,
+                      nn_real=found.nn_real)
+        worst = found.distance.argsort()[:diag.OFFENDERS]
+        samples = torch.cat(images)
+        self.offenders = (samples[worst.to(samples.device)].cpu(),
+                          self.train_real[found.nearest[worst]].cpu())
         return values
 
     def _reconstruction(self, G: nn.Module, encoder: nn.Module) -> dict[str, float]:
