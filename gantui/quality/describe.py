@@ -38,9 +38,36 @@ DESCRIPTIONS = {
 """What each value measures, for ``gantui eval``'s table."""
 
 
+CLASS_PREFIX = "class_"
+"""Quality values ``class_0``, ``class_1``...: the share of samples the judge puts in each
+class (unconditional MNIST runs)."""
+
+
+def shares_of(values: dict[str, float]) -> list[float]:
+    """The class shares recorded in an evaluation's values (empty when none were)."""
+    out: list[float] = []
+    while f"{CLASS_PREFIX}{len(out)}" in values:
+        out.append(values[f"{CLASS_PREFIX}{len(out)}"])
+    return out
+
+
+def diagnosis_line(values: dict[str, float]) -> str:
+    """What says why, in one line: ``near-copies 0.1% · D real: train 98%, held-out 95% ·
+    r_t +0.62`` (the parts that were measured)."""
+    parts = []
+    if "near_copies" in values:
+        parts.append(f"near-copies {values['near_copies']:.1%}")
+    if "d_acc_train" in values and "d_acc_held" in values:
+        parts.append(f"D calls real: train {values['d_acc_train']:.0%}, held-out "
+                     f"{values['d_acc_held']:.0%}")
+    if math.isfinite(values.get("r_t", math.nan)):
+        parts.append(f"r_t {values['r_t']:+.2f}")
+    return " · ".join(parts)
+
+
 def is_class_share(metric: str) -> bool:
     """True for the per-class shares ``class_0``, ``class_1``... (shown as a strip)."""
-    return metric.startswith("class_") and metric[6:].isdigit()
+    return metric.startswith(CLASS_PREFIX) and metric[len(CLASS_PREFIX):].isdigit()
 
 
 SHADES = " ░▒▓█"

@@ -156,18 +156,6 @@ def class_shares(pred: torch.Tensor, n_classes: int) -> list[float]:
     return [float(c) / total if total else 0.0 for c in counts[:n_classes].tolist()]
 
 
-CLASS_PREFIX = "class_"
-"""Quality values ``class_0``, ``class_1``...: the share of samples in each class."""
-
-
-def shares_of(values: dict[str, float]) -> list[float]:
-    """The class shares recorded in an evaluation's values (empty when none were)."""
-    out = []
-    while f"{CLASS_PREFIX}{len(out)}" in values:
-        out.append(values[f"{CLASS_PREFIX}{len(out)}"])
-    return out
-
-
 class OverfitMonitor:
     """Warns once per episode when D is clearly better on its training digits than on
     held-out ones for :data:`OVERFIT_PATIENCE` evaluations in a row; re-arms when it clears."""

@@ -34,6 +34,7 @@ from gantui.errors import GantuiError
 from gantui.quality import diagnostics as diag
 from gantui.quality import fid as fidlib
 from gantui.quality import scores
+from gantui.quality.describe import CLASS_PREFIX
 from gantui.quality.judge import cache_root, load_judge, to_unit
 
 Log = Callable[[str], None]
@@ -318,7 +319,7 @@ class Evaluator:
         if labels:
             values["cond_acc"] = scores.conditional_accuracy(pred, torch.cat(labels))
         else:  # unconditional: which classes G draws, so a vanishing one shows over time
-            values.update({f"{diag.CLASS_PREFIX}{c}": share for c, share in enumerate(
+            values.update({f"{CLASS_PREFIX}{c}": share for c, share in enumerate(
                 diag.class_shares(pred, logits.shape[1]))})
         found = diag.memorisation(fake, self.train_feats, self.real_feats)
         values.update(near_copies=found.near_copies, nn_fake=found.nn_fake,
