@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 from gantui import events as ev
 from gantui.engine import checkpoint as ckpt
 from gantui.quality import diagnostics as diag
+from gantui.quality.describe import STRIP_NAME
 from gantui.quality.evaluate import Evaluator, Score
 from gantui.quality.tracker import QualityTracker, describe
 from gantui.text import safe
@@ -107,11 +108,11 @@ class Evaluation:
             if evaluator.offenders is not None:
                 strip = diag.offender_strip(*evaluator.offenders)
                 try:
-                    t.store.save_grid(t.step, strip, diag.STRIP_NAME)
+                    t.store.save_grid(t.step, strip, STRIP_NAME)
                 except OSError as exc:
-                    t.write_warning(exc, diag.STRIP_NAME, f"samples/{diag.STRIP_NAME}")
+                    t.write_warning(exc, STRIP_NAME, f"samples/{STRIP_NAME}")
                 else:
-                    t.writable(diag.STRIP_NAME)
+                    t.writable(STRIP_NAME)
         seconds = score.seconds + time.perf_counter() - started
         return Score(score.step, values, score.primary, seconds), warnings
 

@@ -38,6 +38,12 @@ DESCRIPTIONS = {
 """What each value measures, for ``gantui eval``'s table."""
 
 
+STRIP_NAME = "near-copies.png"
+"""The latest evaluation's worst near-copies over their nearest training images, under the
+run's ``samples/`` folder (MNIST runs): the report and the zoom view show it."""
+STRIP_COLUMNS = 8
+"""Near-copies in that strip."""
+
 CLASS_PREFIX = "class_"
 """Quality values ``class_0``, ``class_1``...: the share of samples the judge puts in each
 class (unconditional MNIST runs)."""

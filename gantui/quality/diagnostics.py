@@ -21,11 +21,13 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
+from gantui.quality.describe import STRIP_COLUMNS
+
 OVERFIT_GAP = 0.15
 """D's accuracy on training digits above its accuracy on held-out ones by more than this..."""
 OVERFIT_PATIENCE = 2
 """...for this many evaluations in a row raises the ``overfit`` warning."""
-OFFENDERS = 8
+OFFENDERS = STRIP_COLUMNS
 """Near-copies shown beside their nearest training images."""
 
 
@@ -183,11 +185,6 @@ class OverfitMonitor:
             f"of them real but only {acc_held:.0%} of held-out real images{rt}, "
             f"{self._streak} evaluations in a row. Remedies: augmentation, R1 (r1_gamma), "
             f"instance noise (instance_noise), a lower lr_d, or more training data"))]
-
-
-STRIP_NAME = "near-copies.png"
-"""The latest evaluation's worst near-copies over their nearest training images, under the
-run's ``samples/`` folder (MNIST runs)."""
 
 
 def offender_strip(samples: torch.Tensor, nearest_train: torch.Tensor) -> torch.Tensor:
