@@ -102,7 +102,7 @@ def test_a_generator_of_training_images_is_all_near_copies(trained_judge) -> Non
     # held-out digits are new draws of the same digits: none is a near-copy
     honest = evaluator.evaluate(Replay(evaluator.held_real), step=2).values
     assert honest["near_copies"] == 0.0 and honest["nn_fake"] == pytest.approx(
-        honest["nn_real"])
+        honest["nn_real"], rel=0.1)  # 300 of the same 1,000 held-out digits
     shares = shares_of(honest)  # held-out digits are balanced: every class about a tenth
     assert len(shares) == 10 and sum(shares) == pytest.approx(1.0)
     assert all(0.06 < s < 0.14 for s in shares)
@@ -122,7 +122,7 @@ def test_the_split_holds_out_a_fifth_and_train_digits_cuts_the_rest() -> None:
     assert torch.cdist(few.train_images.flatten(1).float(), flat_held).min() > 0
     with pytest.raises(DataError, match="train_digits 4,001 exceeds the 4,000"):
         mnist_split(tiny("dcgan-mnist", "train_digits=4001"))
-    assert cli("train", "--set", "train_digits=-1").exit_code == 1
+    assert cli("train", "--set", "train_digits=-1").returncode == 1
 
 
 # ---- a run: recorded, shown, reported ----------------------------------------------------------
@@ -161,7 +161,7 @@ def test_a_run_records_the_diagnostics_and_eval_and_the_report_show_them(
     assert "D calls real: train" in diagnosis_line(records[-1]["values"])
 
     shown = cli("eval", str(run), "-n", "60")
-    assert shown.exit_code == 0, shown.stderr
+    assert shown.returncode == 0, shown.stderr
     assert "near_copies" in shown.stdout and "classes 0-9" in shown.stdout
     assert "class_3" not in shown.stdout  # a strip, not ten rows
 
