@@ -53,6 +53,10 @@ class Config:
     """Image channels: 1 for grey, 3 for RGB."""
     num_workers: int = 2
     """DataLoader worker processes for image folders (in-memory sets need none)."""
+    train_digits: int = 0
+    """MNIST: train on only this many digits, a fixed subset of the training split (to study
+    a discriminator that overfits); 0 trains on all of it. A fifth of the digits is always
+    held out of training, for the judge and the diagnostics."""
     data_cache: bool = True
     """Train an image folder from its ``gantui prepare`` cache (decoded once, memory-mapped)
     when one exists for this size; ``false`` decodes the files every epoch."""
@@ -445,7 +449,7 @@ def validate(cfg: Config) -> None:
                 "keep_checkpoints", "n_samples"):
         _check(getattr(cfg, key) >= 1, f"{key} must be >= 1 (got {_got(getattr(cfg, key))})")
     for key in ("steps", "epochs", "num_workers", "threads", "seed", "eval_every",
-                "eval_samples"):
+                "eval_samples", "train_digits"):
         _check(getattr(cfg, key) >= 0, f"{key} must be >= 0 (got {_got(getattr(cfg, key))})")
     for key, most in UPPER_BOUNDS.items():
         value = getattr(cfg, key)

@@ -161,8 +161,8 @@ class StateChanged:
 @dataclass(frozen=True)
 class Alert:
     """A health warning worded for a person. ``kind``: ``d_wins``, ``grad_explode``,
-    ``nonfinite``, ``collapse``, ``quality``, ``data``, ``control``, ``disk`` (little free
-    space left) or ``error``."""
+    ``nonfinite``, ``collapse``, ``quality``, ``overfit`` (D overfits its training images),
+    ``data``, ``control``, ``disk`` (little free space left) or ``error``."""
 
     step: int
     kind: str

@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING
 
 from gantui import events as ev
 from gantui.engine import checkpoint as ckpt
+from gantui.quality import diagnostics as diag
+from gantui.quality.describe import STRIP_NAME
 from gantui.quality.evaluate import Evaluator, Score
 from gantui.quality.tracker import QualityTracker, describe
 from gantui.text import safe
@@ -30,6 +32,9 @@ class Evaluation:
         self.tracker = QualityTracker()
         self._evaluator: Evaluator | None = None
         self.broken = False
+        self.signs = diag.RealSigns(diag.real_threshold(trainer.cfg.loss))
+        """sign(D(x_real)) summed over the training batches since the last evaluation."""
+        self.overfit = diag.OverfitMonitor()
 
     def final_due(self) -> bool:
         """At the end of a finished run (not a stop: a stop must be quick, and a resumed run
@@ -54,6 +59,7 @@ class Evaluation:
                                             fid_weights=cfg.fid_weights,
                                             log=lambda m: t.emit(ev.Note(t.step, m)))
             score = self._evaluator.evaluate(t.G_eval, t.step, encoder=t.E)
+            score, warnings = self._diagnose(self._evaluator, score)
         except Exception as exc:  # noqa: BLE001 - see the module's docstring
             self.broken = True
             t.emit(ev.Alert(t.step, "error", f"quality evaluation failed "
@@ -65,7 +71,8 @@ class Evaluation:
             if t.E is not None:
                 t.E.train()
             t.not_training(time.perf_counter() - started)
-        improved, warnings = self.tracker.update(score)
+        improved, fell = self.tracker.update(score)
+        warnings += fell
         if improved and not self._save_best(score):
             self.tracker.revert_best()  # the best claimed must be the one on disk
         best = self.tracker.best or score
@@ -74,6 +81,40 @@ class Evaluation:
         for kind, message in warnings:
             t.emit(ev.Alert(t.step, kind, message))
         return score
+
+    def _diagnose(self, evaluator: Evaluator, score: Score
+                  ) -> tuple[Score, list[tuple[str, str]]]:
+        """Add what says why to ``score``: ADA's ``r_t`` (every run), and for MNIST runs D's
+        accuracy on training against held-out digits (the ``overfit`` warning) and the
+        near-copies strip (``samples/near-copies.png``)."""
+        t = self.t
+        started = time.perf_counter()
+        values = dict(score.values)
+        values["r_t"] = self.signs.take()
+        warnings: list[tuple[str, str]] = []
+        if evaluator.kind == "mnist":
+            held, held_y = evaluator.held_real, evaluator.held_labels
+            pick = diag.spread_pick(len(evaluator.train_real), len(held))
+            train, train_y = evaluator.train_real[pick], evaluator.train_labels[pick]
+            cond = t.cfg.conditional
+            common = {"threshold": diag.real_threshold(t.cfg.loss),
+                      "batch_size": t.cfg.batch_size, "device": t.device}
+            values["d_acc_train"] = diag.d_accuracy(t.D, train, train_y if cond else None,
+                                                    **common)
+            values["d_acc_held"] = diag.d_accuracy(t.D, held, held_y if cond else None,
+                                                   **common)
+            warnings = self.overfit.update(values["r_t"], values["d_acc_train"],
+                                           values["d_acc_held"])
+            if evaluator.offenders is not None:
+                strip = diag.offender_strip(*evaluator.offenders)
+                try:
+                    t.store.save_grid(t.step, strip, STRIP_NAME)
+                except OSError as exc:
+                    t.write_warning(exc, STRIP_NAME, f"samples/{STRIP_NAME}")
+                else:
+                    t.writable(STRIP_NAME)
+        seconds = score.seconds + time.perf_counter() - started
+        return Score(score.step, values, score.primary, seconds), warnings
 
     def _save_best(self, score: Score) -> bool:
         """Write ``best.pt`` for ``score``; False when it could not be written."""

@@ -287,6 +287,7 @@ class Trainer:
                 D = self._D_eager  # R1 differentiates twice: compiled graphs do not
             out_real = D(x, y)
             out_fake = D(fake, y_fake)
+            self.evaluation.signs.add(out_real)  # ADA's r_t, read at evaluations
             loss = d_loss(self.cfg.loss, out_real.float(), out_fake.float(),
                           self.cfg.label_smoothing)
             if self.E is not None:  # cVAE-GAN: reconstructions are fakes too

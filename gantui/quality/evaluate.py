@@ -36,8 +36,10 @@ from torch import nn
 from gantui.config import Config
 from gantui.data import datasets
 from gantui.errors import GantuiError
+from gantui.quality import diagnostics as diag
 from gantui.quality import fid as fidlib
 from gantui.quality import scores
+from gantui.quality.describe import CLASS_PREFIX
 from gantui.quality.judge import (
     JudgeData,
     cache_root,
@@ -61,7 +63,7 @@ REFERENCE_MAX = 5000
 """Held-out real images a labelled run's scores compare with, at most (spread evenly)."""
 HIGHER_IS_BETTER = {
     "modes": True, "hq": True, "cond_acc": True, "recon_acc": True, "recon_l1": False,
-    "is": True, "classes": True,
+    "is": True, "classes": True, "near_copies": False,
     "class_entropy": True, "precision": True, "recall": True, "density": True,
     "coverage": True, "judge_acc": True, "judge_floor": False,
     "judge_fd": False, "kid": False, "kid_std": False, "fid": False, "rcfd": False,
@@ -173,6 +175,9 @@ class Evaluator:
             raise EvaluationError(f"no evaluation for dataset {cfg.dataset!r}")
         self.cfg = cfg
         self.device = torch.device(device)
+        self.offenders: tuple[torch.Tensor, torch.Tensor] | None = None
+        """The latest evaluation's worst near-copies and their nearest training images,
+        ``(k, C, H, W)`` each in [-1, 1], worst first (MNIST-family runs)."""
         self.kind = kinds[cfg.dataset]
         self.log: Log = log or (lambda _message: None)
         self.cache_dir = cache_root(cache_dir)
@@ -193,7 +198,10 @@ class Evaluator:
     # ---- set-up per kind ------------------------------------------------------------------
 
     def _setup_mnist(self) -> None:
-        from gantui.data.sources import fit_images  # the resize training applies to real digits
+        from gantui.data.sources import (
+            fit_images,  # the resize training applies to real digits
+            mnist_split,
+        )
 
         judge, self.judge_info, held_images, held_labels = load_judge(
             "full" if self.cfg.data else "bundled", self.cfg.data, self.cache_dir, self.log,
@@ -201,10 +209,18 @@ class Evaluator:
         self.judge = judge.to(self.device).eval()
         real = to_unit(fit_images(held_images, self.cfg))
         self.held_real, self.held_labels = real[:RECON_N], held_labels[:RECON_N].long()
-        with torch.no_grad():
-            self.real_feats = torch.cat([self.judge.features(real[i:i + BATCH].to(self.device))
-                                         for i in range(0, len(real), BATCH)])
+        self.real_feats = self._judge_features(real)
         self.real_stats = scores.gaussian_stats(self.real_feats)
+        # the digits this run trains on (never the held-out ones): memorisation's reference
+        split = mnist_split(self.cfg)
+        self.train_real = to_unit(fit_images(split.train_images, self.cfg))
+        self.train_labels = split.train_labels.long()
+        self.train_feats = self._judge_features(self.train_real)
+
+    def _judge_features(self, images: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            return torch.cat([self.judge.features(images[i:i + BATCH].to(self.device))
+                              for i in range(0, len(images), BATCH)])
 
     def _setup_labelled(self, data: JudgeData, fid_weights: str) -> None:
         """The data's judge and its held-out images (at most :data:`REFERENCE_MAX`, fitted as
@@ -324,20 +340,23 @@ class Evaluator:
         return {"modes": float(modes), "hq": float(hq)}
 
     def _mnist(self, G: nn.Module) -> dict[str, float]:
-        feats, logits, labels = [], [], []
+        feats, logits, labels, images = [], [], [], []
         for x, y in self._batches(G):
             if x.ndim != 4 or x.shape[1] not in (1, 3):
                 _raise_shape(x, "(N, 1 or 3, H, W) images")
-            f, lg = self.judge.features_and_logits(torch.nan_to_num(x).clamp(-1, 1))
+            x = torch.nan_to_num(x).clamp(-1, 1)
+            f, lg = self.judge.features_and_logits(x)
+            images.append(x)
             feats.append(f)
             logits.append(lg)
             if y is not None:
                 labels.append(y)
-        return self._judged(torch.cat(feats), torch.cat(logits), labels)
+        return self._judged(torch.cat(feats), torch.cat(logits), labels, torch.cat(images))
 
-    def _judged(self, fake: torch.Tensor, logits: torch.Tensor,
-                labels: list[torch.Tensor]) -> dict[str, float]:
-        """The judge's values from generated features, logits and asked-for labels."""
+    def _judged(self, fake: torch.Tensor, logits: torch.Tensor, labels: list[torch.Tensor],
+                samples: torch.Tensor | None = None) -> dict[str, float]:
+        """The judge's values from generated features, logits and asked-for labels; with the
+        ``samples`` themselves (MNIST-family runs), memorisation against the training digits."""
         pred = logits.argmax(dim=1)
         kid_mean, kid_std = scores.kid(self.real_feats, fake)
         present, entropy = scores.class_histogram(pred, logits.shape[1])
@@ -355,6 +374,17 @@ class Evaluator:
             values["judge_floor"] = self.judge_info.floor
         if labels:
             values["cond_acc"] = scores.conditional_accuracy(pred, torch.cat(labels))
+        else:  # unconditional: which classes G draws, so a vanishing one shows over time
+            values.update({f"{CLASS_PREFIX}{c}": share for c, share in enumerate(
+                diag.class_shares(pred, logits.shape[1]))})
+        if samples is None:
+            return values
+        found = diag.memorisation(fake, self.train_feats, self.real_feats)
+        values.update(near_copies=found.near_copies, nn_fake=found.nn_fake,
+                      nn_real=found.nn_real)
+        worst = found.distance.argsort()[:diag.OFFENDERS]
+        self.offenders = (samples[worst.to(samples.device)].cpu(),
+                          self.train_real[found.nearest[worst]].cpu())
         return values
 
     def _labelled(self, G: nn.Module) -> dict[str, float]:

@@ -38,6 +38,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from gantui.config import Config
+from gantui.data.sources import HOLDOUT, SPLIT_SEED, stratified_split
 from gantui.errors import GantuiError
 from gantui.files import atomic_write_bytes, cache_root
 from gantui.quality import scores
@@ -52,10 +53,9 @@ MAX_SIZE = 32
 """Largest side a data judge works at; larger images are scaled down to it."""
 FEATURE_DIM = 128
 """Width of the penultimate feature layer."""
-HOLDOUT = 0.2
-"""Fraction of the digits (per class) held out by :func:`load_judge`."""
-SEED = 0
-"""Seed of the split, the weights and the batch order in :func:`load_judge`."""
+SEED = SPLIT_SEED
+"""Seed of the split (:data:`gantui.data.sources.HOLDOUT` of each class held out), the
+weights and the batch order in :func:`load_judge`."""
 
 Log = Callable[[str], None]
 
@@ -174,26 +174,6 @@ class JudgeInfo:
 def to_unit(images: torch.Tensor) -> torch.Tensor:
     """uint8 images in [0, 255] as float in [-1, 1] (the mapping the trainer uses)."""
     return images.float().div(127.5).sub(1.0)
-
-
-def stratified_split(labels: torch.Tensor, holdout: float, seed: int
-                     ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Deterministic per-class split of ``range(len(labels))``.
-
-    Returns:
-        ``(train indices, held-out indices)``, each sorted; ``round(holdout * n_c)`` of each
-        class's ``n_c`` items are held out.
-    """
-    gen = torch.Generator().manual_seed(seed * 1_000_003 + 101)
-    labels = labels.cpu()
-    train, held = [], []
-    for c in torch.unique(labels).tolist():
-        idx = torch.nonzero(labels == c).flatten()
-        idx = idx[torch.randperm(len(idx), generator=gen)]
-        k = int(round(holdout * len(idx)))
-        held.append(idx[:k])
-        train.append(idx[k:])
-    return torch.cat(train).sort().values, torch.cat(held).sort().values
 
 
 def random_shift(x: torch.Tensor, gen: torch.Generator, max_shift: int = 2,

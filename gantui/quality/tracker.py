@@ -13,7 +13,14 @@ import dataclasses
 import math
 from typing import Any
 
-from gantui.quality.describe import DESCRIPTIONS, describe_value, format_value
+from gantui.quality.describe import (
+    DESCRIPTIONS,
+    describe_value,
+    format_value,
+    is_class_share,
+    share_strip,
+    shares_of,
+)
 from gantui.quality.evaluate import HIGHER_IS_BETTER, Score, is_better
 
 PATIENCE = 3
@@ -130,7 +137,13 @@ def score_table(score: Score):
     table.add_column("value", justify="right")
     table.add_column("better")
     table.add_column("what")
-    names = sorted(score.values, key=lambda k: (k != score.primary, k))
+    names = sorted((k for k in score.values if not is_class_share(k)),
+                   key=lambda k: (k != score.primary, k))
+    shares = shares_of(score.values)
+    if shares:  # one row for the class histogram rather than ten
+        present = sum(1 for s in shares if s >= 0.01)
+        table.add_row("classes 0-9", share_strip(shares), "", f"share of samples per class "
+                      f"(darker = more; blank = none): {present} of {len(shares)} present")
     for name in names:
         shown = format_value(name, score.values[name])
         arrow = "higher" if HIGHER_IS_BETTER.get(name, False) else "lower"

@@ -23,7 +23,13 @@ from typing import Any
 
 from gantui.errors import GantuiError
 from gantui.files import as_float, as_int, read_json_dict, read_jsonl, read_toml_dict
-from gantui.quality.describe import DESCRIPTIONS, format_value
+from gantui.quality.describe import (
+    DESCRIPTIONS,
+    STRIP_NAME,
+    format_value,
+    is_class_share,
+    shares_of,
+)
 from gantui.run.follow import sample_files
 from gantui.studies import figures
 from gantui.studies.compare import RunCurves, load_runs
@@ -109,6 +115,7 @@ def report_run(run_dir: Path, out_dir: Path | None = None) -> Path:
 
     doc.heading("Quality")
     _quality_section(doc, run)
+    _diagnostics_section(doc, run, run_dir)
     doc.heading("Journal")
     _journal_section(doc, journal)
     doc.heading("Config")
@@ -403,7 +410,8 @@ def _quality_section(doc: Document, run: RunCurves) -> None:
     last = run.quality[-1]
     primary = last.get("primary")
     rows = []
-    names = [k for k in last if k not in ("step", "primary", "best_value", "best_step")]
+    names = [k for k in last if k not in ("step", "primary", "best_value", "best_step")
+             and not is_class_share(k)]  # the class heat strip shows those
     for name in names:
         latest = as_float(last.get(name))
         if latest is None or not math.isfinite(latest):
@@ -425,6 +433,70 @@ def _quality_section(doc: Document, run: RunCurves) -> None:
                "what it measures"], rows[:MAX_ROWS], more=len(rows) - MAX_ROWS,
               note=f"{len(run.quality)} evaluation(s); * marks the primary metric, whose best "
                    f"is the one kept in checkpoints/best.pt")
+
+
+def _diagnostics_section(doc: Document, run: RunCurves, run_dir: Path) -> None:
+    """Why, where the evaluations measured it: D overfitting, near-copies, class shares."""
+    rows = []
+    for record in run.quality:
+        r_t, train, held = (as_float(record.get(k)) for k in ("r_t", "d_acc_train",
+                                                               "d_acc_held"))
+        copies = as_float(record.get("near_copies"))
+        if r_t is None and train is None and copies is None:
+            continue
+        gap = train - held if train is not None and held is not None else None
+        rows.append([f"{as_int(record.get('step')):,}",
+                     "-" if r_t is None else format_value("r_t", r_t),
+                     "-" if train is None else format_value("d_acc_train", train),
+                     "-" if held is None else format_value("d_acc_held", held),
+                     "-" if gap is None else f"{gap:+.1%}",
+                     "-" if copies is None else format_value("near_copies", copies)])
+    history = [(as_int(r.get("step")), shares_of(r)) for r in run.quality]
+    history = [(step, shares) for step, shares in history if shares and all(
+        isinstance(v, (int, float)) and math.isfinite(v) for v in shares)]
+    strip = run_dir / "samples" / STRIP_NAME
+    if not rows and not history:
+        return
+    doc.heading("Diagnostics")
+    if rows:
+        doc.table(["step", "r_t", "D: train real", "D: held-out real", "gap", "near-copies"],
+                  rows[-MAX_ROWS:], more=max(0, len(rows) - MAX_ROWS),
+                  note="r_t = E[sign D(x)] over the training batches since the evaluation "
+                       "before (ADA's heuristic; near +1: D is sure of every training image). "
+                       "A lasting gap between D's accuracy on training and held-out real "
+                       "images means D overfits: augmentation, R1, instance noise or a lower "
+                       "lr_d help. Near-copies: samples closer to a training image than any "
+                       "held-out real image is")
+    try:
+        png = strip.read_bytes() if strip.is_file() else None
+    except OSError:
+        png = None
+    if png is not None:
+        doc.image("near-copies.png", png, "The latest evaluation's samples closest to a "
+                  "training image (top) over that training image (bottom)")
+    if history:
+        doc.image("class-shares.png", _class_heat_png(history),
+                  f"Share of samples per class (rows 0-{len(history[-1][1]) - 1}, top to "
+                  f"bottom) at each evaluation (left to right, steps {history[0][0]:,} to "
+                  f"{history[-1][0]:,}); bright = common, black = absent")
+
+
+def _class_heat_png(history: list[tuple[int, list[float]]], cell: int = 12) -> bytes:
+    """The class heat strip as a PNG: a row per class, a column per evaluation."""
+    import numpy as np
+    from PIL import Image
+
+    n = max(len(shares) for _, shares in history)
+    grid = np.zeros((n, len(history)), dtype=np.float64)
+    for col, (_, shares) in enumerate(history):
+        grid[:len(shares), col] = shares
+    level = np.clip(grid * n / 2, 0, 1)  # full brightness at twice the even share
+    level = np.where(grid > 0, 0.15 + 0.85 * level, 0.0)
+    rgb = np.stack([level * 255, level * 190, level * 60], axis=-1).round().astype(np.uint8)
+    rgb = rgb.repeat(cell, axis=0).repeat(cell, axis=1)
+    out = io.BytesIO()
+    Image.fromarray(rgb, "RGB").save(out, format="PNG")
+    return out.getvalue()
 
 
 def _journal_section(doc: Document, journal: list[dict]) -> None:

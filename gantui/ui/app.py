@@ -27,13 +27,13 @@ from gantui.errors import GantuiError
 from gantui.events import Alert, Event, Preview, StateChanged
 from gantui.history import SMOOTHING_LEVELS
 from gantui.live import Spec, spec_from_json
-from gantui.quality.describe import describe_value, format_value
+from gantui.quality.describe import describe_value, diagnosis_line, format_value
 from gantui.text import safe
 from gantui.ui import graphics as graphics_mod
 from gantui.ui.graphics import HALFBLOCK, Graphics
 from gantui.ui.modals import ChoiceModal, FieldsModal, HelpModal, KeyValueModal
 from gantui.ui.model import LogLine, RunModel, checked_changes
-from gantui.ui.panels import EventLog, HyperPanel, StatusBar, SystemPanel
+from gantui.ui.panels import ClassStrip, EventLog, HyperPanel, StatusBar, SystemPanel
 from gantui.ui.plots import GradSparks, Line, MetricPlot, legend_markup
 from gantui.ui.preview import PreviewPanel, save_png
 
@@ -180,6 +180,7 @@ class GantuiApp(App[Outcome]):
                                         Line("best", series["quality_best"], 46)],
                                        id="quality", classes="panel")
         self.quality_plot.display = False  # until the first evaluation
+        self.class_strip = ClassStrip(self.model, id="classes", classes="panel")
         self.grads = GradSparks(series["grad_g"], series["grad_d"], id="grads", classes="panel")
         self.preview = PreviewPanel(graphics=self.graphics, budget=UI_CPU_BUDGET, id="preview",
                                     classes="panel")
@@ -195,6 +196,7 @@ class GantuiApp(App[Outcome]):
             with Vertical(id="charts"):
                 yield from self.plots
                 yield self.quality_plot
+                yield self.class_strip
                 yield self.grads
                 yield self.extra_charts
             with Vertical(id="side"):
@@ -317,6 +319,8 @@ class GantuiApp(App[Outcome]):
             Line(describe_value(quality.primary, quality.value), now.series, now.color),
             Line(f"best {format_value(quality.primary, quality.best_value)} "
                  f"@{quality.best_step}", best.series, best.color)])
+        self.quality_plot.border_subtitle = diagnosis_line(quality.values)
+        self.class_strip.show()
 
     def _redraw_due(self, now: float) -> bool:
         """True once ``plot_interval`` has passed and this thread's CPU time since the last

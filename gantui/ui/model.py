@@ -33,6 +33,7 @@ from gantui.events import (
 )
 from gantui.history import Series
 from gantui.live import parse_changes, spec_from_json
+from gantui.quality.describe import shares_of
 from gantui.text import duration, safe
 
 LIVE_STATES = ("starting", "running", "paused", "checkpointing")
@@ -99,6 +100,9 @@ class RunModel:
     of each evaluation and ``quality_best`` the best of it so far."""
     quality: Quality | None = None
     """The latest quality evaluation."""
+    class_history: list[tuple[int, list[float]]] = field(default_factory=list)
+    """``(step, share of samples in each class)`` of every evaluation that measured them
+    (unconditional MNIST runs): the class heat strip."""
     image: Preview | Points | None = None
     """The latest preview grid or ring8 point cloud."""
     changed_at: dict[str, int] = field(default_factory=dict)
@@ -208,6 +212,7 @@ class RunModel:
         # was replaced): begin the plots afresh rather than drawing points twice.
         for series in (*self.series.values(), *self.extra.values()):  # in place: the
             series.clear()  # charts hold these objects
+        self.class_history.clear()
         self.metrics_version += 1
         verb = "resumed" if event.resumed else "started"
         # The data note also arrives as a Note event: not repeated here.
@@ -220,6 +225,9 @@ class RunModel:
             self.series["quality"].clear()  # another yardstick (FID became available)
             self.series["quality_best"].clear()
         self.quality = event
+        shares = shares_of(event.values)
+        if shares:
+            self.class_history.append((event.step, shares))
         self.series["quality"].append(event.step, event.value)
         self.series["quality_best"].append(event.step, event.best_value)
         self.metrics_version += 1

@@ -153,3 +153,55 @@ class EventLog(RichLog):
         prefix = {"warning": "⚠ ", "error": "✖ "}.get(line.level, "")
         text.append(prefix + line.text, style=LEVEL_STYLES.get(line.level, ""))
         self.write(text)
+
+
+def heat_style(share: float, n_classes: int) -> str:
+    """A colour for a class's share of the samples: black for none, brighter up to twice
+    the even share (``1 / n_classes``)."""
+    level = 0.0 if not share > 0 else min(1.0, 0.15 + 0.85 * share * n_classes / 2)
+    return f"rgb({round(255 * level)},{round(190 * level)},{round(60 * level)})"
+
+
+def class_strip_text(history: list[tuple[int, list[float]]], width: int) -> Text:
+    """The class heat strip: a column per evaluation (the latest ``width - 4`` of them,
+    newest on the right), two classes per terminal row in half blocks (upper ``0, 2, 4...``,
+    lower ``1, 3, 5...``), so a class that vanishes shows as a row going dark."""
+    out = Text(end="", no_wrap=True, overflow="crop")
+    if not history:
+        return out
+    n = len(history[-1][1])
+    columns = history[-max(1, width - 4):]
+    for row in range(0, n, 2):
+        if row:
+            out.append("\n")
+        label = f"{row},{row + 1}" if row + 1 < n else f"{row}"
+        out.append(f"{label:>3} ", style="dim")
+        for _, shares in columns:
+            top = shares[row] if row < len(shares) else 0.0
+            bottom = shares[row + 1] if row + 1 < len(shares) else 0.0
+            lower = heat_style(bottom, n) if row + 1 < n else "black"
+            out.append("▀", style=f"{heat_style(top, n)} on {lower}")
+    return out
+
+
+class ClassStrip(Widget):
+    """The share of samples the judge puts in each class, over the run's evaluations
+    (unconditional MNIST runs); shown from the first evaluation that measured it."""
+
+    def __init__(self, model: RunModel, *, id: str | None = None,
+                 classes: str | None = None) -> None:
+        super().__init__(id=id, classes=classes)
+        self.model = model
+
+    def show(self) -> None:
+        """Redraw from the model; shown once there is a class histogram."""
+        history = self.model.class_history
+        self.set_class(bool(history), "-shown")
+        if history:
+            step, shares = history[-1]
+            present = sum(1 for s in shares if s >= 0.01)
+            self.border_title = f"classes over evaluations · {present}/{len(shares)} present"
+        self.refresh()
+
+    def render(self) -> Text:
+        return class_strip_text(self.model.class_history, self.content_size.width)

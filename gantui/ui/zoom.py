@@ -15,6 +15,7 @@ from textual.widget import Widget
 from textual.widgets import Footer, Static
 
 from gantui.events import Points, Preview
+from gantui.quality.describe import STRIP_COLUMNS, STRIP_NAME
 from gantui.run.follow import decode_preview, sample_files
 from gantui.ui.graphics import HALFBLOCK, Graphics, PictureFit
 from gantui.ui.imageload import current_cell
@@ -132,6 +133,7 @@ class ZoomScreen(ModalScreen[None]):
         Binding("left,left_square_bracket", "older", "Earlier grid"),
         Binding("right,right_square_bracket", "newer", "Later grid"),
         Binding("end", "newest", "Newest"),
+        Binding("c", "copies", "Near-copies"),
         Binding("escape,f,q", "close", "Back"),
     ]
 
@@ -154,6 +156,8 @@ class ZoomScreen(ModalScreen[None]):
         self.files = sample_files(Path(run_dir)) if run_dir else []
         self.index = len(self.files)  # len(files): the live grid; 0.. a stored one
         self.shown: Preview | Points | None = current
+        self.copies = False
+        """Showing the near-copies strip (``samples/near-copies.png``) instead of a grid."""
 
     def compose(self) -> ComposeResult:
         self.title_bar = Static(id="zoom-title")
@@ -167,6 +171,9 @@ class ZoomScreen(ModalScreen[None]):
         self._show()
 
     def _show(self) -> None:
+        if self.copies:
+            self._show_copies()
+            return
         if self.index >= len(self.files):
             image, where = self.current, "newest"
         else:
@@ -206,17 +213,37 @@ class ZoomScreen(ModalScreen[None]):
             parts.append("←/→ earlier/later, esc back")
         return " · ".join(parts)
 
+    def _show_copies(self) -> None:
+        """The latest evaluation's worst near-copies over their nearest training images."""
+        path = Path(self.run_dir) / "samples" / STRIP_NAME if self.run_dir else None
+        image = decode_preview(path, 0, STRIP_COLUMNS, ZOOM_MAX_SIDE) if (
+            path is not None and path.is_file()) else None
+        self.shown = image
+        self.picture.show(image, [], 0)
+        title = (" near-copies · top: the samples closest to a training image · bottom: that "
+                 "training image · c: back to the samples") if image is not None else (
+                 " near-copies · none yet (MNIST runs write them at each evaluation) · c: back")
+        self.title_bar.update(Text(title, no_wrap=True, overflow="ellipsis"))
+
+    def action_copies(self) -> None:
+        """Between the samples and the near-copies strip."""
+        self.copies = not self.copies
+        self._show()
+
     def action_older(self) -> None:
+        self.copies = False
         if self.files and self.index > 0:
             self.index -= 1
             self._show()
 
     def action_newer(self) -> None:
+        self.copies = False
         if self.index < len(self.files):
             self.index += 1
             self._show()
 
     def action_newest(self) -> None:
+        self.copies = False
         self.index = len(self.files)
         self._show()
 
