@@ -162,7 +162,7 @@ class StateChanged:
 class Alert:
     """A health warning worded for a person. ``kind``: ``d_wins``, ``grad_explode``,
     ``nonfinite``, ``collapse``, ``quality``, ``data``, ``control``, ``disk`` (little free
-    space left) or ``error``."""
+    space left), ``notify`` (the notify command failed: :mod:`gantui.notify`) or ``error``."""
 
     step: int
     kind: str

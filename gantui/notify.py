@@ -37,7 +37,8 @@ seconds; the ones held back are counted in the next one."""
 TIMEOUT_S = 30.0
 """A notify command still running after this long is killed (its process group)."""
 MAX_PENDING = 32
-"""Notices waiting for the command; more are dropped (counted in :attr:`CommandNotifier.dropped`)."""
+"""Notices waiting for the command; more are dropped (counted in
+:attr:`CommandNotifier.dropped`)."""
 MESSAGE_CHARS = 300
 """Longest message handed to a command or a terminal."""
 TERMINAL_ENV = "GANTUI_NOTIFY_TERMINAL"
