@@ -29,6 +29,11 @@ app = typer.Typer(
 )
 
 
+NOTIFY_HELP = ("A shell command run when a run finishes, crashes, stops on a non-finite loss "
+               "or warns, with GANTUI_RUN, GANTUI_EVENT, GANTUI_KIND, GANTUI_STEP and "
+               "GANTUI_MESSAGE set; it never holds up training.")
+
+
 @app.callback(invoke_without_command=True)
 def main(ctx: typer.Context) -> None:
     """A terminal-first GAN trainer and live training monitor."""
@@ -120,12 +125,16 @@ def train(
         "--nproc-per-node", min=1, help="Data-parallel processes on this machine (one per "
         "GPU): starts torchrun and follows the run. Several machines: run torchrun yourself "
         "(see the README).")] = 1,
+    notify: Annotated[str | None, typer.Option(
+        metavar="COMMAND", help=NOTIFY_HELP + " Same as --set notify=COMMAND.")] = None,
 ) -> None:
     """Train a GAN, with the live dashboard or headless."""
     from gantui import config
     from gantui.launch import launched_world_size
 
     overrides = list(sets or [])
+    if notify is not None:
+        overrides.append(f"notify={notify}")
     if data is not None:
         overrides.append(f"data={data}")
     if resume is not None and (preset is not None or name is not None or runs_dir is not None):
@@ -230,6 +239,9 @@ def watch(
         "only: open the URL with ?token= it prints; over SSH: ssh -L PORT:localhost:PORT "
         "HOST first.")] = False,
     port: Annotated[int, typer.Option(help="Port for --web.", min=1, max=65535)] = 8421,
+    notify: Annotated[str | None, typer.Option(
+        metavar="COMMAND", help=NOTIFY_HELP + " Here: for what happens while you watch.")] =
+        None,
 ) -> None:
     """Open the dashboard on a run started anywhere; q detaches, x stops the run.
 
@@ -274,15 +286,21 @@ def watch(
     # soon as a process owns it; until then, and after it dies, the keys are hidden.
     controller = RemoteController(run_dir)
     follower = RunFollower(run_dir)
-    app = GantuiApp(follower.drain, controller, attached=True,
-                    title=f"gantui watch · {run_dir.name}",
-                    can_steer=lambda: is_locked(run_dir))
+    drain, notifier = follower.drain, None
+    if notify:
+        from gantui.notify import followed
+
+        drain, notifier = followed(follower.drain, notify, run_dir)
+    app = GantuiApp(drain, controller, attached=True, title=f"gantui watch · {run_dir.name}",
+                    can_steer=lambda: is_locked(run_dir), history=True)
     from gantui.ui.tty import run_follower
 
     try:
         run_follower(app)  # a terminal that stalls or vanishes ends it
     finally:
         controller.close()
+        if notifier is not None:
+            notifier.close()
 
 
 def _is_sweep(path: Path) -> bool:
@@ -555,6 +573,8 @@ def sweep(
     runs_dir: Annotated[Path, typer.Option(help="Parent of the sweep directory.")] =
         Path("runs"),
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
+    notify: Annotated[str | None, typer.Option(
+        metavar="COMMAND", help=NOTIFY_HELP + " For every run of the sweep.")] = None,
 ) -> None:
     """Train a grid of runs (varied keys x seeds), resumable, then a table and a figure.
 
@@ -567,7 +587,7 @@ def sweep(
         plan = sweep_mod.plan_command(preset, list(vary or []), study, seeds, list(sets or []),
                                       name, runs_dir, zipped)
         runner = sweep_mod.Sweep(plan, parallel=parallel, device=device,
-                                 say=lambda line: typer.echo(safe(line)))
+                                 say=lambda line: typer.echo(safe(line)), notify=notify)
         runner.claim()
     typer.echo(f"sweep {plan.name}: {len(plan.runs)} runs, {parallel} at a time "
                f"({runner.threads} CPU thread(s) each) -> {plan.path}")

@@ -195,6 +195,13 @@ class Config:
     n_samples: int = 64
     """Fixed-noise samples in the preview grid (conditional: rounded to a row per class)."""
 
+    # --- notifications ----------------------------------------------------------------------
+    notify: str = ""
+    """A shell command run when the run finishes, crashes, stops on a non-finite loss or
+    raises a health or quality warning (``--notify``), with ``GANTUI_RUN``, ``GANTUI_EVENT``,
+    ``GANTUI_KIND``, ``GANTUI_STEP``, ``GANTUI_MESSAGE`` and ``GANTUI_RUN_DIR`` set; empty runs
+    none. It never holds up or stops training; a kind of event runs it at most every 5 min."""
+
     def __post_init__(self) -> None:
         validate(self)
 

@@ -162,7 +162,8 @@ class StateChanged:
 class Alert:
     """A health warning worded for a person. ``kind``: ``d_wins``, ``grad_explode``,
     ``nonfinite``, ``collapse``, ``quality``, ``overfit`` (D overfits its training images),
-    ``data``, ``control``, ``disk`` (little free space left) or ``error``."""
+    ``data``, ``control``, ``disk`` (little free space left), ``notify`` (the notify command
+    failed: :mod:`gantui.notify`) or ``error``."""
 
     step: int
     kind: str

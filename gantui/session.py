@@ -24,6 +24,7 @@ from gantui.engine.trainer import Trainer
 from gantui.errors import GantuiError
 from gantui.files import read_toml_dict
 from gantui.models import user as usermodel
+from gantui.notify import CommandNotifier, tee
 from gantui.quality.tracker import describe, score_from_dict
 from gantui.remote import ControlServer
 from gantui.run.lock import RunBusy, RunLock
@@ -70,6 +71,9 @@ class Session:
     """Samples GPU/CPU/RAM into the queue and ``system.jsonl`` while the trainer runs."""
     error: list[BaseException] = field(default_factory=list)
     """The exception that ended the trainer thread, if any."""
+    notifier: CommandNotifier | None = None
+    """Runs the ``notify`` command; the trainer thread waits for its last command at the
+    end, so the process does not exit under it."""
 
     def join(self, timeout: float | None = None) -> None:
         """Wait for the trainer thread to end."""
@@ -233,7 +237,12 @@ def _start_locked(store: RunStore, lock: RunLock, cfg: Config | None, preset: st
                             "state": resume_state, "on_nonfinite": on_nonfinite})
     queue = ev.EventQueue(queue_size)
     controller = Controller()
-    trainer = Trainer(cfg, store=store, emit=queue.put, controller=controller, device=device,
+    notifier = None
+    if cfg.notify:  # its failure is journaled by the trainer (at the end, by _run)
+        notifier = CommandNotifier(cfg.notify, store.path,
+                                   lambda message: controller.journal("notify", message))
+    emit = queue.put if notifier is None else tee(queue.put, notifier)
+    trainer = Trainer(cfg, store=store, emit=emit, controller=controller, device=device,
                       preset=preset, name=store.path.name, resume_state=resume_state,
                       on_nonfinite=on_nonfinite, notes=notes, world=world, channel=channel)
     if resume_state is not None:
@@ -257,7 +266,7 @@ def _start_locked(store: RunStore, lock: RunLock, cfg: Config | None, preset: st
     try:
         store.write_owner({"preset": preset, "device": str(device)})
         session = Session(trainer, controller, queue, store.path, threading.Thread(), server,
-                          lock)
+                          lock, notifier=notifier)
         session.system = SystemSampler(queue.put, step=lambda: trainer.step,
                                        record=store.path / "system.jsonl").start()
         session.thread = threading.Thread(target=_run, args=(session,), name="gantui-trainer",
@@ -277,10 +286,24 @@ def _run(session: Session) -> None:
     except BaseException as exc:  # reported to the consumer; the thread must not die silently
         session.error.append(exc)
     finally:
+        if session.notifier is not None:
+            _last_notice(session)
         if session.system is not None:
             session.system.close()  # it writes system.jsonl: done before the lock goes
         session.server.close()
         session.lock.release()
+
+
+def _last_notice(session: Session) -> None:
+    """Let the notify command of the run's last event (finished, crashed) run, bounded, and
+    journal its failure, which the trainer, now done, no longer takes from its inbox."""
+    assert session.notifier is not None
+    session.notifier.close()
+    try:
+        session.trainer.commands.fail_pending(session.trainer.state)
+        session.trainer.store.close()
+    except Exception:  # noqa: BLE001 - a full disk: the journal line is lost, not the run
+        pass
 
 
 class _NoStore:

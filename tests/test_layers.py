@@ -4,7 +4,7 @@ module) and anything in a lower layer, never sideways into another unit of its l
 
     errors, text, files, events, history,     plain Python: no gantui imports; procs: children
     procs, terminal                           that end with their launcher; terminals that stall
-    chart, config                             drawing series; the run's settings
+    chart, config, notify                     drawing series; the run's settings; notices
     data, models, live                        sources, cache, grids; the networks; live keys
     run                                       run directories: store, lock, restore, follow
     system                                    machine samples (written into a run)
@@ -36,7 +36,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "gantui"
 
 LAYERS: list[list[str]] = [
     ["errors", "text", "files", "events", "history", "procs", "terminal"],
-    ["chart", "config"],
+    ["chart", "config", "notify"],
     ["data", "models", "live"],
     ["run"],
     ["system"],

@@ -26,7 +26,7 @@ RESUME_KEYS = (*LIVE_KEYS, "steps", "epochs", "data", "num_workers", "data_cache
                "keep_checkpoints", "amp", "tf32", "channels_last", "compile", "threads",
                "sync_bn",
                "ema", "r1_every",
-               "eval_samples", "fid_weights", "lr_decay")
+               "eval_samples", "fid_weights", "lr_decay", "notify")
 """Keys a resumed run may change; others would no longer fit the checkpoint."""
 
 _IGNORED = frozenset({*RESUME_KEYS, "description"})

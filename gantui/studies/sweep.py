@@ -311,8 +311,11 @@ class Sweep:
     """Runs a :class:`Plan` to the end, resuming whatever an earlier attempt left."""
 
     def __init__(self, plan_: Plan, parallel: int = 1, device: str = "auto",
-                 say: Callable[[str], None] = print, poll_s: float = 0.5) -> None:
+                 say: Callable[[str], None] = print, poll_s: float = 0.5,
+                 notify: str | None = None) -> None:
         self.plan = plan_
+        self.notify = notify
+        """``--notify`` for every run (not part of the sweep's identity)."""
         self.parallel = parallel
         self.device = device
         self.say = say
@@ -450,7 +453,7 @@ class Sweep:
     def _start(self, name: str, args: list[str]) -> None:
         log = open(self.plan.path / "logs" / f"{name}.log", "ab")  # noqa: SIM115
         command = [sys.executable, "-m", "gantui", "train", "--no-ui", "--device", self.device,
-                   *args]
+                   *args, *(["--notify", self.notify] if self.notify is not None else [])]
         env = {**os.environ, "OMP_NUM_THREADS": str(self.threads)}
         proc = procs.Child(command, stdout=log, stderr=subprocess.STDOUT,
                            stdin=subprocess.DEVNULL, env=env)

@@ -27,6 +27,7 @@ from gantui.errors import GantuiError
 from gantui.events import Alert, Event, Preview, StateChanged
 from gantui.history import SMOOTHING_LEVELS
 from gantui.live import Spec, spec_from_json
+from gantui.notify import Notices, terminal_escape
 from gantui.quality.describe import describe_value, diagnosis_line, format_value
 from gantui.text import safe
 from gantui.ui import graphics as graphics_mod
@@ -102,7 +103,7 @@ class GantuiApp(App[Outcome]):
     def __init__(self, drain: Drain, controller: Any | None, *, attached: bool = False,
                  title: str = "gantui", poll_hz: float = 10.0, plot_hz: float = 2.0,
                  window: int = 200, can_steer: Callable[[], bool] | None = None,
-                 graphics: Graphics | None = None) -> None:
+                 graphics: Graphics | None = None, history: bool = False) -> None:
         """
         Args:
             drain: Returns the events that arrived since the last call; polled on a timer
@@ -123,6 +124,8 @@ class GantuiApp(App[Outcome]):
             graphics: How sample grids are drawn; None: decided when the app starts
                 (:func:`gantui.ui.graphics.detect`: ``GANTUI_GRAPHICS``, then what the
                 terminal supports).
+            history: The first drain replays the run's history (``gantui watch``): it raises
+                no desktop notification.
         """
         super().__init__()
         self.drain = drain
@@ -153,6 +156,9 @@ class GantuiApp(App[Outcome]):
         self._headless = False  # run_test: no terminal to ask
         self.graphics = HALFBLOCK
         """How sample grids are drawn, settled when the app starts."""
+        self.notices = Notices()
+        """Which events raise a desktop notification (:mod:`gantui.notify`)."""
+        self._history = history
 
     def run_test(self, *args: Any, **kwargs: Any):  # noqa: ANN201 - Textual's context manager
         """Textual's test harness; there is no terminal to ask, so ``auto`` draws half blocks."""
@@ -241,11 +247,26 @@ class GantuiApp(App[Outcome]):
             if isinstance(event, Alert):
                 self.notify(safe(event.message), title="gantui", severity="warning",
                             timeout=8, markup=False)
+            self._tell(event)
+        self._history = False
         self._check_replies()
         self._check_steerable()
         self._refresh_views()
         if self.stopping and self.model.ended:
             self.exit(Outcome("stop", self.model.state, self.model.step))
+
+    def _tell(self, event: Event) -> None:
+        """A desktop notification through the terminal when the run finishes, crashes, stops
+        on a non-finite loss or warns: Textual owns the terminal, so the escape goes through
+        its driver, in order with the frames (as Textual's own ``bell`` and OSC 52 do)."""
+        if self._history:
+            self.notices.remember(event)
+            return
+        notice = self.notices.see(event)
+        if notice is not None and self._driver is not None:
+            escape = terminal_escape(notice)
+            if escape:
+                self._driver.write(escape)
 
     def on_resize(self) -> None:
         self.graphics = graphics_mod.follow_window(self.graphics)  # a font change: new cell size
