@@ -41,6 +41,35 @@ MARK_NEAR_COLS = 2
 """A click lists the changes drawn within this many columns of it."""
 
 
+MARK_PRIORITY = ("warning", "restart", "pause", "resume", "set", "checkpoint")
+"""Which change a column shows when several fall in it (the first kind listed wins)."""
+
+
+def drawn_marks(marks: list[Mark], extent: tuple[float, float] | None, width: int
+                ) -> list[tuple[float, int]]:
+    """``(step, colour)`` of the changes a chart ``width`` columns wide draws over the steps
+    ``extent``: one per column (the most telling kind), and checkpoints only while they take
+    at most a quarter of the columns, so a long run's regular checkpoints never hide the
+    curves (every change stays listed by ``m``)."""
+    if extent is None or not marks:
+        return []
+    lo, hi = extent
+    per_col = max(hi - lo, 1e-9) / max(1, width)
+    rank = {kind: i for i, kind in enumerate(MARK_PRIORITY)}
+    columns: dict[int, Mark] = {}
+    for mark in marks:
+        if lo <= mark.step <= hi:
+            col = int((mark.step - lo) / per_col)
+            held = columns.get(col)
+            if held is None or rank.get(mark.kind, 0) < rank.get(held.kind, 0):
+                columns[col] = mark
+    kept = list(columns.values())
+    if sum(m.kind == "checkpoint" for m in kept) > width // 4:
+        kept = [m for m in kept if m.kind != "checkpoint"]
+    return [(float(m.step), MARK_COLORS.get(m.kind, 250)) for m in sorted(kept,
+                                                                       key=lambda m: m.step)]
+
+
 @dataclass(frozen=True)
 class ChartView:
     """How the charts are drawn: the settings the dashboard's keys change, and the x axis."""
@@ -124,8 +153,8 @@ class MetricPlot(Widget):
             self._text = plot_text(self.lines, size.width, size.height,
                                    smoothing=view.smoothing, window=view.window, ylim=self.ylim,
                                    log=view.log and self.loggable, xmap=view.xmap,
-                                   marks=[(m.step, MARK_COLORS.get(m.kind, 250))
-                                          for m in self.marks])
+                                   marks=drawn_marks(self.marks, x_extent(
+                                       self.lines, view.window), size.width))
             extent = x_extent(self.lines, view.window)
             if extent is not None and view.xmap is not None:
                 extent = tuple(float(v) for v in view.xmap(np.array(extent)))
