@@ -249,7 +249,7 @@ def marks_text(marks: list[Mark]) -> Text:
     for i, mark in enumerate(reversed(marks)):
         color = Color.from_ansi(MARK_COLORS.get(mark.kind, 250)).get_truecolor().hex
         out.append(("\n" if i else "") + f"{mark.step:>8}  ", style="dim")
-        out.append(f"┊ {mark.kind:<10}", style=color)
+        out.append(f"┊ {mark.kind:<11}", style=color)
         out.append(mark.text)
     return out
 
