@@ -257,6 +257,48 @@ def from_record(record: dict[str, Any]) -> Event | None:
         return None
 
 
+
+CHANGE_KINDS = ("set", "pause", "resume", "restart", "checkpoint", "warning")
+"""What :func:`change_kind` calls a change: a live ``set``, a pause, a resume (from a pause),
+a resumed run (``start`` with ``resumed``, after a crash or a stop), a checkpoint written, a
+health warning (an ``alert``)."""
+
+
+def change_kind(record: dict[str, Any]) -> str | None:
+    """The one rule for which journaled events are *changes*, marked on a run's curves (the
+    dashboard's charts draw every kind; the report's figures draw the ``set`` ones).
+
+    Args:
+        record: a journal record (``events.jsonl``, see :func:`to_record`), or an event's
+            fields with its ``event`` name (:func:`event_change_kind`).
+
+    Returns:
+        One of :data:`CHANGE_KINDS`, or None for anything else (metrics, notes, the first
+        ``running``, the short-lived ``checkpointing`` state, a malformed record).
+    """
+    name = record.get("event")
+    if name == "set":
+        return "set" if isinstance(record.get("key"), str) else None
+    if name == "checkpoint":
+        return "checkpoint"
+    if name == "alert":
+        return "warning"
+    if name == "start":
+        return "restart" if record.get("resumed") is True else None
+    if name == "state":
+        state, message = record.get("state"), record.get("message")
+        if state == "paused":
+            return "pause"
+        if state == "running" and isinstance(message, str) and message.startswith("resumed"):
+            return "resume"
+    return None
+
+
+def event_change_kind(event: Event) -> str | None:
+    """:func:`change_kind` of an event as it arrives (without building its record)."""
+    return change_kind({"event": _NAMES.get(type(event)), **vars(event)})
+
+
 _BAD = object()
 _HINTS = {cls: typing.get_type_hints(cls) for cls in _TYPES.values()}
 _PLAIN = (str, int, float, bool, type(None))

@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from gantui.errors import GantuiError
+from gantui.events import change_kind
 from gantui.files import as_float, as_int, atomic_write_bytes, open_regular
 from gantui.history import Series
 from gantui.quality.describe import DESCRIPTIONS, format_value
@@ -85,10 +86,12 @@ def save_bytes(path: Path, data: bytes) -> Path:
 
 
 def live_changes(records: Iterable[dict]) -> list[Change]:
-    """The live changes in journal records (``events.jsonl``), skipping malformed ones."""
+    """The live changes in journal records (``events.jsonl``), skipping malformed ones: the
+    ``set`` kind of :func:`gantui.events.change_kind` (pauses, checkpoints and warnings are in
+    the report's journal table)."""
     out = []
     for record in records:
-        if record.get("event") != "set":
+        if change_kind(record) != "set":
             continue
         step, key = as_int(record.get("step")), record.get("key")
         if step is not None and isinstance(key, str):

@@ -32,18 +32,29 @@ from gantui.quality.describe import describe_value, diagnosis_line, format_value
 from gantui.text import safe
 from gantui.ui import graphics as graphics_mod
 from gantui.ui.graphics import HALFBLOCK, Graphics
-from gantui.ui.modals import ChoiceModal, FieldsModal, HelpModal, KeyValueModal
+from gantui.ui.modals import ChangesModal, ChoiceModal, FieldsModal, HelpModal, KeyValueModal
 from gantui.ui.model import LogLine, RunModel, checked_changes
 from gantui.ui.panels import ClassStrip, EventLog, HyperPanel, StatusBar, SystemPanel
-from gantui.ui.plots import GradSparks, Line, MetricPlot, legend_markup
+from gantui.ui.plots import (
+    ChartView,
+    GradSparks,
+    Line,
+    MetricPlot,
+    legend_markup,
+    marks_text,
+    wall_clock,
+)
 from gantui.ui.preview import PreviewPanel, save_png
 
 Drain = Callable[[], list[Event]]
 
 HELP_NOTES = """\
 Plots: each column shows the min and max of the steps it covers, so spikes stay visible.
-z cycles the smoothing (EMA), w switches between the whole run and the recent window.
-Warnings (⚠ in the status bar) are explained in the event log."""
+z cycles the smoothing (EMA), w switches between the whole run and the recent window,
+y puts the loss and gradient charts on a log scale, t the x axis in steps or wall time.
+Changes (set, pause/resume, checkpoint, resumed run, warning) are dotted lines on the
+charts: m lists them, a click on a chart lists those near it.
+Warnings (⚠ in the status bar) are explained in the event log (v: more lines)."""
 
 
 EXTRA_COLORS = (45, 214, 118, 177, 203, 228)
@@ -92,6 +103,10 @@ class GantuiApp(App[Outcome]):
         Binding("f", "zoom", "Zoom"),
         Binding("z", "smoothing", "Smooth"),
         Binding("w", "window", "Window"),
+        Binding("y", "log_scale", "Log y"),
+        Binding("t", "x_axis", "Steps/time"),
+        Binding("m", "changes", "Changes"),
+        Binding("v", "expand_log", "Log lines"),
         Binding("x", "stop_run", "Stop run"),
         Binding("question_mark", "help", "Help", key_display="?"),
         Binding("q", "quit", "Quit"),
@@ -138,6 +153,10 @@ class GantuiApp(App[Outcome]):
         self.model = RunModel()
         self.smoothing = 0.0
         self.window: int | None = None
+        self.log_scale = False
+        """Loss and gradient charts on a log scale (``y``)."""
+        self.wall_time = False
+        """The charts' x axis in wall time instead of steps (``t``)."""
         self.stopping = False
         """True once the user confirmed a stop; the app exits when the run has ended."""
         self.pending: list[tuple[str, Future]] = []
@@ -178,7 +197,8 @@ class GantuiApp(App[Outcome]):
         self.status = StatusBar(id="status")
         self.plots = [
             MetricPlot([Line("loss_d", series["loss_d"], 208),
-                        Line("loss_g", series["loss_g"], 39)], id="loss", classes="panel"),
+                        Line("loss_g", series["loss_g"], 39)], loggable=True, id="loss",
+                       classes="panel"),
             MetricPlot([Line("D(x)", series["d_real"], 76),
                         Line("D(G(z))", series["d_fake"], 170)], id="dstats", classes="panel"),
         ]
@@ -208,14 +228,15 @@ class GantuiApp(App[Outcome]):
             with Vertical(id="side"):
                 yield self.preview
                 yield self.hyper
-        yield self.system
-        yield self.event_log
+        with Horizontal(id="bottom"):  # side by side on wide terminals, stacked on short ones
+            yield self.event_log
+            yield self.system
         yield Footer()
 
     def on_mount(self) -> None:
         for plot in self.plots:
             plot.border_title = legend_markup(plot.lines)
-        self.grads.border_title = "gradient norms (log scale)"
+        self.grads.border_title = "gradient norms"
         self.preview.border_title = "samples"
         self.preview.border_subtitle = self.graphics.label
         if problem := graphics_mod.setting_problem(os.environ):
@@ -375,18 +396,26 @@ class GantuiApp(App[Outcome]):
 
     def replot(self) -> None:
         """Hand the charts the current data version and view settings."""
-        version = self.model.metrics_version
+        model = self.model
+        version = model.metrics_version
         self._show_extra()
+        xmap, unit = wall_clock(model.times) if self.wall_time else (None, "step")
+        view = ChartView(log=self.log_scale, xmap=xmap, xunit=unit)
         for plot in (*self.plots, self.quality_plot, *self.extra_plots.values()):
-            plot.replot(version, self.smoothing, self.window)
-        self.grads.replot(version, self.window)
-        self.status.show(self.model, self.view_label())
+            plot.replot(version, self.smoothing, self.window, view, model.marks)
+            plot.border_subtitle = f"x: {unit}" + (" · log y" if self.log_scale
+                                                   and plot.loggable else "")
+        self.grads.replot(version, self.window, log=self.log_scale)
+        self.grads.border_title = ("gradient norms (log scale)" if self.log_scale
+                                   else "gradient norms")
+        self.status.show(model, self.view_label())
 
     def view_label(self) -> str:
-        """The smoothing and window settings, as shown in the status bar."""
+        """The smoothing, window, scale and x-axis settings, as shown in the status bar."""
         smooth = f"ema {self.smoothing:g}" if self.smoothing else "raw"
         window = f"last {self.window}" if self.window else "all"
-        return f"{smooth} · {window}"
+        extra = (" · log" if self.log_scale else "") + (" · time" if self.wall_time else "")
+        return f"{smooth} · {window}{extra}"
 
     def log_line(self, line: LogLine) -> None:
         """Add a line to the event log."""
@@ -409,6 +438,8 @@ class GantuiApp(App[Outcome]):
             return isinstance(self.model.image, Preview)
         if action == "zoom":
             return self.model.image is not None and len(self.screen_stack) == 1
+        if action == "changes":
+            return len(self.screen_stack) == 1
         return True
 
     def _send(self, what: str, future: Future) -> None:
@@ -519,6 +550,39 @@ class GantuiApp(App[Outcome]):
         """Switch the plots between the whole run and the recent window."""
         self.window = None if self.window else self.window_size
         self.replot()
+
+    def action_log_scale(self) -> None:
+        """Switch the loss and gradient charts between a linear and a log scale."""
+        self.log_scale = not self.log_scale
+        self.replot()
+
+    def action_x_axis(self) -> None:
+        """Switch the charts' x axis between steps and wall time."""
+        self.wall_time = not self.wall_time
+        self.replot()
+
+    def action_expand_log(self) -> None:
+        """Show a few more lines of the event log, or back to a few."""
+        self.event_log.toggle_class("-expanded")
+
+    def action_changes(self) -> None:
+        """List every change marked on the charts, newest first."""
+        self._show_changes(self.model.marks, "all changes")
+
+    def on_metric_plot_clicked(self, message: MetricPlot.Clicked) -> None:
+        """A click on a chart lists the changes drawn near it."""
+        if len(self.screen_stack) > 1:
+            return
+        if not message.marks:
+            self.notify("no change marked near there (m lists them all)")
+            return
+        self._show_changes(message.marks, "changes near the click")
+
+    def _show_changes(self, marks: list, what: str) -> None:
+        if not marks:
+            self.notify("no changes yet")
+            return
+        self.push_screen(ChangesModal(f"{len(marks)} {what}, newest first", marks_text(marks)))
 
     def action_help(self) -> None:
         """Show the keys and how to read the dashboard."""

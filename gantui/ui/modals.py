@@ -1,4 +1,4 @@
-"""Modal screens: confirm a choice, edit hyperparameters, show the keys."""
+"""Modal screens: confirm a choice, edit hyperparameters, show the keys, list the changes."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from typing import Any
 from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
-from textual.containers import Horizontal, Vertical
+from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.screen import ModalScreen
 from textual.widgets import Button, Input, Label, OptionList, Static
 from textual.widgets.option_list import Option
@@ -189,6 +189,32 @@ class HelpModal(ModalScreen[None]):
         text.append("\n" + self.notes, style="dim")
         with Vertical(classes="dialog"):
             yield Static(text, id="help-text")
+            yield Button("Close [esc]", id="close")
+
+    def on_button_pressed(self) -> None:
+        self.dismiss(None)
+
+    def action_close(self) -> None:
+        """Back to the dashboard."""
+        self.dismiss(None)
+
+
+class ChangesModal(ModalScreen[None]):
+    """The run's changes marked on the charts (all of them, or those near a click), newest
+    first, scrolling when there are many."""
+
+    BINDINGS = [Binding("escape", "close", "Close"), Binding("m", "close", "Close")]
+
+    def __init__(self, title: str, text: Text) -> None:
+        super().__init__()
+        self.title_text = title
+        self.text = text
+
+    def compose(self) -> ComposeResult:
+        with Vertical(classes="dialog"):
+            yield Label(self.title_text, classes="question")
+            with VerticalScroll(id="changes"):
+                yield Static(self.text, id="changes-text")
             yield Button("Close [esc]", id="close")
 
     def on_button_pressed(self) -> None:

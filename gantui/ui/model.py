@@ -30,6 +30,7 @@ from gantui.events import (
     Scalars,
     StateChanged,
     System,
+    event_change_kind,
 )
 from gantui.history import Series
 from gantui.live import parse_changes, spec_from_json
@@ -58,6 +59,16 @@ class LogLine:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "text", safe(self.text))
+
+
+@dataclass(frozen=True)
+class Mark:
+    """A change marked on the charts (:func:`gantui.events.change_kind`): its step, kind and
+    the event log's words for it (printable)."""
+
+    step: int
+    kind: str
+    text: str
 
 
 @dataclass
@@ -126,6 +137,11 @@ class RunModel:
     """The live values a script declared (``{name: [kind, low, high, *choices]}``, see
     :mod:`gantui.live`); None for a ``gantui train`` run, whose live keys are
     :data:`~gantui.config.LIVE_KEYS`."""
+    marks: list[Mark] = field(default_factory=list)
+    """Every change since the run (re)started, in arrival order, for the charts' markers."""
+    times: Series = field(default_factory=Series)
+    """Wall-clock time (seconds since the epoch) of each metrics record by step, for the
+    charts' wall-time axis."""
     _notes_shown: set[str] = field(default_factory=set)
 
     @property
@@ -166,6 +182,14 @@ class RunModel:
             self.metrics_version += 1
             return []
         self.info_version += 1
+        lines = self._other(event, step)
+        kind = event_change_kind(event)
+        if kind is not None:
+            self.marks.append(Mark(step, kind, lines[0].text if lines else kind))
+            self.metrics_version += 1  # the charts draw it
+        return lines
+
+    def _other(self, event: Event, step: int) -> list[LogLine]:
         if isinstance(event, LiveSpec):
             self.live_spec = dict(event.keys)
             self.config.update(event.values)
@@ -213,6 +237,8 @@ class RunModel:
         for series in (*self.series.values(), *self.extra.values()):  # in place: the
             series.clear()  # charts hold these objects
         self.class_history.clear()
+        self.times.clear()
+        self.marks.clear()
         self.metrics_version += 1
         verb = "resumed" if event.resumed else "started"
         # The data note also arrives as a Note event: not repeated here.
@@ -239,6 +265,8 @@ class RunModel:
         self.data_wait = m.data_wait
         for key in SERIES:
             self.series[key].append(m.step, getattr(m, key))
+        if math.isfinite(m.time):
+            self.times.append(m.step, m.time)
         if not (math.isfinite(m.lr_g) and math.isfinite(m.lr_d)):
             pass  # a script's record without them (NaN): its live values say more
         elif self.config.get("lr_g") != m.lr_g or self.config.get("lr_d") != m.lr_d:

@@ -92,12 +92,31 @@ def samples_shown(height: int, width: int, nrow: int, cols: int, rows: int) -> i
                            lambda k, h, w: fit(h, w, cols, rows)[1] / k >= MIN_SAMPLE_PX)
 
 
-def crop_grid(image: np.ndarray, nrow: int, k: int) -> np.ndarray:
-    """The top-left ``k`` x ``k`` samples of a grid with ``nrow`` samples per row."""
-    if k >= nrow:
-        return image
-    h, w = subgrid_size(image.shape[0], image.shape[1], nrow, k)
-    return image[:h, :w]
+def subgrid_shown(height: int, width: int, nrow: int, cols: int, rows: int
+                  ) -> tuple[int, int]:
+    """Samples per row and rows of samples to show in ``cols`` x ``rows`` half-block cells:
+    the whole grid when every sample gets at least :data:`MIN_SAMPLE_PX`, otherwise as many
+    as fit at that size across and down (a wide panel shows more columns than rows)."""
+    nrow = max(1, nrow)
+    side = width / nrow  # samples are square
+    grid_rows = max(1, round(height / side))
+    if samples_shown(height, width, nrow, cols, rows) >= nrow:
+        return nrow, grid_rows
+    across = max(1, min(nrow, cols // MIN_SAMPLE_PX))
+    down = max(1, min(grid_rows, (2 * rows) // MIN_SAMPLE_PX))
+    return across, down
+
+
+def crop_grid(image: np.ndarray, nrow: int, k: int, down: int | None = None) -> np.ndarray:
+    """The top-left ``k`` x ``k`` samples of a grid with ``nrow`` samples per row (``k``
+    across and ``down`` rows when given)."""
+    if down is None:
+        if k >= nrow:
+            return image
+        h, w = subgrid_size(image.shape[0], image.shape[1], nrow, k)
+        return image[:h, :w]
+    side = image.shape[1] / max(1, nrow)
+    return image[:max(1, round(down * side)), :max(1, round(k * side))]
 
 
 class HalfBlockImage:
@@ -139,9 +158,10 @@ class HalfBlockImage:
 
 def render_preview(preview: Preview, cols: int, rows: int) -> tuple[HalfBlockImage | None, int]:
     """Fit a preview grid into ``cols`` x ``rows`` cells; return the image and samples per
-    row shown (``nrow`` when the whole grid fits)."""
-    shown = samples_shown(preview.height, preview.width, preview.nrow, cols, rows)
-    image = crop_grid(preview_array(preview), preview.nrow, shown)
+    row shown (``nrow`` when the whole grid fits): as much of the grid as fits with no
+    sample below :data:`MIN_SAMPLE_PX` (:func:`subgrid_shown`)."""
+    shown, down = subgrid_shown(preview.height, preview.width, preview.nrow, cols, rows)
+    image = crop_grid(preview_array(preview), preview.nrow, shown, down)
     height, width = fit(image.shape[0], image.shape[1], cols, rows)
     if height == 0 or width == 0:
         return None, shown
@@ -309,10 +329,13 @@ class PreviewPanel(Widget):
                 fit = fit_picture(image.height, image.width, image.nrow, size.width,
                                   size.height, current_cell())
                 k = fit.shown if fit is not None else image.nrow
+                part = "" if k >= image.nrow else f" · top-left {k}×{k}"
             else:
-                k = samples_shown(image.height, image.width, image.nrow, size.width,
-                                  size.height)
-            part = "" if k >= image.nrow else f" · top-left {k}×{k}"
+                k, down = subgrid_shown(image.height, image.width, image.nrow, size.width,
+                                        size.height)
+                whole = (k, down) == (image.nrow, max(1, round(image.height * image.nrow
+                                                                / image.width)))
+                part = "" if whole else f" · top-left {k}×{down}"
             shown = ("" if np.isnan(image.diversity)  # a grid read back from samples/
                      else f" · diversity {image.diversity:.3f}")
             return f"samples · step {image.step}{shown}{part}"
