@@ -155,7 +155,7 @@ class Evaluator:
     """
 
     kind: str
-    """``ring``, ``mnist`` or ``folder``."""
+    """``ring``, ``stacked``, ``mnist`` or ``folder``."""
 
     def __init__(self, cfg: Config, device: torch.device, *, n: int | None = None,
                  fid_weights: str = "", cache_dir: Path | None = None,
