@@ -20,7 +20,8 @@ from gantui.text import safe, shown
 
 Arch = Literal["mlp", "dcgan"]
 Conditioning = Literal["none", "embedding", "onehot"]
-Dataset = Literal["mnist", "folder", "ring8", "cifar10", "fashion", "array"]
+Dataset = Literal["mnist", "folder", "ring8", "grid25", "stacked_mnist", "cifar10", "fashion",
+                  "array"]
 WeightInit = Literal["dcgan", "default"]
 Loss = Literal["nonsaturating", "saturating", "hinge", "lsgan"]
 LrDecay = Literal["none", "linear", "cosine"]
@@ -40,7 +41,9 @@ class Config:
     # --- data -------------------------------------------------------------------------------
     dataset: Dataset = "mnist"
     """Where samples come from: ``mnist``, ``folder`` (any images, e.g. CelebA; conditional
-    runs read one sub-folder per class), ``ring8``, or a set already on disk: ``cifar10``
+    runs read one sub-folder per class), the 2-D mixtures ``ring8`` and ``grid25``,
+    ``stacked_mnist`` (three MNIST digits as the channels of one image), or a set already on
+    disk: ``cifar10``
     (``cifar-10-batches-py``), ``fashion`` (Fashion-MNIST idx files), ``array`` (one
     ``.npy``/``.npz`` of images). Nothing is downloaded."""
     data: str = ""
@@ -168,6 +171,11 @@ class Config:
     instance_noise: float = 0.0
     """Std of Gaussian noise added to every input of D, annealed linearly to 0 over the run;
     0 is off (live)."""
+    diffaug: tuple[str, ...] = ()
+    """DiffAugment (Zhao et al. 2020): differentiable augmentations of every batch D sees,
+    real and fake alike, in the D and the G step: any of ``color`` (brightness, saturation,
+    contrast), ``translation`` (up to 1/8 of the side) and ``cutout`` (a square of half the
+    side), comma-separated, e.g. ``translation,cutout``; empty is off (live; images only)."""
     pack: int = 1
     """PacGAN packing degree: D judges this many samples concatenated at once (1 is off).
     ``batch_size`` must be a multiple of it."""
@@ -225,11 +233,17 @@ class Config:
 
     @property
     def image_shape(self) -> tuple[int, ...]:
-        """Shape of one sample: ``(C, H, W)`` for images, ``(2,)`` for ``ring8``."""
-        if self.dataset == "ring8":
+        """Shape of one sample: ``(C, H, W)`` for images, ``(2,)`` for 2-D points."""
+        if self.dataset in POINT_SETS:
             return (2,)
         return (self.channels, self.image_size, self.image_size)
 
+
+DIFFAUG = ("color", "translation", "cutout")
+"""The augmentations ``diffaug`` may name, in the order they are applied."""
+
+POINT_SETS = ("ring8", "grid25")
+"""Data sets of 2-D points (Gaussian mixtures) rather than images."""
 
 LIVE_KEYS: tuple[str, ...] = (
     "lr_g",
@@ -244,6 +258,7 @@ LIVE_KEYS: tuple[str, ...] = (
     "eval_every",
     "r1_gamma",
     "instance_noise",
+    "diffaug",
 )
 """Keys that can be changed while a run is training."""
 
@@ -489,17 +504,26 @@ def validate(cfg: Config) -> None:
         sizes = getattr(cfg, key)
         _check(1 <= len(sizes) <= 64 and all(1 <= h <= 65536 for h in sizes),
                f"{key} needs 1 to 64 layer sizes, each from 1 to 65,536")
-    _check(not (cfg.dataset == "ring8" and cfg.data),
-           "dataset ring8 is synthesised and reads no files; drop --data")
+    _check(not (cfg.dataset in POINT_SETS and cfg.data),
+           f"dataset {cfg.dataset} is synthesised and reads no files; drop --data")
+    _check(cfg.dataset != "stacked_mnist" or cfg.channels == 3,
+           "dataset stacked_mnist stacks three digits as channels: set channels = 3")
+    unknown = [name for name in cfg.diffaug if name not in DIFFAUG]
+    _check(not unknown, f"diffaug: unknown augmentation {shown(unknown[0]) if unknown else ''}"
+                        f"; choose from {', '.join(DIFFAUG)}")
+    _check(len(set(cfg.diffaug)) == len(cfg.diffaug), "diffaug names an augmentation twice")
+    _check(not (cfg.diffaug and cfg.dataset in POINT_SETS),
+           f"diffaug augments images; dataset {cfg.dataset} is 2-D points")
     _check(not cfg.class_names or len(cfg.class_names) == cfg.n_classes,
            f"class_names lists {len(cfg.class_names)} names for n_classes {cfg.n_classes}")
     if cfg.arch == "dcgan" and not cfg.model:
-        _check(cfg.dataset != "ring8", "dataset ring8 needs arch = mlp")
+        _check(cfg.dataset not in POINT_SETS, f"dataset {cfg.dataset} needs arch = mlp")
         _check(dcgan_start_size(cfg.image_size) is not None,
                f"arch dcgan needs image_size 28 or 4*2^k (8, 16, 32, 64, 128...); "
                f"got {cfg.image_size}")
     if cfg.conditional:
-        _check(cfg.dataset != "ring8", "conditional models need labelled data (mnist, fashion, "
+        _check(cfg.dataset not in (*POINT_SETS, "stacked_mnist"),
+               "conditional models need labelled data (mnist, fashion, "
                "cifar10, a folder of class folders, or an array with labels)")
         if cfg.dataset in TEN_CLASS_SETS:
             _check(cfg.n_classes >= 10, f"{cfg.dataset} has 10 classes: n_classes must be "

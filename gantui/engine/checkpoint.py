@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from gantui import events as ev
-from gantui.data.sources import RingBatches
+from gantui.data.sources import MixtureBatches, StackedBatches
 from gantui.errors import GantuiError
 from gantui.files import free_bytes
 from gantui.models import user as user_model
@@ -209,7 +209,7 @@ def rank_state_from(trainer: Trainer, state: dict[str, Any]) -> dict[str, Any]:
                                   f"no longer exactly as it would have on {saved}"))
     data = dict(state["data"])
     batches = trainer.batches
-    if isinstance(batches, RingBatches) or "index" not in data:
+    if isinstance(batches, (MixtureBatches, StackedBatches)) or "index" not in data:
         data = batches.state_dict()  # a fresh stream for this rank
     elif batches.steps_per_epoch and int(data["index"]) >= batches.steps_per_epoch:
         data.update(epoch=int(data["epoch"]) + 1, index=0)  # shorter epochs per rank now

@@ -15,8 +15,8 @@ import torch
 
 from gantui import events as ev
 from gantui.data.grids import grid_image, scatter_image
-from gantui.data.sources import RingBatches, ring_modes
-from gantui.quality.metrics import diversity, ring_coverage
+from gantui.data.sources import MixtureBatches
+from gantui.quality.metrics import diversity, mode_coverage
 
 if TYPE_CHECKING:
     from gantui.engine.trainer import Trainer
@@ -60,7 +60,7 @@ class Previews:
             return
         t.G_eval.eval()
         try:
-            if isinstance(t.batches, RingBatches):
+            if isinstance(t.batches, MixtureBatches):
                 self._points()
                 return
             images = t.G_eval(self.fixed_noise, self.fixed_labels).float()
@@ -99,10 +99,11 @@ class Previews:
         gen = torch.Generator().manual_seed(t.cfg.seed + 3)
         z = torch.randn(RING_EVAL_POINTS, t.cfg.nz, generator=gen).to(t.device)
         points = t.G_eval(z).float().cpu()
-        covered, quality = ring_coverage(points)
+        centres = t.batches.centers
+        covered, quality = mode_coverage(points, centres, t.batches.sigma)
         shown = tuple((round(x, 4), round(y, 4)) for x, y in points[:RING_PREVIEW_POINTS].tolist())
-        modes = tuple(tuple(m) for m in ring_modes().tolist())
-        self._save(scatter_image(points))
+        modes = tuple(tuple(m) for m in centres.tolist())
+        self._save(scatter_image(points, modes=centres))
         t.emit(ev.Points(t.step, shown, modes, covered, quality))
         for kind, message in t.health.on_samples(diversity(points[:256])):
             t.emit(ev.Alert(t.step, kind, message))

@@ -30,6 +30,7 @@ from gantui.data.batches import make_batches
 from gantui.data.sources import Batches
 from gantui.engine import checkpoint as ckpt
 from gantui.engine import distributed, fast
+from gantui.engine.augment import diff_augment
 from gantui.engine.commands import Commands
 from gantui.engine.control import Controller
 from gantui.engine.distributed import SINGLE, Channel, LocalChannel, World
@@ -279,8 +280,8 @@ class Trainer:
         r1 = self.cfg.r1_gamma > 0 and self.step % self.cfg.r1_every == 0
         with self._autocast():
             with torch.no_grad():
-                fake = self._instance_noise(self._G_step(z, y_fake))
-            x = self._instance_noise(self._input(x))
+                fake = self._perturb(self._G_step(z, y_fake))
+            x = self._perturb(self._input(x))
             D = self._D_step
             if r1:
                 x = x.detach().requires_grad_(True)
@@ -314,7 +315,7 @@ class Trainer:
         self.D.requires_grad_(False)
         try:
             with self._autocast():
-                out = self._D_frozen(self._instance_noise(self._G_step(z, y)), y)
+                out = self._D_frozen(self._perturb(self._G_step(z, y)), y)
                 loss = g_loss(self.cfg.loss, out.float())
                 total = loss + self._encoder_loss() if self.E is not None else loss
             self.opt_g.zero_grad(set_to_none=True)
@@ -352,6 +353,11 @@ class Trainer:
         l1 = (rebuilt.float() - x.float()).abs().mean()
         kl = -0.5 * (1 + logvar - mu.pow(2) - logvar.exp()).float().sum(1).mean()
         return adversarial + self.cfg.recon_weight * l1 + self.cfg.kl_weight * kl
+
+    def _perturb(self, x: torch.Tensor) -> torch.Tensor:
+        """What D sees of a real or generated batch: DiffAugment (``diffaug``), then instance
+        noise; both draw from :attr:`noise`, saved in checkpoints."""
+        return self._instance_noise(diff_augment(x, self.cfg.diffaug, self.noise))
 
     def _instance_noise(self, x: torch.Tensor) -> torch.Tensor:
         """``x`` plus N(0, sigma^2) noise, sigma annealed from ``instance_noise`` to 0."""

@@ -13,7 +13,7 @@ import math
 import torch
 from torch import nn
 
-from gantui.config import Config, dcgan_start_size
+from gantui.config import POINT_SETS, Config, dcgan_start_size
 from gantui.models import user as usermodel
 
 
@@ -50,7 +50,7 @@ class MLPGenerator(nn.Module):
             layers += [nn.Linear(width, hidden), nn.LeakyReLU(0.2)]
             width = hidden
         layers.append(nn.Linear(width, math.prod(self.shape)))
-        if cfg.dataset != "ring8":
+        if cfg.dataset not in POINT_SETS:
             layers.append(nn.Tanh())  # images live in [-1, 1]; 2-D points are unbounded
         self.net = nn.Sequential(*layers)
 

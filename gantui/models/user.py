@@ -31,7 +31,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from gantui.config import Config
+from gantui.config import POINT_SETS, Config
 from gantui.errors import GantuiError
 from gantui.text import safe
 
@@ -225,7 +225,7 @@ def dry_batch(G: nn.Module, D: nn.Module, cfg: Config) -> None:
             raise UserModelError(f"G of {label} returned non-finite or non-float values "
                                  f"({out.dtype})")
         low, high = float(out.min()), float(out.max())
-        if cfg.dataset != "ring8" and (low < -1 - RANGE_SLACK or high > 1 + RANGE_SLACK):
+        if cfg.dataset not in POINT_SETS and (low < -1 - RANGE_SLACK or high > 1 + RANGE_SLACK):
             raise UserModelError(f"G of {label} returned values in [{low:.3g}, {high:.3g}]; "
                                  f"images must be in [-1, 1] (end G with a tanh)")
         fed = (f"x of shape {tuple(out.shape)}{_labels(y)}"

@@ -10,8 +10,11 @@ PERCENT = frozenset({"hq", "cond_acc", "recon_acc", "precision", "recall", "cove
 """Fractions shown as percentages."""
 
 DESCRIPTIONS = {
-    "modes": "ring modes covered (of 8)",
+    "modes": "modes covered (ring 8, grid 25, stacked MNIST 1,000)",
     "hq": "high-quality samples (within 3 sigma of a mode)",
+    "kl": "KL(mode histogram || uniform), nats (stacked MNIST)",
+    "modes_floor": "modes real stacked triples cover, scored alike (the floor)",
+    "kl_floor": "KL of real stacked triples, scored alike (the floor)",
     "judge_fd": "Frechet distance on the judge's features (the digit judge's for MNIST)",
     "kid": "kernel distance on the judge's features",
     "kid_std": "its standard deviation over subsets",
@@ -103,7 +106,7 @@ def format_value(metric: str, value: float) -> str:
     """A value alone: ``7.12``, ``8``, ``97.1%``, ``4.10e-03``; ``nan`` / ``inf`` as such."""
     if not math.isfinite(value):
         return str(value)
-    if metric in ("modes", "classes"):
+    if metric in ("modes", "classes", "modes_floor"):
         return f"{value:g}"
     if metric in PERCENT or is_class_share(metric):
         return f"{value:.1%}"

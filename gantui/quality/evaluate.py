@@ -3,8 +3,11 @@
 The trainer builds one :class:`Evaluator` per run and calls :meth:`Evaluator.evaluate` with its
 generator every so often. What is measured depends on the data:
 
-* ``ring`` (``ring8``): modes covered and the high-quality fraction (VEEGAN / PacGAN), from
-  2,500 samples.
+* ``ring`` (the 2-D mixtures ``ring8`` and ``grid25``): modes covered and the high-quality
+  fraction (VEEGAN / PacGAN), from 2,500 samples.
+* ``stacked`` (``stacked_mnist``): modes covered of 1,000 and ``kl`` (mode histogram vs
+  uniform) from 26,000 samples, the digit judge reading each channel
+  (:mod:`gantui.quality.stacked`); ``modes_floor`` and ``kl_floor``: real triples scored alike.
 * ``mnist``: 5,000 generated digits scored by the digit judge (:mod:`gantui.quality.judge`)
   against its held-out real digits: ``judge_fd`` (primary), ``kid``, ``is``, ``classes``,
   ``class_entropy``, ``precision``/``recall``/``density``/``coverage``, and ``cond_acc`` for
@@ -53,7 +56,8 @@ Log = Callable[[str], None]
 RECON_N = 1000
 """Held-out digits an encoder run's reconstructions are scored on."""
 
-DEFAULT_N = {"ring": 2500, "mnist": 5000, "labelled": 2000, "folder": 2000}
+DEFAULT_N = {"ring": 2500, "stacked": 26_000, "mnist": 5000, "labelled": 2000,
+             "folder": 2000}
 """Generated samples per evaluation (and, for folders, real reference images)."""
 BATCH = 500
 """Samples generated per forward pass."""
@@ -66,6 +70,7 @@ HIGHER_IS_BETTER = {
     "is": True, "classes": True, "near_copies": False,
     "class_entropy": True, "precision": True, "recall": True, "density": True,
     "coverage": True, "judge_acc": True, "judge_floor": False,
+    "kl": False, "modes_floor": True, "kl_floor": False,
     "judge_fd": False, "kid": False, "kid_std": False, "fid": False, "rcfd": False,
     "fid_kid": False, "fid_kid_std": False,
 }
@@ -98,19 +103,23 @@ def primary_order(kind: str, conditional: bool) -> list[tuple[str, bool]]:
     """
     if kind == "ring":
         return [("modes", True), ("hq", True)]
+    if kind == "stacked":
+        return [("modes", True), ("kl", False)]
     if kind in ("mnist", "labelled"):
         return [("cond_acc", True), ("judge_fd", False)] if conditional else [
             ("judge_fd", False)]
     if kind == "folder":
         return [("fid", False), ("rcfd", False)]
-    raise EvaluationError(f"unknown evaluation kind {kind!r} (expected ring, mnist, labelled "
-                          f"or folder)")
+    raise EvaluationError(f"unknown evaluation kind {kind!r} (expected ring, stacked, mnist, "
+                          f"labelled or folder)")
 
 
 def _order_of(score: Score) -> list[tuple[str, bool]]:
     """The order a score was made under, known from its primary metric."""
     kind = {"modes": "ring", "hq": "ring", "judge_fd": "mnist", "cond_acc": "mnist",
             "fid": "folder", "rcfd": "folder"}.get(score.primary)
+    if kind == "ring" and "kl" in score.values:
+        kind = "stacked"
     if kind is None:
         return [(score.primary, HIGHER_IS_BETTER.get(score.primary, False))]
     return primary_order(kind, conditional=score.primary == "cond_acc")
@@ -164,12 +173,13 @@ class Evaluator:
     """
 
     kind: str
-    """``ring``, ``mnist``, ``labelled`` or ``folder``."""
+    """``ring``, ``stacked``, ``mnist``, ``labelled`` or ``folder``."""
 
     def __init__(self, cfg: Config, device: torch.device, *, n: int | None = None,
                  fid_weights: str = "", cache_dir: Path | None = None,
                  log: Log | None = None) -> None:
-        kinds = {"ring8": "ring", "mnist": "mnist", "folder": "folder", "cifar10": "folder",
+        kinds = {"ring8": "ring", "grid25": "ring", "stacked_mnist": "stacked",
+                 "mnist": "mnist", "folder": "folder", "cifar10": "folder",
                  "fashion": "folder", "array": "folder"}  # images: scored like a folder
         if cfg.dataset not in kinds:
             raise EvaluationError(f"no evaluation for dataset {cfg.dataset!r}")
@@ -192,6 +202,8 @@ class Evaluator:
             self._setup_mnist()
         elif self.kind == "labelled":
             self._setup_labelled(data, fid_weights)
+        elif self.kind == "stacked":
+            self._setup_stacked()
         elif self.kind == "folder":
             self._setup_folder(fid_weights)
 
@@ -245,6 +257,17 @@ class Evaluator:
         self._setup_folder(fid_weights, fidlib.FolderReference(
             root=Path(self.cfg.data), images=fitted, n_files=len(data.labels),
             key=digest.hexdigest()[:16]))
+
+    def _setup_stacked(self) -> None:
+        from gantui.data.sources import fit_images
+        from gantui.quality import stacked
+
+        judge, self.judge_info, held_images, _ = load_judge(
+            "full" if self.cfg.data else "bundled", self.cfg.data, self.cache_dir, self.log,
+            device=self.device)
+        self.judge = judge.to(self.device).eval()
+        digits = fit_images(held_images, self.cfg)[:, :1].contiguous()  # as training
+        self.floor = stacked.floor(self.judge, digits, self.n, self.cfg.seed)
 
     def _setup_folder(self, fid_weights: str,
                       reference: fidlib.FolderReference | None = None) -> None:
@@ -318,6 +341,8 @@ class Evaluator:
             with torch.no_grad():
                 if self.kind == "ring":
                     values = self._ring(G)
+                elif self.kind == "stacked":
+                    values = self._stacked(G)
                 elif self.kind in ("mnist", "labelled"):
                     values = self._mnist(G) if self.kind == "mnist" else self._labelled(G)
                     if encoder is not None:
@@ -331,13 +356,25 @@ class Evaluator:
                      seconds=time.perf_counter() - started)
 
     def _ring(self, G: nn.Module) -> dict[str, float]:
-        from gantui.quality.metrics import ring_coverage
+        from gantui.quality.metrics import mixture_coverage
 
         points = torch.cat([x.reshape(len(x), -1).cpu() for x, _ in self._batches(G)])
         if points.shape[1] != 2:
             _raise_shape(points, "(N, 2)")
-        modes, hq = ring_coverage(points)  # non-finite points count as low quality
+        modes, hq = mixture_coverage(points, self.cfg.dataset)  # non-finite: low quality
         return {"modes": float(modes), "hq": float(hq)}
+
+    def _stacked(self, G: nn.Module) -> dict[str, float]:
+        from gantui.quality import stacked
+
+        found = []
+        for x, _ in self._batches(G):
+            if x.ndim != 4 or x.shape[1] != 3:
+                _raise_shape(x, "(N, 3, H, W) stacked digits")
+            found.append(stacked.triple_modes(self.judge, x))
+        modes, kl = stacked.mode_scores(torch.cat(found))
+        return {"modes": float(modes), "kl": kl, "modes_floor": float(self.floor[0]),
+                "kl_floor": self.floor[1], "judge_acc": self.judge_info.accuracy}
 
     def _mnist(self, G: nn.Module) -> dict[str, float]:
         feats, logits, labels, images = [], [], [], []

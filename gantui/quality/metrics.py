@@ -7,20 +7,32 @@ from collections import deque
 
 import torch
 
-from gantui.data.sources import RING_SIGMA, ring_modes
+from gantui.data.sources import RING_SIGMA, mixture, ring_modes
 
 
 def ring_coverage(points: torch.Tensor, sigma: float = RING_SIGMA) -> tuple[int, float]:
-    """Mode coverage of 2-D samples on the 8-Gaussian ring, as in VEEGAN / PacGAN.
+    """:func:`mode_coverage` on the 8-Gaussian ring."""
+    return mode_coverage(points, ring_modes(), sigma)
+
+
+def mixture_coverage(points: torch.Tensor, dataset: str) -> tuple[int, float]:
+    """:func:`mode_coverage` on the mixture of a 2-D data set (``ring8``, ``grid25``)."""
+    centres, sigma, _ = mixture(dataset)
+    return mode_coverage(points, centres, sigma)
+
+
+def mode_coverage(points: torch.Tensor, modes: torch.Tensor, sigma: float
+                  ) -> tuple[int, float]:
+    """Mode coverage of 2-D samples of a Gaussian mixture, as VEEGAN and PacGAN count it.
 
     A sample within 3 sigma of its nearest mode is high quality; a mode is covered when it is
-    the nearest mode of at least one high-quality sample.
+    the nearest mode of at least one high-quality sample. Non-finite samples are low quality.
 
     Returns:
         ``(modes covered, fraction of high-quality samples)``.
     """
-    modes = ring_modes().to(points.device, points.dtype)
-    dist = torch.cdist(points, modes)  # (N, 8)
+    modes = modes.to(points.device, points.dtype)
+    dist = torch.cdist(points, modes)  # (N, K)
     nearest, which = dist.min(dim=1)
     good = nearest <= 3 * sigma
     covered = int(torch.unique(which[good]).numel())

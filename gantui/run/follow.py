@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from gantui import events as ev
+from gantui.config import POINT_SETS
 from gantui.files import (
     MAX_INT,
     as_float,
@@ -206,9 +207,9 @@ def _as_float(value: Any) -> float:
 
 def grid_nrow(config: dict[str, Any]) -> int:
     """Samples per grid row, as the trainer lays out the fixed-noise grid; 1 when unknown and
-    for ``ring8``, whose PNG is one scatter plot rather than a grid."""
+    for 2-D points (``ring8``, ``grid25``), whose PNG is one scatter plot rather than a grid."""
     n = as_int(config.get("n_samples"))
-    if n is None or n < 1 or config.get("dataset") == "ring8":
+    if n is None or n < 1 or config.get("dataset") in POINT_SETS:
         return 1
     if config.get("conditioning", "none") != "none":
         classes = as_int(config.get("n_classes"))

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from gantui.config import POINT_SETS
 from gantui.errors import GantuiError
 from gantui.files import as_float, as_int, read_json_dict, read_jsonl, read_toml_dict
 from gantui.quality.describe import (
@@ -346,8 +347,8 @@ def _generator_sections(doc: Document, run_dir: Path) -> None:
     except _LOAD_ERRORS as exc:
         doc.paragraph(f"No samples drawn from a checkpoint: {_reason(exc)}")
         return
-    ring = cfg.dataset == "ring8"
-    what = "scatter of 512 samples over the ring's modes" if ring else "64 samples"
+    ring = cfg.dataset in POINT_SETS
+    what = "scatter of 512 samples over the mixture's modes" if ring else "64 samples"
     doc.image("final.png", _png(_grid(generator, cfg)),
               f"Final: newest checkpoint, step {step:,} ({what}, seed {SEED})")
     best_path = run_dir / "checkpoints" / "best.pt"
@@ -382,7 +383,7 @@ def _generator_sections(doc: Document, run_dir: Path) -> None:
 def _grid(generator, cfg):
     from gantui.studies import sampling
 
-    return sampling.sample_grid(generator, cfg, 512 if cfg.dataset == "ring8" else 64, SEED)
+    return sampling.sample_grid(generator, cfg, 512 if cfg.dataset in POINT_SETS else 64, SEED)
 
 
 def _png(image) -> bytes:
@@ -550,7 +551,7 @@ def _final_image(run_dir: Path):
     except _LOAD_ERRORS:
         files = sample_files(run_dir)
         return figures.read_image(files[-1][1]) if files else None
-    if cfg.dataset != "ring8":
+    if cfg.dataset not in POINT_SETS:
         labels, nrow = sampling.class_rows(cfg, 16 if not cfg.conditional else cfg.n_classes)
         z = sampling.latents(cfg, 16 if labels is None else len(labels), SEED)
         image = sampling.render(generator, cfg, z, labels, nrow)

@@ -12,8 +12,9 @@ from pathlib import Path
 
 import torch
 
-from gantui.config import Config
+from gantui.config import POINT_SETS, Config
 from gantui.data.grids import grid_image, scatter_image
+from gantui.data.sources import mixture
 from gantui.errors import GantuiError
 from gantui.files import read_toml_dict
 from gantui.models.builtin import build_encoder, build_models
@@ -144,17 +145,17 @@ def interpolation(cfg: Config, rows: int, steps: int, seed: int, spherical: bool
 @torch.no_grad()
 def render(generator: torch.nn.Module, cfg: Config, z: torch.Tensor,
            labels: torch.Tensor | None, nrow: int) -> torch.Tensor:
-    """Generate samples for ``z`` (and labels): an image grid, or a scatter for ``ring8``."""
+    """Generate samples for ``z`` (and labels): an image grid, or a scatter for 2-D points."""
     device = next(generator.parameters()).device
     out = generator(z.to(device), None if labels is None else labels.to(device)).float().cpu()
-    if cfg.dataset == "ring8":
-        return scatter_image(out)
+    if cfg.dataset in POINT_SETS:
+        return scatter_image(out, modes=mixture(cfg.dataset).modes)
     return grid_image(out, nrow)
 
 
 def sample_grid(generator: torch.nn.Module, cfg: Config, n: int, seed: int) -> torch.Tensor:
     """The fixed-seed grid of ``n`` samples (a row per class when conditional; a scatter of
-    the ring's points), as ``gantui sample`` and the report draw it."""
+    2-D points), as ``gantui sample`` and the report draw it."""
     labels, nrow = class_rows(cfg, n)
     z = latents(cfg, n if labels is None else len(labels), seed)
     return render(generator, cfg, z, labels, nrow)

@@ -186,8 +186,9 @@ def scatter_text(points: Points, cols: int, rows: int) -> Text:
                            marker=plotext.marker("x", plotext.pixel(foreground=196)))
         fig.draw(modes)
     fig.legend(False)  # the panel title explains the markers
-    fig.ruler("x").lim(-3, 3)
-    fig.ruler("y").lim(-3, 3)
+    extent = max([3.0, *(abs(v) + 1.0 for mode in points.modes for v in mode)])
+    fig.ruler("x").lim(-extent, extent)  # the ring's 3; the 5x5 grid's 5
+    fig.ruler("y").lim(-extent, extent)
     return Text.from_ansi(fig.build().string(), no_wrap=True, end="")
 
 

@@ -1,0 +1,72 @@
+"""Stacked MNIST scored as VEEGAN and PacGAN score it: the digit judge reads each of an
+image's three channels, the three digits name one of 1,000 modes, and a sample set is summed
+up by the modes it covers (a mode counts with one sample) and KL(its mode histogram ||
+uniform). The floor is what real stacked triples score the same way: the judge's own
+mistakes and a finite sample keep even real data above KL 0."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+
+import torch
+
+from gantui.quality.judge import DigitJudge
+
+MODES = 1000
+"""Digit triples: 10^3."""
+STANDARD_N = 26_000
+"""Samples per evaluation in PacGAN's Table 2."""
+BATCH = 1000
+"""Images read by the judge per forward pass."""
+
+
+@torch.no_grad()
+def triple_modes(judge: DigitJudge, images: torch.Tensor) -> torch.Tensor:
+    """The mode of each image (N, 3, H, W) in [-1, 1]: ``100 * d0 + 10 * d1 + d2``, with
+    ``dc`` the judge's digit for channel ``c``; non-finite pixels count as black.
+
+    Raises:
+        ValueError: ``images`` does not have three channels.
+    """
+    if images.ndim != 4 or images.shape[1] != 3:
+        raise ValueError(f"stacked MNIST images are (N, 3, H, W); got {tuple(images.shape)}")
+    device = next(judge.parameters()).device
+    digits = []
+    for i in range(0, len(images), BATCH):
+        part = torch.nan_to_num(images[i:i + BATCH].float(), nan=-1.0).clamp(-1, 1)
+        flat = part.reshape(-1, 1, *part.shape[2:]).to(device)  # one channel per image
+        digits.append(judge(flat).argmax(dim=1).view(-1, 3).cpu())
+    if not digits:
+        return torch.empty(0, dtype=torch.long)
+    d = torch.cat(digits)
+    return d[:, 0] * 100 + d[:, 1] * 10 + d[:, 2]
+
+
+def mode_scores(modes: torch.Tensor, n_modes: int = MODES) -> tuple[int, float]:
+    """``(modes covered, KL(histogram || uniform))`` of integer modes in ``[0, n_modes)``:
+    a mode is covered by one sample; KL in nats, ``ln(n_modes)`` for total collapse."""
+    if len(modes) == 0:
+        return 0, math.log(n_modes)
+    counts = torch.bincount(modes.long().flatten(), minlength=n_modes).double()
+    p = counts[counts > 0] / counts.sum()
+    kl = float((p * (p * n_modes).log()).sum())
+    return int((counts > 0).sum()), max(kl, 0.0)
+
+
+def real_triples(digits: torch.Tensor, n: int, seed: int) -> Iterator[torch.Tensor]:
+    """``n`` stacked images in [-1, 1], in batches, of three digits drawn independently and
+    uniformly from uint8 ``digits`` (M, 1, H, W), as training draws them."""
+    gen = torch.Generator().manual_seed(seed * 1_000_003 + 2626)
+    idx = torch.randint(0, len(digits), (n, 3), generator=gen)
+    for part in idx.split(BATCH):
+        yield digits[part.flatten()].view(len(part), 3, *digits.shape[2:]).float() \
+            .div(127.5).sub(1.0)
+
+
+def floor(judge: DigitJudge, digits: torch.Tensor, n: int = STANDARD_N,
+          seed: int = 0) -> tuple[int, float]:
+    """What ``n`` real stacked triples of ``digits`` score: ``(modes, kl)``, the best a
+    generator can be expected to reach with this judge and sample size."""
+    modes = [triple_modes(judge, batch) for batch in real_triples(digits, n, seed)]
+    return mode_scores(torch.cat(modes) if modes else torch.empty(0, dtype=torch.long))
