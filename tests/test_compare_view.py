@@ -192,18 +192,18 @@ def test_sixteen_finished_runs_and_the_redraw_cost(finished_ring: Path, tmp_path
         for size in ((80, 24), (160, 48)):
             app = CompareApp(state)
             async with app.run_test(size=size) as pilot:
-                await until(pilot, lambda: "finished" in cells(app, 15))
+                await until(pilot, lambda app=app: "finished" in cells(app, 15))
                 assert app.legend.entries(size[0] - 2)[15] == "━16"
                 assert cells(app, 15)[1:3] == ["0.001", "3"]
                 shown = [p for p in app.plots if p.display]
-                await until(pilot, lambda: all(p.draws for p in shown))
+                await until(pilot, lambda shown=shown: all(p.draws for p in shown))
                 draws = [p.draws for p in shown]
                 start = time.thread_time()
                 for run in state.runs:  # new data in every run: every shown chart redraws
                     run.model.metrics_version += 1
                 app.redraw()
-                await until(pilot, lambda: all(p.draws > d for p, d in zip(
-                    shown, draws, strict=True)))
+                await until(pilot, lambda shown=shown, draws=draws: all(
+                    p.draws > d for p, d in zip(shown, draws, strict=True)))
                 cost = time.thread_time() - start
                 print(f"redraw of {len(shown)} charts x 16 runs at {size[0]}x{size[1]}: "
                       f"{cost * 1000:.0f} ms CPU")

@@ -71,8 +71,8 @@ def test_a_finished_and_a_crashed_run_run_the_command_with_the_event(tmp_path: P
                "--notify", command, cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     assert _lines(out) == [["ok", "finished", "finished", "20",
-                            f"finished 20 steps; checkpoint runs/ok/checkpoints/"
-                            f"ckpt-00000020.pt"]]
+                            "finished 20 steps; checkpoint runs/ok/checkpoints/"
+                            "ckpt-00000020.pt"]]
     assert f"notify = {json.dumps(command)}" in (tmp_path / "runs/ok/config.toml").read_text()
 
     (tmp_path / "crashing.py").write_text(CRASHING_G)
