@@ -141,7 +141,9 @@ class _Child:
         from gantui.remote import RemoteController
         from gantui.run.follow import RunFollower
         from gantui.run.lock import is_locked
+        from gantui.terminal import STALL_S, TerminalOutput, TerminalWatch
         from gantui.ui import GantuiApp
+        from gantui.ui.tty import draw_through
 
         controller = RemoteController(run_dir, source="ui")
         app = GantuiApp(RunFollower(run_dir).drain, controller, attached=False,
@@ -155,11 +157,21 @@ class _Child:
                     app.call_from_thread(app.exit)
 
         threading.Thread(target=close_on_failure, name="gantui-run-wait", daemon=True).start()
+        # a terminal that stops reading or vanishes without a SIGHUP is taken as one: the
+        # dashboard closes and the script trains on (as gantui train's dashboard does)
+        output = TerminalOutput(sys.__stderr__, STALL_S)
+        draw_through(app, output)
+        watch = TerminalWatch(output, lambda _reason: app.exit()).start()
         try:
             outcome = app.run()
         finally:
+            watch.close()
+            output.close()
             self.app = None
             controller.close()
+        if watch.lost is not None:
+            self.printing = None
+            procs.detach_from_terminal()
         if self.printing is None:
             return
         if outcome is not None and outcome.detached and self.proc.poll() is None:

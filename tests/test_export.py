@@ -170,7 +170,8 @@ def test_hparams_carry_the_config_and_name_the_metrics(runs: dict[str, Path],
     assert hparams["lr_g"].number_value == read_toml_dict(runs["ring"] / "config.toml")["lr_g"]
     assert hparams["preset"].string_value == "ring-8" and hparams["g_hidden"].string_value
     metrics = {m.name.tag for m in plugin["_hparams_/experiment"].experiment.metric_infos}
-    assert metrics == {"loss/d", "loss/g", "quality/modes", "quality/hq"}
+    # r_t (D's overfitting heuristic) is recorded at every evaluation, as the quality values
+    assert metrics == {"loss/d", "loss/g", "quality/modes", "quality/hq", "quality/r_t"}
 
 
 def test_runs_share_a_logdir_and_a_re_export_replaces_only_its_own_files(

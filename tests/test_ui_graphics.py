@@ -283,8 +283,9 @@ def test_kitty_shows_the_preview_pixels_once_and_again_on_resize(fast_views, kit
             await pilot.pause(0.2)
             assert (panel.slot.builds, widget.encodes, len(transmitted(kitty_wire))) == (1, 1, 1)
 
-            await pilot.resize_terminal(100, 30)  # a narrower panel, room for the same picture
-            await until(pilot, lambda: panel.content_size.width < 40)
+            wide = panel.content_size.width
+            await pilot.resize_terminal(130, 48)  # a narrower panel, room for the same picture
+            await until(pilot, lambda: panel.content_size.width < wide)
             await pilot.pause(0.3)
             assert (panel.slot.builds, widget.encodes) == (1, 1)
             await pilot.resize_terminal(80, 24)  # no longer: made and sent again, smaller
