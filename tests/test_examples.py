@@ -3,16 +3,20 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import subprocess
 import sys
 from pathlib import Path
 
+from gantui.run.follow import RunFollower
 from gantui.run.lock import is_locked
 from gantui.run.runs import read_run
 from gantui.run.store import RunStore
+from gantui.ui import GantuiApp
 
+from .conftest import until
 from .test_cli import wait_for
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
@@ -36,6 +40,7 @@ def test_both_examples_run_headless_under_gantui_run(tmp_path: Path) -> None:
     assert "starting clf (classifier.py)" in out.stdout and "finished at step 20" in out.stdout
     records = RunStore.open(tmp_path / "runs" / "clf").metrics()
     assert {"loss", "accuracy", "held_out_accuracy"} <= set(records[-1])
+    _watch_shows_a_chart_per_value(tmp_path / "runs" / "clf", records)
 
     out = gantui("run", str(EXAMPLES / "dcgan_mnist.py"), "--steps", "20", "--log-every", "5",
                  "--sample-every", "10", "--batch-size", "16", "--ngf", "8", "--ndf", "8",
@@ -119,3 +124,21 @@ def test_a_killed_script_reads_as_crashed(tmp_path: Path) -> None:
     wait_for(lambda: not is_locked(run), 30)
     listing = gantui("runs", cwd=tmp_path).stdout
     assert any(line.startswith("killed") and "crashed" in line for line in listing.splitlines())
+
+
+def _watch_shows_a_chart_per_value(run: Path, records: list[dict]) -> None:
+    """``gantui watch`` on a script's run (the dashboard over its run directory, as the CLI
+    builds it): the script's own names get a chart each, drawn from the run's values."""
+    app = GantuiApp(RunFollower(run).drain, None, attached=True)
+
+    async def main() -> None:
+        async with app.run_test(size=(120, 40)) as pilot:
+            await until(pilot, lambda: app.model.step == records[-1]["step"])
+            await until(pilot, lambda: {"loss", "accuracy"} <= set(app.extra_plots))
+            plot = app.extra_plots["accuracy"]
+            await until(pilot, lambda: plot.draws > 0)
+            assert "waiting for metrics" not in plot.render().plain
+            assert app.model.extra["accuracy"].values[-1] == records[-1]["accuracy"]
+            await pilot.press("q")
+
+    asyncio.run(main())

@@ -188,14 +188,21 @@ def test_a_launcher_killed_by_sigkill_ends_its_script(tmp_path: Path) -> None:
     assert RunStore.open(run_dir).checkpoint_paths() and not is_locked(run_dir)
 
 
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_ctrl_c_stops_a_plain_script_and_its_own_sigterm_handler_is_left_alone(
         tmp_path: Path) -> None:
     """``python SCRIPT``: Ctrl-C (SIGINT) stops at the next boundary after a checkpoint; a
     script that set its own SIGTERM handler gets SIGTERM itself, and ends as it chooses."""
     script = toy(tmp_path)
+    # Ctrl-C at its default, as from a terminal, even where the tests were started with SIGINT
+    # ignored (a background job: a script that inherits SIG_IGN rightly keeps it)
     procs = {name: subprocess.Popen([sys.executable, str(script), "--name", name, *extra],
                                     cwd=tmp_path, env=ENV, stdout=subprocess.PIPE,
-                                    stderr=subprocess.STDOUT, text=True)
+                                    stderr=subprocess.STDOUT, text=True,
+                                    preexec_fn=_default_sigint)
              for name, extra in (("ctrl-c", []), ("own", ["--own-sigterm"]))}
     try:
         for name, proc in procs.items():
