@@ -173,12 +173,27 @@ def mixture(dataset: str) -> Mixture:
     raise DataError(f"dataset {dataset!r} is not a 2-D mixture (ring8, grid25)")
 
 
-class MixtureBatches:
-    """Points drawn from a 2-D Gaussian mixture (:func:`mixture`): a mode uniformly, then
-    its Gaussian."""
+class _Endless:
+    """A source without epochs whose only state is its generator ``gen`` (every draw comes
+    from it), so resuming it is restoring that generator."""
 
     skipped = 0
     steps_per_epoch = None
+    gen: torch.Generator
+
+    def epoch(self) -> int:
+        return 0
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"gen": self.gen.get_state()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.gen.set_state(state["gen"])
+
+
+class MixtureBatches(_Endless):
+    """Points drawn from a 2-D Gaussian mixture (:func:`mixture`): a mode uniformly, then
+    its Gaussian."""
 
     def __init__(self, dataset: str, batch_size: int, seed: int, device: torch.device,
                  shard: Shard = WHOLE) -> None:
@@ -192,15 +207,6 @@ class MixtureBatches:
         k = torch.randint(0, len(self.centers), (self.batch_size,), generator=self.gen)
         x = self.centers[k] + self.sigma * torch.randn(self.batch_size, 2, generator=self.gen)
         return x.to(self.device, non_blocking=True), None
-
-    def epoch(self) -> int:
-        return 0
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"gen": self.gen.get_state()}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.gen.set_state(state["gen"])
 
 
 # ---- MNIST -------------------------------------------------------------------------------
@@ -347,12 +353,9 @@ def memory_batches(cfg: Config, device: torch.device, shard: Shard = WHOLE) -> T
                          cfg.seed, device, found.note, shard)
 
 
-class StackedBatches:
+class StackedBatches(_Endless):
     """Stacked MNIST: each image's three channels are three digits drawn independently and
     uniformly from the set, so its mode is one of 1,000 digit triples (VEEGAN, PacGAN)."""
-
-    skipped = 0
-    steps_per_epoch = None
 
     def __init__(self, digits: torch.Tensor, batch_size: int, seed: int, device: torch.device,
                  note: str, shard: Shard = WHOLE) -> None:
@@ -368,15 +371,6 @@ class StackedBatches:
         x = self.digits[idx.flatten().to(self.device)].view(self.batch_size, 3,
                                                            *self.digits.shape[2:])
         return x.float().div_(127.5).sub_(1.0), None
-
-    def epoch(self) -> int:
-        return 0
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"gen": self.gen.get_state()}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.gen.set_state(state["gen"])
 
 
 def stacked_mnist_batches(cfg: Config, device: torch.device,
