@@ -256,9 +256,10 @@ def watch(
 
     paths = list(runs or [])
     if web:
-        if len(paths) != 1:
-            fail("--web serves one run: gantui watch RUN --web")
-        _serve_web(paths[0], port)
+        if not paths:
+            fail("--web needs a run: gantui watch RUN --web (several runs or a sweep "
+                 "directory: the compare view)")
+        _serve_web(paths, port)
         return
     in_browser = "web_driver" in os.environ.get("TEXTUAL_DRIVER", "")  # under textual-serve
     if not paths:
@@ -321,27 +322,33 @@ def _watch_compare(paths: list[Path], in_browser: bool) -> None:
     run_compare(runset)
 
 
-def _serve_web(run_dir: Path, port: int) -> None:
-    """``gantui watch RUN`` in a browser: textual-serve starts it per browser tab, on
-    127.0.0.1 only and behind a secret token printed to the owner (reach it through an SSH
-    tunnel, never an open port)."""
+def _serve_web(paths: list[Path], port: int) -> None:
+    """``gantui watch RUN... --web`` in a browser: textual-serve starts ``gantui watch`` per
+    browser tab, on 127.0.0.1 only and behind a secret token printed to the owner (reach it
+    through an SSH tunnel, never an open port). The URL file goes into the first path: the
+    run, the sweep directory, or the first of several runs."""
     import shlex
 
     from gantui.run.store import RunStore
 
-    try:
-        RunStore.open(run_dir)
-    except GantuiError as exc:
-        fail(exc)
+    if len(paths) > 1 or _is_sweep(paths[0]):
+        from gantui.studies.runset import resolve
+
+        with one_line(paths[0]):
+            runset = resolve(paths)
+        what, title = f"the compare view of {runset.title}", f"gantui compare · {runset.title}"
+    else:
+        with one_line(paths[0]):
+            RunStore.open(paths[0])
+        what, title = safe(paths[0].name, 60), f"gantui watch · {safe(paths[0].name, 60)}"
     try:
         from gantui.ui.web import serve_dashboard
     except ImportError:
         fail("--web needs textual-serve: pip install 'gantui[web]'")
-    command = (f"{shlex.quote(sys.executable)} -m gantui watch "
-               f"{shlex.quote(str(run_dir.resolve()))}")
+    command = shlex.join([sys.executable, "-m", "gantui", "watch",
+                          *(str(p.resolve()) for p in paths)])
     try:
-        serve_dashboard(command, run_dir, port=port, echo=typer.echo,
-                        title=f"gantui watch · {safe(run_dir.name, 60)}")
+        serve_dashboard(command, paths[0], port=port, echo=typer.echo, title=title, what=what)
     except OSError as exc:
         fail(f"cannot serve on 127.0.0.1:{port}: {exc.strerror or exc}")
 

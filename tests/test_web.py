@@ -1,5 +1,6 @@
-"""`gantui watch RUN --web`: the dashboard served to a browser by textual-serve, on localhost,
-to its owner only: the page and its websocket want the token printed to the owner."""
+"""`gantui watch RUN --web`: the dashboard (or the compare view of several runs) served to a
+browser by textual-serve, on localhost, to its owner only: the page and its websocket want
+the token printed to the owner."""
 
 from __future__ import annotations
 
@@ -78,11 +79,11 @@ class Served:
 
 
 @contextmanager
-def _serving(run_dir: Path) -> Iterator[Served]:
+def _serving(run_dir: Path, *more: Path) -> Iterator[Served]:
     port = _free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "gantui", "watch", str(run_dir), "--web",
-                             "--port", str(port)], stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen([sys.executable, "-m", "gantui", "watch", str(run_dir),
+                             *map(str, more), "--web", "--port", str(port)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     served = Served(port, run_dir, proc)
     reader = threading.Thread(target=lambda: served.lines.extend(proc.stdout), daemon=True)
     reader.start()  # drained all along: the server never blocks on a full pipe
@@ -127,7 +128,9 @@ def served(run_dir: Path) -> Iterator[Served]:
         yield server
 
 
-def test_the_dashboard_in_a_browser(served: Served) -> None:
+def _browser_text(served: Served, done: Callable[[str], bool]) -> str:
+    """What a browser tab is sent, opened as a browser would (the token URL, its 303 and
+    cookie, the page, its websocket), until ``done(text)``."""
     import aiohttp  # textual-serve's own HTTP stack: a real client for its websocket
 
     port = served.port
@@ -139,12 +142,12 @@ def test_the_dashboard_in_a_browser(served: Served) -> None:
                 page = await reply.text()
                 assert reply.status == 200 and [r.status for r in reply.history] == [303]
                 assert "token" not in str(reply.url) and served.token not in page
-            assert "textual.js" in page and "gantui watch" in page
+            assert "textual.js" in page and "gantui " in page
             ws_url = re.search(r'data-session-websocket-url="([^"]+)"', page)[1]
             assert ws_url == f"ws://localhost:{port}/ws"  # the host the browser asked for
             async with client.ws_connect(f"{ws_url}?width=100&height=30",
                                          origin=f"http://localhost:{port}") as ws:
-                while "FINISHED" not in seen:  # in by the cookie alone
+                while not done(seen):  # in by the cookie alone
                     msg = await asyncio.wait_for(ws.receive(), 60)
                     if msg.type == aiohttp.WSMsgType.BINARY:
                         seen += msg.data.decode("utf-8", "replace")
@@ -154,8 +157,27 @@ def test_the_dashboard_in_a_browser(served: Served) -> None:
                         break
         return seen
 
-    text = asyncio.run(session_text())
+    return asyncio.run(session_text())
+
+
+def test_the_dashboard_in_a_browser(served: Served) -> None:
+    text = _browser_text(served, lambda seen: "FINISHED" in seen)
     assert "FINISHED" in text and "step 60/60" in text  # the real dashboard, drawn
+
+
+def test_the_compare_view_in_a_browser(run_dir: Path) -> None:
+    twin = run_dir.with_name(run_dir.name + "-twin")
+    shutil.copytree(run_dir, twin, ignore=shutil.ignore_patterns("web-*.url"))
+    try:
+        with _serving(run_dir, twin) as served:
+            assert _status(served.port, "/") == 403
+            assert any("compare view of 2 runs" in line for line in served.lines)
+            assert served.url_file.read_text().strip() == served.url  # in the first run
+            text = _browser_text(served, lambda seen: "2 runs · 0 live" in seen)
+            assert "2 runs · 0 live" in text and "-twin" in text  # the compare view, drawn
+        assert not served.url_file.exists()
+    finally:
+        shutil.rmtree(twin)
 
 
 def test_no_token_no_dashboard(served: Served) -> None:
@@ -244,6 +266,8 @@ def test_the_url_file_goes_with_the_server(run_dir: Path) -> None:
 
 def test_web_errors_are_one_line(tmp_path: Path) -> None:
     out = gantui("watch", "--web", cwd=tmp_path)
-    assert out.returncode == 1 and "--web serves one run" in out.stderr
+    assert out.returncode == 1 and "--web needs a run" in out.stderr
     out = gantui("watch", str(tmp_path / "nope"), "--web", cwd=tmp_path)
     assert out.returncode == 1 and "Traceback" not in out.stderr
+    out = gantui("watch", str(tmp_path), str(tmp_path / "nope"), "--web", cwd=tmp_path)
+    assert out.returncode == 1 and len(out.stderr.strip().splitlines()) == 1

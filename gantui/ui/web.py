@@ -1,9 +1,9 @@
-"""``gantui watch RUN --web``: textual-serve behind a secret token, for the owner only.
+"""``gantui watch RUN... --web``: textual-serve behind a secret token, for the owner only.
 
 Binding to 127.0.0.1 keeps other machines out, not the other accounts on a shared box. So
 every request but the generic static files (the page, its websocket, downloads) must carry a
 random token: ``?token=`` in the URL printed to the owner's terminal (and kept in a file in
-the run directory that only the owner can read), after which the page sets an HttpOnly,
+the run or sweep directory that only the owner can read), after which the page sets an HttpOnly,
 SameSite=Strict cookie and redirects to the same URL without the token. A websocket whose
 ``Origin`` is another site (or another port) is refused even with the cookie.
 
@@ -130,12 +130,21 @@ def write_private(path: Path, text: str) -> bool:
     return True
 
 
-def serve_dashboard(command: str, run_dir: Path, *, port: int, title: str,
-                    echo: Callable[[str], None] = print) -> None:
+def serve_dashboard(command: str, folder: Path, *, port: int, title: str,
+                    echo: Callable[[str], None] = print, what: str | None = None) -> None:
     """Serve ``command`` to a browser on 127.0.0.1:``port`` until Ctrl-C or SIGTERM.
 
     The URL with the token goes to ``echo`` (the owner's terminal) and to
-    ``RUN/web-PORT.url`` (mode 0600, removed at the end), never to a shared log.
+    ``folder/web-PORT.url`` (the run, the sweep, or the first of several runs; mode 0600,
+    removed at the end), never to a shared log.
+
+    Args:
+        command: The shell command each browser tab runs.
+        folder: Where the URL file goes.
+        port: The loopback port.
+        title: The page's title.
+        echo: Where the URL is said.
+        what: What is served, as the line says it; the folder's name when None.
 
     Raises:
         OSError: The port cannot be bound.
@@ -144,9 +153,9 @@ def serve_dashboard(command: str, run_dir: Path, *, port: int, title: str,
         probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as aiohttp binds
         probe.bind(("127.0.0.1", port))
     server = TokenServer(command, port=port, title=title)
-    url_file = run_dir / f"web-{port}.url"
+    url_file = folder / f"web-{port}.url"
     kept = write_private(url_file, server.url + "\n")
-    echo(f"serving {run_dir.name} to you only: {server.url}"
+    echo(f"serving {what or folder.name} to you only: {server.url}"
          + (f" (also in {url_file}, readable by you only)" if kept else "")
          + f". From your own machine: ssh -L {port}:localhost:{port} THIS_HOST, then open "
          "that URL. Ctrl-C ends it.")
