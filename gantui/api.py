@@ -52,6 +52,7 @@ from gantui.errors import GantuiError
 from gantui.files import atomic_write_bytes
 from gantui.headless import LinePrinter
 from gantui.live import LiveKey, Spec, parse_changes, spec_to_json
+from gantui.notify import COMMAND_ENV, CommandNotifier
 from gantui.remote import ControlServer
 from gantui.run.lock import RunLock
 from gantui.run.store import RunStore, StoreError, default_run_name
@@ -83,7 +84,7 @@ class _Terminated(SystemExit):
 def init(config: Any = None, *, name: str | None = None, runs_dir: str | Path = "runs",
          total_steps: int = 0, log_every: int = 50, keep_checkpoints: int = 3,
          resume: bool = False, device: Any = None, label: str | None = None,
-         echo: bool = True, system: bool = True) -> Run:
+         echo: bool = True, system: bool = True, notify: str | None = None) -> Run:
     """Open a run directory for this script and start serving its control socket.
 
     Args:
@@ -101,13 +102,16 @@ def init(config: Any = None, *, name: str | None = None, runs_dir: str | Path = 
         label: what ``gantui runs`` shows as the preset; default the script's file name.
         echo: print progress lines on stdout, as ``gantui train --no-ui`` does.
         system: sample GPU/CPU/RAM into ``system.jsonl`` (as ``gantui train`` does).
+        notify: a shell command run when the run finishes, crashes or warns, as
+            ``gantui train --notify`` runs it; ``GANTUI_NOTIFY`` (which ``gantui run
+            --notify`` sets) takes its place when set.
 
     Raises:
         RunError: the directory exists (without ``resume``) or a live process owns it.
     """
     return Run(config, name=name, runs_dir=Path(runs_dir), total_steps=total_steps,
                log_every=log_every, keep_checkpoints=keep_checkpoints, resume=resume,
-               device=device, label=label, echo=echo, system=system)
+               device=device, label=label, echo=echo, system=system, notify=notify)
 
 
 class _Inbox(Controller):
@@ -163,7 +167,7 @@ class Run:
 
     def __init__(self, config: Any, *, name: str | None, runs_dir: Path, total_steps: int,
                  log_every: int, keep_checkpoints: int, resume: bool, device: Any,
-                 label: str | None, echo: bool, system: bool) -> None:
+                 label: str | None, echo: bool, system: bool, notify: str | None) -> None:
         if not isinstance(log_every, int) or log_every < 1:
             raise RunError(f"log_every must be a whole number >= 1, not {shown(log_every)}")
         if not isinstance(keep_checkpoints, int) or keep_checkpoints < 1:
@@ -217,6 +221,7 @@ class Run:
         self.state = "starting"
         self._inbox = _Inbox(self)
         self.controller = self._inbox
+        self._notifier: CommandNotifier | None = None
         self.server = ControlServer(self.path, self._inbox, status=self.status,
                                     refuse=lambda message: self._inbox.journal("control",
                                                                                message))
@@ -235,6 +240,11 @@ class Run:
             if not self.resumed:
                 self.store.remove_unused()
             raise
+        notify = os.environ.get(COMMAND_ENV) or notify
+        if notify:  # its failure is journaled by the loop (at the end, by finish)
+            self._notifier = CommandNotifier(
+                notify, self.path, lambda message: self._inbox.journal("notify", message)
+            ).start()
         self._emit(ev.RunStarted(str(self.path), self.path.name, self.label, self.device,
                                  start, self.total_steps, dict(self.config), "", self.resumed))
         if self.last_checkpoint is not None:
@@ -650,9 +660,14 @@ class Run:
                        }.get(state, "ended")
         if state in ("finished", "stopped") and self.last_checkpoint is not None:
             message += f"; checkpoint {self.last_checkpoint}"
-        while (command := self._inbox.get()) is not None:
-            _answer(command, GantuiError(f"run already {state}"))
         self._set_state(state, message)
+        if self._notifier is not None:  # the last event's command runs (bounded) first
+            self._notifier.close()
+        while (command := self._inbox.get()) is not None:
+            if command.action == "journal":  # the notify command's failure, say
+                self._apply(command)
+            else:
+                _answer(command, GantuiError(f"run already {state}"))
         self._close()
 
     def _close(self) -> None:
@@ -769,6 +784,8 @@ class Run:
                           file=sys.stderr)
         if self.printer is not None:
             self.printer(event)
+        if self._notifier is not None:
+            self._notifier(event)
 
     def _write_owner(self) -> None:
         self.store.write_owner({"preset": self.label, "device": self.device, "api": 1,

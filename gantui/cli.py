@@ -194,6 +194,9 @@ def run(
     no_ui: Annotated[bool, typer.Option(
         "--no-ui", help="Print the script's output instead of the dashboard (automatic when "
         "stdout is not a terminal).")] = False,
+    notify: Annotated[str | None, typer.Option(
+        metavar="COMMAND", help=NOTIFY_HELP + " Here: for the script's run (gantui.api).")] =
+        None,
 ) -> None:
     """Run your own training script with the dashboard, as train does for presets.
 
@@ -203,7 +206,7 @@ def run(
     from gantui.runner import run_script
 
     with one_line(script):
-        code = run_script(script, list(ctx.args),
+        code = run_script(script, list(ctx.args), notify=notify,
                           dashboard=not (no_ui or not sys.stdout.isatty()))
     raise typer.Exit(code)
 

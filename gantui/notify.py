@@ -45,6 +45,8 @@ TERMINAL_ENV = "GANTUI_NOTIFY_TERMINAL"
 """How the dashboard notifies through its terminal: ``auto`` (default), ``osc9``, ``osc777``,
 ``bell`` or ``off``."""
 TERMINAL_MODES = ("auto", "osc9", "osc777", "bell", "off")
+COMMAND_ENV = "GANTUI_NOTIFY"
+"""The notify command for a script's run (:mod:`gantui.api`); ``gantui run --notify`` sets it."""
 QUIET_ALERTS = frozenset({"control", "error", "notify"})
 """Alert kinds that are no notice: refused requests, errors the run's state reports (a crash
 is told once, by its state), and a notify command's own failures (no loop)."""
@@ -234,13 +236,20 @@ class CommandNotifier:
         if notice is not None:
             self.push(notice)
 
-    def push(self, notice: Notice) -> None:
-        """Queue ``notice`` for the command (dropped when :data:`MAX_PENDING` wait)."""
+    def start(self) -> CommandNotifier:
+        """Start the command's thread now rather than at the first notice: a run that may end
+        in an ``atexit`` handler (:mod:`gantui.api`) must, as Python 3.12+ starts no thread
+        there."""
         with self._lock:
             if self._thread is None:
                 self._thread = threading.Thread(target=self._work, name="gantui-notify",
                                                 daemon=True)
                 self._thread.start()
+        return self
+
+    def push(self, notice: Notice) -> None:
+        """Queue ``notice`` for the command (dropped when :data:`MAX_PENDING` wait)."""
+        self.start()
         try:
             self._queue.put_nowait(notice)
         except queue.Full:

@@ -29,14 +29,18 @@ from pathlib import Path
 
 from gantui import procs
 from gantui.errors import GantuiError
+from gantui.notify import COMMAND_ENV
 
 ANNOUNCE_ENV = "GANTUI_RUN_ANNOUNCE"  # the same name as gantui.api.ANNOUNCE_ENV
 TAIL_LINES = 40
 """The script's last output lines shown after the dashboard closes."""
 
 
-def run_script(script: Path, args: list[str], *, dashboard: bool, out=None) -> int:
+def run_script(script: Path, args: list[str], *, dashboard: bool, out=None,
+               notify: str | None = None) -> int:
     """Run ``script`` with ``args`` in a child Python and follow it; returns its exit code.
+    ``notify``: the command its run runs when it finishes, crashes or warns (handed to
+    :mod:`gantui.api` in ``GANTUI_NOTIFY``).
 
     Raises:
         GantuiError: no such script.
@@ -47,6 +51,8 @@ def run_script(script: Path, args: list[str], *, dashboard: bool, out=None) -> i
     folder = Path(tempfile.mkdtemp(prefix="gantui-run-"))
     announce = folder / "run_dir"
     env = dict(os.environ, PYTHONUNBUFFERED="1", **{ANNOUNCE_ENV: str(announce)})
+    if notify:
+        env[COMMAND_ENV] = notify
     try:
         proc = procs.Child(
             [sys.executable, "-m", "gantui.runner", str(script), *args], env=env, group=True,
@@ -153,6 +159,8 @@ class _Child:
 
         def close_on_failure() -> None:  # a script that crashes gives the terminal back
             if self.proc.wait() != 0:
+                with contextlib.suppress(Exception):
+                    app.call_from_thread(app.poll)  # its crash told (the terminal's notice)
                 with contextlib.suppress(Exception):
                     app.call_from_thread(app.exit)
 
