@@ -671,7 +671,8 @@ def dashboard_for(state: CompareState, index: int,
     controller = run.control()
     app = GantuiApp(RunFollower(path).drain, controller, attached=True,
                     title=f"gantui watch · {run.ref.name} (q: back to compare)",
-                    can_steer=lambda: is_locked(path), graphics=graphics)
+                    can_steer=lambda: is_locked(path), graphics=graphics,
+                    history=True)  # its past (a finished run's end) raises no notification
     return app
 
 
