@@ -232,6 +232,14 @@ class RunGrid(PreviewPanel):
         return f"{self.number} @{image.step}" if image is not None else str(self.number)
 
 
+class RunTable(DataTable):
+    """The runs' table. Enter is its own select key, so it acts on the row the keys typed
+    just before it chose (an app's priority key would overtake them): the app focuses the
+    selected run."""
+
+    BINDINGS: ClassVar = [Binding("enter", "select_cursor", "Focus")]
+
+
 class CompareApp(App[Focus | None]):
     """Runs side by side, live or finished; exits with a :class:`Focus` to show one run's
     dashboard, or None to quit."""
@@ -243,8 +251,7 @@ class CompareApp(App[Focus | None]):
     VERTICAL_BREAKPOINTS: ClassVar = [(0, "-short"), (36, "-tall")]
 
     BINDINGS: ClassVar = [
-        Binding("enter", "focus_run", "Focus", priority=True),
-        Binding("space", "mark", "Mark", priority=True),
+        Binding("space", "mark", "Mark"),  # Enter is the table's (RunTable)
         Binding("p", "pause", "Pause"),
         Binding("e", "edit", "Set"),
         Binding("x", "stop_run", "Stop"),
@@ -324,7 +331,7 @@ class CompareApp(App[Focus | None]):
                          for i in range(len(self.runs))]
         self.step_slider = StepSlider(id="slider")
         self.legend = Legend(self.runs, id="legend")
-        self.table: DataTable = DataTable(id="table", cursor_type="row", zebra_stripes=True)
+        self.table: DataTable = RunTable(id="table", cursor_type="row", zebra_stripes=True)
         yield self.status
         with self.charts:
             yield from self.plots
@@ -440,7 +447,8 @@ class CompareApp(App[Focus | None]):
             if [c.plain for c in row] != self._rows.get(i):  # only what changed
                 self._rows[i] = [c.plain for c in row]
                 for column, cell in zip(self.table.columns, row, strict=True):
-                    self.table.update_cell(str(i), column, cell)
+                    # a column as wide as its widest value: 980/4000, not 980/400
+                    self.table.update_cell(str(i), column, cell, update_width=True)
         self.legend.refresh(layout=True)
         if self.samples:
             self._show_grids()
@@ -555,6 +563,10 @@ class CompareApp(App[Focus | None]):
         if self.cursor is not None:
             self.state.cursor, self.state.samples = self.table.cursor_row, self.samples
             self.exit(Focus(self.table.cursor_row))
+
+    def on_data_table_row_selected(self) -> None:
+        """Enter (or a click) on a row: its full dashboard."""
+        self.action_focus_run()
 
     def action_mark(self) -> None:
         """Mark or unmark the run under the cursor for keys that steer every marked run."""

@@ -83,6 +83,14 @@ def row_cells(info: RunInfo, now: float, marked: bool = False) -> list[Text]:
     ]
 
 
+class RunsTable(DataTable):
+    """The runs' table. Enter is its own select key, so it acts on the row the keys typed
+    just before it chose (an app's priority key would overtake them): the picker opens the
+    selected run, or the marked ones."""
+
+    BINDINGS: ClassVar = [Binding("enter", "select_cursor", "Watch")]
+
+
 class RunPicker(App[Path | list[Path] | None]):
     """Lists the runs under a runs directory; exits with the chosen run's path, the marked
     runs' paths (to compare them), or None."""
@@ -92,8 +100,7 @@ class RunPicker(App[Path | list[Path] | None]):
     ENABLE_COMMAND_PALETTE = False
 
     BINDINGS: ClassVar = [
-        Binding("enter", "open", "Watch", priority=True),  # before the table's own Enter
-        Binding("space", "mark", "Mark to compare", priority=True),
+        Binding("space", "mark", "Mark to compare"),  # Enter is the table's (RunsTable)
         Binding("x", "stop_run", "Stop run"),
         Binding("r", "rescan", "Refresh"),
         Binding("q", "quit", "Quit"),
@@ -122,7 +129,7 @@ class RunPicker(App[Path | list[Path] | None]):
 
     def compose(self) -> ComposeResult:
         yield Static(id="heading")
-        table: DataTable = DataTable(id="runs", cursor_type="row", zebra_stripes=True)
+        table: DataTable = RunsTable(id="runs", cursor_type="row", zebra_stripes=True)
         for label, key in COLUMNS:
             table.add_column(label, key=key)
         yield table
@@ -219,7 +226,7 @@ class RunPicker(App[Path | list[Path] | None]):
         self.show_runs(self.runs)
 
     def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:
-        """A row picked with the mouse opens that run, as Enter does."""
+        """Enter, or a row picked with the mouse, opens that run (or the marked ones)."""
         self.action_open()
 
     def on_data_table_row_highlighted(self) -> None:
