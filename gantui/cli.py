@@ -276,7 +276,7 @@ def watch(
             raise typer.Exit(0)
         paths = picked if isinstance(picked, list) else [picked]
     if len(paths) > 1 or _is_sweep(paths[0]):
-        _watch_compare(paths, in_browser)
+        _watch_compare(paths, in_browser, notify)
         return
     run_dir = paths[0]
     with one_line(run_dir):
@@ -311,7 +311,7 @@ def _is_sweep(path: Path) -> bool:
     return (path / "sweep.json").is_file() and not (path / "config.toml").exists()
 
 
-def _watch_compare(paths: list[Path], in_browser: bool) -> None:
+def _watch_compare(paths: list[Path], in_browser: bool, notify: str | None) -> None:
     """``gantui watch`` on several runs or a sweep: the live compare view."""
     from gantui.studies.runset import resolve
 
@@ -322,7 +322,7 @@ def _watch_compare(paths: list[Path], in_browser: bool) -> None:
              "comparison")
     from gantui.ui.compare import run_compare
 
-    run_compare(runset)
+    run_compare(runset, notify=notify)
 
 
 def _serve_web(paths: list[Path], port: int) -> None:

@@ -29,6 +29,7 @@ from textual.widgets import DataTable, Footer, Static
 
 from gantui.chart import Line, plot_text
 from gantui.events import Preview
+from gantui.notify import CommandNotifier, Notice, Notices, followed, terminal_escape
 from gantui.files import read_toml_dict
 from gantui.quality.describe import describe_value, format_value
 from gantui.remote import RemoteController
@@ -66,6 +67,12 @@ class Followed:
     """A live process owned the run at the last check (it can be steered)."""
     controller: RemoteController | None = None
     """Made when first needed; closed by :meth:`CompareState.close`."""
+    drain: Callable[[], list] | None = None
+    """The follower's drain, running the ``notify`` command too when one is given."""
+    notices: Notices = field(default_factory=Notices)
+    """What of this run is worth a desktop notification (none for its history)."""
+    drained: bool = False
+    """The first drain (the run's history) is done."""
 
     @property
     def state(self) -> str:
@@ -90,12 +97,28 @@ class Followed:
 
 
 class CompareState:
-    """The followed runs, kept while the view goes to one run's dashboard and back."""
+    """The followed runs, kept while the view goes to one run's dashboard and back.
 
-    def __init__(self, runset: RunSet, preview_max_side: int = 256) -> None:
+    Args:
+        runset: The runs.
+        preview_max_side: Largest side of a decoded sample grid.
+        notify: A command run for what happens to any run from now on (as ``gantui watch
+            --notify`` runs it for one run).
+    """
+
+    def __init__(self, runset: RunSet, preview_max_side: int = 256,
+                 notify: str | None = None) -> None:
         self.runset = runset
         self.runs = [Followed(ref, RunFollower(ref.path, preview_max_side))
                      for ref in runset.runs]
+        self.notifiers: list[CommandNotifier] = []
+        for run in self.runs:
+            run.drain = run.follower.drain
+            if notify:
+                run.drain, notifier = followed(run.follower.drain, notify, run.ref.path)
+                self.notifiers.append(notifier)
+        self.told: list[Notice] = []
+        """Notices for the terminal not yet written (:meth:`CompareApp.poll` takes them)."""
         self._owners_checked = -1.0
         self.cursor = 0
         """The table row the view had when it left for a dashboard, restored on return."""
@@ -106,9 +129,15 @@ class CompareState:
         """Drain every follower into its model; returns how many events arrived."""
         count = 0
         for run in self.runs:
-            events = run.follower.drain()
+            assert run.drain is not None
+            events = run.drain()
             for event in events:
                 run.model.apply(event)
+                if not run.drained:
+                    run.notices.remember(event)
+                elif notice := run.notices.see(event):
+                    self.told.append(notice)
+            run.drained = True
             count += len(events)
         now = time.monotonic()
         if now - self._owners_checked >= OWNER_CHECK_S:
@@ -122,11 +151,13 @@ class CompareState:
         return sum(run.model.metrics_version for run in self.runs)
 
     def close(self) -> None:
-        """Release the controllers' threads."""
+        """Release the controllers' threads; let the notify commands under way finish."""
         for run in self.runs:
             if run.controller is not None:
                 run.controller.close()
                 run.controller = None
+        for notifier in self.notifiers:
+            notifier.close()
 
 
 @dataclass(frozen=True)
@@ -410,6 +441,11 @@ class CompareApp(App[Focus | None]):
             self.state.poll()
         except Exception as exc:  # noqa: BLE001 - a follower failing must not kill the view
             self.notify(safe(f"reading the runs failed: {exc}"), severity="error", markup=False)
+        told, self.state.told = self.state.told, []
+        for notice in told:  # a desktop notification through the terminal, as the dashboard's
+            escape = terminal_escape(notice)
+            if escape and self._driver is not None:
+                self._driver.write(escape)
         self._check_replies()
         now = time.monotonic()
         seen = tuple((r.model.state, r.owned, r.marked) for r in self.runs)
@@ -688,11 +724,12 @@ def dashboard_for(state: CompareState, index: int,
     return app
 
 
-def run_compare(runset: RunSet) -> None:
-    """The compare view in this terminal, with focus on one run and back, until ``q``."""
+def run_compare(runset: RunSet, notify: str | None = None) -> None:
+    """The compare view in this terminal, with focus on one run and back, until ``q``;
+    ``notify``: a command run for what happens to any run while it is open."""
     from gantui.ui.tty import run_follower
 
-    state = CompareState(runset)
+    state = CompareState(runset, notify=notify)
     graphics = graphics_mod.detect()
     try:
         while True:

@@ -42,7 +42,7 @@ def status_text(model: RunModel, view: str) -> Text:
     pct = f" {100 * model.step / total:.0f}%" if total else ""
     parts = [  # most important first: narrow terminals cut the end
         f"step {model.step}/{total or '?'}{pct}",
-        f"{model.img_per_s:.0f} img/s",
+        f"{model.img_per_s:.0f} img/s" if math.isfinite(model.img_per_s) else "",  # a script's
         f"data {model.data_wait:.0%}" if math.isfinite(model.data_wait) else "",
         f"ETA {format_duration(model.eta_s) if model.live else '--'}",
         f"ep {model.epoch}",
