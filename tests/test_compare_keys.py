@@ -37,6 +37,10 @@ def test_a_burst_of_keys_focuses_and_marks_the_row_it_chose(finished_ring: Path,
             await until(pilot, lambda: all("finished" in cells(app, i) for i in range(3)))
             step = app.table.columns[ColumnKey("step")]
             assert step.get_render_width(app.table) >= len(" 60/60 ")  # grown with its value
+            await pilot.resize_terminal(160, 48)  # as a tmux window resized: laid out again
+            await until(pilot, lambda: sum(p.display for p in app.plots) == 7)
+            await pilot.resize_terminal(80, 24)
+            await until(pilot, lambda: sum(p.display for p in app.plots) == 2)
             _burst(app, "down", "space", "down", "enter")
             await pilot.pause(0.3)
         assert app.return_value == Focus(2)

@@ -23,7 +23,9 @@ from typing import Any, ClassVar
 from rich.text import Text
 from textual.app import App, ComposeResult
 from textual.binding import Binding
+from textual.geometry import Size
 from textual.containers import Grid, Vertical
+from textual.events import Resize
 from textual.widget import Widget
 from textual.widgets import DataTable, Footer, Static
 
@@ -395,14 +397,14 @@ class CompareApp(App[Focus | None]):
         self.poll()
         self._layout()
 
-    def on_resize(self) -> None:
+    def on_resize(self, event: Resize) -> None:
         self.graphics = graphics_mod.follow_window(self.graphics)
-        self._layout()
+        self._layout(event.size)  # self.size is still the old one: App's own handler runs next
 
-    def _layout(self) -> None:
+    def _layout(self, size: Size | None = None) -> None:
         """Fit as many charts as the room allows (``m`` pages through the rest) and lay the
         sample grids out in a grid of about square cells."""
-        width, height = self.size
+        width, height = size or self.size
         room = max(1, height - 4 - min(len(self.runs) + 1, 6 if height < 36 else 17))
         cols = max(1, min(4, width // CHART_MIN[0]))
         rows = max(1, min(1 if height < 36 else 2, room // CHART_MIN[1]))
