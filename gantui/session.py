@@ -227,6 +227,7 @@ def _start_locked(store: RunStore, lock: RunLock, cfg: Config | None, preset: st
     assert cfg is not None
     notes.append(ev.Note(int(resume_state["step"]) if resume_state else 0,
                          fast.set_threads(cfg)))
+    threads = fast.hand_over_threads()
     if world.distributed:
         notes.append(ev.Note(notes[-1].step, f"data parallel: {world.size} ranks of "
                              f"batch_size {cfg.batch_size} (a global batch of "
@@ -244,7 +245,8 @@ def _start_locked(store: RunStore, lock: RunLock, cfg: Config | None, preset: st
     emit = queue.put if notifier is None else tee(queue.put, notifier)
     trainer = Trainer(cfg, store=store, emit=emit, controller=controller, device=device,
                       preset=preset, name=store.path.name, resume_state=resume_state,
-                      on_nonfinite=on_nonfinite, notes=notes, world=world, channel=channel)
+                      on_nonfinite=on_nonfinite, notes=notes, world=world, channel=channel,
+                      threads=threads)
     if resume_state is not None:
         trainer.last_good_checkpoint = ckpt
         for journal in ("metrics.jsonl", "quality.jsonl"):
@@ -325,7 +327,9 @@ def start_worker(world: World, channel: Channel, device: torch.device,
         return None
     cfg = config_mod.from_dict(setup["cfg"])
     fast.set_threads(cfg)
+    threads = fast.hand_over_threads()
     store = _NoStore(setup["run_dir"])
     return Trainer(cfg, store=store, emit=emit, controller=Controller(), device=device,  # type: ignore[arg-type]
                    preset=setup["preset"], name=store.path.name, resume_state=setup["state"],
-                   on_nonfinite=setup["on_nonfinite"], world=world, channel=channel)
+                   on_nonfinite=setup["on_nonfinite"], world=world, channel=channel,
+                   threads=threads)

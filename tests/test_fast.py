@@ -136,6 +136,37 @@ def test_threads_key_and_its_sane_default(monkeypatch) -> None:
     assert fast.available_cores() >= 1
 
 
+def test_the_trainer_thread_alone_computes_with_the_threads(tmp_path: Path, monkeypatch) -> None:
+    """The main thread builds the run on one thread and hands the count to the trainer
+    thread (two OpenMP teams on busy cores slowed every training step); a second run in the
+    same process gets the same count, not the one left to the main thread."""
+    from gantui.engine import fast
+
+    seen: list[int] = []
+    step = Trainer.g_step
+
+    def g_step(self: Trainer) -> None:
+        seen.append(torch.get_num_threads())  # in the trainer thread
+        step(self)
+
+    monkeypatch.setattr(Trainer, "g_step", g_step)
+    monkeypatch.setattr(fast, "available_cores", lambda: 2)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        for name in ("a", "b"):
+            session = start(tiny("ring-8", "eval_every=0", "steps=4"), "ring-8",
+                            runs_dir=tmp_path, name=name, device="cpu")
+            assert torch.get_num_threads() == 1  # the main thread keeps one
+            follow(session, 60)
+            assert session.state == "finished"
+            assert seen and set(seen) == {2}, seen
+            seen.clear()
+    finally:
+        monkeypatch.setattr(fast, "_handed_over", [])
+        torch.set_num_threads(before)
+
+
 def test_threads_through_the_cli(tmp_path: Path) -> None:
     out = cli("train", "--no-ui", "--preset", "ring-8", "--device", "cpu", "--set",
               "threads=1", "--set", "steps=20", "--set", "log_every=10", "--set",

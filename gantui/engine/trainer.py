@@ -62,8 +62,11 @@ class Trainer:
                  device: torch.device, preset: str, name: str,
                  resume_state: dict[str, Any] | None = None, on_nonfinite: str = "stop",
                  notes: list[ev.Event] | tuple[ev.Event, ...] = (), world: World = SINGLE,
-                 channel: Channel | None = None) -> None:
+                 channel: Channel | None = None, threads: int = 0) -> None:
         self.cfg = cfg
+        self.threads = threads
+        """Intra-op threads :meth:`run` sets in the thread it runs in (0: as they are); see
+        :func:`gantui.engine.fast.hand_over_threads`."""
         self.store = store
         self.controller = controller
         self.device = device
@@ -183,6 +186,8 @@ class Trainer:
     def run(self) -> str:
         """Train until done or stopped; returns the final state."""
         cfg = self.cfg
+        if self.threads:
+            torch.set_num_threads(self.threads)  # OpenMP's count is per thread
         self.emit(ev.RunStarted(str(self.store.path), self.name, self.preset, str(self.device),
                                  self.step, self.total_steps, cfg.to_dict(), self.batches.note,
                                  self.resumed))

@@ -23,16 +23,16 @@ from typing import Any, ClassVar
 from rich.text import Text
 from textual.app import App, ComposeResult
 from textual.binding import Binding
-from textual.geometry import Size
 from textual.containers import Grid, Vertical
 from textual.events import Resize
+from textual.geometry import Size
 from textual.widget import Widget
 from textual.widgets import DataTable, Footer, Static
 
 from gantui.chart import Line, plot_text
 from gantui.events import Preview
-from gantui.notify import CommandNotifier, Notice, Notices, followed, terminal_escape
 from gantui.files import read_toml_dict
+from gantui.notify import CommandNotifier, Notice, Notices, followed, terminal_escape
 from gantui.quality.describe import describe_value, format_value
 from gantui.remote import RemoteController
 from gantui.run.follow import RunFollower, decode_preview, grid_nrow, sample_files
