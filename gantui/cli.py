@@ -453,6 +453,9 @@ def bench(
         "--set amp=true --set compile=true.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object, for scripts.")] =
         False,
+    modes: Annotated[str, typer.Option(
+        help="Which to measure, a comma list: the ratios need bare, the data's headroom "
+        "needs headless.")] = "bare,headless,dashboard",
 ) -> None:
     """Measure img/s side by side: a bare loop, headless, the dashboard, the data alone.
 
@@ -461,13 +464,14 @@ def bench(
     """
     import json
 
-    from gantui.perf.bench import report, run_bench
+    from gantui.perf.bench import parse_modes, report, run_bench
     from gantui.procs import Stopped
 
     say = (lambda line: typer.echo(line, err=True)) if as_json else typer.echo
     with one_line():
         try:
-            result = run_bench(preset, steps, device, data, rounds, list(sets or []), say=say)
+            result = run_bench(preset, steps, device, data, rounds, list(sets or []), say=say,
+                               modes=parse_modes(modes))
         except Stopped as exc:
             typer.echo(f"bench stopped ({exc}); the run under way was ended", err=True)
             raise typer.Exit(128 + exc.signum) from None

@@ -69,9 +69,28 @@ def test_bench_through_the_cli(tmp_path: Path) -> None:
     assert not list(tmp_path.iterdir())  # the bench's runs live in a temporary folder
 
     for args, message in ((["--steps", "50"], "too few"), (["--preset", "nope"], "nope"),
-                          (["--set", "lr_g=-1"], "lr_g")):
+                          (["--set", "lr_g=-1"], "lr_g"),
+                          (["--modes", "bare,fast"], "expected a comma list of bare")):
         bad = cli("bench", "--preset", "ring-8", "--device", "cpu", *args, cwd=tmp_path)
         assert bad.returncode == 1 and message in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_a_bench_of_some_modes_reports_what_it_measured() -> None:
+    from gantui.perf.bench import BenchResult, parse_modes, report
+
+    assert parse_modes("dashboard, bare") == ("bare", "dashboard")  # the bench's order
+    result = BenchResult("ring-8", "cpu", "x86_64", 40, modes=parse_modes("headless"),
+                         data_img_per_s=5000.0, data_note="ring-8 mixture")
+    result.rounds["headless"] = [100.0, 120.0]
+    text = report(result)
+    assert "headless          110.0        --" in text and "\nbare" not in text
+    assert "MISSED" not in text and " met" not in text  # no target without the bare loop
+    assert "45.5x what headless training consumes" in text and "compute" not in text
+    assert set(result.to_dict()["img_per_s"]) == {"headless"} and not result.to_dict()["ratio"]
+    dashboard = BenchResult("ring-8", "cpu", "x86_64", 40, modes=("dashboard",),
+                            data_img_per_s=5000.0, data_note="ring-8 mixture")
+    dashboard.rounds["dashboard"] = [90.0]
+    assert "its headroom needs the headless mode" in report(dashboard)
 
 
 def test_speed_options_are_no_ops_on_the_cpu(tmp_path: Path) -> None:

@@ -174,9 +174,11 @@ def test_bench_ends_its_children(tmp_path: Path, sig: signal.Signals, child: str
     starts. A measured run is paused first: left alone, it would never end by itself."""
     from gantui.remote import request
 
-    steps = "1000000" if child == "gantui.perf.bare" else "1000"  # bare, headless, dashboard
+    # a measured run is the only mode: it starts at once and runs until signalled
+    steps, modes = ("1000000", "bare") if child == "gantui.perf.bare" else (
+        "1000", child.split("-")[0])
     log = tmp_path / "bench.log"
-    launcher = _start([*BENCH, "--steps", steps], tmp_path, log)
+    launcher = _start([*BENCH, "--steps", steps, "--modes", modes], tmp_path, log)
     _wait_for(launcher, log, lambda: bool(_children_named(launcher, child)), child)
     if child != "gantui.perf.bare":
         _wait_for(launcher, log, lambda: bool(list(

@@ -161,6 +161,9 @@ class BenchResult:
     flops_per_image: float = 0.0
     precision: str = "fp32"
     peak: float | None = None
+    modes: tuple[str, ...] = MODES
+    """The modes measured (``--modes``); ratios need ``bare``, the data's headroom and the
+    FLOP/s achieved need ``headless``."""
 
     def mean(self, mode: str) -> float:
         """The median over rounds (robust to one disturbed round on a shared machine)."""
@@ -174,15 +177,17 @@ class BenchResult:
         return (max(values) - min(values)) / median if len(values) > 1 and median else 0.0
 
     def ratio(self, mode: str) -> float:
+        """img/s of ``mode`` over the bare loop's (0 when the bare loop was not measured)."""
         bare = self.mean("bare")
         return self.mean(mode) / bare if bare else 0.0
 
     def to_dict(self) -> dict[str, Any]:
         return {"preset": self.preset, "device": self.device, "device_name": self.device_name,
-                "steps": self.steps, "rounds": self.rounds,
-                "img_per_s": {m: self.mean(m) for m in MODES},
-                "ratio": {m: self.ratio(m) for m in MODES if m != "bare"},
-                "spread": {m: self.spread(m) for m in MODES},
+                "steps": self.steps, "rounds": {m: self.rounds[m] for m in self.modes},
+                "img_per_s": {m: self.mean(m) for m in self.modes},
+                "ratio": {m: self.ratio(m) for m in self.modes
+                          if m != "bare" and "bare" in self.modes},
+                "spread": {m: self.spread(m) for m in self.modes},
                 "data_img_per_s": self.data_img_per_s, "data_note": self.data_note,
                 "decode_img_per_s": self.decode_img_per_s,
                 "data_headroom": self.headroom, "flops_per_image": self.flops_per_image,
@@ -218,10 +223,25 @@ def _device_facts(device: str, sets: list[str], preset: str) -> tuple[str, str, 
     return str(resolved), name, precision
 
 
+def parse_modes(text: str) -> tuple[str, ...]:
+    """``--modes``: a comma list of :data:`MODES`, returned in the bench's order.
+
+    Raises:
+        GantuiError: an unknown or empty list.
+    """
+    asked = {m.strip() for m in text.split(",") if m.strip()}
+    unknown = sorted(asked - set(MODES))
+    if unknown or not asked:
+        raise GantuiError(f"--modes {text!r}: expected a comma list of {', '.join(MODES)}")
+    return tuple(m for m in MODES if m in asked)
+
+
 def run_bench(preset: str = "dcgan-mnist", steps: int = 200, device: str = "cpu",
               data: str | None = None, rounds: int = 3, sets: list[str] | None = None,
-              say: Callable[[str], None] = print) -> BenchResult:
-    """Measure every mode ``rounds`` times, alternating, then the data stream alone.
+              say: Callable[[str], None] = print, modes: tuple[str, ...] = MODES
+              ) -> BenchResult:
+    """Measure every mode of ``modes`` ``rounds`` times, alternating, then the data stream
+    alone.
 
     SIGTERM, SIGINT or SIGHUP ends the run under way (SIGTERM, then SIGKILL after
     :data:`STOP_S`) and raises :class:`~gantui.procs.Stopped`; a bench killed outright has
@@ -246,12 +266,12 @@ def run_bench(preset: str = "dcgan-mnist", steps: int = 200, device: str = "cpu"
     resolved, name, precision = _device_facts(device, sets, preset)
     result = BenchResult(preset, resolved, name, steps, precision=precision,
                          peak=peak_flops(name, precision) if resolved.startswith("cuda")
-                         else None)
+                         else None, modes=modes)
     with (procs.on_stop_signals(procs.raise_stopped()),
           tempfile.TemporaryDirectory(prefix="gantui-bench-") as tmp):
         cwd = Path(tmp)
         for round_ in range(rounds):
-            for mode in MODES:
+            for mode in modes:
                 run_name = f"{mode}-{round_}"
                 if mode == "bare":
                     measured = run_bare(preset, steps, sets, resolved, cwd)
@@ -280,27 +300,34 @@ def run_bench(preset: str = "dcgan-mnist", steps: int = 200, device: str = "cpu"
 def report(result: BenchResult) -> str:
     """The bench's summary, as printed by ``gantui bench``."""
     lines = [f"{result.preset} on {result.device} ({result.device_name}), {result.steps} "
-             f"steps, {len(result.rounds['bare'])} round(s), alternating",
+             f"steps, {len(result.rounds[result.modes[0]])} round(s), alternating",
              f"{'mode':<10} {'img/s':>12}  {'vs bare':>8}  {'spread':>6}  target"]
-    for mode in MODES:
+    for mode in result.modes:
         ratio = result.ratio(mode)
-        target = TARGETS.get(mode)
+        target = TARGETS.get(mode) if "bare" in result.modes else None
         verdict = "" if target is None else (
             f">= {target:.2f}  {'met' if ratio >= target else 'MISSED'}")
         spread = f"{100 * result.spread(mode):5.1f}%" if len(result.rounds[mode]) > 1 else "    --"
-        lines.append(f"{mode:<10} {result.mean(mode):>12,.1f}  {ratio:>7.3f}x  {spread}  "
-                     f"{verdict}")
-    lines.append(f"{'data':<10} {result.data_img_per_s:>12,.1f}  {result.headroom:>7.1f}x what "
-                 f"headless training consumes ({result.data_note.split(';')[0]})")
-    if "prepared cache" in result.data_note:
+        shown = f"{ratio:>7.3f}x" if "bare" in result.modes else f"{'--':>8}"
+        lines.append(f"{mode:<10} {result.mean(mode):>12,.1f}  {shown}  {spread}  {verdict}")
+    source = result.data_note.split(";")[0]
+    if "headless" not in result.modes:
+        lines.append(f"{'data':<10} {result.data_img_per_s:>12,.1f}  ({source}; its headroom "
+                     f"needs the headless mode)")
+    else:
+        lines.append(f"{'data':<10} {result.data_img_per_s:>12,.1f}  {result.headroom:>7.1f}x "
+                     f"what headless training consumes ({source})")
+    if "prepared cache" in result.data_note and "headless" in result.modes:
         verdict = "met" if result.headroom >= DATA_HEADROOM else "MISSED"
         lines[-1] += f"; target >= {DATA_HEADROOM:.0f}x {verdict}"
-    if result.decode_img_per_s is not None:
+    if result.decode_img_per_s is not None and "headless" in result.modes:
         used = result.mean("headless")
         lines.append(f"{'decoding':<10} {result.decode_img_per_s:>12,.1f}  "
                      f"{result.decode_img_per_s / used if used else 0:>7.1f}x with "
                      f"data_cache=false (the files decoded by num_workers)")
     lines.append("img/s: median over rounds; spread: (max - min) / median, the machine's noise")
+    if not {"bare", "headless"} <= set(result.modes):
+        return "\n".join(lines)  # the FLOPs are counted by the bare loop, used by headless
     flops = result.flops_per_image
     achieved = result.achieved_flops
     line = (f"compute: {flops / 1e9:.3f} GFLOP per image per step (forward + backward, G and "
