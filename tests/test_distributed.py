@@ -106,6 +106,28 @@ Root Cause (first observed failure):
     assert [t for line in lines for t in own.feed(line)] == lines
 
 
+def test_rank_0_shows_the_users_own_traceback_before_its_line(tmp_path, capsys):
+    """Rank 0 of a launch, whose user model raises on the dry batch: the user's file and line
+    and their exception, then gantui's one line (which says the traceback is above)."""
+    from gantui import config
+    from gantui.engine.distributed import SINGLE
+    from gantui.launch import _train_main
+
+    model = tmp_path / "bad.py"
+    model.write_text(TINY_MODEL.replace("return self.net(x).flatten()",
+                                        "raise RuntimeError('boom in my forward')"))
+    data = write_cifar10(tmp_path / "cifar", per_batch=4)
+    sets = [f"model={model}", f"data={data}", "model_args.width=8", "nz=8", "batch_size=8"]
+    code = _train_main(lambda: config.load("sngan-cifar10", sets), SINGLE, None,
+                       torch.device("cpu"), None, [], "cpu", tmp_path / "runs", "bad")
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 1
+    assert err[-1].startswith("gantui: D of bad.py raised on the dry batch")
+    assert "its traceback is above" in err[-1]
+    assert f'File "{model}", line' in err[0] and err[-2] == "RuntimeError: boom in my forward"
+    assert not (tmp_path / "runs" / "bad").exists()
+
+
 # ---- real launches ----------------------------------------------------------------------
 
 def test_ranks_agree_on_weights_commands_pause_checkpoint_and_stop(tmp_path):
