@@ -85,7 +85,7 @@ def _train_main(load_config, world, channel, torch_device, resume, sets, device,
             session = start(cfg, preset, runs_dir=runs_dir, name=name, device=device,
                             world=world, channel=channel, torch_device=torch_device)
     except GantuiError as exc:
-        _say(0, str(exc))
+        _say(0, str(exc), getattr(exc, "trace", ()))  # a user's model: their lines first
         return 1
     except OSError as exc:
         _say(0, f"{exc.filename or 'run directory'}: {exc.strerror or exc}")
@@ -110,9 +110,11 @@ def _train_other(world, channel, torch_device) -> int:
     return run_worker(trainer)
 
 
-def _say(rank: int, message: str) -> None:
+def _say(rank: int, message: str, trace: tuple[str, ...] = ()) -> None:
     prefix = "gantui" if rank == 0 else f"gantui rank {rank}"
     with contextlib.suppress(OSError, ValueError):
+        for line in trace:
+            print(safe(line, 300), file=sys.stderr)
         print(safe(f"{prefix}: {message}"), file=sys.stderr, flush=True)
 
 

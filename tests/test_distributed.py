@@ -5,6 +5,7 @@ The launches run one at a time (two ranks already fill this machine's two cores)
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import signal
@@ -20,6 +21,8 @@ from gantui.data.sources import Shard, TensorBatches, epoch_permutation
 from gantui.launch import TorchrunOutput
 
 from .conftest import cli
+from .owndata import write_cifar10
+from .test_own_gan import MODEL as TINY_MODEL
 
 ROOT = Path(__file__).resolve().parent.parent
 RING = ["--preset", "ring-8", "--set", "log_every=10", "--set", "eval_every=0",
@@ -103,6 +106,28 @@ Root Cause (first observed failure):
     assert [t for line in lines for t in own.feed(line)] == lines
 
 
+def test_rank_0_shows_the_users_own_traceback_before_its_line(tmp_path, capsys):
+    """Rank 0 of a launch, whose user model raises on the dry batch: the user's file and line
+    and their exception, then gantui's one line (which says the traceback is above)."""
+    from gantui import config
+    from gantui.engine.distributed import SINGLE
+    from gantui.launch import _train_main
+
+    model = tmp_path / "bad.py"
+    model.write_text(TINY_MODEL.replace("return self.net(x).flatten()",
+                                        "raise RuntimeError('boom in my forward')"))
+    data = write_cifar10(tmp_path / "cifar", per_batch=4)
+    sets = [f"model={model}", f"data={data}", "model_args.width=8", "nz=8", "batch_size=8"]
+    code = _train_main(lambda: config.load("sngan-cifar10", sets), SINGLE, None,
+                       torch.device("cpu"), None, [], "cpu", tmp_path / "runs", "bad")
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 1
+    assert err[-1].startswith("gantui: D of bad.py raised on the dry batch")
+    assert "its traceback is above" in err[-1]
+    assert f'File "{model}", line' in err[0] and err[-2] == "RuntimeError: boom in my forward"
+    assert not (tmp_path / "runs" / "bad").exists()
+
+
 # ---- real launches ----------------------------------------------------------------------
 
 def test_ranks_agree_on_weights_commands_pause_checkpoint_and_stop(tmp_path):
@@ -136,17 +161,26 @@ def test_ranks_agree_on_weights_commands_pause_checkpoint_and_stop(tmp_path):
     assert sum(e.get("event") == "set" for e in events) == 1
 
 
-@pytest.mark.slow  # four torchrun launches of two ranks each
+@pytest.mark.slow  # three torchrun launches of two ranks each
 def test_sigterm_and_resume_on_two_ranks_is_bit_exact(tmp_path):
-    """gantui train --nproc-per-node 2: stopped by SIGTERM mid-run and resumed, it ends
-    with the same weights, optimizers, RNG and data position as a straight run; resumed
-    on one process it warns that exactness is lost and carries on."""
+    """gantui train --nproc-per-node 2 with the user's own model file (spectral norm put on
+    its D by gantui, an EMA of its G) on CIFAR-10-format data: stopped by SIGTERM mid-run
+    and resumed, it ends with the same weights, optimizers, RNG and data position (a shard
+    of an epoch-based source) as a straight run; resumed on one process it warns that
+    exactness is lost and carries on."""
     runs = tmp_path / "runs"
-    common = ["train", "--nproc-per-node", "2", "--no-ui", *RING, "--set", "steps=120",
-              "--runs-dir", str(runs)]
+    model = tmp_path / "tiny_gan.py"
+    model.write_text(TINY_MODEL)
+    data = write_cifar10(tmp_path / "cifar", per_batch=18)  # 45 images a rank: 5 steps an epoch
+    sets = [f"model={model}", f"data={data}", "model_args.width=16", "nz=8", "batch_size=8",
+            "d_steps=1", "spectral_norm=true", "ema=0.9", "steps=200", "log_every=10",
+            "eval_every=0", "sample_every=1000"]
+    common = ["train", "--nproc-per-node", "2", "--no-ui", "--preset", "sngan-cifar10",
+              "--device", "cpu", *[f"--set={s}" for s in sets], "--runs-dir", str(runs)]
     straight = gantui(*common, "--name", "A")
     assert straight.returncode == 0, straight.stdout[-2000:] + straight.stderr[-2000:]
-    assert "a global batch of 512" in straight.stdout
+    assert "a global batch of 16" in straight.stdout
+    assert "CIFAR-10: 90 training images" in straight.stdout
     assert "torch/distributed" not in straight.stdout + straight.stderr  # torchrun's noise
 
     log = tmp_path / "b.log"
@@ -161,19 +195,23 @@ def test_sigterm_and_resume_on_two_ranks_is_bit_exact(tmp_path):
     text = log.read_text()
     assert "(stop)" in text and "--nproc-per-node 2 --resume" in text, text[-2000:]
     stopped = sorted((runs / "B" / "checkpoints").glob("ckpt-*.pt"))[-1]
-    assert int(stopped.stem.split("-")[1]) < 120
+    assert int(stopped.stem.split("-")[1]) < 200
 
     resumed = gantui("train", "--nproc-per-node", "2", "--no-ui", "--resume", str(runs / "B"))
     assert resumed.returncode == 0, resumed.stdout[-2000:] + resumed.stderr[-2000:]
-    a = load(runs / "A" / "checkpoints" / "ckpt-00000120.pt")
-    b = load(runs / "B" / "checkpoints" / "ckpt-00000120.pt")
-    for key in ("G", "D", "opt_g", "opt_d", "rng", "data", "ranks"):
+    assert "changed since this checkpoint" not in resumed.stdout  # the same model file
+    a = load(runs / "A" / "checkpoints" / "ckpt-00000200.pt")
+    b = load(runs / "B" / "checkpoints" / "ckpt-00000200.pt")
+    for key in ("G", "D", "G_ema", "opt_g", "opt_d", "rng", "data", "ranks", "model_source"):
         assert same(a[key], b[key]), key
+    assert a["model_source"] == hashlib.sha256(model.read_bytes()).hexdigest()
+    assert any(k.endswith("parametrizations.weight.original") for k in a["D"])
+    assert a["G_ema"] is not None
 
-    single = cli("train", "--no-ui", "--resume", str(runs / "A"), "--set", "steps=130")
+    single = cli("train", "--no-ui", "--resume", str(runs / "A"), "--set", "steps=210")
     assert single.returncode == 0, single.stdout[-2000:] + single.stderr[-2000:]
     assert "no longer exactly" in single.stdout
-    assert "finished 130 steps" in single.stdout
+    assert "finished 210 steps" in single.stdout
 
 
 def test_a_killed_worker_ends_the_launch_with_one_line_and_intact_checkpoints(tmp_path):

@@ -199,15 +199,19 @@ class Channel:
         """A barrier every rank passes only if all of them got this far without ``error``.
 
         Raises:
-            the rank's own ``error``; on the others, a :class:`RankFailed`.
+            the rank's own ``error``, unless rank 0 failed too (the same data or model
+            refused on every rank: rank 0 alone says why); on the others, a
+            :class:`RankFailed`.
         """
-        flag = torch.tensor([0 if error is None else self.world.rank + 1], dtype=torch.int64)
+        flag = torch.tensor([0 if error is None else self.world.rank + 1,
+                             int(error is not None and self.world.main)], dtype=torch.int64)
         dist.all_reduce(flag, op=dist.ReduceOp.MAX, group=self.group)
-        failed = int(flag.item())
-        if error is not None:
+        failed, main_failed = flag.tolist()
+        if error is not None and (self.world.main or not main_failed):
             raise error
         if failed:
-            raise RankFailed(f"rank {failed - 1} could not start (its message says why)")
+            who = 0 if main_failed else failed - 1
+            raise RankFailed(f"rank {who} could not start (its message says why)")
 
 
 class LocalChannel:

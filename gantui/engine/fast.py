@@ -114,12 +114,27 @@ class TrainingModels(NamedTuple):
     """D's forward for R1 (differentiated twice: never compiled; in DDP on several ranks)."""
 
 
-def training_models(cfg: Config, device: torch.device, world: World = SINGLE
+def training_models(cfg: Config, device: torch.device, world: World = SINGLE,
+                    agree: Callable[[BaseException | None], None] | None = None
                     ) -> TrainingModels:
     """Seed, build and place G and D with every speed option applied, as the trainer and the
-    bench's bare loop both need them; on several ranks each in its own DDP."""
+    bench's bare loop both need them; on several ranks each in its own DDP.
+
+    Args:
+        agree: on several ranks, the channel's :meth:`~gantui.engine.distributed.Channel.agree`:
+            called once every rank has built its models (or failed to: a user's model that
+            does not import or fails its dry batch), before DDP's first collective.
+    """
     torch.manual_seed(cfg.seed)
-    G, D = build_models(cfg)
+    error: BaseException | None = None
+    try:
+        G, D = build_models(cfg)
+    except BaseException as exc:  # noqa: BLE001 - raised by agree() on this rank
+        if agree is None:
+            raise
+        error = exc
+    if agree is not None:
+        agree(error)
     if world.distributed and cfg.sync_bn and device.type == "cuda":
         G = torch.nn.SyncBatchNorm.convert_sync_batchnorm(G)
         D = torch.nn.SyncBatchNorm.convert_sync_batchnorm(D)

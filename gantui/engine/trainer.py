@@ -95,7 +95,7 @@ class Trainer:
                               f"`gantui prepare` cache, or none)")
         # _G_step/_D_step are what the training steps call: the modules, their compiled
         # forwards (compile), in DDP on several ranks; everything else uses the modules.
-        models = fast.training_models(cfg, device, world)
+        models = fast.training_models(cfg, device, world, self.channel.agree)
         self.G, self.D, self._input = models.G, models.D, models.input
         self._G_step, self._D_step = models.G_step, models.D_step
         self._D_frozen, self._D_eager = models.D_frozen, models.D_eager

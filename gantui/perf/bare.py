@@ -27,6 +27,7 @@ from gantui.config import Config
 from gantui.data.batches import make_batches
 from gantui.engine import fast
 from gantui.engine.losses import d_loss, g_loss
+from gantui.errors import GantuiError
 
 
 def _sync(device: torch.device) -> None:
@@ -146,13 +147,19 @@ def measure_data(cfg: Config, device: torch.device, batches: int) -> dict[str, A
 def main(argv: list[str] | None = None) -> None:
     procs.follow_parent()  # a child of gantui bench ends with it
     spec = json.loads((argv or sys.argv[1:])[0])
-    _, cfg = config_mod.load(spec["preset"], spec.get("sets", []))
-    device = torch.device(spec.get("device", "cpu"))
-    fast.set_threads(cfg)  # as a training process sets them
-    if spec["mode"] == "loop":
-        result = measure_loop(cfg, device, int(spec["steps"]))
-    else:
-        result = measure_data(cfg, device, int(spec["batches"]))
+    try:
+        _, cfg = config_mod.load(spec["preset"], spec.get("sets", []))
+        device = torch.device(spec.get("device", "cpu"))
+        fast.set_threads(cfg)  # as a training process sets them
+        if spec["mode"] == "loop":
+            result = measure_loop(cfg, device, int(spec["steps"]))
+        else:
+            result = measure_data(cfg, device, int(spec["batches"]))
+    except GantuiError as exc:  # missing data, a user's model: as `gantui train` says it
+        for line in getattr(exc, "trace", ()):
+            print(line, file=sys.stderr)
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(1)
     print(json.dumps(result))
 
 

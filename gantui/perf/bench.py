@@ -58,6 +58,15 @@ def _bench_sets(steps: int, sets: list[str]) -> list[str]:
     return [f"steps={steps}", "epochs=0", "checkpoint_every=1000000000", "eval_every=0", *sets]
 
 
+class RunFailed(GantuiError):
+    """A measured run failed: its last line, and in ``trace`` the lines it printed before a
+    one-line ``error:`` (a user's model's own traceback), shown first as ``train`` shows them."""
+
+    def __init__(self, message: str, trace: tuple[str, ...] = ()) -> None:
+        super().__init__(message)
+        self.trace = trace
+
+
 def _run(args: list[str], cwd: Path, label: str) -> str:
     child = procs.Child(args, cwd=cwd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                         stderr=subprocess.PIPE, text=True, grace=STOP_S)
@@ -66,8 +75,9 @@ def _run(args: list[str], cwd: Path, label: str) -> str:
     finally:  # a stopped bench ends its run too
         child.end(STOP_S)
     if child.returncode != 0:
-        tail = (stderr or stdout).strip().splitlines()[-1:] or ["(no output)"]
-        raise GantuiError(f"the {label} run failed: {tail[0].removeprefix('error: ')}")
+        lines = (stderr or stdout).strip().splitlines() or ["(no output)"]
+        trace = tuple(lines[-41:-1]) if lines[-1].startswith("error: ") else ()
+        raise RunFailed(f"the {label} run failed: {lines[-1].removeprefix('error: ')}", trace)
     return stdout
 
 
