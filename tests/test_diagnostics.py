@@ -76,6 +76,30 @@ def test_the_accuracy_gap_of_a_memorising_d_warns_when_it_lasts() -> None:
     assert len(monitor.update(0.9, 1.0, 0.5)) == 1  # ...and a new episode warns again
 
 
+def test_the_overfit_streak_goes_through_a_checkpoint(tmp_path) -> None:
+    """A resumed run continues the streak: one evaluation over the gap before the checkpoint
+    and one after make the warning, as they would have without the stop."""
+    from gantui.engine import checkpoint
+    from gantui.engine.control import Controller
+    from gantui.engine.trainer import Trainer
+    from gantui.run.store import RunStore
+
+    from .conftest import tiny
+
+    cfg = tiny("ring-8", "eval_every=0")
+    trainers = [Trainer(cfg, store=RunStore.create(tmp_path, name, cfg.to_dict()),
+                        emit=lambda e: None, controller=Controller(),
+                        device=torch.device("cpu"), preset="ring-8", name=name)
+                for name in ("before", "after")]
+    assert trainers[0].evaluation.overfit.update(0.9, 1.0, 0.5) == []
+    checkpoint.load(trainers[1], checkpoint.save(trainers[0]))
+    assert len(trainers[1].evaluation.overfit.update(0.9, 1.0, 0.5)) == 1
+    fresh = diag.OverfitMonitor()
+    for broken in (None, {"streak": "3"}, {"streak": -1, "warned": 1}):  # older or hand-made
+        fresh.load_state_dict(broken)
+        assert fresh.state_dict() == {"streak": 0, "warned": False}
+
+
 # ---- memorisation and class shares -------------------------------------------------------------
 
 class Replay(nn.Module):

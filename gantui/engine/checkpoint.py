@@ -109,9 +109,15 @@ def _restore_encoder(attribute: str) -> Callable[[Trainer, Any, dict[str, Any]],
     return restore
 
 
+def _capture_quality(trainer: Trainer) -> dict[str, Any]:
+    evaluation = trainer.evaluation
+    return {**evaluation.tracker.state_dict(), "overfit": evaluation.overfit.state_dict()}
+
+
 def _restore_quality(trainer: Trainer, value: Any, state: dict[str, Any]) -> None:
     if isinstance(value, dict):
         trainer.evaluation.tracker.load_state_dict(value)
+        trainer.evaluation.overfit.load_state_dict(value.get("overfit"))
 
 
 FIELDS: tuple[Field, ...] = (
@@ -142,8 +148,9 @@ FIELDS: tuple[Field, ...] = (
     Field("opt_e", lambda t: _optional(t.opt_e), _restore_encoder("opt_e"), "E's Adam state"),
     Field("fixed_real", lambda t: _cpu(t.previews.fixed_real), _restore_encoder("fixed_real"),
           "one real digit per class shown beside its reconstruction (cVAE-GAN)"),
-    Field("quality", lambda t: t.evaluation.tracker.state_dict(), _restore_quality,
-          "the quality tracker: best and latest score, warnings given"),
+    Field("quality", _capture_quality, _restore_quality,
+          "the quality tracker (best and latest score, warnings given) and the D-overfitting "
+          "streak"),
     Field("model_source", lambda t: user_model.built_digest(t.cfg), None,
           "sha256 of a user's model file (\"\" for the built-in models): a resume warns "
           "when the file changed (read by the session and run/restore)"),

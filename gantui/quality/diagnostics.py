@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 from torch import nn
@@ -185,6 +185,19 @@ class OverfitMonitor:
             f"of them real but only {acc_held:.0%} of held-out real images{rt}, "
             f"{self._streak} evaluations in a row. Remedies: augmentation, R1 (r1_gamma), "
             f"instance noise (instance_noise), a lower lr_d, or more training data"))]
+
+    def state_dict(self) -> dict[str, Any]:
+        """Plain values for a checkpoint: a resumed run continues the streak."""
+        return {"streak": self._streak, "warned": self._warned}
+
+    def load_state_dict(self, state: Any) -> None:
+        """Mirror of :meth:`state_dict`; anything malformed (or an older checkpoint without
+        it) starts afresh."""
+        state = state if isinstance(state, dict) else {}
+        streak = state.get("streak", 0)
+        self._streak = streak if isinstance(streak, int) and not isinstance(streak, bool) \
+            and streak >= 0 else 0
+        self._warned = state.get("warned") is True
 
 
 def offender_strip(samples: torch.Tensor, nearest_train: torch.Tensor) -> torch.Tensor:
