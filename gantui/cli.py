@@ -262,6 +262,9 @@ def watch(
         if not paths:
             fail("--web needs a run: gantui watch RUN --web (several runs or a sweep "
                  "directory: the compare view)")
+        if notify:  # every browser tab runs its own gantui watch: the command would repeat
+            fail("--notify is not for --web (each browser tab would run the command); give it "
+                 "to gantui train or sweep, or to a gantui watch in a terminal")
         _serve_web(paths, port)
         return
     in_browser = "web_driver" in os.environ.get("TEXTUAL_DRIVER", "")  # under textual-serve

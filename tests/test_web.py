@@ -30,7 +30,7 @@ import pytest
 from gantui.headless import follow
 from gantui.session import start
 
-from .conftest import tiny
+from .conftest import cli, tiny
 from .test_cli import gantui
 
 pytest.importorskip("textual_serve")
@@ -271,3 +271,5 @@ def test_web_errors_are_one_line(tmp_path: Path) -> None:
     assert out.returncode == 1 and "Traceback" not in out.stderr
     out = gantui("watch", str(tmp_path), str(tmp_path / "nope"), "--web", cwd=tmp_path)
     assert out.returncode == 1 and len(out.stderr.strip().splitlines()) == 1
+    out = cli("watch", str(tmp_path), "--web", "--notify", "true", cwd=tmp_path)
+    assert out.returncode == 1 and "--notify is not for --web" in out.stderr
