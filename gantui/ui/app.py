@@ -31,7 +31,7 @@ from gantui.notify import Notices, terminal_escape
 from gantui.quality.describe import describe_value, diagnosis_line, format_value
 from gantui.text import safe
 from gantui.ui import graphics as graphics_mod
-from gantui.ui.graphics import HALFBLOCK, Graphics
+from gantui.ui.graphics import Graphics, SettlesGraphics
 from gantui.ui.modals import ChangesModal, ChoiceModal, FieldsModal, HelpModal, KeyValueModal
 from gantui.ui.model import LogLine, RunModel, checked_changes
 from gantui.ui.panels import ClassStrip, EventLog, HyperPanel, StatusBar, SystemPanel
@@ -85,7 +85,7 @@ class Outcome:
         return self.action == "detach"
 
 
-class GantuiApp(App[Outcome]):
+class GantuiApp(SettlesGraphics, App[Outcome]):
     """The live dashboard of one run."""
 
     CSS_PATH = "app.tcss"
@@ -172,22 +172,9 @@ class GantuiApp(App[Outcome]):
         """False while ``can_steer`` says no process answers for the run."""
         self._steer_checked = -1.0
         self._graphics_wanted = graphics
-        self._headless = False  # run_test: no terminal to ask
-        self.graphics = HALFBLOCK
-        """How sample grids are drawn, settled when the app starts."""
         self.notices = Notices()
         """Which events raise a desktop notification (:mod:`gantui.notify`)."""
         self._history = history
-
-    def run_test(self, *args: Any, **kwargs: Any):  # noqa: ANN201 - Textual's context manager
-        """Textual's test harness; there is no terminal to ask, so ``auto`` draws half blocks."""
-        self._headless = True
-        return super().run_test(*args, **kwargs)
-
-    def on_load(self) -> None:
-        # Before Textual reads the terminal's input: the query's answer must not become keys.
-        wanted = self._graphics_wanted or graphics_mod.detect(headless=self._headless)
-        self.graphics = graphics_mod.activate(wanted)
 
     # ---- layout ------------------------------------------------------------------------------
 

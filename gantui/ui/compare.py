@@ -41,7 +41,7 @@ from gantui.studies.runset import RunRef, RunSet
 from gantui.text import safe, value_text
 from gantui.ui import graphics as graphics_mod
 from gantui.ui.app import MAX_VIEW_INTERVAL, UI_CPU_BUDGET, GantuiApp
-from gantui.ui.graphics import HALFBLOCK, Graphics
+from gantui.ui.graphics import Graphics, SettlesGraphics
 from gantui.ui.modals import ChoiceModal, KeyValueModal
 from gantui.ui.model import RunModel, checked_changes
 from gantui.ui.plots import MetricPlot
@@ -273,7 +273,7 @@ class RunTable(DataTable):
     BINDINGS: ClassVar = [Binding("enter", "select_cursor", "Focus")]
 
 
-class CompareApp(App[Focus | None]):
+class CompareApp(SettlesGraphics, App[Focus | None]):
     """Runs side by side, live or finished; exits with a :class:`Focus` to show one run's
     dashboard, or None to quit."""
 
@@ -336,17 +336,6 @@ class CompareApp(App[Focus | None]):
         self._last_view_cpu = 0.0
         self._grid_cache: dict[tuple[int, int], Preview | None] = {}
         self._graphics_wanted = graphics
-        self._headless = False
-        self.graphics = HALFBLOCK
-
-    def run_test(self, *args: Any, **kwargs: Any):  # noqa: ANN201 - Textual's context manager
-        """Textual's test harness; there is no terminal to ask, so grids are half blocks."""
-        self._headless = True
-        return super().run_test(*args, **kwargs)
-
-    def on_load(self) -> None:
-        wanted = self._graphics_wanted or graphics_mod.detect(headless=self._headless)
-        self.graphics = graphics_mod.activate(wanted)
 
     # ---- layout ------------------------------------------------------------------------------
 

@@ -267,6 +267,27 @@ def activate(graphics: Graphics) -> Graphics:
     return graphics
 
 
+class SettlesGraphics:
+    """For a Textual app that draws sample grids: settles :attr:`graphics` as the app loads
+    (``on_load``, before Textual reads the terminal's input, so the query's answer never
+    becomes keys), from the mode asked for (``_graphics_wanted``) or :func:`detect`. Textual's
+    test harness (``run_test``) has no terminal to ask, so ``auto`` draws half blocks there.
+    Put it before ``App`` among the bases."""
+
+    graphics: Graphics = HALFBLOCK
+    """How sample grids are drawn, settled when the app loads."""
+    _graphics_wanted: Graphics | None = None
+    _headless = False
+
+    def run_test(self, *args, **kwargs):  # noqa: ANN201 - Textual's context manager
+        self._headless = True
+        return super().run_test(*args, **kwargs)  # type: ignore[misc]
+
+    def on_load(self) -> None:
+        wanted = self._graphics_wanted or detect(headless=self._headless)
+        self.graphics = activate(wanted)
+
+
 def follow_window(graphics: Graphics) -> Graphics:
     """After a resize: the same mode with the window's cell size now (a font change)."""
     if not graphics.window:
