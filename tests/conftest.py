@@ -182,6 +182,14 @@ def make_image_folder(root: Path, n: int = 24, size: int = 40, bad: int = 0) -> 
     return root
 
 
+def wait_until(condition: Callable[[], object], timeout: float, what: str) -> None:
+    """Poll ``condition()`` until it holds; fails naming ``what`` after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
+
+
 async def until(pilot, condition, timeout: float = 30.0) -> None:
     """Let a Textual app run until ``condition()`` holds (fails after ``timeout`` seconds)."""
     loop = asyncio.get_running_loop()

@@ -24,17 +24,10 @@ from pathlib import Path
 from gantui.run.lock import is_locked
 from gantui.run.store import RunStore
 
-from .conftest import TINY_RING
+from .conftest import TINY_RING, wait_until
 
 STOP_WITHIN_S = 10.0
 """Every stop must end the process this soon, whatever its terminal does."""
-
-
-def wait_until(condition: Callable[[], object], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.1)
 
 
 def cpu_seconds(pid: int) -> float:

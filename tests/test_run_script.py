@@ -25,7 +25,7 @@ from gantui.run.lock import is_locked
 from gantui.run.runs import read_run
 from gantui.run.store import RunStore
 
-from .conftest import cli
+from .conftest import cli, wait_until
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -64,13 +64,6 @@ TOY = textwrap.dedent('''\
     if own:
         print(f"own SIGTERM handler ran; gantui recorded {run.state}", flush=True)
     ''')
-
-
-def wait_until(condition: Callable[[], object], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
 
 
 def toy(tmp_path: Path) -> Path:
