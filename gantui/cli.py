@@ -143,12 +143,11 @@ def train(
     if launched_world_size() > 1:  # a rank of a torchrun launch: never a dashboard
         if nproc_per_node > 1:
             fail("--nproc-per-node starts torchrun; under torchrun, leave it out")
-        from gantui.launch import train_rank
+        from gantui.launch import rank_main
 
-        raise typer.Exit(train_rank(
-            None if resume is not None else lambda: config.load(preset, overrides),
-            resume=resume, sets=overrides, device=device, runs_dir=runs_dir or Path("runs"),
-            name=name))
+        rank_main(None if resume is not None else lambda: config.load(preset, overrides),
+                  resume=resume, sets=overrides, device=device, runs_dir=runs_dir or Path("runs"),
+                  name=name)
     headless = no_ui or not sys.stdout.isatty()
     if nproc_per_node > 1:
         from gantui.launch import launch_train

@@ -11,6 +11,7 @@ import time
 from typing import TYPE_CHECKING, NoReturn, TextIO
 
 from gantui import events as ev
+from gantui.errors import PEER_LOST_EXIT
 from gantui.quality.describe import describe_value
 from gantui.terminal import TerminalOutput
 from gantui.text import duration, safe
@@ -221,6 +222,8 @@ def run_worker(trainer: Trainer) -> int:
     """Train a rank other than 0 of a torchrun launch: silent but for errors. SIGTERM or
     Ctrl-C asks for a stop, which every rank carries out at the same step (rank 0 writes the
     checkpoint); a second Ctrl-C quits at once. Returns the exit code."""
+    from gantui.engine.distributed import RankFailed
+
     errors: list[BaseException] = []
 
     def body() -> None:
@@ -246,6 +249,8 @@ def run_worker(trainer: Trainer) -> int:
             thread.join(0.2)
     finally:
         _install(previous)
+    if any(isinstance(e, RankFailed) for e in errors):
+        return PEER_LOST_EXIT
     if errors or trainer.state == "error":
         return 1
     return 0

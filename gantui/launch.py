@@ -23,9 +23,10 @@ import time
 from collections import deque
 from collections.abc import Callable
 from pathlib import Path
+from typing import NoReturn
 
 from gantui import procs
-from gantui.errors import GantuiError
+from gantui.errors import PEER_LOST_EXIT, GantuiError
 from gantui.text import safe
 
 
@@ -67,8 +68,32 @@ def train_rank(load_config: Callable[[], tuple[str, object]] | None, *, resume: 
         distributed.close()
 
 
+def rank_main(load_config: Callable[[], tuple[str, object]] | None, *, resume: Path | None,
+              sets: list[str], device: str, runs_dir: Path, name: str | None) -> NoReturn:
+    """:func:`train_rank`, then :func:`leave_rank` with its exit code."""
+    leave_rank(train_rank(load_config, resume=resume, sets=sets, device=device,
+                          runs_dir=runs_dir, name=name))
+
+
+def leave_rank(code: int) -> NoReturn:
+    """End a rank's process now, without the interpreter's teardown.
+
+    DDP keeps gloo's worker threads alive past ``destroy_process_group`` (no Python object
+    holds them, so no collection frees them), and the interpreter's teardown then runs
+    beside them. A finished rank was seen to abort there now and then (``terminate called
+    without an active exception``, SIGABRT, after its last step), which turned a finished
+    launch into a failed one. By now the trainer has closed its data workers, rank 0 its
+    run directory and every rank its process group; only the output buffers are left.
+    """
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    os._exit(code)
+
+
 def _train_main(load_config, world, channel, torch_device, resume, sets, device, runs_dir,
                 name) -> int:
+    from gantui.engine.distributed import RankFailed
     from gantui.headless import run_headless
     from gantui.session import start
 
@@ -90,7 +115,10 @@ def _train_main(load_config, world, channel, torch_device, resume, sets, device,
     except OSError as exc:
         _say(0, f"{exc.filename or 'run directory'}: {exc.strerror or exc}")
         return 1
-    return run_headless(session)
+    code = run_headless(session)
+    if code and any(isinstance(e, RankFailed) for e in session.error):
+        return PEER_LOST_EXIT  # another rank failed first
+    return code
 
 
 def _train_other(world, channel, torch_device) -> int:
@@ -101,7 +129,7 @@ def _train_other(world, channel, torch_device) -> int:
     try:
         trainer = start_worker(world, channel, torch_device, worker_printer(world.rank))
     except RankFailed:
-        return 1  # that rank says why
+        return PEER_LOST_EXIT  # that rank says why
     except GantuiError as exc:
         _say(world.rank, str(exc))
         return 1
@@ -128,15 +156,15 @@ _BANNER = ("*****", "Setting OMP_NUM_THREADS")
 class TorchrunOutput:
     """Filters torchrun's combined output: workers' lines pass, torchrun's own log lines and
     the traceback and report it prints when a worker fails are held back, and the report's
-    root cause (which rank, what exit code) is kept for :meth:`summary`."""
+    failures (which rank, what exit code) are kept for :meth:`summary`."""
 
     def __init__(self) -> None:
         self._held: list[str] = []
         self._in_traceback = False
         self._in_report = False
-        self.root_rank: str | None = None
-        self.root_exit: str | None = None
-        self._root = False
+        self.failures: list[tuple[str, str]] = []
+        """``(rank, exit code)`` of every failed rank in torchrun's report, its root cause
+        (its "first observed failure") last."""
 
     def feed(self, line: str) -> list[str]:
         """Lines of ``line`` to show (none, it, or held ones released)."""
@@ -163,27 +191,35 @@ class TorchrunOutput:
         return [text]
 
     def _parse_report(self, text: str) -> None:
-        if text.startswith("Root Cause"):
-            self._root = True
-        if not self._root:
-            return
         key, _, value = text.partition(":")
         key = key.strip()
-        if key == "rank" and self.root_rank is None:
-            self.root_rank = value.strip()
-        elif key == "exitcode" and self.root_exit is None:
-            self.root_exit = value.strip()
+        if key == "rank":
+            self.failures.append((value.strip(), "?"))
+        elif key == "exitcode" and self.failures and self.failures[-1][1] == "?":
+            code = re.sub(r"\(pid: \d+\)\s*", "", value).strip()
+            self.failures[-1] = (self.failures[-1][0], code)
 
     def flush(self) -> list[str]:
         held, self._held = self._held, []
         return [] if self._in_report else held
 
+    def first_failure(self) -> tuple[str, str] | None:
+        """The rank that failed first and its exit code: torchrun's root cause, unless that
+        rank only ended because another failed (:data:`PEER_LOST_EXIT`; torchrun orders
+        failures by the second they were seen, so a rank that followed within the same
+        second can come first) and another rank failed otherwise."""
+        if not self.failures:
+            return None
+        own = [f for f in reversed(self.failures) if f[1].split()[0] != str(PEER_LOST_EXIT)]
+        return own[0] if own else self.failures[-1]
+
     def summary(self, code: int) -> str:
         """One line on how the launch ended."""
-        if self.root_rank is not None:
-            exit_text = re.sub(r"\(pid: \d+\)\s*", "", self.root_exit or "?").strip()
-            return (f"rank {self.root_rank} failed first (exit code {exit_text}); torchrun "
-                    f"stopped the other ranks")
+        first = self.first_failure()
+        if first is not None:
+            rank, exit_text = first
+            return (f"rank {rank} failed first (exit code {exit_text}); torchrun stopped the "
+                    f"other ranks")
         return f"torchrun exited with code {code}"
 
 

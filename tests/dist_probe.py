@@ -81,4 +81,6 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from gantui.launch import leave_rank
+
+    leave_rank(main())  # as gantui's own ranks end

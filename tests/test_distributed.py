@@ -99,6 +99,15 @@ Root Cause (first observed failure):
     assert shown == ["step 10/100 ep 0   loss_d 1.2"]
     assert out.summary(1) == ("rank 1 (local_rank: 1) failed first (exit code -9 (SIGKILL)); "
                               "torchrun stopped the other ranks")
+    # seen in the same second, torchrun may call the rank that only followed the first: the
+    # one that ended because another rank failed (exit code 3) is not named
+    followed = TorchrunOutput()
+    for line in report.replace("-15 (pid: 16807)", "-9 (pid: 16807)  (SIGKILL)").replace(
+            "-9 (pid: 16808)  (SIGKILL)", "3 (pid: 16808)").replace(
+            "rank      : 0 (local_rank: 0)", "rank      : 2 (local_rank: 2)").splitlines():
+        followed.feed(line)
+    assert followed.summary(1).startswith("rank 2 (local_rank: 2) failed first (exit code -9 "
+                                          "(SIGKILL))")
     # a worker's own traceback is not torchrun's: it is shown
     own = TorchrunOutput()
     lines = ["Traceback (most recent call last):", '  File "/x/gantui/engine/trainer.py"',
@@ -249,6 +258,7 @@ def test_a_killed_worker_ends_the_launch_with_one_line_and_intact_checkpoints(tm
     text = log.read_text()
     assert code == 1, text[-2000:]
     assert took < 40, took
+    assert "exit code 3" not in text  # rank 0 ended because rank 1 did: rank 1 is named
     assert "another rank stopped answering" in text
     assert "rank 1 (local_rank: 1) failed first (exit code -9 (SIGKILL))" in text
     assert "Traceback" not in text
