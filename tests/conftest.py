@@ -40,6 +40,26 @@ def tiny(preset: str = "ring-8", *extra: str) -> Config:
 
 
 @pytest.fixture(scope="session", autouse=True)
+def keys_without_idle_waits() -> None:
+    """Textual's pilot waits, after every key, until this process's CPU time stops advancing
+    (up to a second, twice per key). With a trainer computing in this process it never does,
+    so each key cost two seconds. The key is still handled before ``press`` returns (the
+    pilot also waits for every widget to process its queued messages); only the idle wait is
+    cut to what an idle app takes."""
+    import functools
+
+    import textual.app
+    import textual.pilot
+    from textual._wait import wait_for_idle
+
+    short = functools.partial(wait_for_idle, max_sleep=0.05)
+    saved = textual.app.wait_for_idle, textual.pilot.wait_for_idle
+    textual.app.wait_for_idle = textual.pilot.wait_for_idle = short
+    yield
+    textual.app.wait_for_idle, textual.pilot.wait_for_idle = saved
+
+
+@pytest.fixture(scope="session", autouse=True)
 def gantui_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One cache (the digit judge, Inception statistics) for the whole session, in a fresh
     folder: tests never read or write the user's ``~/.cache/gantui``. Subprocesses inherit it."""
