@@ -238,16 +238,20 @@ def check_nproc(nproc: int, device: str) -> None:
     Raises:
         GantuiError: with the most this machine takes.
     """
-    import torch
-
     from gantui.system import available_cores
 
     spec = device.strip().lower()
     if spec.startswith("cuda:"):
         raise GantuiError("--nproc-per-node gives each rank its own GPU (cuda:LOCAL_RANK); "
                           "use --device cuda or auto, and CUDA_VISIBLE_DEVICES to choose GPUs")
-    if spec != "cpu" and torch.cuda.is_available():
-        gpus = torch.cuda.device_count()
+    if spec != "cpu" and _gpu_driver_present():
+        import torch  # seconds to import: only where a GPU may be
+
+        cuda = torch.cuda.is_available()
+        gpus = torch.cuda.device_count() if cuda else 0
+    else:
+        cuda, gpus = False, 0
+    if cuda:
         if nproc > gpus:
             raise GantuiError(f"--nproc-per-node {nproc}: this machine has {gpus} GPU(s); one "
                               f"rank per GPU, so at most {gpus}")
@@ -258,6 +262,12 @@ def check_nproc(nproc: int, device: str) -> None:
     if nproc > cores:
         raise GantuiError(f"--nproc-per-node {nproc}: CPU ranks need a core each and this "
                           f"process may use {cores}; use at most {cores}")
+
+
+def _gpu_driver_present() -> bool:
+    """Whether a GPU driver is loaded (NVIDIA's, or ROCm's ``/dev/kfd``): without one torch
+    finds no CUDA device, and the launcher spares itself torch's import."""
+    return any(os.path.exists(p) for p in ("/proc/driver/nvidia", "/dev/nvidiactl", "/dev/kfd"))
 
 
 def launch_env(nproc: int) -> dict[str, str]:

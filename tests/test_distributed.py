@@ -298,6 +298,10 @@ def test_the_launcher_refuses_what_this_machine_cannot_run(tmp_path):
     assert "Traceback" not in too_many.stderr
     one_gpu = cli("train", "--nproc-per-node", "2", "--device", "cuda:1", cwd=tmp_path)
     assert one_gpu.returncode == 1 and "cuda:LOCAL_RANK" in one_gpu.stderr
+    if not torch.cuda.is_available():  # the launcher itself imports torch only near a GPU
+        no_gpu = cli("train", "--nproc-per-node", "2", "--device", "cuda", "--preset",
+                     "ring-8", "--runs-dir", str(tmp_path))
+        assert no_gpu.returncode == 1 and "no CUDA device is available here" in no_gpu.stderr
     bad = cli("train", "--nproc-per-node", "2", "--device", "cpu", "--preset", "nope",
               "--runs-dir", str(tmp_path))
     assert bad.returncode == 1 and "unknown preset" in bad.stderr
