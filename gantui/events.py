@@ -171,6 +171,11 @@ class Alert:
     message: str
 
 
+CRASHED = "training crashed: "
+"""How the ``error`` alert of a crashed training loop begins; the reason follows, and the
+``error`` state that comes next carries the reason alone."""
+
+
 @dataclass(frozen=True)
 class Note:
     """A lifecycle line worth showing (data source, resume point, skipped files...)."""

@@ -28,6 +28,9 @@ class LinePrinter:
         self.out = out if out is not None else sys.stdout
         self.total = 0
         self.broken = False
+        self.crash: str | None = None
+        """Why training crashed, once said: the error state and the closing line that
+        follow do not say it again."""
 
     def line(self, event: ev.Event) -> str | None:
         """The line for ``event``, or None for events not printed (previews)."""
@@ -58,9 +61,14 @@ class LinePrinter:
             if event.state == "checkpointing" or (event.state in ("running", "starting")
                                                   and not event.message):
                 return None
+            if event.state == "error" and self.crash is not None and event.message == self.crash:
+                return None  # the crash's own line said why
             return f"step {event.step}: {event.state}" + (f": {event.message}"
                                                           if event.message else "")
         if isinstance(event, ev.Alert):
+            if event.kind == "error" and event.message.startswith(ev.CRASHED):
+                self.crash = event.message[len(ev.CRASHED):]
+                return f"step {event.step}: error: {event.message}"
             return f"step {event.step}: WARNING {event.message}"
         if isinstance(event, ev.Note):
             return f"{event.message}"
@@ -183,6 +191,8 @@ def finish(session: Session, printer: LinePrinter) -> int:
     state = session.state
     if session.error or state == "error":
         reason = f"{type(session.error[0]).__name__}: {session.error[0]}" if session.error else ""
+        if session.error and printer.crash in (reason, str(session.error[0])):
+            reason = ""  # the crash's own line said it
         detail = f": {reason}" if reason else ""
         printer(ev.Note(session.trainer.step, f"run ended with an error{detail}; run directory "
                         f"{session.run_dir}"))

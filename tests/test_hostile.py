@@ -149,6 +149,30 @@ def test_printer_survives_unencodable_text() -> None:
     assert out.getvalue().splitlines() == ["snowman \\u2603 and \\udc80", "still printing"]
 
 
+def test_a_crash_is_said_once_in_the_headless_lines() -> None:
+    """The crash's alert says why; the error state and the closing line do not repeat it
+    (on a lost rank the reason is two lines long: it was printed three times)."""
+    from types import SimpleNamespace
+
+    from gantui.headless import finish
+
+    out = io.StringIO()
+    printer = LinePrinter(out)
+    why = "ZeroDivisionError: boom"
+    printer(ev.Alert(7, "error", f"{ev.CRASHED}{why}"))
+    printer(ev.StateChanged(7, "error", why))
+    session = SimpleNamespace(state="error", error=[ZeroDivisionError("boom")], run_dir="runs/x",
+                              trainer=SimpleNamespace(step=7, write_failure=None))
+    assert finish(session, printer) == 1
+    assert out.getvalue().splitlines() == [f"step 7: error: training crashed: {why}",
+                                           "run ended with an error; run directory runs/x"]
+    other = LinePrinter(io.StringIO())  # an error no crash line told: the closing line does
+    other(ev.StateChanged(3, "error", "training diverged (non-finite loss)"))
+    session.error = [ValueError("bad")]
+    finish(session, other)
+    assert "run ended with an error: ValueError: bad;" in other.out.getvalue()
+
+
 # ---- damaged run directories ---------------------------------------------------------------
 
 def test_invalid_utf8_in_metrics_does_not_block_compare_or_resume(

@@ -245,7 +245,7 @@ class Trainer:
             # Each step of the wind-down on its own: a full disk must not keep the others
             # (answering waiting clients, the final state) from happening.
             for wind_down in (
-                lambda: self.emit(ev.Alert(self.step, "error", f"training crashed: {why}")),
+                lambda: self.emit(ev.Alert(self.step, "error", f"{ev.CRASHED}{why}")),
                 self.checkpoints.after_crash,
                 lambda: self.commands.fail_all(error),
                 lambda: self.set_state("error", why),
