@@ -4,8 +4,6 @@ checks, the user's own traceback, exact resume and the model source's hash."""
 from __future__ import annotations
 
 import hashlib
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -19,6 +17,7 @@ from gantui.models.user import UserModelError
 from gantui.run.store import RunStore, load_checkpoint_file
 from gantui.session import start
 
+from .conftest import cli
 from .owndata import write_cifar10, write_npz
 
 MODEL = '''
@@ -75,11 +74,6 @@ def own(tmp_path: Path) -> tuple[Path, Path]:
     model = tmp_path / "my_gan.py"
     model.write_text(MODEL)
     return model, write_npz(tmp_path / "images.npz")
-
-
-def cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "gantui", *args], text=True,
-                          capture_output=True, timeout=300, stdin=subprocess.DEVNULL, cwd=cwd)
 
 
 def finish(session) -> None:
