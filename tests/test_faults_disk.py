@@ -15,7 +15,6 @@ import io
 import json
 import shutil
 import subprocess
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -31,7 +30,7 @@ from gantui.run import store as store_mod
 from gantui.run.store import RunStore, load_checkpoint_file
 from gantui.session import start
 
-from .conftest import tiny
+from .conftest import cli, tiny
 
 FULL = "No space left on device"
 
@@ -322,11 +321,6 @@ def small_disk(tmp_path: Path):
         yield where
     finally:
         subprocess.run(["umount", "-l", str(where)], capture_output=True)
-
-
-def cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "gantui", *args], cwd=cwd, text=True,
-                          capture_output=True, timeout=300, stdin=subprocess.DEVNULL)
 
 
 def test_a_real_full_disk_through_the_cli(small_disk: Path) -> None:
