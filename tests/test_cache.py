@@ -98,7 +98,7 @@ def test_damaged_or_hostile_cache_files_give_one_line(tmp_path: Path, base: Path
 
 
 def test_prepare_is_resumable_after_a_kill_and_refused_while_incomplete(
-        tmp_path: Path) -> None:
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     root = make_image_folder(tmp_path / "faces", n=600, size=64)
     env = {**os.environ, "GANTUI_CACHE": str(tmp_path / "cache")}
     args = [sys.executable, "-m", "gantui", "prepare", str(root), "--size", "32",
@@ -118,7 +118,8 @@ def test_prepare_is_resumable_after_a_kill_and_refused_while_incomplete(
     assert 0 < done < 600
     with pytest.raises(DataError, match=rf"incomplete \({done:,} of 600"):
         cache.open_prepared(root, 32, 3, base=tmp_path / "cache")
-    out = subprocess.run(args, env=env, capture_output=True, text=True, timeout=120)
+    monkeypatch.setenv("GANTUI_CACHE", str(tmp_path / "cache"))
+    out = cli(*args[3:])  # the resumed prepare: in this process
     assert out.returncode == 0, out.stderr
     assert f"resumed at {done:,}" in out.stdout and "prepared 600 images" in out.stdout
     prepared = cache.open_prepared(root, 32, 3, base=tmp_path / "cache")
@@ -131,7 +132,7 @@ def test_prepare_is_resumable_after_a_kill_and_refused_while_incomplete(
 
 def test_prepare_and_train_from_the_cache_through_the_cli(tmp_path: Path) -> None:
     root = make_image_folder(tmp_path / "faces", n=40, size=48, bad=2)
-    out = gantui("prepare", str(root), "--size", "32", cwd=tmp_path)
+    out = cli("prepare", str(root), "--size", "32", cwd=tmp_path)
     assert out.returncode == 0, out.stderr
     assert "prepared 42 images" in out.stdout and "2 unreadable" in out.stdout
     # a subprocess: the loader's worker processes start from a fresh interpreter
