@@ -130,6 +130,7 @@ def test_prepare_is_resumable_after_a_kill_and_refused_while_incomplete(
     assert fresh.resumed_at == 0 and np.array_equal(again.images, prepared.images)
 
 
+@pytest.mark.slow  # training with loader workers in a child process
 def test_prepare_and_train_from_the_cache_through_the_cli(tmp_path: Path) -> None:
     root = make_image_folder(tmp_path / "faces", n=40, size=48, bad=2)
     out = cli("prepare", str(root), "--size", "32", cwd=tmp_path)

@@ -117,6 +117,7 @@ def test_cuda_request_without_cuda_is_a_clear_error(tmp_path: Path) -> None:
     assert out.returncode == 1 and "no CUDA device" in out.stderr
 
 
+@pytest.mark.slow  # runs in child processes, signalled
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_signal_mid_run_checkpoints_and_says_how_to_resume(tmp_path: Path, sig) -> None:
     proc = spawn("train", "--no-ui", "--preset", "ring-8", *TINY, "--set", "steps=10000000",
@@ -145,6 +146,7 @@ def test_signal_mid_run_checkpoints_and_says_how_to_resume(tmp_path: Path, sig) 
     assert load_checkpoint_file(store.checkpoint_paths()[-1])["step"] == state["step"] + 40
 
 
+@pytest.mark.slow  # a run in a child process, signalled twice
 def test_repeated_ctrl_c_quits_at_once_and_cleans_up(tmp_path: Path) -> None:
     # dcgan-mnist at full width: a step and a checkpoint take long enough that the later
     # signals arrive while the stop is still under way

@@ -148,6 +148,7 @@ def said(done: subprocess.CompletedProcess) -> str:
 
 # ---- real launches ----------------------------------------------------------------------
 
+@pytest.mark.slow  # a torchrun launch of two ranks, paused 7 s
 def test_ranks_agree_on_weights_commands_pause_checkpoint_and_stop(tmp_path):
     """Rank 0 steered as gantui ctl would: a live lr_g change lands at the same step on both
     ranks, a pause longer than twice the collective timeout survives, a checkpoint holds
@@ -233,6 +234,7 @@ def test_sigterm_and_resume_on_two_ranks_is_bit_exact(tmp_path):
     assert "finished 130 steps" in single.stdout
 
 
+@pytest.mark.slow  # a torchrun launch of two ranks, one killed
 def test_a_killed_worker_ends_the_launch_with_one_line_and_intact_checkpoints(tmp_path):
     runs = tmp_path / "runs"
     log = tmp_path / "k.log"

@@ -10,6 +10,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from gantui.run.follow import RunFollower
 from gantui.run.lock import is_locked
 from gantui.run.runs import read_run
@@ -18,6 +20,8 @@ from gantui.ui import GantuiApp
 
 from .conftest import until
 from .test_cli import wait_for
+
+pytestmark = pytest.mark.slow  # the example scripts trained under gantui run
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}

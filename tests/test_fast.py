@@ -52,6 +52,7 @@ def test_flops_and_peaks() -> None:
     assert measure_data(tiny("dcgan-mnist"), CPU, 5)["img_per_s"] > 0
 
 
+@pytest.mark.slow  # the bench starts a fresh process per mode
 def test_bench_through_the_cli(tmp_path: Path) -> None:
     # the fewest steps the bench accepts (two log intervals): it still starts every mode's
     # fresh process (bare loop, headless, dashboard in a pty, data stream)

@@ -22,6 +22,8 @@ from pathlib import Path
 import psutil
 import pytest
 
+pytestmark = pytest.mark.slow  # launchers signalled with their children running
+
 BOUND_S = 15.0
 """How long after the signal every descendant must be gone."""
 START_S = 120.0

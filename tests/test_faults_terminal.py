@@ -21,10 +21,14 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
+
 from gantui.run.lock import is_locked
 from gantui.run.store import RunStore
 
 from .conftest import TINY_RING, wait_until
+
+pytestmark = pytest.mark.slow  # dashboards in pseudo-terminals that stall or vanish
 
 STOP_WITHIN_S = 10.0
 """Every stop must end the process this soon, whatever its terminal does."""

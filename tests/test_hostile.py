@@ -104,6 +104,7 @@ def test_socket_survives_huge_numbers_deep_nesting_and_random_bytes(
     assert "Traceback" not in capfd.readouterr().err
 
 
+@pytest.mark.slow  # a headless run in a child process
 def test_odd_sources_are_escaped_and_printing_goes_on(tmp_path: Path) -> None:
     """A lone surrogate and escape sequences in ``source``: the headless printer shows them
     as escapes, never stops printing, and the journal holds no raw control characters."""

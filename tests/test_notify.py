@@ -16,6 +16,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from gantui import events as ev
 from gantui.notify import CommandNotifier, Notice, Notices, terminal_escape
 from gantui.run.store import RunStore
@@ -154,6 +156,7 @@ def _read_until(fd: int, wanted: bytes, got: bytearray, timeout: float = 20.0) -
     return wanted in got
 
 
+@pytest.mark.slow  # gantui watch in a pseudo-terminal
 def test_watch_writes_the_escape_to_its_terminal_and_runs_the_command(
         finished_ring: Path, tmp_path: Path) -> None:
     """A real ``gantui watch`` in a real pty, as in tmux: what the run did before it attached

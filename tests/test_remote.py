@@ -31,6 +31,7 @@ def raw(run_dir: Path, payload: bytes) -> dict:
     return json.loads(data)
 
 
+@pytest.mark.slow  # a headless run in a child process, steered over its socket
 def test_headless_run_steered_by_ctl(tmp_path: Path) -> None:
     proc = spawn("train", "--no-ui", "--preset", "ring-8", *TINY, "--set", "steps=10000000",
                  "--set", "log_every=10", "--set", "checkpoint_every=100000", "--name", "r",
@@ -165,6 +166,7 @@ def test_a_live_run_cannot_be_trained_twice(live) -> None:
     assert not is_locked(live.run_dir)
 
 
+@pytest.mark.slow  # a run in a child process, stopped with SIGSTOP
 def test_a_stopped_process_still_owns_its_run(tmp_path: Path) -> None:
     """Ctrl-Z / SIGSTOP: the process cannot answer, but it is alive and keeps the run."""
     import signal

@@ -20,6 +20,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import psutil
+import pytest
 
 from gantui.run.lock import is_locked
 from gantui.run.runs import read_run
@@ -96,6 +97,7 @@ def started(tmp_path: Path, proc: subprocess.Popen, run_dir: Path, out: Path) ->
     assert proc.poll() is None, out.read_text() if out.exists() else ""
 
 
+@pytest.mark.slow  # gantui run in a pseudo-terminal
 def test_the_dashboard_in_a_terminal_draws_and_q_then_s_stops_the_script(
         tmp_path: Path) -> None:
     """``gantui run examples/classifier.py`` in a real pty: the dashboard draws the script's

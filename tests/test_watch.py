@@ -11,6 +11,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from gantui.headless import follow
 from gantui.remote import RemoteController, request, socket_path
 from gantui.run.follow import RunFollower
@@ -86,6 +88,7 @@ HUP_STEPS = 1500
 """Enough for seconds of training after the hang-up (the test checks it came mid-run)."""
 
 
+@pytest.mark.slow  # a dashboard in a pseudo-terminal hung up on
 def test_sighup_to_a_dashboard_leaves_training_running_to_completion(tmp_path: Path) -> None:
     """A dropped SSH connection: the dashboard closes, the run trains on and finishes."""
     master, slave = pty.openpty()
