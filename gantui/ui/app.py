@@ -66,6 +66,21 @@ MAX_VIEW_INTERVAL = 5.0
 """Seconds after which the views redraw whatever the budget says, so they never look stuck."""
 
 
+def redraw_due(now: float, last_view: float, last_view_cpu: float, interval: float) -> bool:
+    """Whether a view may redraw at ``now`` (monotonic): once ``interval`` has passed since
+    ``last_view`` and this thread's CPU time since then (``last_view_cpu``; the drawing
+    Textual did for it included) is within :data:`UI_CPU_BUDGET` of the time elapsed, and
+    always after :data:`MAX_VIEW_INTERVAL`. The UI thread shares the GIL with a trainer in
+    this process, so its CPU time is taken from training: this bounds a view's cost on any
+    machine."""
+    elapsed = now - last_view
+    if elapsed < interval:
+        return False
+    if elapsed >= MAX_VIEW_INTERVAL:
+        return True
+    return time.thread_time() - last_view_cpu <= UI_CPU_BUDGET * elapsed
+
+
 @dataclass(frozen=True)
 class Outcome:
     """How the dashboard ended, returned by ``app.run()`` (and in ``app.return_value``)."""
@@ -352,16 +367,7 @@ class GantuiApp(SettlesGraphics, App[Outcome]):
         self.class_strip.show()
 
     def _redraw_due(self, now: float) -> bool:
-        """True once ``plot_interval`` has passed and this thread's CPU time since the last
-        redraw (the drawing Textual did for it included) is within :data:`UI_CPU_BUDGET` of the
-        time elapsed. The UI thread shares the GIL with the trainer, so its CPU time is
-        taken from training: this keeps the dashboard's cost bounded on any machine."""
-        elapsed = now - self._last_view
-        if elapsed < self.plot_interval:
-            return False
-        if elapsed >= MAX_VIEW_INTERVAL:
-            return True
-        return time.thread_time() - self._last_view_cpu <= UI_CPU_BUDGET * elapsed
+        return redraw_due(now, self._last_view, self._last_view_cpu, self.plot_interval)
 
     def _show_extra(self) -> None:
         """A chart for each name a script logged that the dashboard has no panel for; the GAN

@@ -40,7 +40,7 @@ from gantui.run.lock import is_locked
 from gantui.studies.runset import RunRef, RunSet
 from gantui.text import safe, value_text
 from gantui.ui import graphics as graphics_mod
-from gantui.ui.app import MAX_VIEW_INTERVAL, UI_CPU_BUDGET, GantuiApp
+from gantui.ui.app import UI_CPU_BUDGET, GantuiApp, redraw_due
 from gantui.ui.graphics import Graphics, SettlesGraphics
 from gantui.ui.modals import ChoiceModal, KeyValueModal
 from gantui.ui.model import RunModel, checked_changes
@@ -448,14 +448,7 @@ class CompareApp(SettlesGraphics, App[Focus | None]):
             self.redraw()
 
     def _redraw_due(self, now: float) -> bool:
-        """As the dashboard's: at most ``plot_hz`` a second, within the CPU budget, and at
-        least every :data:`~gantui.ui.app.MAX_VIEW_INTERVAL` seconds."""
-        elapsed = now - self._last_view
-        if elapsed < self.plot_interval:
-            return False
-        if elapsed >= MAX_VIEW_INTERVAL:
-            return True
-        return time.thread_time() - self._last_view_cpu <= UI_CPU_BUDGET * elapsed
+        return redraw_due(now, self._last_view, self._last_view_cpu, self.plot_interval)
 
     def redraw(self) -> None:
         """Hand the charts the data version, refresh the table, legend and sample grids."""
