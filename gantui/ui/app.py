@@ -27,7 +27,7 @@ from gantui.errors import GantuiError
 from gantui.events import Alert, Event, Preview, StateChanged
 from gantui.history import SMOOTHING_LEVELS
 from gantui.live import Spec, spec_from_json
-from gantui.notify import Notices, terminal_escape
+from gantui.notify import Notice, Notices, terminal_escape
 from gantui.quality.describe import describe_value, diagnosis_line, format_value
 from gantui.text import safe
 from gantui.ui import graphics as graphics_mod
@@ -133,7 +133,8 @@ class GantuiApp(SettlesGraphics, App[Outcome]):
     def __init__(self, drain: Drain, controller: Any | None, *, attached: bool = False,
                  title: str = "gantui", poll_hz: float = 10.0, plot_hz: float = 2.0,
                  window: int = 200, can_steer: Callable[[], bool] | None = None,
-                 graphics: Graphics | None = None, history: bool = False) -> None:
+                 graphics: Graphics | None = None, history: bool = False,
+                 beside: Callable[[], list[Notice]] | None = None) -> None:
         """
         Args:
             drain: Returns the events that arrived since the last call; polled on a timer
@@ -156,6 +157,9 @@ class GantuiApp(SettlesGraphics, App[Outcome]):
                 terminal supports).
             history: The first drain replays the run's history (``gantui watch``): it raises
                 no desktop notification.
+            beside: Called at every poll for the notices of runs followed beside this one,
+                which this terminal tells as it tells the run's own (the compare view's other
+                runs, while this one is focused).
         """
         super().__init__()
         self.drain = drain
@@ -190,6 +194,7 @@ class GantuiApp(SettlesGraphics, App[Outcome]):
         self.notices = Notices()
         """Which events raise a desktop notification (:mod:`gantui.notify`)."""
         self._history = history
+        self.beside = beside
 
     # ---- layout ------------------------------------------------------------------------------
 
@@ -272,6 +277,13 @@ class GantuiApp(SettlesGraphics, App[Outcome]):
                             timeout=8, markup=False)
             self._tell(event)
         self._history = False
+        if self.beside is not None:
+            try:
+                for notice in self.beside():
+                    self._write_notice(notice)
+            except Exception as exc:  # noqa: BLE001 - the other runs must not kill this one's view
+                self.log_line(LogLine(self.model.step, "error",
+                                      f"following the other runs failed: {exc}"))
         self._check_replies()
         self._check_steerable()
         self._refresh_views()
@@ -286,10 +298,13 @@ class GantuiApp(SettlesGraphics, App[Outcome]):
             self.notices.remember(event)
             return
         notice = self.notices.see(event)
-        if notice is not None and self._driver is not None:
-            escape = terminal_escape(notice)
-            if escape:
-                self._driver.write(escape)
+        if notice is not None:
+            self._write_notice(notice)
+
+    def _write_notice(self, notice: Notice) -> None:
+        escape = terminal_escape(notice)
+        if escape and self._driver is not None:
+            self._driver.write(escape)
 
     def on_resize(self) -> None:
         self.graphics = graphics_mod.follow_window(self.graphics)  # a font change: new cell size

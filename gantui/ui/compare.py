@@ -127,15 +127,21 @@ class CompareState:
         self.samples = False
         """Whether the view showed the sample grids when it left."""
 
-    def poll(self) -> int:
-        """Drain every follower into its model; returns how many events arrived."""
+    def poll(self, quiet: int | None = None) -> int:
+        """Drain every follower into its model; returns how many events arrived.
+
+        Args:
+            quiet: The run (its index) whose notices another view tells: its dashboard,
+                while it is focused. Its events are read (its ``--notify`` command runs) but
+                add nothing to :attr:`told`.
+        """
         count = 0
-        for run in self.runs:
+        for index, run in enumerate(self.runs):
             assert run.drain is not None
             events = run.drain()
             for event in events:
                 run.model.apply(event)
-                if not run.drained:
+                if not run.drained or index == quiet:
                     run.notices.remember(event)
                 elif notice := run.notices.see(event):
                     self.told.append(notice)
@@ -701,10 +707,17 @@ def dashboard_for(state: CompareState, index: int,
     run = state.runs[index]
     path = run.ref.path
     controller = run.control()
+
+    def beside() -> list[Notice]:  # the other runs are followed on: their notices stay live
+        state.poll(quiet=index)
+        told, state.told = state.told, []
+        return told
+
     app = GantuiApp(RunFollower(path).drain, controller, attached=True,
                     title=f"gantui watch · {run.ref.name} (q: back to compare)",
                     can_steer=lambda: is_locked(path), graphics=graphics,
-                    history=True)  # its past (a finished run's end) raises no notification
+                    history=True,  # its past (a finished run's end) raises no notification
+                    beside=beside)
     return app
 
 
