@@ -95,7 +95,10 @@ class Notices:
         self.clock = clock
         self._last: dict[str, float] = {}
         self._held: collections.Counter[str] = collections.Counter()
-        self._diverged = False  # a non-finite stop was told: its error state is no crash
+        self._diverged = False
+        """A non-finite value was told and nothing ran since: the error state that stops the
+        trainer on it is no new crash. A script logs on after a non-finite value, so a later
+        error is one."""
 
     def see(self, event: ev.Event) -> Notice | None:
         """The notice for ``event``, or None (not worth one, or held back by the rate limit)."""
@@ -130,6 +133,8 @@ class Notices:
                 return Notice("nonfinite", "nonfinite", self.run, event.step, event.message)
             if event.kind not in QUIET_ALERTS:
                 return Notice("warning", event.kind, self.run, event.step, event.message)
+        elif isinstance(event, (ev.Metrics, ev.Scalars)):
+            self._diverged = False  # it went on (a script's non-finite value is a warning)
         elif isinstance(event, ev.StateChanged):
             if event.state == "running":
                 self._diverged = False

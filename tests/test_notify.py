@@ -119,6 +119,19 @@ def test_the_rate_limit_holds_back_a_flapping_warning(tmp_path: Path) -> None:
     again = notices.see(ev.Alert(12, "d_wins", "D wins"))
     assert again is not None and again.message == "D wins (9 more held back since the last one)"
 
+    # a script's non-finite value is a warning it logs on from: a later crash is told
+    script = Notices("s")
+    assert script.see(ev.Alert(3, "nonfinite", "loss is not finite (nan) at step 3")).event \
+        == "nonfinite"
+    assert script.see(ev.Scalars(4, {"loss": 0.5})) is None
+    crash = script.see(ev.StateChanged(9, "error", "ZeroDivisionError: boom"))
+    assert crash is not None and crash.event == "crashed"
+    # the trainer's order: the interval's metrics, the alert, then the stop it causes
+    trainer = Notices("t")
+    assert trainer.see(ev.Metrics(20, 0, *[float("nan")] * 2, *[0.5] * 10)) is None
+    assert trainer.see(ev.Alert(20, "nonfinite", "loss is NaN")) is not None
+    assert trainer.see(ev.StateChanged(20, "error", "training diverged")) is None
+
     out = tmp_path / "told.txt"  # through a real command: 20 flaps, one run of it
     notifier = CommandNotifier(RECORD.format(out=out), tmp_path / "r", lambda _: None)
     for i in range(20):
