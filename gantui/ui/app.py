@@ -81,6 +81,15 @@ def redraw_due(now: float, last_view: float, last_view_cpu: float, interval: flo
     return time.thread_time() - last_view_cpu <= UI_CPU_BUDGET * elapsed
 
 
+def write_notice(app: App, notice: Notice) -> None:
+    """A desktop notification through the terminal: Textual owns it, so the escape goes
+    through ``app``'s driver, in order with the frames (as Textual's own ``bell`` and OSC 52
+    do)."""
+    escape = terminal_escape(notice)
+    if escape and app._driver is not None:
+        app._driver.write(escape)
+
+
 @dataclass(frozen=True)
 class Outcome:
     """How the dashboard ended, returned by ``app.run()`` (and in ``app.return_value``)."""
@@ -280,7 +289,7 @@ class GantuiApp(SettlesGraphics, App[Outcome]):
         if self.beside is not None:
             try:
                 for notice in self.beside():
-                    self._write_notice(notice)
+                    write_notice(self, notice)
             except Exception as exc:  # noqa: BLE001 - the other runs must not kill this one's view
                 self.log_line(LogLine(self.model.step, "error",
                                       f"following the other runs failed: {exc}"))
@@ -291,20 +300,14 @@ class GantuiApp(SettlesGraphics, App[Outcome]):
             self.exit(Outcome("stop", self.model.state, self.model.step))
 
     def _tell(self, event: Event) -> None:
-        """A desktop notification through the terminal when the run finishes, crashes, stops
-        on a non-finite loss or warns: Textual owns the terminal, so the escape goes through
-        its driver, in order with the frames (as Textual's own ``bell`` and OSC 52 do)."""
+        """A desktop notification through the terminal (:func:`write_notice`) when the run
+        finishes, crashes, stops on a non-finite loss or warns."""
         if self._history:
             self.notices.remember(event)
             return
         notice = self.notices.see(event)
         if notice is not None:
-            self._write_notice(notice)
-
-    def _write_notice(self, notice: Notice) -> None:
-        escape = terminal_escape(notice)
-        if escape and self._driver is not None:
-            self._driver.write(escape)
+            write_notice(self, notice)
 
     def on_resize(self) -> None:
         self.graphics = graphics_mod.follow_window(self.graphics)  # a font change: new cell size

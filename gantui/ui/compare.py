@@ -32,7 +32,7 @@ from textual.widgets import DataTable, Footer, Static
 from gantui.chart import Line, plot_text
 from gantui.events import Preview
 from gantui.files import read_toml_dict
-from gantui.notify import CommandNotifier, Notice, Notices, followed, terminal_escape
+from gantui.notify import CommandNotifier, Notice, Notices, followed
 from gantui.quality.describe import describe_value, format_value
 from gantui.remote import RemoteController
 from gantui.run.follow import RunFollower, decode_preview, grid_nrow, sample_files
@@ -40,7 +40,7 @@ from gantui.run.lock import is_locked
 from gantui.studies.runset import RunRef, RunSet
 from gantui.text import safe, value_text
 from gantui.ui import graphics as graphics_mod
-from gantui.ui.app import UI_CPU_BUDGET, GantuiApp, redraw_due
+from gantui.ui.app import UI_CPU_BUDGET, GantuiApp, redraw_due, write_notice
 from gantui.ui.graphics import Graphics, SettlesGraphics
 from gantui.ui.modals import ChoiceModal, KeyValueModal
 from gantui.ui.model import RunModel, checked_changes
@@ -120,7 +120,7 @@ class CompareState:
                 run.drain, notifier = followed(run.follower.drain, notify, run.ref.path)
                 self.notifiers.append(notifier)
         self.told: list[Notice] = []
-        """Notices for the terminal not yet written (:meth:`CompareApp.poll` takes them)."""
+        """Notices for the terminal not yet written (:meth:`take_told` takes them)."""
         self._owners_checked = -1.0
         self.cursor = 0
         """The table row the view had when it left for a dashboard, restored on return."""
@@ -153,6 +153,11 @@ class CompareState:
             for run in self.runs:
                 run.owned = is_locked(run.ref.path)
         return count
+
+    def take_told(self) -> list[Notice]:
+        """The notices :meth:`poll` gathered for the terminal since the last call."""
+        told, self.told = self.told, []
+        return told
 
     def version(self) -> int:
         """Moves whenever any run's metrics move (the charts' data version)."""
@@ -438,11 +443,8 @@ class CompareApp(SettlesGraphics, App[Focus | None]):
             self.state.poll()
         except Exception as exc:  # noqa: BLE001 - a follower failing must not kill the view
             self.notify(safe(f"reading the runs failed: {exc}"), severity="error", markup=False)
-        told, self.state.told = self.state.told, []
-        for notice in told:  # a desktop notification through the terminal, as the dashboard's
-            escape = terminal_escape(notice)
-            if escape and self._driver is not None:
-                self._driver.write(escape)
+        for notice in self.state.take_told():  # through the terminal, as the dashboard's
+            write_notice(self, notice)
         self._check_replies()
         now = time.monotonic()
         seen = tuple((r.model.state, r.owned, r.marked) for r in self.runs)
@@ -710,8 +712,7 @@ def dashboard_for(state: CompareState, index: int,
 
     def beside() -> list[Notice]:  # the other runs are followed on: their notices stay live
         state.poll(quiet=index)
-        told, state.told = state.told, []
-        return told
+        return state.take_told()
 
     app = GantuiApp(RunFollower(path).drain, controller, attached=True,
                     title=f"gantui watch · {run.ref.name} (q: back to compare)",
