@@ -121,6 +121,8 @@ def _signal_and_follow(launcher: subprocess.Popen, sig: signal.Signals, log: Pat
         seen |= _descendants({p for p in seen if _live(p)})  # also ones started since
         if not any(_live(p) for p in seen):
             took = time.monotonic() - started
+            # it may have become a zombie after the poll above: reap it, so returncode is set
+            launcher.wait(10)
             print(f"{sig.name}: {len(seen) - 1} descendant(s) and the launcher gone in "
                   f"{took:.1f} s")
             return took
