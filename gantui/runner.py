@@ -32,6 +32,8 @@ from gantui.errors import GantuiError
 from gantui.notify import COMMAND_ENV
 
 ANNOUNCE_ENV = "GANTUI_RUN_ANNOUNCE"  # the same name as gantui.api.ANNOUNCE_ENV
+FOLDER_PREFIX = "gantui-run-"
+"""The launcher's temporary folder (it holds the announce file) starts with this."""
 TAIL_LINES = 40
 """The script's last output lines shown after the dashboard closes."""
 
@@ -48,7 +50,7 @@ def run_script(script: Path, args: list[str], *, dashboard: bool, out=None,
     out = out if out is not None else sys.stdout
     if not script.is_file():
         raise GantuiError(f"no script at {script}")
-    folder = Path(tempfile.mkdtemp(prefix="gantui-run-"))
+    folder = Path(tempfile.mkdtemp(prefix=FOLDER_PREFIX))
     announce = folder / "run_dir"
     env = dict(os.environ, PYTHONUNBUFFERED="1", **{ANNOUNCE_ENV: str(announce)})
     if notify:
@@ -204,7 +206,8 @@ def _script_main(argv: list[str]) -> None:
     if not argv:
         print("usage: python -m gantui.runner SCRIPT [ARGS...]", file=sys.stderr)
         raise SystemExit(2)
-    procs.follow_parent(_orphaned)
+    folder = Path(os.environ.get(ANNOUNCE_ENV, "")).parent
+    procs.follow_parent(lambda: _orphaned(folder))
     script = argv[0]
     sys.argv = list(argv)
     sys.path[0] = str(Path(script).resolve().parent)
@@ -224,9 +227,13 @@ def _script_main(argv: list[str]) -> None:
         raise SystemExit(130 if isinstance(exc, KeyboardInterrupt) else 1) from None
 
 
-def _orphaned() -> None:
+def _orphaned(folder: Path) -> None:
     """The launcher is gone: the script's output has no reader now, so a print must neither
-    fail nor block; SIGTERM then stops it at its next step boundary (see gantui.api)."""
+    fail nor block; SIGTERM then stops it at its next step boundary (see gantui.api). The
+    launcher's temporary ``folder`` is removed here, as the launcher would have (a SIGKILL
+    gave it no chance)."""
+    if folder.name.startswith(FOLDER_PREFIX):  # never a folder the environment merely names
+        shutil.rmtree(folder, ignore_errors=True)
     procs.detach_from_terminal()
     os.kill(os.getpid(), signal.SIGTERM)
 

@@ -161,22 +161,28 @@ def test_the_dashboard_in_a_terminal_draws_and_q_then_s_stops_the_script(
 
 def test_a_launcher_killed_by_sigkill_ends_its_script(tmp_path: Path) -> None:
     """The lifeline: the launcher dies without a chance to say so; the script notices, stops
-    at its next step boundary after a checkpoint, and is recorded stopped."""
+    at its next step boundary after a checkpoint, is recorded stopped, and removes the
+    launcher's temporary folder (no gantui-run-* left in /tmp)."""
     script, out = toy(tmp_path), tmp_path / "orphan.out"
+    temp = tmp_path / "tmp"  # where the launcher makes its temporary folder
+    temp.mkdir()
     with open(out, "w") as sink:
         proc = subprocess.Popen([sys.executable, "-m", "gantui", "run", str(script), "--name",
-                                 "orphan", "--no-ui"], cwd=tmp_path, env=ENV, stdout=sink,
+                                 "orphan", "--no-ui"], cwd=tmp_path,
+                                env={**ENV, "TMPDIR": str(temp)}, stdout=sink,
                                 stderr=subprocess.STDOUT)
     run_dir = tmp_path / "runs" / "orphan"
     try:
         started(tmp_path, proc, run_dir, out)
         script_pid = owner_pid(run_dir)
+        assert [p.name[:11] for p in temp.iterdir()] == ["gantui-run-"]
         proc.kill()
         proc.wait(10)
         wait_until(lambda: gone(script_pid), 20, "the orphaned script to end")
     finally:
         if proc.poll() is None:
             proc.kill()
+    assert not list(temp.iterdir())  # the script removed what the killed launcher left
     assert state_of(run_dir) == "stopped"
     notes = " ".join(r.get("message", "") for r in RunStore.open(run_dir).events())
     assert "SIGTERM: writing a checkpoint, then stopping" in notes
