@@ -226,10 +226,10 @@ class TorchrunOutput:
 def torchrun_command(nproc: int, train_args: list[str]) -> list[str]:
     """``python -m torch.distributed.run --standalone ... -m gantui train --no-ui ARGS``,
     run through :func:`gantui.procs.guarded` so that it ends its ranks when the launcher is
-    gone."""
+    gone, its log folder a temporary one the guard removes."""
     return procs.guarded("torch.distributed.run", [
         "--standalone", f"--nproc-per-node={nproc}", "-m", "gantui", "train", "--no-ui",
-        *train_args])
+        *train_args], scratch_option="--log-dir")
 
 
 def check_nproc(nproc: int, device: str) -> None:

@@ -296,21 +296,41 @@ def raise_stopped() -> Callable[[int, Any], None]:
     return handler
 
 
-def guarded(module: str, args: list[str]) -> list[str]:
+SCRATCH_PREFIX = "gantui-scratch-"
+"""The temporary folder :func:`guarded` hands its module starts with this."""
+
+
+def guarded(module: str, args: list[str], scratch_option: str = "") -> list[str]:
     """``python -m gantui.procs MODULE ARGS``: run a module that knows nothing of gantui
-    (torchrun) so that its children stop when the launcher above it is gone."""
-    return [sys.executable, "-m", "gantui.procs", module, *args]
+    (torchrun) so that its children stop when the launcher above it is gone.
+
+    ``scratch_option`` (such as torchrun's ``--log-dir``): the module is given a temporary
+    folder of its own through this option, removed when the module ends, however the
+    launcher went (torchrun would leave a ``torchelastic_*`` folder in /tmp per launch).
+    """
+    scratch = [f"--scratch={scratch_option}"] if scratch_option else []
+    return [sys.executable, "-m", "gantui.procs", *scratch, module, *args]
 
 
 def _main(argv: list[str]) -> None:
     import runpy
+    import shutil
+    import tempfile
 
+    option = argv.pop(0).partition("=")[2] if argv[:1] and argv[0].startswith(
+        "--scratch=") else ""
     if not argv:
-        print("usage: python -m gantui.procs MODULE [ARGS...]", file=sys.stderr)
+        print("usage: python -m gantui.procs [--scratch=OPTION] MODULE [ARGS...]",
+              file=sys.stderr)
         raise SystemExit(2)
     follow_parent(terminate_children)
-    sys.argv = list(argv)
-    runpy.run_module(argv[0], run_name="__main__", alter_sys=True)
+    folder = tempfile.mkdtemp(prefix=SCRATCH_PREFIX) if option else ""
+    sys.argv = [argv[0], *([f"{option}={folder}"] if option else []), *argv[1:]]
+    try:
+        runpy.run_module(argv[0], run_name="__main__", alter_sys=True)
+    finally:
+        if folder:
+            shutil.rmtree(folder, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -258,8 +258,9 @@ def test_sweep_ends_its_children_and_stays_resumable(tmp_path: Path,
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT])
 def test_torchrun_launcher_ends_every_rank(tmp_path: Path, sig: signal.Signals) -> None:
     """torchrun runs in a session of its own below the launcher: the signal to the launcher
-    ends torchrun and both ranks, after a checkpoint that stays loadable. Before SIGINT, a
-    SIGHUP (the terminal gone) leaves the launch training, as it leaves a single process."""
+    ends torchrun and both ranks, after a checkpoint that stays loadable, and nothing is left
+    in the temporary folder. Before SIGINT, a SIGHUP (the terminal gone) leaves the launch
+    training, as it leaves a single process."""
     import torch
 
     run_dir = tmp_path / "runs" / "T"
@@ -278,3 +279,5 @@ def test_torchrun_launcher_ends_every_rank(tmp_path: Path, sig: signal.Signals) 
         _no_traceback(log)
     for path in (run_dir / "checkpoints").glob("ckpt-*.pt"):
         assert torch.load(path, map_location="cpu", weights_only=True)["world_size"] == 2
+    # torchrun's log folder (TMPDIR is tmp_path) went with it, even after a SIGKILL
+    assert not list(tmp_path.glob("torchelastic_*")) + list(tmp_path.glob("gantui-scratch-*"))

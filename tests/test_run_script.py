@@ -309,3 +309,27 @@ def test_a_launchers_wait_gives_a_stopping_child_its_grace() -> None:
     finally:
         timer.cancel()
         child.end(0, signal.SIGKILL)
+
+
+def test_a_guarded_module_gets_a_scratch_folder_that_goes_with_it(tmp_path: Path) -> None:
+    """torchrun's way in (``gantui.procs.guarded``): the module is handed a temporary folder
+    through the named option and the folder is removed when the module ends, also when it
+    fails; the module's exit code comes through."""
+    from gantui import procs as procs_mod
+
+    (tmp_path / "showargs.py").write_text(textwrap.dedent('''\
+        import os, sys
+        folder = sys.argv[1].partition("=")[2]
+        print(sys.argv[1].partition("=")[0], os.path.isdir(folder), folder, sys.argv[2:])
+        sys.exit(3)
+    '''))
+    temp = tmp_path / "tmp"
+    temp.mkdir()
+    out = subprocess.run(procs_mod.guarded("showargs", ["a", "--b"], scratch_option="--log-dir"),
+                         capture_output=True, text=True, timeout=60, cwd=tmp_path,
+                         env={**ENV, "TMPDIR": str(temp), "PYTHONPATH": str(tmp_path)})
+    option, existed, folder, rest = out.stdout.split(" ", 3)
+    assert out.returncode == 3, out.stderr
+    assert (option, existed, rest.strip()) == ("--log-dir", "True", "['a', '--b']")
+    assert Path(folder).parent == temp and Path(folder).name.startswith("gantui-scratch-")
+    assert not list(temp.iterdir())
