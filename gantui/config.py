@@ -25,6 +25,7 @@ Dataset = Literal["mnist", "folder", "ring8", "grid25", "stacked_mnist", "cifar1
 WeightInit = Literal["dcgan", "default"]
 Loss = Literal["nonsaturating", "saturating", "hinge", "lsgan"]
 LrDecay = Literal["none", "linear", "cosine"]
+Norm = Literal["none", "batch"]
 
 
 class ConfigError(GantuiError):
@@ -90,6 +91,10 @@ class Config:
     """DCGAN discriminator width (feature maps of its first layer)."""
     g_hidden: tuple[int, ...] = (256, 512, 1024)
     """MLP generator hidden layer sizes."""
+    g_norm: Norm = "none"
+    """MLP generator: ``batch`` puts a batch norm after each hidden layer (PacGAN's G for the
+    mixtures), which sharpens the jumps between modes; ``none``: plain layers. DCGAN
+    generators always batch-normalise."""
     d_hidden: tuple[int, ...] = (1024, 512, 256)
     """MLP discriminator hidden layer sizes."""
     dropout: float = 0.2
@@ -486,6 +491,11 @@ def validate(cfg: Config) -> None:
     _check(0 <= cfg.label_smoothing < 0.5,
            f"label_smoothing must be in [0, 0.5) (got {cfg.label_smoothing})")
     _check(0 <= cfg.dropout < 1, f"dropout must be in [0, 1) (got {cfg.dropout})")
+    _check(cfg.g_norm == "none" or (cfg.arch == "mlp" and not cfg.model),
+           "g_norm applies to the built-in MLP generator (DCGAN generators always "
+           "batch-normalise; your own model brings its own layers)")
+    _check(cfg.g_norm == "none" or cfg.batch_size >= 2,
+           f"g_norm = \"batch\" needs batch_size >= 2 (got {cfg.batch_size})")
     _check(cfg.ema == 0 or 0.5 <= cfg.ema < 1,
            f"ema must be 0 (off) or a decay in [0.5, 1), e.g. 0.999 (got {cfg.ema})")
     _check(0 <= cfg.r1_gamma <= 1e4, f"r1_gamma must be in [0, 10000] (got {cfg.r1_gamma})")

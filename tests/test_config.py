@@ -104,6 +104,28 @@ def test_cross_field_checks() -> None:
         config.load("ring-8", ["arch=dcgan"])
     with pytest.raises(ConfigError, match="conditional models need labelled data"):
         config.load("ring-8", ["conditioning=onehot", "pack=1"])  # folders: class folders
+    with pytest.raises(ConfigError, match="g_norm applies to the built-in MLP generator"):
+        config.load("dcgan-mnist", ["g_norm=batch"])
+    with pytest.raises(ConfigError, match="g_norm = \"batch\" needs batch_size >= 2"):
+        config.load("ring-8", ["g_norm=batch", "batch_size=1", "pack=1"])
+    with pytest.raises(ConfigError, match="expected none \\| batch"):
+        config.load("ring-8", ["g_norm=layer"])
+
+
+def test_g_norm_batch_normalises_every_hidden_layer_of_the_mlp_generator() -> None:
+    import torch
+    from torch import nn
+
+    from gantui.models.builtin import build_models
+
+    g, _ = build_models(config.load("ring-8", ["g_norm=batch", "weight_init=dcgan"])[1])
+    norms = [m for m in g.modules() if isinstance(m, nn.BatchNorm1d)]
+    assert [n.num_features for n in norms] == list(config.load("ring-8")[1].g_hidden)
+    assert all(abs(n.weight.mean().item() - 1) < 0.05 for n in norms)  # DCGAN init covers them
+    plain, _ = build_models(config.load("ring-8")[1])
+    assert not any(isinstance(m, nn.BatchNorm1d) for m in plain.modules())
+    g.eval()  # samples and previews: the running statistics, so a batch of one works
+    assert g(torch.randn(1, 2)).shape == (1, 2)
 
 
 def test_live_keys_are_validated() -> None:

@@ -38,7 +38,8 @@ class OneHot(nn.Module):
 
 
 class MLPGenerator(nn.Module):
-    """z (N, nz) [+ label code] -> hidden LeakyReLU layers -> sample (N, *shape)."""
+    """z (N, nz) [+ label code] -> hidden LeakyReLU layers (batch-normalised with
+    ``g_norm = "batch"``) -> sample (N, *shape)."""
 
     def __init__(self, cfg: Config) -> None:
         super().__init__()
@@ -47,7 +48,10 @@ class MLPGenerator(nn.Module):
         layers: list[nn.Module] = []
         width = cfg.nz + code
         for hidden in cfg.g_hidden:
-            layers += [nn.Linear(width, hidden), nn.LeakyReLU(0.2)]
+            layers.append(nn.Linear(width, hidden))
+            if cfg.g_norm == "batch":
+                layers.append(nn.BatchNorm1d(hidden))
+            layers.append(nn.LeakyReLU(0.2))
             width = hidden
         layers.append(nn.Linear(width, math.prod(self.shape)))
         if cfg.dataset not in POINT_SETS:
@@ -206,7 +210,7 @@ def dcgan_init(module: nn.Module) -> None:
         nn.init.normal_(module.weight, 0.0, 0.02)
         if module.bias is not None:
             nn.init.zeros_(module.bias)
-    elif isinstance(module, nn.BatchNorm2d):
+    elif isinstance(module, (nn.BatchNorm1d, nn.BatchNorm2d)):
         nn.init.normal_(module.weight, 1.0, 0.02)
         nn.init.zeros_(module.bias)
 
