@@ -17,7 +17,9 @@ import pytest
 # Toy-size tensors go faster on one thread than on two shared cores (107 tests measured side
 # by side: 77 s on torch's default, 60 s on one). Set before torch is first imported, so the
 # test process and every child it starts (gantui commands, torchrun ranks) inherit it; the
-# thread choice itself is tested in test_fast.py with explicit counts.
+# thread choice itself is tested in test_fast.py with explicit counts. It is also what lets
+# pytest-xdist run a worker per core (pyproject.toml): one thread per torch process keeps two
+# workers on two cores from oversubscribing them.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 from gantui import config  # noqa: E402
@@ -131,33 +133,64 @@ def finished_ring(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return session.run_dir
 
 
+def workers() -> int:
+    """How many pytest-xdist workers share this machine (1 without xdist)."""
+    return int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+
+
+@contextlib.contextmanager
+def exclusive(path: Path):
+    """Hold an exclusive lock on ``path`` across pytest-xdist workers (bounded by the test
+    timeout: a worker that dies releases it with its file descriptor)."""
+    import fcntl
+
+    with open(path, "a+") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 @pytest.fixture(scope="session")
 def trained_judge(gantui_cache: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
-    """The bundled-digit judge, trained once per session into a fresh folder (what the judge
+    """The bundled-digit judge, trained once per test run into a fresh folder (what the judge
     tests inspect: messages, RNG, time) and copied into the session cache, where every run
-    evaluated later in the session finds it instead of training its own."""
+    evaluated later finds it instead of training its own. Under pytest-xdist the first worker
+    to ask trains it in the run's shared temporary folder and records what training said; the
+    others wait for it and load the same judge from that cache."""
     import torch
 
     from gantui.quality.judge import load_judge
 
-    cache = tmp_path_factory.mktemp("judge-cache")
-    messages: list[str] = []
-    threads = torch.get_num_threads()
-    torch.set_num_threads(2)  # nothing else runs yet: 14 s here, against 22 s on one thread
-    try:
-        torch.manual_seed(1234)
-        before = torch.get_rng_state()
-        started = time.perf_counter()
-        judge, info, held_x, held_y = load_judge(cache_dir=cache, log=messages.append)
-        seconds = time.perf_counter() - started
-        after = torch.get_rng_state()
-    finally:
-        torch.set_num_threads(threads)
+    base = tmp_path_factory.getbasetemp()
+    shared = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+    cache, record = shared / "judge-cache", shared / "judge-training.pt"
+    with exclusive(shared / "judge.lock"):
+        if not record.is_file():
+            cache.mkdir(exist_ok=True)
+            messages: list[str] = []
+            threads = torch.get_num_threads()
+            # the cores this worker may use: 14 s on two cores here, against 22 s on one
+            torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers()))
+            try:
+                torch.manual_seed(1234)
+                before = torch.get_rng_state()
+                started = time.perf_counter()
+                load_judge(cache_dir=cache, log=messages.append)
+                seconds = time.perf_counter() - started
+                after = torch.get_rng_state()
+            finally:
+                torch.set_num_threads(threads)
+            torch.save({"messages": messages, "rng_before": before, "rng_after": after,
+                        "seconds": seconds}, record)
+        training = torch.load(record, weights_only=True)
+    judge, info, held_x, held_y = load_judge(cache_dir=cache)
     for path in cache.glob("judge-*.pt"):
         if not (gantui_cache / path.name).exists():
             shutil.copy2(path, gantui_cache / path.name)
     return {"cache": cache, "judge": judge, "info": info, "held_x": held_x, "held_y": held_y,
-            "messages": messages, "rng_before": before, "rng_after": after, "seconds": seconds}
+            **training}
 
 
 @pytest.fixture(scope="module")

@@ -159,7 +159,8 @@ def test_ranks_agree_on_weights_commands_pause_checkpoint_and_stop(tmp_path):
     env = dict(os.environ, GANTUI_DIST_TIMEOUT="3", OMP_NUM_THREADS="1")
     done = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
-         f"--log-dir={tmp_path / 'torchrun'}", str(ROOT / "tests" / "dist_probe.py"), str(tmp_path / "runs"), str(out), "7"],
+         f"--log-dir={tmp_path / 'torchrun'}", str(ROOT / "tests" / "dist_probe.py"),
+         str(tmp_path / "runs"), str(out), "7"],
         capture_output=True, text=True, timeout=240, env=env)
     assert done.returncode == 0, said(done)
     r0, r1 = (json.loads((out / f"rank-{r}.json").read_text()) for r in (0, 1))
