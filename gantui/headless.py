@@ -175,9 +175,16 @@ def terminal_out(session: Session) -> TextIO:
 
 def abandon(session: Session, code: int) -> NoReturn:
     """Quit now without waiting for the trainer: close the control socket, drop any partial
-    checkpoint of ours, and exit without unwinding the training thread mid-kernel."""
+    checkpoint of ours, journal that the run was stopped on purpose (``gantui runs`` would
+    otherwise read a run whose process vanished as crashed), and exit without unwinding the
+    training thread mid-kernel."""
     with contextlib.suppress(Exception):
         session.server.close()
+    with contextlib.suppress(Exception):  # one unbuffered O_APPEND line, as the trainer's are
+        step = session.trainer.step
+        session.trainer.store.append_event(ev.to_record(ev.StateChanged(
+            step, "stopped", f"interrupted at step {step} (Ctrl-C twice): quit without a "
+            "final checkpoint; a resume starts from the last one on disk")))
     with contextlib.suppress(Exception):
         session.trainer.store.discard_partial()
     with contextlib.suppress(Exception):

@@ -171,6 +171,12 @@ def test_repeated_ctrl_c_quits_at_once_and_cleans_up(tmp_path: Path) -> None:
     assert f"gantui train --resume {Path('runs') / 'r'}" in stdout
     assert not (run / "control.sock").exists()
     assert not list((run / "checkpoints").glob(".*tmp*"))
+    # the journal says it was stopped on purpose: not read as a crash, and it resumes
+    last = RunStore.open(run).events()[-1]
+    assert (last["event"], last["state"]) == ("state", "stopped"), last
+    assert "Ctrl-C twice" in last["message"]
+    listed = cli("runs", "--runs-dir", str(tmp_path / "runs"))
+    assert "stopped" in listed.stdout and "crashed" not in listed.stdout, listed.stdout
 
 
 def test_resume_after_a_crash_supersedes_metrics_past_the_checkpoint(tmp_path: Path) -> None:

@@ -96,7 +96,7 @@ def test_sighup_to_a_dashboard_leaves_training_running_to_completion(tmp_path: P
     proc = subprocess.Popen(
         [sys.executable, "-m", "gantui", "train", "--preset", "ring-8", "--device", "cpu",
          "--name", "hup", "--set", f"steps={HUP_STEPS}", "--set", "log_every=50",
-         "--set", "g_hidden=32,32", "--set", "d_hidden=32,32"],
+         "--set", "g_hidden=32,32", "--set", "d_hidden=32,32", "--set", "batch_size=64"],
         cwd=tmp_path, stdin=slave, stdout=slave, stderr=slave, env=env, start_new_session=True)
     os.close(slave)
     run = tmp_path / "runs" / "hup"
