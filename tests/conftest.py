@@ -41,6 +41,17 @@ def tiny(preset: str = "ring-8", *extra: str) -> Config:
     return config.load(preset, [*sets, *extra])[1]
 
 
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Groups for pytest-xdist's ``--dist loadgroup`` (pyproject.toml): a test file is one
+    group, so its module fixtures run once, and the files that use ``trained_judge`` form
+    one group together, so that no worker sits idle waiting for the judge another trains."""
+    judged = {item.path for item in items if "trained_judge" in getattr(item, "fixturenames", ())}
+    for item in items:
+        group = "trained-judge" if item.path in judged else item.path.name
+        item.add_marker(pytest.mark.xdist_group(group))
+
+
 @pytest.fixture(scope="session", autouse=True)
 def keys_without_idle_waits() -> None:
     """Textual's pilot waits, after every key, until this process's CPU time stops advancing
