@@ -226,14 +226,16 @@ def test_data_wait_is_measured_and_a_slow_pipeline_warns(tmp_path: Path) -> None
     trainer mostly waits for data, and says what to do about it."""
     from gantui.session import start
 
-    root = make_image_folder(tmp_path / "big", n=48, size=400)
+    root = make_image_folder(tmp_path / "big", n=48, size=640)
     cfg = tiny("dcgan-celeba", f"data={root}", "image_size=16", "batch_size=8", "steps=12",
                "log_every=2", "eval_every=0", "sample_every=100", "checkpoint_every=100")
     session = start(cfg, "dcgan-celeba", runs_dir=tmp_path / "runs", device="cpu")
     events = follow(session, 120)
     assert session.state == "finished", session.error
     waits = [r["data_wait"] for r in read_jsonl(session.run_dir / "metrics.jsonl")]
-    assert len(waits) == 6 and all(0 <= w <= 1 for w in waits) and min(waits) > 0.25
+    # on the whole, not in every interval: a busy core (another test worker) can slow one
+    # interval's steps as much as its decoding
+    assert len(waits) == 6 and all(0 <= w <= 1 for w in waits) and sum(waits) / 6 > 0.25
     (alert,) = [e for e in events if isinstance(e, ev.Alert) and e.kind == "data"
                 and "bottleneck" in e.message]
     assert "gantui prepare" in alert.message and "num_workers (now 0)" in alert.message
