@@ -149,59 +149,36 @@ def workers() -> int:
     return int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
 
 
-@contextlib.contextmanager
-def exclusive(path: Path):
-    """Hold an exclusive lock on ``path`` across pytest-xdist workers (bounded by the test
-    timeout: a worker that dies releases it with its file descriptor)."""
-    import fcntl
-
-    with open(path, "a+") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
 @pytest.fixture(scope="session")
 def trained_judge(gantui_cache: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
-    """The bundled-digit judge, trained once per test run into a fresh folder (what the judge
+    """The bundled-digit judge, trained once per session into a fresh folder (what the judge
     tests inspect: messages, RNG, time) and copied into the session cache, where every run
-    evaluated later finds it instead of training its own. Under pytest-xdist the first worker
-    to ask trains it in the run's shared temporary folder and records what training said; the
-    others wait for it and load the same judge from that cache."""
+    evaluated later in the session finds it instead of training its own. Under pytest-xdist
+    every file that uses it runs on one worker (``pytest_collection_modifyitems``), so it is
+    trained once per test run."""
     import torch
 
     from gantui.quality.judge import load_judge
 
-    base = tmp_path_factory.getbasetemp()
-    shared = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
-    cache, record = shared / "judge-cache", shared / "judge-training.pt"
-    with exclusive(shared / "judge.lock"):
-        if not record.is_file():
-            cache.mkdir(exist_ok=True)
-            messages: list[str] = []
-            threads = torch.get_num_threads()
-            # the cores this worker may use: 14 s on two cores here, against 22 s on one
-            torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers()))
-            try:
-                torch.manual_seed(1234)
-                before = torch.get_rng_state()
-                started = time.perf_counter()
-                load_judge(cache_dir=cache, log=messages.append)
-                seconds = time.perf_counter() - started
-                after = torch.get_rng_state()
-            finally:
-                torch.set_num_threads(threads)
-            torch.save({"messages": messages, "rng_before": before, "rng_after": after,
-                        "seconds": seconds}, record)
-        training = torch.load(record, weights_only=True)
-    judge, info, held_x, held_y = load_judge(cache_dir=cache)
+    cache = tmp_path_factory.mktemp("judge-cache")
+    messages: list[str] = []
+    threads = torch.get_num_threads()
+    # the cores this worker may use: 14 s on two cores here, against 22 s on one
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers()))
+    try:
+        torch.manual_seed(1234)
+        before = torch.get_rng_state()
+        started = time.perf_counter()
+        judge, info, held_x, held_y = load_judge(cache_dir=cache, log=messages.append)
+        seconds = time.perf_counter() - started
+        after = torch.get_rng_state()
+    finally:
+        torch.set_num_threads(threads)
     for path in cache.glob("judge-*.pt"):
         if not (gantui_cache / path.name).exists():
             shutil.copy2(path, gantui_cache / path.name)
     return {"cache": cache, "judge": judge, "info": info, "held_x": held_x, "held_y": held_y,
-            **training}
+            "messages": messages, "rng_before": before, "rng_after": after, "seconds": seconds}
 
 
 @pytest.fixture(scope="module")
