@@ -148,7 +148,8 @@ class Config:
     CPU."""
     channels_last: bool = False
     """NHWC memory format for the DCGAN models and their inputs on CUDA (faster convolutions
-    with ``amp`` on tensor-core GPUs); ignored on the CPU and for MLPs."""
+    with ``amp`` on tensor-core GPUs); ignored on the CPU, for MLPs and with ``compile``
+    (which picks convolution layouts itself)."""
     threads: int = 0
     """CPU threads for torch's operators in this process; 0 picks the cores this process may
     use (its CPU affinity and container quota). Several trainings on one machine should

@@ -227,6 +227,7 @@ def _start_locked(store: RunStore, lock: RunLock, cfg: Config | None, preset: st
     assert cfg is not None
     notes.append(ev.Note(int(resume_state["step"]) if resume_state else 0,
                          fast.set_threads(cfg)))
+    notes += [ev.Note(notes[-1].step, note) for note in fast.speed_notes(cfg, device)]
     threads = fast.hand_over_threads()
     if world.distributed:
         notes.append(ev.Note(notes[-1].step, f"data parallel: {world.size} ranks of "

@@ -25,6 +25,7 @@ def build(cfg, tmp_path: Path) -> Trainer:
 @pytest.mark.parametrize("preset", ["dcgan-mnist", "cdcgan-mnist", "mlp-mnist", "ring-8"])
 @pytest.mark.parametrize("options", [("amp=false",), ("amp=true",),
                                      ("amp=true", "channels_last=true"),
+                                     ("compile=true", "amp=true"),
                                      ("compile=true", "channels_last=true", "amp=true"),
                                      ("tf32=false",)])
 def test_training_steps_do_not_sync_with_the_host(preset: str, options: tuple[str, ...],

@@ -12,12 +12,12 @@ import torch
 from gantui.engine.control import Controller
 from gantui.engine.trainer import Trainer
 from gantui.headless import follow
-from gantui.perf.bare import BareLoop, measure_data
+from gantui.perf.bare import BareLoop, measure_data, measure_loop
 from gantui.perf.peaks import peak_flops
 from gantui.run.store import RunStore, load_checkpoint_file
 from gantui.session import start
 
-from .conftest import cli, tiny
+from .conftest import cli, make_image_folder, tiny
 
 CPU = torch.device("cpu")
 
@@ -109,6 +109,37 @@ def test_speed_options_are_no_ops_on_the_cpu(tmp_path: Path) -> None:
         weights.append(trainer.G.state_dict())
     for a, b in zip(weights[0].values(), weights[1].values(), strict=True):
         assert torch.equal(a, b)
+
+
+def test_the_bare_loop_stops_the_cache_reader_it_started(tmp_path: Path, monkeypatch) -> None:
+    """As the trainer does: a reader thread left pinning memory at exit aborted the bench's
+    process on an H200 ("terminate called without an active exception")."""
+    import threading
+
+    from gantui.data.cache import prepare
+
+    monkeypatch.setenv("GANTUI_CACHE", str(tmp_path / "cache"))
+    root = make_image_folder(tmp_path / "imgs", n=12, size=16)
+    prepare(root, 16, 3, workers=0)
+    cfg = tiny("dcgan-celeba", f"data={root}", "image_size=16", "batch_size=4", "log_every=2")
+    assert measure_loop(cfg, CPU, 4)["img_per_s"] > 0
+    assert not [t for t in threading.enumerate() if t.name == "gantui-cache-reader"]
+
+
+def test_channels_last_yields_to_compile_and_says_so() -> None:
+    """Measured on an H200 (torch 2.11): compile with NHWC weights fails inductor's stride
+    check in G's first transposed convolution's backward, so compile decides layouts alone."""
+    from gantui.engine.fast import speed_notes, uses_channels_last
+
+    cuda = torch.device("cuda")  # a device object only: nothing runs on it
+    assert uses_channels_last(tiny("dcgan-mnist", "channels_last=true"), cuda)
+    both = tiny("dcgan-mnist", "channels_last=true", "compile=true")
+    assert not uses_channels_last(both, cuda)
+    assert speed_notes(both, cuda) == ["channels_last is not applied with compile: "
+                                       "torch.compile picks the convolution layouts itself"]
+    for quiet, device in ((both, CPU), (tiny("dcgan-mnist", "channels_last=true"), cuda),
+                          (tiny("dcgan-mnist", "compile=true"), cuda)):
+        assert speed_notes(quiet, device) == []
 
 
 @pytest.mark.slow  # inductor compiles G and D on the CPU: half a minute

@@ -29,8 +29,20 @@ def set_backend_flags(cfg: Config, device: torch.device) -> None:
 
 
 def uses_channels_last(cfg: Config, device: torch.device) -> bool:
-    """NHWC applies to the convolutional models on CUDA only."""
-    return cfg.channels_last and cfg.arch == "dcgan" and device.type == "cuda"
+    """NHWC applies to the convolutional models on CUDA only, and not under ``compile``:
+    inductor picks convolution layouts itself, and NHWC weights given to it failed its own
+    stride check in the backward of G's first transposed convolution (torch 2.11 on an
+    H200, 2026-12-04)."""
+    return (cfg.channels_last and not cfg.compile and cfg.arch == "dcgan"
+            and device.type == "cuda")
+
+
+def speed_notes(cfg: Config, device: torch.device) -> list[str]:
+    """What a run says of a speed option it was given and does not use."""
+    if cfg.channels_last and cfg.compile and cfg.arch == "dcgan" and device.type == "cuda":
+        return ["channels_last is not applied with compile: torch.compile picks the "
+                "convolution layouts itself"]
+    return []
 
 
 def to_memory_format(module: torch.nn.Module, cfg: Config, device: torch.device) -> None:

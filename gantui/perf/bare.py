@@ -104,21 +104,30 @@ class BareLoop:
         return counter.get_total_flops() / max(images, 1)
 
 
+def _close(stream: object) -> None:
+    close = getattr(stream, "close", None)  # decoding workers, the cache's reader thread
+    if close is not None:
+        close()
+
+
 def measure_loop(cfg: Config, device: torch.device, steps: int) -> dict[str, Any]:
     """Images/s of the bare loop over ``steps`` steps, per ``log_every`` interval."""
     loop = BareLoop(cfg, device)
-    flops = loop.flops_per_image()
-    rates = []
-    images = 0
-    _sync(device)
-    started = time.perf_counter()
-    for step in range(1, steps + 1):
-        images += loop.step()
-        if step % cfg.log_every == 0:
-            _sync(device)
-            now = time.perf_counter()
-            rates.append(images / (now - started))
-            images, started = 0, now
+    try:
+        flops = loop.flops_per_image()
+        rates = []
+        images = 0
+        _sync(device)
+        started = time.perf_counter()
+        for step in range(1, steps + 1):
+            images += loop.step()
+            if step % cfg.log_every == 0:
+                _sync(device)
+                now = time.perf_counter()
+                rates.append(images / (now - started))
+                images, started = 0, now
+    finally:  # as the trainer does: a reader thread left pinning memory at exit aborts
+        _close(loop.batches)  # the process ("terminate called", seen on an H200)
     rates = rates[1:] or rates  # the first interval holds the warm-up
     return {"img_per_s": statistics.fmean(rates) if rates else 0.0, "intervals": len(rates),
             "flops_per_image": flops}
@@ -137,9 +146,7 @@ def measure_data(cfg: Config, device: torch.device, batches: int) -> dict[str, A
         images += x.shape[0]
     _sync(device)
     seconds = time.perf_counter() - started
-    close = getattr(stream, "close", None)
-    if close is not None:
-        close()
+    _close(stream)
     return {"img_per_s": images / seconds if seconds > 0 else 0.0, "batches": batches,
             "note": stream.note}
 
