@@ -54,8 +54,9 @@ def socket_path(run_dir: Path) -> Path:
 
 
 @contextlib.contextmanager
-def _addressable(path: Path) -> Iterator[str]:
-    """A path ``bind``/``connect`` accept: long paths go through ``/proc/self/fd``."""
+def addressable(path: Path) -> Iterator[str]:
+    """A path ``bind``/``connect`` accept: long paths (``sun_path`` holds 108 bytes) go
+    through ``/proc/self/fd``. For any client that talks to the socket itself."""
     text = str(path)
     if len(text.encode()) < _UNIX_PATH_MAX or not Path("/proc/self/fd").is_dir():
         yield text
@@ -103,7 +104,7 @@ class ControlServer:
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         old_umask = os.umask(0o177)
         try:
-            with _addressable(self.path) as address:
+            with addressable(self.path) as address:
                 sock.bind(address)
         finally:
             os.umask(old_umask)
@@ -265,7 +266,7 @@ def request(run_dir: Path, message: dict[str, Any], timeout: float = ACK_TIMEOUT
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     sock.settimeout(timeout)
     try:
-        with _addressable(path) as address:
+        with addressable(path) as address:
             sock.connect(address)
         _send(sock, message)
         data = b""

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from gantui.remote import RemoteError, _addressable, request, socket_path
+from gantui.remote import RemoteError, addressable, request, socket_path
 from gantui.run.store import RunStore, load_checkpoint_file
 from gantui.session import start
 
@@ -22,7 +22,7 @@ from .test_cli import TINY, spawn, wait_for
 def raw(run_dir: Path, payload: bytes) -> dict:
     with socket.socket(socket.AF_UNIX) as sock:
         sock.settimeout(30)  # a server that never answers fails the test, not hangs it
-        with _addressable(socket_path(run_dir)) as address:  # deep temp folders: see remote.py
+        with addressable(socket_path(run_dir)) as address:  # deep temp folders: see remote.py
             sock.connect(address)
         sock.sendall(payload)
         sock.shutdown(socket.SHUT_WR)
@@ -148,7 +148,7 @@ def test_malformed_commands_are_refused_and_journaled(live, payload: bytes, erro
 
 def test_a_silent_client_does_not_stall_training(live) -> None:
     with socket.socket(socket.AF_UNIX) as idle:
-        with _addressable(socket_path(live.run_dir)) as address:
+        with addressable(socket_path(live.run_dir)) as address:
             idle.connect(address)  # connects and says nothing
         step = live.trainer.step
         wait_for(lambda: live.trainer.step > step + 50, timeout=30)
