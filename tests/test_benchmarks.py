@@ -22,6 +22,7 @@ from gantui.data.sources import (
 from gantui.engine.augment import diff_augment
 from gantui.headless import follow
 from gantui.quality import stacked
+from gantui.quality.describe import diagnosis_line
 from gantui.quality.evaluate import Evaluator, Score, is_better
 from gantui.quality.judge import DigitJudge
 from gantui.quality.metrics import mixture_coverage
@@ -100,6 +101,30 @@ def test_mode_scores_uniform_collapsed_and_half() -> None:
     modes, kl = stacked.mode_scores(torch.arange(500).repeat(52))
     assert modes == 500 and kl == pytest.approx(math.log(2))
     assert stacked.mode_scores(torch.empty(0, dtype=torch.long)) == (0, math.log(1000))
+
+
+def test_digit_skew_splits_kl_into_channel_skew_and_dependence() -> None:
+    uniform = torch.arange(1000).repeat(26)
+    shares, kl_digits = stacked.digit_skew(uniform)
+    assert shares == pytest.approx([0.1] * 10) and kl_digits == pytest.approx(0.0)
+    # channel 0 always 4: that channel alone pays ln 10, and that is all the KL there is
+    fours = 400 + torch.arange(100).repeat(30)
+    shares, kl_digits = stacked.digit_skew(fours)
+    assert kl_digits == pytest.approx(math.log(10))
+    assert stacked.mode_scores(fours)[1] == pytest.approx(kl_digits)
+    assert shares[4] == pytest.approx(1 / 3 + 2 / 30)
+    # three equal digits (000, 111, ... 999): every channel uniform, all KL is dependence
+    same = (torch.arange(10) * 111).repeat(100)
+    assert stacked.digit_skew(same)[1] == pytest.approx(0.0)
+    assert stacked.mode_scores(same)[1] == pytest.approx(math.log(100))
+    # in general kl = kl_digits + (sum of channel entropies - joint entropy) >= kl_digits
+    gen = torch.Generator().manual_seed(3)
+    skewed = torch.multinomial(torch.linspace(1, 3, 1000), 26_000, True, generator=gen)
+    assert stacked.mode_scores(skewed)[1] >= stacked.digit_skew(skewed)[1] > 0
+    assert stacked.digit_skew(torch.empty(0, dtype=torch.long))[1] == pytest.approx(
+        3 * math.log(10))
+    line = diagnosis_line({"kl": 0.51, "kl_digits": 0.31, "r_t": 0.4})
+    assert line.startswith("digit skew: KL 0.31 of 0.51")
 
 
 def _judge() -> DigitJudge:

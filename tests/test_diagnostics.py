@@ -4,6 +4,7 @@ held-out digits, the warning), memorisation (near-copies) and class shares over 
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,7 @@ from gantui.data.sources import DataError, mnist_split
 from gantui.quality import diagnostics as diag
 from gantui.quality.describe import SHADES, diagnosis_line, share_strip, shares_of
 from gantui.quality.evaluate import Evaluator
+from gantui.quality.judge import load_judge
 
 from .conftest import cli, tiny
 
@@ -136,6 +138,26 @@ def test_a_generator_of_training_images_is_all_near_copies(trained_judge) -> Non
     only = shares_of(evaluator.evaluate(Replay(ones), step=3).values)
     strip = share_strip(only)  # one glyph per class: the ones full, most others blank
     assert only[1] > 0.9 and strip[1] == SHADES[-1] and strip.count(" ") >= 7
+
+
+def test_stacked_scores_say_how_much_kl_is_digit_skew(trained_judge) -> None:
+    """A stacked-MNIST "generator" whose first channel is always a one: that channel's skew
+    is nearly all of its KL, and the class strip shows ones at over a third."""
+    evaluator = Evaluator(tiny("stacked-mnist"), torch.device("cpu"), n=1000)
+    _, _, held, labels = load_judge(cache_dir=None)
+    digits = held.float().div(127.5).sub(1)
+    gen = torch.Generator().manual_seed(0)
+    ones = digits[labels == 1]
+    first = ones[torch.randint(0, len(ones), (1000,), generator=gen)]
+    rest = digits[torch.randint(0, len(digits), (1000, 2), generator=gen)]
+    values = evaluator.evaluate(Replay(torch.cat([first, rest[:, 0], rest[:, 1]], 1)), 1).values
+    assert values["kl_digits"] > 0.8 * math.log(10)
+    assert values["kl"] >= values["kl_digits"]
+    # the rest of the KL is the finite sample: 1,000 samples over 1,000 modes
+    assert values["kl"] - values["kl_digits"] < 0.6
+    shares = shares_of(values)
+    assert len(shares) == 10 and shares[1] > 0.36 and sum(shares) == pytest.approx(1.0)
+    assert diagnosis_line(values).startswith("digit skew: KL")
 
 
 def test_the_split_holds_out_a_fifth_and_train_digits_cuts_the_rest() -> None:

@@ -13,6 +13,7 @@ DESCRIPTIONS = {
     "modes": "modes covered (ring 8, grid 25, stacked MNIST 1,000)",
     "hq": "high-quality samples (within 3 sigma of a mode)",
     "kl": "KL(mode histogram || uniform), nats (stacked MNIST)",
+    "kl_digits": "the part of kl that is digit skew within channels (the rest: dependence)",
     "modes_floor": "modes real stacked triples cover, scored alike (the floor)",
     "kl_floor": "KL of real stacked triples, scored alike (the floor)",
     "judge_fd": "Frechet distance on the judge's features (the digit judge's for MNIST)",
@@ -52,7 +53,7 @@ STRIP_COLUMNS = 8
 
 CLASS_PREFIX = "class_"
 """Quality values ``class_0``, ``class_1``...: the share of samples the judge puts in each
-class (unconditional MNIST runs)."""
+class (unconditional MNIST runs; stacked MNIST: each digit's share over the three channels)."""
 
 
 def shares_of(values: dict[str, float]) -> list[float]:
@@ -65,13 +66,16 @@ def shares_of(values: dict[str, float]) -> list[float]:
 
 def diagnosis_line(values: dict[str, float]) -> str:
     """What says why, in one line: ``near-copies 0.1% · D real: train 98%, held-out 95% ·
-    r_t +0.62`` (the parts that were measured)."""
+    r_t +0.62``, or for stacked MNIST ``digit skew: KL 0.31 of 0.51 · r_t +0.40`` (the parts
+    that were measured)."""
     parts = []
     if "near_copies" in values:
         parts.append(f"near-copies {values['near_copies']:.1%}")
     if "d_acc_train" in values and "d_acc_held" in values:
         parts.append(f"D calls real: train {values['d_acc_train']:.0%}, held-out "
                      f"{values['d_acc_held']:.0%}")
+    if "kl_digits" in values and "kl" in values:
+        parts.append(f"digit skew: KL {values['kl_digits']:.2f} of {values['kl']:.2f}")
     if math.isfinite(values.get("r_t", math.nan)):
         parts.append(f"r_t {values['r_t']:+.2f}")
     return " · ".join(parts)

@@ -7,7 +7,9 @@ generator every so often. What is measured depends on the data:
   fraction (VEEGAN / PacGAN), from 2,500 samples.
 * ``stacked`` (``stacked_mnist``): modes covered of 1,000 and ``kl`` (mode histogram vs
   uniform) from 26,000 samples, the digit judge reading each channel
-  (:mod:`gantui.quality.stacked`); ``modes_floor`` and ``kl_floor``: real triples scored alike.
+  (:mod:`gantui.quality.stacked`); ``modes_floor`` and ``kl_floor``: real triples scored alike;
+  ``kl_digits``, the part of ``kl`` that is digit skew within channels, and ``class_0``...
+  ``class_9``, each digit's share over the three channels.
 * ``mnist``: 5,000 generated digits scored by the digit judge (:mod:`gantui.quality.judge`)
   against its held-out real digits: ``judge_fd`` (primary), ``kid``, ``is``, ``classes``,
   ``class_entropy``, ``precision``/``recall``/``density``/``coverage``, and ``cond_acc`` for
@@ -70,7 +72,7 @@ HIGHER_IS_BETTER = {
     "is": True, "classes": True, "near_copies": False,
     "class_entropy": True, "precision": True, "recall": True, "density": True,
     "coverage": True, "judge_acc": True, "judge_floor": False,
-    "kl": False, "modes_floor": True, "kl_floor": False,
+    "kl": False, "kl_digits": False, "modes_floor": True, "kl_floor": False,
     "judge_fd": False, "kid": False, "kid_std": False, "fid": False, "rcfd": False,
     "fid_kid": False, "fid_kid_std": False,
 }
@@ -372,9 +374,13 @@ class Evaluator:
             if x.ndim != 4 or x.shape[1] != 3:
                 _raise_shape(x, "(N, 3, H, W) stacked digits")
             found.append(stacked.triple_modes(self.judge, x))
-        modes, kl = stacked.mode_scores(torch.cat(found))
-        return {"modes": float(modes), "kl": kl, "modes_floor": float(self.floor[0]),
-                "kl_floor": self.floor[1], "judge_acc": self.judge_info.accuracy}
+        found = torch.cat(found)
+        modes, kl = stacked.mode_scores(found)
+        shares, kl_digits = stacked.digit_skew(found)
+        return {"modes": float(modes), "kl": kl, "kl_digits": kl_digits,
+                "modes_floor": float(self.floor[0]), "kl_floor": self.floor[1],
+                "judge_acc": self.judge_info.accuracy,
+                **{f"class_{k}": share for k, share in enumerate(shares)}}
 
     def _mnist(self, G: nn.Module) -> dict[str, float]:
         feats, logits, labels, images = [], [], [], []
