@@ -23,6 +23,7 @@ from gantui.engine.augment import diff_augment
 from gantui.headless import follow
 from gantui.quality import stacked
 from gantui.quality.describe import diagnosis_line
+from gantui.quality.diagnostics import legible
 from gantui.quality.evaluate import Evaluator, Score, is_better
 from gantui.quality.judge import DigitJudge
 from gantui.quality.metrics import mixture_coverage
@@ -155,8 +156,18 @@ def test_floor_scores_real_triples_as_samples_are_scored() -> None:
     flat = digits.float().div(127.5).sub(1).flatten(1)
     channels = triples.reshape(-1, 28 * 28)
     assert (channels[:300, None] == flat[None]).all(-1).any(-1).all()
-    expected = stacked.mode_scores(stacked.triple_modes(judge, triples))
+    modes, logits = stacked.read_channels(judge, triples)
+    assert torch.equal(modes, stacked.triple_modes(judge, triples)) and logits.shape == (3600, 10)
+    expected = (*stacked.mode_scores(modes), legible(logits))
     assert stacked.floor(judge, digits, 1200, seed=5) == expected
+
+
+def test_legible_counts_confident_readings() -> None:
+    sure, torn = [0.0] * 9 + [5.0], [0.0] * 8 + [3.0, 3.0]  # p(top) 0.95 and 0.46
+    assert legible(torch.tensor([sure, sure, sure, torn])) == pytest.approx(0.75)
+    assert legible(torch.tensor([torn])) == 0.0 and legible(torch.empty(0, 10)) == 0.0
+    line = diagnosis_line({"legible": 0.29, "legible_real": 0.96})
+    assert line == "legible 29% (real 96%)"
 
 
 def test_stacked_scores_rank_modes_then_kl() -> None:

@@ -133,6 +133,11 @@ def test_a_generator_of_training_images_is_all_near_copies(trained_judge) -> Non
     shares = shares_of(honest)  # held-out digits are balanced: every class about a tenth
     assert len(shares) == 10 and sum(shares) == pytest.approx(1.0)
     assert all(0.06 < s < 0.14 for s in shares)
+    # real digits are as legible as the held-out reference; half-and-half blends are not
+    assert honest["legible"] == pytest.approx(honest["legible_real"], abs=0.05)
+    assert honest["legible_real"] > 0.9
+    blends = (spread + spread.roll(150, 0)) / 2  # each digit over one of another class
+    assert evaluator.evaluate(Replay(blends), step=4).values["legible"] < 0.6
     # a generator that only draws ones: one class, the others vanish from the strip
     ones = evaluator.held_real[evaluator.held_labels == 1]
     only = shares_of(evaluator.evaluate(Replay(ones), step=3).values)
@@ -158,6 +163,9 @@ def test_stacked_scores_say_how_much_kl_is_digit_skew(trained_judge) -> None:
     shares = shares_of(values)
     assert len(shares) == 10 and shares[1] > 0.36 and sum(shares) == pytest.approx(1.0)
     assert diagnosis_line(values).startswith("digit skew: KL")
+    # real digits in every channel: legible as the floor's real triples are
+    assert values["legible"] == pytest.approx(values["legible_real"], abs=0.05)
+    assert values["legible_real"] > 0.9
 
 
 def test_the_split_holds_out_a_fifth_and_train_digits_cuts_the_rest() -> None:
@@ -207,11 +215,14 @@ def test_a_run_records_the_diagnostics_and_eval_and_the_report_show_them(
     strip = class_strip_text(model.class_history, 20).plain.splitlines()
     assert len(strip) == 5 and strip[0].startswith("0,1 ") and strip[0].endswith("▀▀")
     assert "D calls real: train" in diagnosis_line(records[-1]["values"])
+    assert "legible " in diagnosis_line(records[-1]["values"])
 
     shown = cli("eval", str(run), "-n", "60")
     assert shown.returncode == 0, shown.stderr
     assert "near_copies" in shown.stdout and "classes 0-9" in shown.stdout
+    assert "legible_real" in shown.stdout
     assert "class_3" not in shown.stdout  # a strip, not ten rows
 
     page = report_run(run).with_name("report.md").read_text()
     assert "## Diagnostics" in page and "near-copies.png" in page and "class-shares.png" in page
+    assert "legible (real)" in page

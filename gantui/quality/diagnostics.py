@@ -8,6 +8,9 @@
   judge's feature space, against how close held-out real images come (:func:`memorisation`).
 * Mode dropping by class: the share of samples the judge puts in each class
   (:func:`class_shares`), recorded at every evaluation so a vanishing class shows over time.
+* Legibility: the share of samples the judge reads with confidence (:func:`legible`), against
+  held-out real images: when it is low, the class shares are the judge's guesses at malformed
+  samples as much as G's preferences.
 
 Pure functions of tensors and modules; nothing here knows the trainer or the UI.
 """
@@ -29,6 +32,8 @@ OVERFIT_PATIENCE = 2
 """...for this many evaluations in a row raises the ``overfit`` warning."""
 OFFENDERS = STRIP_COLUMNS
 """Near-copies shown beside their nearest training images."""
+LEGIBLE = 0.9
+"""A sample is legible when the judge gives its top class at least this probability."""
 
 
 def real_threshold(loss: str) -> float:
@@ -156,6 +161,15 @@ def class_shares(pred: torch.Tensor, n_classes: int) -> list[float]:
     counts = torch.bincount(pred.detach().flatten().long().cpu(), minlength=n_classes)
     total = int(counts.sum())
     return [float(c) / total if total else 0.0 for c in counts[:n_classes].tolist()]
+
+
+def legible(logits: torch.Tensor) -> float:
+    """The share of rows of ``logits`` (N, classes) whose top class has softmax probability
+    of at least :data:`LEGIBLE` (0.0 for no rows)."""
+    if len(logits) == 0:
+        return 0.0
+    top = logits.detach().float().softmax(dim=1).amax(dim=1)
+    return float((top >= LEGIBLE).float().mean())
 
 
 class OverfitMonitor:

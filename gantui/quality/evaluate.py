@@ -73,6 +73,7 @@ HIGHER_IS_BETTER = {
     "class_entropy": True, "precision": True, "recall": True, "density": True,
     "coverage": True, "judge_acc": True, "judge_floor": False,
     "kl": False, "kl_digits": False, "modes_floor": True, "kl_floor": False,
+    "legible": True, "legible_real": True,
     "judge_fd": False, "kid": False, "kid_std": False, "fid": False, "rcfd": False,
     "fid_kid": False, "fid_kid_std": False,
 }
@@ -223,8 +224,9 @@ class Evaluator:
         self.judge = judge.to(self.device).eval()
         real = to_unit(fit_images(held_images, self.cfg))
         self.held_real, self.held_labels = real[:RECON_N], held_labels[:RECON_N].long()
-        self.real_feats = self._judge_features(real)
+        self.real_feats, real_logits = self._judge_pass(real)
         self.real_stats = scores.gaussian_stats(self.real_feats)
+        self.legible_real = diag.legible(real_logits)
         # the digits this run trains on (never the held-out ones): memorisation's reference
         split = mnist_split(self.cfg)
         self.train_real = to_unit(fit_images(split.train_images, self.cfg))
@@ -235,6 +237,16 @@ class Evaluator:
         with torch.no_grad():
             return torch.cat([self.judge.features(images[i:i + BATCH].to(self.device))
                               for i in range(0, len(images), BATCH)])
+
+    def _judge_pass(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The judge's features and logits of real ``images``, in batches."""
+        feats, logits = [], []
+        with torch.no_grad():
+            for i in range(0, len(images), BATCH):
+                f, lg = self.judge.features_and_logits(images[i:i + BATCH].to(self.device))
+                feats.append(f)
+                logits.append(lg)
+        return torch.cat(feats), torch.cat(logits)
 
     def _setup_labelled(self, data: JudgeData, fid_weights: str) -> None:
         """The data's judge and its held-out images (at most :data:`REFERENCE_MAX`, fitted as
@@ -249,10 +261,9 @@ class Evaluator:
         fitted = fit_images(held_images[picked], self.cfg).contiguous()
         real = to_unit(fitted)
         self.held_real, self.held_labels = real[:RECON_N], held_labels[picked][:RECON_N].long()
-        with torch.no_grad():
-            self.real_feats = torch.cat([self.judge.features(real[i:i + BATCH].to(self.device))
-                                         for i in range(0, len(real), BATCH)])
+        self.real_feats, real_logits = self._judge_pass(real)
         self.real_stats = scores.gaussian_stats(self.real_feats)
+        self.legible_real = diag.legible(real_logits)
         digest = hashlib.sha256(fitted.numpy().tobytes())
         digest.update(f"{self.cfg.dataset}|held-out|{self.cfg.image_size}|"
                       f"{self.cfg.channels}".encode())
@@ -369,16 +380,19 @@ class Evaluator:
     def _stacked(self, G: nn.Module) -> dict[str, float]:
         from gantui.quality import stacked
 
-        found = []
+        found, read = [], []
         for x, _ in self._batches(G):
             if x.ndim != 4 or x.shape[1] != 3:
                 _raise_shape(x, "(N, 3, H, W) stacked digits")
-            found.append(stacked.triple_modes(self.judge, x))
+            modes, logits = stacked.read_channels(self.judge, x)
+            found.append(modes)
+            read.append(logits)
         found = torch.cat(found)
         modes, kl = stacked.mode_scores(found)
         shares, kl_digits = stacked.digit_skew(found)
         return {"modes": float(modes), "kl": kl, "kl_digits": kl_digits,
                 "modes_floor": float(self.floor[0]), "kl_floor": self.floor[1],
+                "legible": diag.legible(torch.cat(read)), "legible_real": self.floor[2],
                 "judge_acc": self.judge_info.accuracy,
                 **{f"class_{k}": share for k, share in enumerate(shares)}}
 
@@ -410,6 +424,8 @@ class Evaluator:
             "is": scores.classifier_score(logits.softmax(dim=1)),
             "classes": float(present),
             "class_entropy": entropy,
+            "legible": diag.legible(logits),
+            "legible_real": self.legible_real,
             **scores.prdc(self.real_feats, fake, k=PRDC_K),
             "judge_acc": self.judge_info.accuracy,
         }

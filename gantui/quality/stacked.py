@@ -11,6 +11,7 @@ from collections.abc import Iterator
 
 import torch
 
+from gantui.quality.diagnostics import legible
 from gantui.quality.judge import DigitJudge
 
 MODES = 1000
@@ -22,9 +23,11 @@ BATCH = 1000
 
 
 @torch.no_grad()
-def triple_modes(judge: DigitJudge, images: torch.Tensor) -> torch.Tensor:
-    """The mode of each image (N, 3, H, W) in [-1, 1]: ``100 * d0 + 10 * d1 + d2``, with
-    ``dc`` the judge's digit for channel ``c``; non-finite pixels count as black.
+def read_channels(judge: DigitJudge, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The judge's reading of each channel of ``images`` (N, 3, H, W) in [-1, 1]:
+    ``(modes (N,), logits (3N, 10))``, the mode ``100 * d0 + 10 * d1 + d2`` with ``dc`` the
+    judge's digit for channel ``c``, and its logits for every channel; non-finite pixels count
+    as black.
 
     Raises:
         ValueError: ``images`` does not have three channels.
@@ -32,15 +35,21 @@ def triple_modes(judge: DigitJudge, images: torch.Tensor) -> torch.Tensor:
     if images.ndim != 4 or images.shape[1] != 3:
         raise ValueError(f"stacked MNIST images are (N, 3, H, W); got {tuple(images.shape)}")
     device = next(judge.parameters()).device
-    digits = []
+    logits = []
     for i in range(0, len(images), BATCH):
         part = torch.nan_to_num(images[i:i + BATCH].float(), nan=-1.0).clamp(-1, 1)
         flat = part.reshape(-1, 1, *part.shape[2:]).to(device)  # one channel per image
-        digits.append(judge(flat).argmax(dim=1).view(-1, 3).cpu())
-    if not digits:
-        return torch.empty(0, dtype=torch.long)
-    d = torch.cat(digits)
-    return d[:, 0] * 100 + d[:, 1] * 10 + d[:, 2]
+        logits.append(judge(flat).cpu())
+    if not logits:
+        return torch.empty(0, dtype=torch.long), torch.empty(0, 10)
+    every = torch.cat(logits)
+    d = every.argmax(dim=1).view(-1, 3)
+    return d[:, 0] * 100 + d[:, 1] * 10 + d[:, 2], every
+
+
+def triple_modes(judge: DigitJudge, images: torch.Tensor) -> torch.Tensor:
+    """The mode of each image (N, 3, H, W) in [-1, 1] (:func:`read_channels`)."""
+    return read_channels(judge, images)[0]
 
 
 def mode_scores(modes: torch.Tensor, n_modes: int = MODES) -> tuple[int, float]:
@@ -85,8 +94,15 @@ def real_triples(digits: torch.Tensor, n: int, seed: int) -> Iterator[torch.Tens
 
 
 def floor(judge: DigitJudge, digits: torch.Tensor, n: int = STANDARD_N,
-          seed: int = 0) -> tuple[int, float]:
-    """What ``n`` real stacked triples of ``digits`` score: ``(modes, kl)``, the best a
-    generator can be expected to reach with this judge and sample size."""
-    modes = [triple_modes(judge, batch) for batch in real_triples(digits, n, seed)]
-    return mode_scores(torch.cat(modes) if modes else torch.empty(0, dtype=torch.long))
+          seed: int = 0) -> tuple[int, float, float]:
+    """What ``n`` real stacked triples of ``digits`` score: ``(modes, kl, legible)``, the
+    best a generator can be expected to reach with this judge and sample size; ``legible`` is
+    the share of channels the judge reads with confidence (:func:`diagnostics.legible`)."""
+    modes, logits = [], []
+    for batch in real_triples(digits, n, seed):
+        found, read = read_channels(judge, batch)
+        modes.append(found)
+        logits.append(read)
+    if not modes:
+        return (*mode_scores(torch.empty(0, dtype=torch.long)), 0.0)
+    return (*mode_scores(torch.cat(modes)), legible(torch.cat(logits)))

@@ -443,15 +443,19 @@ def _diagnostics_section(doc: Document, run: RunCurves, run_dir: Path) -> None:
         r_t, train, held = (as_float(record.get(k)) for k in ("r_t", "d_acc_train",
                                                                "d_acc_held"))
         copies = as_float(record.get("near_copies"))
-        if r_t is None and train is None and copies is None:
+        legible, legible_real = as_float(record.get("legible")), as_float(
+            record.get("legible_real"))
+        if r_t is None and train is None and copies is None and legible is None:
             continue
         gap = train - held if train is not None and held is not None else None
+        read = "-" if legible is None else format_value("legible", legible) + (
+            "" if legible_real is None else f" ({format_value('legible_real', legible_real)})")
         rows.append([f"{as_int(record.get('step')):,}",
                      "-" if r_t is None else format_value("r_t", r_t),
                      "-" if train is None else format_value("d_acc_train", train),
                      "-" if held is None else format_value("d_acc_held", held),
                      "-" if gap is None else f"{gap:+.1%}",
-                     "-" if copies is None else format_value("near_copies", copies)])
+                     "-" if copies is None else format_value("near_copies", copies), read])
     history = [(as_int(r.get("step")), shares_of(r)) for r in run.quality]
     history = [(step, shares) for step, shares in history if shares and all(
         isinstance(v, (int, float)) and math.isfinite(v) for v in shares)]
@@ -460,14 +464,17 @@ def _diagnostics_section(doc: Document, run: RunCurves, run_dir: Path) -> None:
         return
     doc.heading("Diagnostics")
     if rows:
-        doc.table(["step", "r_t", "D: train real", "D: held-out real", "gap", "near-copies"],
+        doc.table(["step", "r_t", "D: train real", "D: held-out real", "gap", "near-copies",
+                   "legible (real)"],
                   rows[-MAX_ROWS:], more=max(0, len(rows) - MAX_ROWS),
                   note="r_t = E[sign D(x)] over the training batches since the evaluation "
                        "before (ADA's heuristic; near +1: D is sure of every training image). "
                        "A lasting gap between D's accuracy on training and held-out real "
                        "images means D overfits: augmentation, R1, instance noise or a lower "
                        "lr_d help. Near-copies: samples closer to a training image than any "
-                       "held-out real image is")
+                       "held-out real image is. Legible: samples the judge reads with at least "
+                       "90% confidence, against held-out real images; when it is low, the "
+                       "class shares are the judge's guesses at malformed samples")
     try:
         png = strip.read_bytes() if strip.is_file() else None
     except OSError:
