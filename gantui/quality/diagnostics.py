@@ -9,8 +9,8 @@
 * Mode dropping by class: the share of samples the judge puts in each class
   (:func:`class_shares`), recorded at every evaluation so a vanishing class shows over time.
 * Legibility: the share of samples the judge reads with confidence (:func:`legible`), against
-  held-out real images: when it is low, the class shares are the judge's guesses at malformed
-  samples as much as G's preferences.
+  held-out real images: low when G draws digits nobody could name, which FD and the class
+  shares alone do not tell apart from a G that draws good digits of the wrong classes.
 
 Pure functions of tensors and modules; nothing here knows the trainer or the UI.
 """

@@ -12,7 +12,8 @@ generator every so often. What is measured depends on the data:
   ``class_9``, each digit's share over the three channels.
 * ``mnist``: 5,000 generated digits scored by the digit judge (:mod:`gantui.quality.judge`)
   against its held-out real digits: ``judge_fd`` (primary), ``kid``, ``is``, ``classes``,
-  ``class_entropy``, ``precision``/``recall``/``density``/``coverage``, and ``cond_acc`` for
+  ``class_entropy``, ``legible`` (and ``legible_real``, held-out real images read alike),
+  ``precision``/``recall``/``density``/``coverage``, and ``cond_acc`` for
   conditional models; ``judge_acc`` and ``judge_floor`` record the yardstick's own accuracy
   and floor (held-out real against training real digits).
 * ``labelled`` (CIFAR-10, Fashion-MNIST, a labelled array, the class folders of a conditional
