@@ -4,6 +4,7 @@ commands a small fake training loop consumes (the real trainer: test_ui_session.
 from __future__ import annotations
 
 import asyncio
+import html
 import math
 from pathlib import Path
 from typing import Any
@@ -111,6 +112,27 @@ def test_renders_at_every_size(tmp_path, size, image):
             await pilot.resize_terminal(size[0] + 7, size[1] + 3)  # live resize
             await pilot.pause()
             app.export_screenshot()
+
+    run(main())
+
+
+def test_the_quality_title_says_why(tmp_path):
+    """The diagnosis line rides in the quality chart's title: the charts draw only their top
+    border, so a subtitle there would never be seen."""
+    app, loop = make_app(tmp_path)
+    values = {"judge_fd": 9.7, "near_copies": 0.0, "d_acc_train": 0.78, "d_acc_held": 0.70,
+              "legible": 0.587, "legible_real": 0.957, "r_t": 0.67}
+    loop.pending.append(ev.Quality(3, values, "judge_fd", 3, 9.7, 2.0))
+
+    async def main():
+        async with app.run_test(size=(160, 40)) as pilot:
+            await until(pilot, lambda: app.quality_plot.display)
+            title = str(app.quality_plot.border_title)
+            assert "best 9.7" in title and "legible 59% (real 96%)" in title
+            assert "D calls real: train 78%, held-out 70%" in title
+            await until(pilot, lambda: app.quality_plot.draws)
+            shown = html.unescape(app.export_screenshot()).replace("\xa0", " ")
+            assert "legible 59% (real 96%)" in shown  # drawn, not only set
 
     run(main())
 

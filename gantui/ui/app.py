@@ -20,6 +20,7 @@ from typing import Any, ClassVar
 from textual.app import App, ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
+from textual.markup import escape
 from textual.widgets import Footer
 
 from gantui import config as config_mod
@@ -370,18 +371,20 @@ class GantuiApp(SettlesGraphics, App[Outcome]):
 
     def _show_quality(self) -> None:
         """The quality chart appears with the first evaluation; its title names the metric,
-        the latest value and the best one with its step (the best checkpoint's)."""
+        the latest value and the best one with its step (the best checkpoint's), then what
+        says why (:func:`diagnosis_line`): the charts draw only their top border."""
         quality = self.model.quality
         if quality is None:
             return
         self.quality_plot.display = True
         self.screen.add_class("-quality")  # at 80x24 the quality chart takes the sparklines' rows
         now, best = self.quality_plot.lines
-        self.quality_plot.border_title = legend_markup([
+        title = legend_markup([
             Line(describe_value(quality.primary, quality.value), now.series, now.color),
             Line(f"best {format_value(quality.primary, quality.best_value)} "
                  f"@{quality.best_step}", best.series, best.color)])
-        self.quality_plot.border_subtitle = diagnosis_line(quality.values)
+        why = diagnosis_line(quality.values)
+        self.quality_plot.border_title = title + (f" [dim]· {escape(why)}[/]" if why else "")
         self.class_strip.show()
 
     def _redraw_due(self, now: float) -> bool:
