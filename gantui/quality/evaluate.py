@@ -232,12 +232,7 @@ class Evaluator:
         split = mnist_split(self.cfg)
         self.train_real = to_unit(fit_images(split.train_images, self.cfg))
         self.train_labels = split.train_labels.long()
-        self.train_feats = self._judge_features(self.train_real)
-
-    def _judge_features(self, images: torch.Tensor) -> torch.Tensor:
-        with torch.no_grad():
-            return torch.cat([self.judge.features(images[i:i + BATCH].to(self.device))
-                              for i in range(0, len(images), BATCH)])
+        self.train_feats = self._judge_pass(self.train_real)[0]
 
     def _judge_pass(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The judge's features and logits of real ``images``, in batches."""

@@ -11,7 +11,7 @@ from collections.abc import Iterator
 
 import torch
 
-from gantui.quality.diagnostics import legible
+from gantui.quality.diagnostics import class_shares, legible
 from gantui.quality.judge import DigitJudge
 
 MODES = 1000
@@ -70,17 +70,10 @@ def digit_skew(modes: torch.Tensor) -> tuple[list[float], float]:
     ``kl = kl_digits + (sum of channel entropies - joint entropy)``: ``kl_digits`` is the
     part a generator pays for favouring some digits; the rest is dependence between channels
     (and the finite sample, about 999 / (2 N) nats for N samples)."""
-    if len(modes) == 0:
-        return [0.0] * 10, 3 * math.log(10)
     m = modes.long().flatten()
     channels = torch.stack([m // 100, m // 10 % 10, m % 10])
-    kl = 0.0
-    for digits in channels:
-        counts = torch.bincount(digits, minlength=10).double()
-        p = counts[counts > 0] / counts.sum()
-        kl += float((p * (p * 10).log()).sum())
-    shares = torch.bincount(channels.flatten(), minlength=10).double() / channels.numel()
-    return [float(v) for v in shares], max(kl, 0.0)
+    kl = sum(mode_scores(digits, 10)[1] for digits in channels)
+    return class_shares(channels, 10), kl
 
 
 def real_triples(digits: torch.Tensor, n: int, seed: int) -> Iterator[torch.Tensor]:

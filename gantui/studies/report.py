@@ -473,8 +473,8 @@ def _diagnostics_section(doc: Document, run: RunCurves, run_dir: Path) -> None:
                        "images means D overfits: augmentation, R1, instance noise or a lower "
                        "lr_d help. Near-copies: samples closer to a training image than any "
                        "held-out real image is. Legible: samples the judge reads with at least "
-                       "90% confidence, against held-out real images; when it is low, the "
-                       "class shares are the judge's guesses at malformed samples")
+                       "90% confidence, against held-out real images; far below it, G draws "
+                       "many samples nobody could name")
     try:
         png = strip.read_bytes() if strip.is_file() else None
     except OSError:
