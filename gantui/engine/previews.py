@@ -16,6 +16,7 @@ import torch
 from gantui import events as ev
 from gantui.data.grids import grid_image, scatter_image
 from gantui.data.sources import MixtureBatches
+from gantui.models.latent import latent
 from gantui.quality.metrics import diversity, mode_coverage
 
 if TYPE_CHECKING:
@@ -38,11 +39,11 @@ class Previews:
             self.nrow = max(1, cfg.n_samples // cfg.n_classes)
             labels = torch.arange(cfg.n_classes).repeat_interleave(self.nrow)
             self.fixed_labels: torch.Tensor | None = labels.to(device)
-            self.fixed_noise = torch.randn(len(labels), cfg.nz, generator=gen).to(device)
+            self.fixed_noise = latent(cfg, len(labels), gen).to(device)
         else:
             self.nrow = max(1, round(math.sqrt(cfg.n_samples)))
             self.fixed_labels = None
-            self.fixed_noise = torch.randn(cfg.n_samples, cfg.nz, generator=gen).to(device)
+            self.fixed_noise = latent(cfg, cfg.n_samples, gen).to(device)
         self.fixed_real = self._first_of_each_class() if cfg.encoder else None
         """One real image per class: the preview shows it beside its reconstruction."""
 
@@ -97,7 +98,7 @@ class Previews:
     def _points(self) -> None:
         t = self.t
         gen = torch.Generator().manual_seed(t.cfg.seed + 3)
-        z = torch.randn(RING_EVAL_POINTS, t.cfg.nz, generator=gen).to(t.device)
+        z = latent(t.cfg, RING_EVAL_POINTS, gen).to(t.device)
         points = t.G_eval(z).float().cpu()
         centres = t.batches.centers
         covered, quality = mode_coverage(points, centres, t.batches.sigma)

@@ -33,6 +33,7 @@ from torch import nn
 
 from gantui.config import POINT_SETS, Config
 from gantui.errors import GantuiError
+from gantui.models.latent import latent
 from gantui.text import safe
 
 CONTRACT = ("a model defines generator(cfg) and discriminator(cfg) returning torch.nn.Modules "
@@ -206,7 +207,7 @@ def dry_batch(G: nn.Module, D: nn.Module, cfg: Config) -> None:
     label = Path(cfg.model).name if is_file_spec(cfg.model) else cfg.model
     n = DRY_BATCH * cfg.pack
     gen = torch.Generator().manual_seed(0)
-    z = torch.randn(n, cfg.nz, generator=gen)
+    z = latent(cfg, n, gen)
     y = torch.arange(n) % cfg.n_classes if cfg.conditional else None
     shape = tuple(cfg.image_shape)
     with _untouched(G, D):

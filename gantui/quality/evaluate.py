@@ -42,6 +42,7 @@ from torch import nn
 from gantui.config import Config
 from gantui.data import datasets
 from gantui.errors import GantuiError
+from gantui.models.latent import latent
 from gantui.quality import diagnostics as diag
 from gantui.quality import fid as fidlib
 from gantui.quality import scores
@@ -320,7 +321,7 @@ class Evaluator:
     def _noise(self) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The evaluation's z (and balanced labels y): the same at every call."""
         gen = torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + 4242)
-        z = torch.randn(self.n, self.cfg.nz, generator=gen)
+        z = latent(self.cfg, self.n, gen)
         y = None
         if self.cfg.conditional:
             y = torch.arange(self.n) % self.cfg.n_classes

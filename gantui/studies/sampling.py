@@ -18,6 +18,7 @@ from gantui.data.sources import mixture
 from gantui.errors import GantuiError
 from gantui.files import read_toml_dict
 from gantui.models.builtin import build_encoder, build_models
+from gantui.models.latent import latent
 from gantui.run.restore import checker, checkpoint_config
 from gantui.run.store import RunStore, StoreError, load_checkpoint_file, save_png
 
@@ -62,7 +63,7 @@ def load_state(run_dir: Path, checkpoint: Path | None = None, best: bool = False
 
 def latents(cfg: Config, n: int, seed: int) -> torch.Tensor:
     """``n`` latent vectors from a seeded generator (the same seed, the same z)."""
-    return torch.randn(n, cfg.nz, generator=torch.Generator().manual_seed(seed))
+    return latent(cfg, n, torch.Generator().manual_seed(seed))
 
 
 def class_rows(cfg: Config, n: int) -> tuple[torch.Tensor | None, int]:
