@@ -39,7 +39,7 @@ from gantui.engine.losses import d_loss, d_prob, g_loss
 from gantui.engine.previews import Previews
 from gantui.errors import GantuiError
 from gantui.models.builtin import build_encoder
-from gantui.models.latent import latent
+from gantui.models.latent import training_noise
 from gantui.quality.metrics import HealthMonitor
 from gantui.quality.tracker import QualityTracker
 from gantui.run.store import RunStore, StoreError
@@ -269,12 +269,7 @@ class Trainer:
         return contextlib.nullcontext()
 
     def _noise(self, n: int) -> tuple[torch.Tensor, torch.Tensor | None]:
-        z = latent(self.cfg, n, self.noise, self.device)
-        y = None
-        if self.cfg.conditional:
-            y = torch.randint(0, self.cfg.n_classes, (n,), device=self.device,
-                              generator=self.noise)
-        return z, y
+        return training_noise(self.cfg, n, self.noise, self.device)
 
     def d_step(self) -> None:
         """One discriminator update on a real batch and a detached fake batch."""

@@ -28,7 +28,7 @@ from gantui.data.batches import make_batches
 from gantui.engine import fast
 from gantui.engine.losses import d_loss, g_loss
 from gantui.errors import GantuiError
-from gantui.models.latent import latent
+from gantui.models.latent import training_noise
 
 
 def _sync(device: torch.device) -> None:
@@ -52,11 +52,7 @@ class BareLoop:
         self.amp = cfg.amp and device.type == "cuda"
 
     def _z(self, n: int) -> tuple[torch.Tensor, torch.Tensor | None]:
-        cfg = self.cfg
-        z = latent(cfg, n, self.noise, self.device)
-        y = (torch.randint(0, cfg.n_classes, (n,), device=self.device, generator=self.noise)
-             if cfg.conditional else None)
-        return z, y
+        return training_noise(self.cfg, n, self.noise, self.device)
 
     def _autocast(self):
         if self.amp:
