@@ -373,6 +373,9 @@ def sample(
     class_: Annotated[int | None, typer.Option(
         "--class", help="Conditional runs: a grid of this one class (0 to n_classes-1).")] =
         None,
+    code: Annotated[int | None, typer.Option(
+        "--code", help="InfoGAN runs (info_codes): a grid of this one code value (0 to "
+        "info_codes-1).")] = None,
     seed: Annotated[int, typer.Option(help="Seed for z: the same seed, the same z.")] = 0,
     checkpoint: Annotated[Path | None, typer.Option(
         help="A checkpoint file (default: the run's newest loadable one).")] = None,
@@ -391,13 +394,17 @@ def sample(
         fail("--slerp shapes an interpolation: add --interpolate N")
     if class_ is not None and interpolate:
         fail("--class draws a grid of one class; it does not mix with --interpolate")
+    if code is not None and (interpolate or class_ is not None):
+        fail("--code draws a grid of one code value; it does not mix with --interpolate or "
+             "--class")
     from gantui.session import resolve_device
     from gantui.studies.sampling import write_sample
 
     with one_line(run_dir):
         path, step, cfg, kind = write_sample(
             run_dir, n=n, interpolate=interpolate, rows=rows, slerp=slerp, class_=class_,
-            seed=seed, checkpoint=checkpoint, best=best, out=out, device=resolve_device(device))
+            code=code, seed=seed, checkpoint=checkpoint, best=best, out=out,
+            device=resolve_device(device))
     typer.echo(f"wrote {safe(path)} (step {step}, {cfg.arch}, {kind})")
 
 

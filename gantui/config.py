@@ -182,6 +182,14 @@ class Config:
     real and fake alike, in the D and the G step: any of ``color`` (brightness, saturation,
     contrast), ``translation`` (up to 1/8 of the side) and ``cutout`` (a square of half the
     side), comma-separated, e.g. ``translation,cutout``; empty is off (live; images only)."""
+    info_codes: int = 0
+    """InfoGAN (Chen et al. 2016): a categorical latent code of this many values, drawn
+    uniformly and fed to G one-hot after z's ``nz`` dimensions, which a network Q must read
+    back from G's sample (G and Q minimise the cross-entropy, weighted by ``info_weight``).
+    It gives the latent space separate parts, so G need not draw the blends between modes
+    or classes a continuous z passes through; 0 is off (built-in models only)."""
+    info_weight: float = 1.0
+    """With ``info_codes``: weight of Q's cross-entropy in G's loss (live)."""
     pack: int = 1
     """PacGAN packing degree: D judges this many samples concatenated at once (1 is off).
     ``batch_size`` must be a multiple of it."""
@@ -265,6 +273,7 @@ LIVE_KEYS: tuple[str, ...] = (
     "r1_gamma",
     "instance_noise",
     "diffaug",
+    "info_weight",
 )
 """Keys that can be changed while a run is training."""
 
@@ -465,6 +474,7 @@ UPPER_BOUNDS = {
     "log_every": 10**9, "sample_every": 10**9, "checkpoint_every": 10**9,
     "nz": 65536, "ngf": 4096, "ndf": 4096, "n_classes": 10000, "embed_dim": 4096,
     "eval_every": 10**9, "eval_samples": 100_000, "pack": 16, "r1_every": 1000,
+    "info_codes": 10000,
 }
 """Largest accepted values: beyond them a value is a typo, and a live one could stall a run
 (``d_steps`` loops inside a step, where no command can interrupt it)."""
@@ -477,7 +487,7 @@ def validate(cfg: Config) -> None:
                 "keep_checkpoints", "n_samples"):
         _check(getattr(cfg, key) >= 1, f"{key} must be >= 1 (got {_got(getattr(cfg, key))})")
     for key in ("steps", "epochs", "num_workers", "threads", "seed", "eval_every",
-                "eval_samples", "train_digits"):
+                "eval_samples", "train_digits", "info_codes"):
         _check(getattr(cfg, key) >= 0, f"{key} must be >= 0 (got {_got(getattr(cfg, key))})")
     for key, most in UPPER_BOUNDS.items():
         value = getattr(cfg, key)
@@ -545,6 +555,10 @@ def validate(cfg: Config) -> None:
                "embedding), as ecgan-mnist, or your own model with encoder(cfg)")
         _check(cfg.dataset != "folder", "encoder needs a data set held in memory (mnist, "
                "fashion, cifar10, array), not an image folder")
+    _check(cfg.info_codes == 0 or not (cfg.model or cfg.encoder),
+           "info_codes needs a built-in model without an encoder (arch mlp or dcgan)")
+    _check(0 <= cfg.info_weight <= 1e4,
+           f"info_weight must be between 0 and 10000 (got {_got(cfg.info_weight)})")
     for key in ("recon_weight", "kl_weight"):
         _check(0 <= getattr(cfg, key) <= 1e4, f"{key} must be between 0 and 10000 "
                f"(got {_got(getattr(cfg, key))})")

@@ -55,6 +55,9 @@ class Metrics:
     data_wait: float = float("nan")
     """Share of the interval's training time spent waiting for batches (0-1; NaN: not
     recorded, as in runs from before it was)."""
+    info_acc: float = float("nan")
+    """InfoGAN (``info_codes``): the share of G's samples whose categorical code Q read
+    right over the interval (NaN: no code)."""
 
 
 @dataclass(frozen=True)

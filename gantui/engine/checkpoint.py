@@ -109,6 +109,13 @@ def _restore_encoder(attribute: str) -> Callable[[Trainer, Any, dict[str, Any]],
     return restore
 
 
+def _restore_reader(attribute: str) -> Callable[[Trainer, Any, dict[str, Any]], None]:
+    def restore(trainer: Trainer, value: Any, state: dict[str, Any]) -> None:
+        if trainer.Q is not None and trainer.opt_q is not None:  # info_codes is fixed by config
+            getattr(trainer, attribute).load_state_dict(value)
+    return restore
+
+
 def _capture_quality(trainer: Trainer) -> dict[str, Any]:
     evaluation = trainer.evaluation
     return {**evaluation.tracker.state_dict(), "overfit": evaluation.overfit.state_dict()}
@@ -146,6 +153,8 @@ FIELDS: tuple[Field, ...] = (
           "the moving average of G (ema > 0), else None"),
     Field("E", lambda t: _optional(t.E), _restore_encoder("E"), "the encoder (cVAE-GAN)"),
     Field("opt_e", lambda t: _optional(t.opt_e), _restore_encoder("opt_e"), "E's Adam state"),
+    Field("Q", lambda t: _optional(t.Q), _restore_reader("Q"), "InfoGAN's Q (info_codes)"),
+    Field("opt_q", lambda t: _optional(t.opt_q), _restore_reader("opt_q"), "Q's Adam state"),
     Field("fixed_real", lambda t: _cpu(t.previews.fixed_real), _restore_encoder("fixed_real"),
           "one real digit per class shown beside its reconstruction (cVAE-GAN)"),
     Field("quality", _capture_quality, _restore_quality,

@@ -14,9 +14,10 @@ from typing import TYPE_CHECKING
 import torch
 
 from gantui import events as ev
+from gantui.config import POINT_SETS
 from gantui.data.grids import grid_image, scatter_image
 from gantui.data.sources import MixtureBatches
-from gantui.models.latent import latent
+from gantui.models.latent import latent, with_code
 from gantui.quality.metrics import diversity, mode_coverage
 
 if TYPE_CHECKING:
@@ -40,6 +41,12 @@ class Previews:
             labels = torch.arange(cfg.n_classes).repeat_interleave(self.nrow)
             self.fixed_labels: torch.Tensor | None = labels.to(device)
             self.fixed_noise = latent(cfg, len(labels), gen).to(device)
+        elif cfg.info_codes and cfg.dataset not in POINT_SETS and cfg.n_samples >= cfg.info_codes:
+            # InfoGAN: a row per code value, so each row shows what its code came to mean
+            self.nrow = cfg.n_samples // cfg.info_codes
+            codes = torch.arange(cfg.info_codes).repeat_interleave(self.nrow)
+            self.fixed_labels = None
+            self.fixed_noise = with_code(cfg, latent(cfg, len(codes), gen), codes).to(device)
         else:
             self.nrow = max(1, round(math.sqrt(cfg.n_samples)))
             self.fixed_labels = None

@@ -38,8 +38,8 @@ from gantui.engine.evaluation import Evaluation
 from gantui.engine.losses import d_loss, d_prob, g_loss
 from gantui.engine.previews import Previews
 from gantui.errors import GantuiError
-from gantui.models.builtin import build_encoder
-from gantui.models.latent import training_noise
+from gantui.models.builtin import build_code_reader, build_encoder
+from gantui.models.latent import code, training_noise
 from gantui.quality.metrics import HealthMonitor
 from gantui.quality.tracker import QualityTracker
 from gantui.run.store import RunStore, StoreError
@@ -49,7 +49,7 @@ from gantui.text import safe
 # quality.jsonl, previews to samples/.
 JOURNALED = (ev.RunStarted, ev.Changed, ev.Checkpointed, ev.StateChanged, ev.Alert, ev.Note)
 # Slots of the on-device statistics accumulator.
-LOSS_D, D_REAL, D_FAKE, GRAD_D, LOSS_G, D_FAKE_G, GRAD_G = range(7)
+LOSS_D, D_REAL, D_FAKE, GRAD_D, LOSS_G, D_FAKE_G, GRAD_G, INFO_ACC = range(8)
 
 
 class Trainer:
@@ -118,6 +118,14 @@ class Trainer:
             self.E = build_encoder(cfg).to(device)
             self.opt_e = torch.optim.Adam(self.E.parameters(), lr=cfg.lr_g, betas=betas)
             self._E_step = distributed.wrap(self.E, device) if world.distributed else self.E
+        self.Q: torch.nn.Module | None = None
+        """InfoGAN's Q (``info_codes``): a sample -> logits of the categorical code in its z."""
+        self.opt_q: torch.optim.Optimizer | None = None
+        self._Q_step: torch.nn.Module | None = None
+        if cfg.info_codes:
+            self.Q = build_code_reader(cfg).to(device)
+            self.opt_q = torch.optim.Adam(self.Q.parameters(), lr=cfg.lr_d, betas=betas)
+            self._Q_step = distributed.wrap(self.Q, device) if world.distributed else self.Q
         self._real: tuple[torch.Tensor, torch.Tensor | None] | None = None
         # each rank its own noise; rank 0's is a single process's
         self.noise = torch.Generator(device=device).manual_seed(cfg.seed + 1 + 7919 * world.rank)
@@ -137,7 +145,7 @@ class Trainer:
         self.write_failure: str | None = None
         """Why the run ended early: a checkpoint it could not write (a full disk)."""
         self._unwritable: set[str] = set()  # files and folders already warned about
-        self._acc = torch.zeros(7, device=device)
+        self._acc = torch.zeros(8, device=device)
         self._n_d = self._n_g = 0
         self._images = 0
         self._skipped_reported = 0
@@ -301,6 +309,7 @@ class Trainer:
             total = loss + self._r1_penalty(out_real, x) if r1 else loss
         self.opt_d.zero_grad(set_to_none=True)
         total.backward()
+
         grad = torch.nn.utils.get_total_norm([p.grad for p in self.D.parameters()
                                               if p.grad is not None])
         self.opt_d.step()
@@ -316,25 +325,44 @@ class Trainer:
         self.D.requires_grad_(False)
         try:
             with self._autocast():
-                out = self._D_frozen(self._perturb(self._G_step(z, y)), y)
+                fake = self._G_step(z, y)
+                out = self._D_frozen(self._perturb(fake), y)
                 loss = g_loss(self.cfg.loss, out.float())
                 total = loss + self._encoder_loss() if self.E is not None else loss
+                if self.Q is not None:
+                    info, read = self._info_loss(fake, z)
+                    total = total + self.cfg.info_weight * info
             self.opt_g.zero_grad(set_to_none=True)
-            if self.opt_e is not None:
-                self.opt_e.zero_grad(set_to_none=True)
+            for opt in (self.opt_e, self.opt_q):
+                if opt is not None:
+                    opt.zero_grad(set_to_none=True)
             total.backward()
         finally:
             self.D.requires_grad_(True)
         grad = torch.nn.utils.get_total_norm([p.grad for p in self.G.parameters()
                                               if p.grad is not None])
         self.opt_g.step()
-        if self.opt_e is not None:
-            self.opt_e.step()
+        for opt in (self.opt_e, self.opt_q):
+            if opt is not None:
+                opt.step()
+        if self.Q is not None:
+            self._acc[INFO_ACC] += read
         if self.G_ema is not None:
             self._update_ema()
         self._acc[LOSS_G:GRAD_G + 1] += torch.stack([
             loss.detach().float(), d_prob(self.cfg.loss, out), grad.float()])
         self._n_g += 1
+
+    def _info_loss(self, fake: torch.Tensor, z: torch.Tensor
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+        """InfoGAN's L_I for G and Q: the cross-entropy of Q reading G's samples against the
+        code in their z (a lower bound on their mutual information, less the code's entropy),
+        and the share Q read right."""
+        assert self._Q_step is not None
+        target = code(self.cfg, z)
+        logits = self._Q_step(fake).float()
+        read = (logits.detach().argmax(1) == target).float().mean()
+        return torch.nn.functional.cross_entropy(logits, target), read
 
     def _code(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``(code, mu, logvar)``: E(x) and its reparameterised code mu + sigma * eps."""
@@ -403,7 +431,7 @@ class Trainer:
         n_d, n_g = max(self._n_d, 1), max(self._n_g, 1)
         for slot in (LOSS_D, D_REAL, D_FAKE, GRAD_D):
             values[slot] /= n_d
-        for slot in (LOSS_G, D_FAKE_G, GRAD_G):
+        for slot in (LOSS_G, D_FAKE_G, GRAD_G, INFO_ACC):
             values[slot] /= n_g
         metrics = ev.Metrics(
             step=self.step, epoch=self.batches.epoch(),
@@ -412,7 +440,8 @@ class Trainer:
             grad_d=values[GRAD_D], lr_g=self.cfg.lr_g, lr_d=self.cfg.lr_d,  # as set, unscaled
             img_per_s=images / elapsed,  # on several ranks, the global figure
             eta_s=(self.total_steps - self.step) * elapsed / max(steps, 1), time=time.time(),
-            data_wait=min(1.0, self._waited / elapsed))
+            data_wait=min(1.0, self._waited / elapsed),
+            info_acc=values[INFO_ACC] if self.Q is not None else float("nan"))
         self._acc.zero_()
         self._n_d = self._n_g = self._images = 0
         self._t_log = now
@@ -420,7 +449,7 @@ class Trainer:
         self.emit(metrics)
         if skipped:
             self._emit_once_per_count("data", skipped)
-        if not all(math.isfinite(v) for v in values):
+        if not all(math.isfinite(v) for v in values[:INFO_ACC]):
             self._nonfinite()
             return False
         for kind, message in self.health.on_metrics(metrics.d_real, metrics.d_fake,
@@ -488,7 +517,7 @@ class Trainer:
 
     def params_finite(self) -> bool:
         """True when every weight of G and D is finite (one host sync)."""
-        models = (self.G, self.D) if self.E is None else (self.G, self.D, self.E)
+        models = [m for m in (self.G, self.D, self.E, self.Q) if m is not None]
         flags = [p.isfinite().all() for m in models for p in m.parameters()]
         return bool(torch.stack(flags).all())
 
@@ -520,6 +549,8 @@ class Trainer:
         optimizers = [(self.opt_g, self.cfg.lr_g), (self.opt_d, self.cfg.lr_d)]
         if self.opt_e is not None:
             optimizers.append((self.opt_e, self.cfg.lr_g))  # E learns with G
+        if self.opt_q is not None:
+            optimizers.append((self.opt_q, self.cfg.lr_d))  # Q reads samples as D does
         for opt, lr in optimizers:
             for group in opt.param_groups:
                 group["lr"] = lr * scale
@@ -588,7 +619,9 @@ def _frozen_copy(module: torch.nn.Module) -> torch.nn.Module:
     return copied
 
 
-def _metrics_record(event: ev.Metrics) -> dict[str, Any]:
+def _metrics_record(event: ev.Metrics | ev.Quality) -> dict[str, Any]:
     record = ev.to_record(event)
     record.pop("event")
+    if not math.isfinite(record.get("info_acc", 0.0)):
+        del record["info_acc"]  # no InfoGAN code: nothing to record
     return record

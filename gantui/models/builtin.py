@@ -15,6 +15,7 @@ from torch import nn
 
 from gantui.config import POINT_SETS, Config, dcgan_start_size
 from gantui.models import user as usermodel
+from gantui.models.latent import width as latent_width
 
 
 def _label_code(cfg: Config) -> tuple[nn.Module | None, int]:
@@ -46,7 +47,7 @@ class MLPGenerator(nn.Module):
         self.shape = cfg.image_shape
         self.label, code = _label_code(cfg)
         layers: list[nn.Module] = []
-        width = cfg.nz + code
+        width = latent_width(cfg) + code
         for hidden in cfg.g_hidden:
             layers.append(nn.Linear(width, hidden))
             if cfg.g_norm == "batch":
@@ -107,7 +108,7 @@ class DCGANGenerator(nn.Module):
         width = cfg.ngf * 2 ** (k - 1)
         layers: list[nn.Module] = [
             # (N, nz+code, 1, 1) -> (N, width, start, start)
-            nn.ConvTranspose2d(cfg.nz + code, width, start, 1, 0, bias=False),
+            nn.ConvTranspose2d(latent_width(cfg) + code, width, start, 1, 0, bias=False),
             nn.BatchNorm2d(width),
             nn.ReLU(True),
         ]
@@ -163,26 +164,62 @@ class DCGANDiscriminator(nn.Module):
         return self.net(packed(x, self.pack)).flatten()
 
 
+def _conv_trunk(cfg: Config) -> tuple[nn.Sequential, int]:
+    """D's convolutions without a label or the last layer, and the width of their output
+    flattened: the body of E and Q."""
+    start, k = _levels(cfg)
+    width = cfg.ndf
+    layers: list[nn.Module] = [nn.Conv2d(cfg.channels, width, 4, 2, 1, bias=False),
+                               nn.LeakyReLU(0.2, inplace=True)]
+    for _ in range(k - 1):
+        layers += [nn.Conv2d(width, width * 2, 4, 2, 1, bias=False),
+                   nn.BatchNorm2d(width * 2), nn.LeakyReLU(0.2, inplace=True)]
+        width *= 2
+    return nn.Sequential(*layers), width * start * start
+
+
 class DCGANEncoder(nn.Module):
     """E of the cVAE-GAN: image -> D's conv trunk (no label: the code must carry what y does
     not) -> linear -> (mu, logvar) of a Gaussian code, each (N, nz)."""
 
     def __init__(self, cfg: Config) -> None:
         super().__init__()
-        start, k = _levels(cfg)
-        width = cfg.ndf
-        layers: list[nn.Module] = [nn.Conv2d(cfg.channels, width, 4, 2, 1, bias=False),
-                                   nn.LeakyReLU(0.2, inplace=True)]
-        for _ in range(k - 1):
-            layers += [nn.Conv2d(width, width * 2, 4, 2, 1, bias=False),
-                       nn.BatchNorm2d(width * 2), nn.LeakyReLU(0.2, inplace=True)]
-            width *= 2
-        self.net = nn.Sequential(*layers)
-        self.head = nn.Linear(width * start * start, 2 * cfg.nz)
+        self.net, flat = _conv_trunk(cfg)
+        self.head = nn.Linear(flat, 2 * cfg.nz)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         mu, logvar = self.head(self.net(x).flatten(1)).chunk(2, dim=1)
         return mu, logvar.clamp(-10.0, 10.0)  # exp() stays finite early in training
+
+
+class CodeReader(nn.Module):
+    """Q of InfoGAN: a sample -> logits (N, info_codes) of the categorical code G was given.
+    D's layers without packing or labels: the conv trunk for DCGAN, ``d_hidden`` for MLP."""
+
+    def __init__(self, cfg: Config) -> None:
+        super().__init__()
+        if cfg.arch == "mlp":
+            layers: list[nn.Module] = [nn.Flatten()]
+            flat = math.prod(cfg.image_shape)
+            for hidden in cfg.d_hidden:
+                layers += [nn.Linear(flat, hidden), nn.LeakyReLU(0.2)]
+                flat = hidden
+            self.net = nn.Sequential(*layers)
+        else:
+            trunk, flat = _conv_trunk(cfg)
+            self.net = nn.Sequential(trunk, nn.Flatten())
+        self.head = nn.Linear(flat, cfg.info_codes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.net(x))
+
+
+def build_code_reader(cfg: Config) -> nn.Module:
+    """Q for ``cfg.info_codes`` runs, initialised like G and D."""
+    reader = CodeReader(cfg)
+    if cfg.weight_init == "dcgan":
+        reader.apply(dcgan_init)
+    return reader
 
 
 def build_encoder(cfg: Config) -> nn.Module:

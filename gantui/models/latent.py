@@ -9,10 +9,31 @@ import torch
 from gantui.config import Config
 
 
+def width(cfg: Config) -> int:
+    """The width of G's latent input: ``nz``, plus ``info_codes`` one-hot dimensions."""
+    return cfg.nz + cfg.info_codes
+
+
 def latent(cfg: Config, n: int, generator: torch.Generator | None = None,
            device: torch.device | str | None = None) -> torch.Tensor:
-    """``n`` latent vectors, N(0, I) in ``cfg.nz`` dimensions, drawn from ``generator``."""
-    return torch.randn(n, cfg.nz, generator=generator, device=device)
+    """``n`` latent vectors drawn from ``generator``: N(0, I) in ``cfg.nz`` dimensions, then
+    (``info_codes``) a uniform categorical code, one-hot, in the last ``info_codes``."""
+    z = torch.randn(n, cfg.nz, generator=generator, device=device)
+    if not cfg.info_codes:
+        return z
+    code = torch.randint(0, cfg.info_codes, (n,), generator=generator, device=device)
+    return torch.cat([z, torch.nn.functional.one_hot(code, cfg.info_codes).to(z.dtype)], 1)
+
+
+def with_code(cfg: Config, z: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
+    """``z`` (from :func:`latent`) with its categorical code set to ``codes`` (N,)."""
+    onehot = torch.nn.functional.one_hot(codes.to(z.device), cfg.info_codes).to(z.dtype)
+    return torch.cat([z[:, :cfg.nz], onehot], 1)
+
+
+def code(cfg: Config, z: torch.Tensor) -> torch.Tensor:
+    """The categorical code (N,) that :func:`latent` put in ``z`` (``info_codes`` > 0)."""
+    return z[:, cfg.nz:].argmax(1)
 
 
 def training_noise(cfg: Config, n: int, generator: torch.Generator,

@@ -56,6 +56,9 @@ _METRIC_FIELDS = tuple(f.name for f in dataclasses.fields(ev.Metrics))
 _METRIC_KEYS = frozenset(_METRIC_FIELDS)
 _INT_FIELDS = frozenset({"step", "epoch"})
 _FLOAT_FIELDS = tuple(name for name in _METRIC_FIELDS if name not in _INT_FIELDS)
+_OPTIONAL_KEYS = frozenset({"info_acc"})
+"""Fields the trainer records only when they apply (``info_acc``: InfoGAN runs)."""
+_PLAIN_KEYS = _METRIC_KEYS - _OPTIONAL_KEYS
 _GREY_MODES = frozenset({"1", "L", "LA", "La", "I", "I;16", "I;16B", "I;16L", "F"})
 
 
@@ -166,8 +169,8 @@ def metrics_from_record(record: dict[str, Any]) -> ev.Metrics | None:
     Extra keys are ignored; a missing or non-numeric value becomes NaN (``epoch``: 0). A
     record without an integral ``step`` gives None.
     """
-    if (record.keys() == _METRIC_KEYS
-            and all(type(record[k]) is float for k in _FLOAT_FIELDS)
+    if ((record.keys() == _METRIC_KEYS or record.keys() == _PLAIN_KEYS)
+            and all(type(record.get(k, 0.0)) is float for k in _FLOAT_FIELDS)
             and all(type(record[k]) is int and 0 <= record[k] <= MAX_INT for k in _INT_FIELDS)):
         return ev.Metrics(**record)  # the trainer's own records: no per-field work
     step = as_int(record.get("step"))
@@ -175,7 +178,7 @@ def metrics_from_record(record: dict[str, Any]) -> ev.Metrics | None:
         return None
     values: dict[str, Any] = {"step": step, "epoch": as_int(record.get("epoch")) or 0}
     for name in _METRIC_FIELDS:
-        if name not in _INT_FIELDS:
+        if name not in _INT_FIELDS and not (name in _OPTIONAL_KEYS and name not in record):
             values[name] = _as_float(record.get(name))
     return ev.Metrics(**values)
 

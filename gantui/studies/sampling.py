@@ -18,7 +18,7 @@ from gantui.data.sources import mixture
 from gantui.errors import GantuiError
 from gantui.files import read_toml_dict
 from gantui.models.builtin import build_encoder, build_models
-from gantui.models.latent import latent
+from gantui.models.latent import latent, width, with_code
 from gantui.run.restore import checker, checkpoint_config
 from gantui.run.store import RunStore, StoreError, load_checkpoint_file, save_png
 
@@ -72,6 +72,30 @@ def class_rows(cfg: Config, n: int) -> tuple[torch.Tensor | None, int]:
         return None, max(1, round(math.sqrt(n)))
     cols = max(1, n // cfg.n_classes)
     return torch.arange(cfg.n_classes).repeat_interleave(cols), cols
+
+
+def code_rows(cfg: Config, n: int, seed: int) -> tuple[torch.Tensor, int] | None:
+    """For an unconditional InfoGAN run of images: ``n`` latents with a row per code value
+    (as its previews draw them) and the row length; None for any other run."""
+    if not cfg.info_codes or cfg.conditional or cfg.dataset in POINT_SETS or n < cfg.info_codes:
+        return None
+    cols = n // cfg.info_codes
+    codes = torch.arange(cfg.info_codes).repeat_interleave(cols)
+    return with_code(cfg, latents(cfg, len(codes), seed), codes), cols
+
+
+def one_code(cfg: Config, k: int, n: int, seed: int) -> torch.Tensor:
+    """``n`` latents whose categorical code is ``k`` (InfoGAN runs).
+
+    Raises:
+        GantuiError: the run has no code, or ``k`` is not one of its values.
+    """
+    if not cfg.info_codes:
+        raise GantuiError("--code needs an InfoGAN run (this one has info_codes = 0)")
+    if not 0 <= k < cfg.info_codes:
+        raise GantuiError(f"--code {k}: this run's code has {cfg.info_codes} values, 0 to "
+                          f"{cfg.info_codes - 1}")
+    return with_code(cfg, latents(cfg, n, seed), torch.full((n,), k, dtype=torch.long))
 
 
 def one_class(cfg: Config, k: int, n: int) -> tuple[torch.Tensor, int]:
@@ -131,12 +155,13 @@ def interpolation(cfg: Config, rows: int, steps: int, seed: int, spherical: bool
     """
     if steps < 2:
         raise GantuiError("--interpolate needs at least 2 steps")
-    ends = latents(cfg, 2 * rows, seed).view(rows, 2, cfg.nz)
+    dims = width(cfg)
+    ends = latents(cfg, 2 * rows, seed).view(rows, 2, dims)
     alpha = torch.linspace(0, 1, steps).view(1, steps, 1)
     if spherical:
-        z = slerp(ends[:, 1:], ends[:, :1], alpha).reshape(rows * steps, cfg.nz)
+        z = slerp(ends[:, 1:], ends[:, :1], alpha).reshape(rows * steps, dims)
     else:
-        z = (alpha * ends[:, :1] + (1 - alpha) * ends[:, 1:]).reshape(rows * steps, cfg.nz)
+        z = (alpha * ends[:, :1] + (1 - alpha) * ends[:, 1:]).reshape(rows * steps, dims)
     labels = None
     if cfg.conditional:
         labels = (torch.arange(rows) % cfg.n_classes).repeat_interleave(steps)
@@ -157,6 +182,9 @@ def render(generator: torch.nn.Module, cfg: Config, z: torch.Tensor,
 def sample_grid(generator: torch.nn.Module, cfg: Config, n: int, seed: int) -> torch.Tensor:
     """The fixed-seed grid of ``n`` samples (a row per class when conditional; a scatter of
     2-D points), as ``gantui sample`` and the report draw it."""
+    rows = code_rows(cfg, n, seed)
+    if rows is not None:
+        return render(generator, cfg, rows[0], None, rows[1])
     labels, nrow = class_rows(cfg, n)
     z = latents(cfg, n if labels is None else len(labels), seed)
     return render(generator, cfg, z, labels, nrow)
@@ -171,17 +199,18 @@ def load_encoder(run_dir: Path, cfg: Config, checkpoint: Path | None = None,
 
 
 def write_sample(run_dir: Path, *, n: int = 64, interpolate: int = 0, rows: int = 8,
-                 slerp: bool = False, class_: int | None = None, seed: int = 0,
+                 slerp: bool = False, class_: int | None = None, code: int | None = None,
+                 seed: int = 0,
                  checkpoint: Path | None = None, best: bool = False, out: Path | None = None,
                  device: torch.device | None = None) -> tuple[Path, int, Config, str]:
-    """``gantui sample``: a grid, an interpolation or one class, written as a PNG into the
-    run's ``samples/`` (or ``out``).
+    """``gantui sample``: a grid, an interpolation, one class or one code value, written as a
+    PNG into the run's ``samples/`` (or ``out``).
 
     Returns:
         ``(path, step, config, kind)``.
 
     Raises:
-        GantuiError: no usable checkpoint, or a class out of range.
+        GantuiError: no usable checkpoint, or a class or code out of range.
         OSError: the PNG could not be written (``filename`` set).
     """
     store = RunStore.open(run_dir)
@@ -194,6 +223,10 @@ def write_sample(run_dir: Path, *, n: int = 64, interpolate: int = 0, rows: int 
         labels, nrow = one_class(cfg, class_, n)
         image = render(generator, cfg, latents(cfg, n, seed), labels, nrow)
         kind = f"class{class_}"
+    elif code is not None:
+        z = one_code(cfg, code, n, seed)
+        image = render(generator, cfg, z, None, max(1, round(math.sqrt(n))))
+        kind = f"code{code}"
     else:
         image, kind = sample_grid(generator, cfg, n, seed), "grid"
     which = "-best" if best else ""

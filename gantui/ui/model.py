@@ -93,6 +93,8 @@ class RunModel:
     """Throughput over the last log interval."""
     data_wait: float = float("nan")
     """Share of the last log interval spent waiting for batches (NaN: not recorded)."""
+    info_acc: float = float("nan")
+    """InfoGAN: the share of codes Q read right over the last log interval (NaN: no code)."""
     system: System | None = None
     """The latest GPU/CPU/RAM sample."""
     system_version: int = 0
@@ -262,7 +264,7 @@ class RunModel:
 
     def _metrics(self, m: Metrics) -> list[LogLine]:
         self.epoch, self.img_per_s, self.eta_s = m.epoch, m.img_per_s, m.eta_s
-        self.data_wait = m.data_wait
+        self.data_wait, self.info_acc = m.data_wait, m.info_acc
         for key in SERIES:
             self.series[key].append(m.step, getattr(m, key))
         if math.isfinite(m.time):
