@@ -557,6 +557,10 @@ def validate(cfg: Config) -> None:
                "fashion, cifar10, array), not an image folder")
     _check(cfg.info_codes == 0 or not (cfg.model or cfg.encoder),
            "info_codes needs a built-in model without an encoder (arch mlp or dcgan)")
+    _check(cfg.info_codes == 0 or not cfg.conditional,
+           "info_codes needs an unconditional model (conditioning = none): a class label "
+           "already gives G a categorical input")
+    _check(cfg.info_codes != 1, "info_codes must be 0 (off) or at least 2 (got 1)")
     _check(0 <= cfg.info_weight <= 1e4,
            f"info_weight must be between 0 and 10000 (got {_got(cfg.info_weight)})")
     for key in ("recon_weight", "kl_weight"):

@@ -10,10 +10,13 @@ import torch
 
 from gantui import config
 from gantui import events as ev
+from gantui.files import read_toml_dict
 from gantui.headless import LinePrinter, follow
 from gantui.models.latent import code, latent, width, with_code
+from gantui.run.follow import grid_nrow
 from gantui.run.store import RunStore, load_checkpoint_file
 from gantui.session import start
+from gantui.studies.sampling import interpolation
 
 from .conftest import cli, tiny
 
@@ -37,10 +40,16 @@ def test_the_code_is_one_hot_after_z_and_leaves_z_alone() -> None:
 @pytest.mark.parametrize("sets, message", [
     (["info_codes=-1"], "info_codes must be >= 0"),
     (["info_codes=4", "info_weight=-1"], "info_weight must be between 0 and 10000"),
+    (["info_codes=1"], "info_codes must be 0 .off. or at least 2"),
 ])
 def test_bad_info_settings_are_refused(sets: list[str], message: str) -> None:
     with pytest.raises(config.ConfigError, match=message):
         config.load("ring-8", sets)
+
+
+def test_info_codes_refuse_a_label() -> None:
+    with pytest.raises(config.ConfigError, match="info_codes needs an unconditional model"):
+        config.load("cdcgan-mnist", ["info_codes=10"])
 
 
 def test_info_codes_refuse_an_encoder_in_one_line() -> None:
@@ -65,11 +74,16 @@ def test_q_learns_to_read_the_code_and_the_run_records_it(runs_dir: Path) -> Non
     state = load_checkpoint_file(RunStore.open(session.run_dir).checkpoint_paths()[-1])
     assert state["Q"] is not None and state["opt_q"] is not None
     assert state["Q"]["head.weight"].shape == (4, cfg.d_hidden[-1])
-    # a run without the code records none
+    with pytest.raises(config.ConfigError):  # a weight, live, within its bounds
+        session.trainer.set_live({"info_weight": -1.0})
+    assert session.trainer.set_live({"info_weight": 0.5})[0]["new"] == 0.5
+    # a run without the code records none, and has no weight to set
     plain = start(tiny("ring-8", "steps=40", "log_every=20"), "ring-8", runs_dir=runs_dir,
                   device="cpu")
     follow(plain, 60)
     assert all("info_acc" not in r for r in RunStore.open(plain.run_dir).metrics())
+    with pytest.raises(config.ConfigError, match="this run has none"):
+        plain.trainer.set_live({"info_weight": 0.5})
 
 
 def test_resume_with_q_is_exact(runs_dir: Path) -> None:
@@ -90,6 +104,9 @@ def test_resume_with_q_is_exact(runs_dir: Path) -> None:
         for key, value in a[part].items():
             assert torch.equal(value, b[part][key]), f"{part}.{key}"
     assert a["opt_q"]["state"].keys() == b["opt_q"]["state"].keys()
+    for index, moments in a["opt_q"]["state"].items():
+        for name in ("exp_avg", "exp_avg_sq"):
+            assert torch.equal(moments[name], b["opt_q"]["state"][index][name]), (index, name)
 
 
 def test_previews_and_samples_give_each_code_value_a_row(runs_dir: Path) -> None:
@@ -100,6 +117,8 @@ def test_previews_and_samples_give_each_code_value_a_row(runs_dir: Path) -> None
     fixed = session.trainer.previews.fixed_noise
     assert code(cfg, fixed).tolist() == [k for k in range(10) for _ in range(3)]
     assert previews[-1].nrow == 3 and previews[-1].height > previews[-1].width
+    # watch and compare cut the stored grid as the trainer laid it out
+    assert grid_nrow(read_toml_dict(session.run_dir / "config.toml")) == 3
     run = str(session.run_dir)
     result = cli("sample", run, "--code", "7", "-n", "9")
     assert result.returncode == 0, result.stderr
@@ -109,6 +128,17 @@ def test_previews_and_samples_give_each_code_value_a_row(runs_dir: Path) -> None
         bad = cli("sample", run, *args)
         assert bad.returncode != 0 and message in bad.stderr + bad.stdout
         assert "Traceback" not in bad.stderr
+
+
+def test_interpolation_walks_z_and_keeps_each_rows_code() -> None:
+    cfg = tiny("dcgan-mnist", "info_codes=10")
+    z, labels = interpolation(cfg, rows=4, steps=5, seed=1)
+    assert labels is None and z.shape == (20, cfg.nz + 10)
+    codes = code(cfg, z).view(4, 5)
+    assert torch.equal(codes, codes[:, :1].expand(4, 5))  # one code value along a row
+    assert torch.equal(z[:, cfg.nz:].sum(1), torch.ones(20))  # never a blend of two values
+    plain_z, _ = interpolation(tiny("dcgan-mnist"), rows=4, steps=5, seed=1)
+    assert torch.equal(z[:, :cfg.nz], plain_z)  # the walk through z is a plain run's
 
 
 def test_code_on_a_run_without_one_is_refused(tiny_cfg, runs_dir: Path) -> None:

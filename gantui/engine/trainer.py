@@ -25,7 +25,7 @@ from typing import Any
 import torch
 
 from gantui import events as ev
-from gantui.config import LIVE_KEYS, Config
+from gantui.config import LIVE_KEYS, Config, ConfigError
 from gantui.data.batches import make_batches
 from gantui.data.sources import Batches
 from gantui.engine import checkpoint as ckpt
@@ -124,6 +124,8 @@ class Trainer:
         self._Q_step: torch.nn.Module | None = None
         if cfg.info_codes:
             self.Q = build_code_reader(cfg).to(device)
+            if world.distributed and cfg.sync_bn and device.type == "cuda":  # as G and D
+                self.Q = torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.Q)
             self.opt_q = torch.optim.Adam(self.Q.parameters(), lr=cfg.lr_d, betas=betas)
             self._Q_step = distributed.wrap(self.Q, device) if world.distributed else self.Q
         self._real: tuple[torch.Tensor, torch.Tensor | None] | None = None
@@ -527,6 +529,9 @@ class Trainer:
 
     def set_live(self, changes: dict[str, Any]) -> list[dict[str, Any]]:
         """Change live hyperparameters (validated together), journal each change."""
+        if "info_weight" in changes and not self.cfg.info_codes:
+            raise ConfigError("info_weight weighs InfoGAN's code; this run has none "
+                              "(info_codes = 0)")
         new_cfg = self.cfg.replace(**changes)  # validates ranges together
         self._check_sync_bn(new_cfg)
         applied = []

@@ -217,6 +217,9 @@ def grid_nrow(config: dict[str, Any]) -> int:
     if config.get("conditioning", "none") != "none":
         classes = as_int(config.get("n_classes"))
         return max(1, n // classes) if classes and classes > 0 else 1
+    codes = as_int(config.get("info_codes"))
+    if codes is not None and 2 <= codes <= n:  # InfoGAN: a row per code value
+        return n // codes
     return max(1, round(math.sqrt(n)))
 
 
@@ -345,7 +348,8 @@ class RunFollower:
             metrics = metrics_from_record(record)
             if metrics is not None:
                 found.append(metrics)
-                if record.keys() != _METRIC_KEYS:  # a script's record: its own names too
+                if not (record.keys() == _METRIC_KEYS or record.keys() == _PLAIN_KEYS):
+                    # a script's record: its own names too
                     scalars = scalars_from_record(record, metrics.step)
                     if scalars is not None:
                         found.append(scalars)

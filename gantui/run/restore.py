@@ -18,7 +18,7 @@ from gantui import config as config_mod
 from gantui.config import LIVE_KEYS, Config
 from gantui.errors import GantuiError
 from gantui.models import user as usermodel
-from gantui.models.builtin import build_encoder, build_models
+from gantui.models.builtin import build_code_reader, build_encoder, build_models
 from gantui.run.store import StoreError
 from gantui.text import safe
 
@@ -57,6 +57,8 @@ def check_fits(state: dict[str, Any], cfg: Config, optimizers: bool = True) -> N
     models = [("G", G), ("D", D)]
     if cfg.encoder:
         models.append(("E", build_encoder(cfg)))
+    if cfg.info_codes:
+        models.append(("Q", build_code_reader(cfg)))
     for key, model in models:
         weights = state.get(key)
         if not isinstance(weights, dict) or not all(

@@ -18,7 +18,8 @@ from gantui.data.sources import mixture
 from gantui.errors import GantuiError
 from gantui.files import read_toml_dict
 from gantui.models.builtin import build_encoder, build_models
-from gantui.models.latent import latent, width, with_code
+from gantui.models.latent import code as code_of
+from gantui.models.latent import latent, with_code
 from gantui.run.restore import checker, checkpoint_config
 from gantui.run.store import RunStore, StoreError, load_checkpoint_file, save_png
 
@@ -151,17 +152,21 @@ def interpolation(cfg: Config, rows: int, steps: int, seed: int, spherical: bool
     along the great circle between them when ``spherical`` (:func:`slerp`; the same ends, so
     the two kinds compare row by row).
 
-    Conditional runs keep one class per row (row ``i`` has class ``i mod n_classes``).
+    Conditional runs keep one class per row (row ``i`` has class ``i mod n_classes``); an
+    InfoGAN run keeps the code of each row's z1 along the row and walks z alone (G never saw
+    a blend of two code values).
     """
     if steps < 2:
         raise GantuiError("--interpolate needs at least 2 steps")
-    dims = width(cfg)
-    ends = latents(cfg, 2 * rows, seed).view(rows, 2, dims)
+    drawn = latents(cfg, 2 * rows, seed)
+    ends = drawn[:, :cfg.nz].reshape(rows, 2, cfg.nz)
     alpha = torch.linspace(0, 1, steps).view(1, steps, 1)
     if spherical:
-        z = slerp(ends[:, 1:], ends[:, :1], alpha).reshape(rows * steps, dims)
+        z = slerp(ends[:, 1:], ends[:, :1], alpha).reshape(rows * steps, cfg.nz)
     else:
-        z = (alpha * ends[:, :1] + (1 - alpha) * ends[:, 1:]).reshape(rows * steps, dims)
+        z = (alpha * ends[:, :1] + (1 - alpha) * ends[:, 1:]).reshape(rows * steps, cfg.nz)
+    if cfg.info_codes:
+        z = with_code(cfg, z, code_of(cfg, drawn[0::2]).repeat_interleave(steps))
     labels = None
     if cfg.conditional:
         labels = (torch.arange(rows) % cfg.n_classes).repeat_interleave(steps)

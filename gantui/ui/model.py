@@ -159,7 +159,9 @@ class RunModel:
     def hyperparameters(self) -> dict[str, Any]:
         """Current values of every live key (missing ones as None)."""
         keys = LIVE_KEYS if self.live_spec is None else self.live_spec
-        return {key: self.config.get(key) for key in keys}
+        return {key: self.config.get(key) for key in keys
+                if key != "info_weight" or self.live_spec is not None
+                or self.config.get("info_codes")}  # InfoGAN's weight: only with a code
 
     def apply(self, event: Event) -> list[LogLine]:
         """Fold ``event`` into the model; return the log lines it produced."""
