@@ -14,10 +14,9 @@ from typing import TYPE_CHECKING
 import torch
 
 from gantui import events as ev
-from gantui.config import POINT_SETS
 from gantui.data.grids import grid_image, scatter_image
 from gantui.data.sources import MixtureBatches
-from gantui.models.latent import latent, with_code
+from gantui.models.latent import code_rows, latent, with_code
 from gantui.quality.metrics import diversity, mode_coverage
 
 if TYPE_CHECKING:
@@ -41,10 +40,9 @@ class Previews:
             labels = torch.arange(cfg.n_classes).repeat_interleave(self.nrow)
             self.fixed_labels: torch.Tensor | None = labels.to(device)
             self.fixed_noise = latent(cfg, len(labels), gen).to(device)
-        elif cfg.info_codes and cfg.dataset not in POINT_SETS and cfg.n_samples >= cfg.info_codes:
+        elif (codes := code_rows(cfg, cfg.n_samples)) is not None:
             # InfoGAN: a row per code value, so each row shows what its code came to mean
             self.nrow = cfg.n_samples // cfg.info_codes
-            codes = torch.arange(cfg.info_codes).repeat_interleave(self.nrow)
             self.fixed_labels = None
             self.fixed_noise = with_code(cfg, latent(cfg, len(codes), gen), codes).to(device)
         else:

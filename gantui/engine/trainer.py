@@ -311,7 +311,6 @@ class Trainer:
             total = loss + self._r1_penalty(out_real, x) if r1 else loss
         self.opt_d.zero_grad(set_to_none=True)
         total.backward()
-
         grad = torch.nn.utils.get_total_norm([p.grad for p in self.D.parameters()
                                               if p.grad is not None])
         self.opt_d.step()
@@ -518,7 +517,8 @@ class Trainer:
                             f"again)"))
 
     def params_finite(self) -> bool:
-        """True when every weight of G and D is finite (one host sync)."""
+        """True when every weight of G, D (and E, Q when present) is finite (one host
+        sync)."""
         models = [m for m in (self.G, self.D, self.E, self.Q) if m is not None]
         flags = [p.isfinite().all() for m in models for p in m.parameters()]
         return bool(torch.stack(flags).all())

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import torch
 
-from gantui.config import Config
+from gantui.config import POINT_SETS, Config
 
 
 def width(cfg: Config) -> int:
@@ -29,6 +29,15 @@ def with_code(cfg: Config, z: torch.Tensor, codes: torch.Tensor) -> torch.Tensor
     """``z`` (from :func:`latent`) with its categorical code set to ``codes`` (N,)."""
     onehot = torch.nn.functional.one_hot(codes.to(z.device), cfg.info_codes).to(z.dtype)
     return torch.cat([z[:, :cfg.nz], onehot], 1)
+
+
+def code_rows(cfg: Config, n: int) -> torch.Tensor | None:
+    """The code values of a grid of ``n`` images with a row per value (``n // info_codes``
+    samples each), as previews and ``gantui sample`` lay out an InfoGAN run; None when the
+    run has no code, draws 2-D points or ``n`` is smaller than the code."""
+    if not cfg.info_codes or cfg.dataset in POINT_SETS or n < cfg.info_codes:
+        return None
+    return torch.arange(cfg.info_codes).repeat_interleave(n // cfg.info_codes)
 
 
 def code(cfg: Config, z: torch.Tensor) -> torch.Tensor:

@@ -59,6 +59,12 @@ _FLOAT_FIELDS = tuple(name for name in _METRIC_FIELDS if name not in _INT_FIELDS
 _OPTIONAL_KEYS = frozenset({"info_acc"})
 """Fields the trainer records only when they apply (``info_acc``: InfoGAN runs)."""
 _PLAIN_KEYS = _METRIC_KEYS - _OPTIONAL_KEYS
+
+
+def _trainer_keys(record: dict[str, Any]) -> bool:
+    """True when ``record`` has exactly the keys the trainer writes (with or without the
+    optional ones): no script's own names among them."""
+    return record.keys() == _METRIC_KEYS or record.keys() == _PLAIN_KEYS
 _GREY_MODES = frozenset({"1", "L", "LA", "La", "I", "I;16", "I;16B", "I;16L", "F"})
 
 
@@ -169,7 +175,7 @@ def metrics_from_record(record: dict[str, Any]) -> ev.Metrics | None:
     Extra keys are ignored; a missing or non-numeric value becomes NaN (``epoch``: 0). A
     record without an integral ``step`` gives None.
     """
-    if ((record.keys() == _METRIC_KEYS or record.keys() == _PLAIN_KEYS)
+    if (_trainer_keys(record)
             and all(type(record.get(k, 0.0)) is float for k in _FLOAT_FIELDS)
             and all(type(record[k]) is int and 0 <= record[k] <= MAX_INT for k in _INT_FIELDS)):
         return ev.Metrics(**record)  # the trainer's own records: no per-field work
@@ -348,8 +354,7 @@ class RunFollower:
             metrics = metrics_from_record(record)
             if metrics is not None:
                 found.append(metrics)
-                if not (record.keys() == _METRIC_KEYS or record.keys() == _PLAIN_KEYS):
-                    # a script's record: its own names too
+                if not _trainer_keys(record):  # a script's record: its own names too
                     scalars = scalars_from_record(record, metrics.step)
                     if scalars is not None:
                         found.append(scalars)

@@ -19,7 +19,7 @@ from gantui.errors import GantuiError
 from gantui.files import read_toml_dict
 from gantui.models.builtin import build_encoder, build_models
 from gantui.models.latent import code as code_of
-from gantui.models.latent import latent, with_code
+from gantui.models.latent import code_rows, latent, with_code
 from gantui.run.restore import checker, checkpoint_config
 from gantui.run.store import RunStore, StoreError, load_checkpoint_file, save_png
 
@@ -75,14 +75,14 @@ def class_rows(cfg: Config, n: int) -> tuple[torch.Tensor | None, int]:
     return torch.arange(cfg.n_classes).repeat_interleave(cols), cols
 
 
-def code_rows(cfg: Config, n: int, seed: int) -> tuple[torch.Tensor, int] | None:
-    """For an unconditional InfoGAN run of images: ``n`` latents with a row per code value
-    (as its previews draw them) and the row length; None for any other run."""
-    if not cfg.info_codes or cfg.conditional or cfg.dataset in POINT_SETS or n < cfg.info_codes:
+def code_grid(cfg: Config, n: int, seed: int) -> tuple[torch.Tensor, int] | None:
+    """For an InfoGAN run of images: latents with a row per code value (as its previews draw
+    them, :func:`~gantui.models.latent.code_rows`) and the row length; None for any other
+    run."""
+    codes = code_rows(cfg, n)
+    if codes is None:
         return None
-    cols = n // cfg.info_codes
-    codes = torch.arange(cfg.info_codes).repeat_interleave(cols)
-    return with_code(cfg, latents(cfg, len(codes), seed), codes), cols
+    return with_code(cfg, latents(cfg, len(codes), seed), codes), n // cfg.info_codes
 
 
 def one_code(cfg: Config, k: int, n: int, seed: int) -> torch.Tensor:
@@ -187,7 +187,7 @@ def render(generator: torch.nn.Module, cfg: Config, z: torch.Tensor,
 def sample_grid(generator: torch.nn.Module, cfg: Config, n: int, seed: int) -> torch.Tensor:
     """The fixed-seed grid of ``n`` samples (a row per class when conditional; a scatter of
     2-D points), as ``gantui sample`` and the report draw it."""
-    rows = code_rows(cfg, n, seed)
+    rows = code_grid(cfg, n, seed)
     if rows is not None:
         return render(generator, cfg, rows[0], None, rows[1])
     labels, nrow = class_rows(cfg, n)
