@@ -374,8 +374,8 @@ def sample(
         "--class", help="Conditional runs: a grid of this one class (0 to n_classes-1).")] =
         None,
     code: Annotated[int | None, typer.Option(
-        "--code", help="InfoGAN runs (info_codes): a grid of this one code value (0 to "
-        "info_codes-1).")] = None,
+        "--code", help="InfoGAN runs (info_codes) and clustered runs (clusters): a grid of "
+        "this one code value (0 to its count - 1).")] = None,
     seed: Annotated[int, typer.Option(help="Seed for z: the same seed, the same z.")] = 0,
     checkpoint: Annotated[Path | None, typer.Option(
         help="A checkpoint file (default: the run's newest loadable one).")] = None,

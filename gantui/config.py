@@ -190,6 +190,15 @@ class Config:
     or classes a continuous z passes through; 0 is off (built-in models only)."""
     info_weight: float = 1.0
     """With ``info_codes``: weight of Q's cross-entropy in G's loss (live)."""
+    clusters: int = 0
+    """Self-conditioning without labels: when the run starts, k-means (on 50 principal
+    components of the pixels) splits the training images into this many equal-sized
+    clusters. G gets a uniform cluster code, one-hot after z's ``nz`` dimensions, and D sees
+    each image's cluster (a real image's own, the code a fake was drawn with), as a
+    conditional D sees a class; each cluster is then a narrow part of the data that G learns
+    on its own. No labels are used and the run stays unconditional: scores, previews and
+    samples draw the code with z. 0 is off (built-in models; data held in memory: mnist,
+    fashion, cifar10, an array)."""
     pack: int = 1
     """PacGAN packing degree: D judges this many samples concatenated at once (1 is off).
     ``batch_size`` must be a multiple of it."""
@@ -474,7 +483,7 @@ UPPER_BOUNDS = {
     "log_every": 10**9, "sample_every": 10**9, "checkpoint_every": 10**9,
     "nz": 65536, "ngf": 4096, "ndf": 4096, "n_classes": 10000, "embed_dim": 4096,
     "eval_every": 10**9, "eval_samples": 100_000, "pack": 16, "r1_every": 1000,
-    "info_codes": 10000,
+    "info_codes": 10000, "clusters": 1000,
 }
 """Largest accepted values: beyond them a value is a typo, and a live one could stall a run
 (``d_steps`` loops inside a step, where no command can interrupt it)."""
@@ -487,7 +496,7 @@ def validate(cfg: Config) -> None:
                 "keep_checkpoints", "n_samples"):
         _check(getattr(cfg, key) >= 1, f"{key} must be >= 1 (got {_got(getattr(cfg, key))})")
     for key in ("steps", "epochs", "num_workers", "threads", "seed", "eval_every",
-                "eval_samples", "train_digits", "info_codes"):
+                "eval_samples", "train_digits", "info_codes", "clusters"):
         _check(getattr(cfg, key) >= 0, f"{key} must be >= 0 (got {_got(getattr(cfg, key))})")
     for key, most in UPPER_BOUNDS.items():
         value = getattr(cfg, key)
@@ -561,6 +570,16 @@ def validate(cfg: Config) -> None:
            "info_codes needs an unconditional model (conditioning = none): a class label "
            "already gives G a categorical input")
     _check(cfg.info_codes != 1, "info_codes must be 0 (off) or at least 2 (got 1)")
+    if cfg.clusters:
+        _check(cfg.clusters >= 2, "clusters must be 0 (off) or at least 2 (got 1)")
+        _check(cfg.dataset in CLUSTER_SETS, f"clusters needs data held in memory "
+               f"({', '.join(CLUSTER_SETS)}), not {cfg.dataset}")
+        _check(not (cfg.model or cfg.encoder), "clusters needs a built-in model without an "
+               "encoder (arch mlp or dcgan)")
+        _check(not cfg.conditional, "clusters needs an unconditional model (conditioning = "
+               "none): it conditions G and D on clusters in place of class labels")
+        _check(not cfg.info_codes, "clusters and info_codes both give G a categorical code: "
+               "choose one")
     _check(0 <= cfg.info_weight <= 1e4,
            f"info_weight must be between 0 and 10000 (got {_got(cfg.info_weight)})")
     for key in ("recon_weight", "kl_weight"):
@@ -570,6 +589,8 @@ def validate(cfg: Config) -> None:
 
 TEN_CLASS_SETS = ("mnist", "fashion", "cifar10")
 """Data sets with 10 classes whose labels come from the set itself."""
+CLUSTER_SETS = ("mnist", "fashion", "cifar10", "array")
+"""Image data sets read whole into memory (``clusters`` splits them when a run starts)."""
 
 
 def dcgan_start_size(image_size: int) -> int | None:

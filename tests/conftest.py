@@ -41,7 +41,8 @@ def tiny(preset: str = "ring-8", *extra: str) -> Config:
     return config.load(preset, [*sets, *extra])[1]
 
 
-JUDGED_FILES = frozenset({"test_quality_judge.py", "test_diagnostics.py", "test_ecgan.py"})
+JUDGED_FILES = frozenset({"test_quality_judge.py", "test_diagnostics.py", "test_ecgan.py",
+                          "test_clusters.py"})
 """The test files that use ``trained_judge``; pytest-xdist runs them on one worker."""
 
 

@@ -147,4 +147,4 @@ def test_code_on_a_run_without_one_is_refused(tiny_cfg, runs_dir: Path) -> None:
     result = cli("sample", str(session.run_dir), "--code", "0")
     assert result.returncode != 0
     said = result.stdout + result.stderr
-    assert "--code needs an InfoGAN run (this one has info_codes = 0)" in said
+    assert "--code needs an InfoGAN or clustered run" in said

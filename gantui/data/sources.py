@@ -30,7 +30,9 @@ import numpy as np
 import torch
 
 from gantui.config import Config
+from gantui.data import clusters as clustering
 from gantui.data import datasets
+from gantui.data.clusters import Clusters
 from gantui.data.datasets import IMAGE_SUFFIXES, DataError
 
 __all__ = ["IMAGE_SUFFIXES", "DataError"]  # defined with the readers, used from here too
@@ -90,10 +92,21 @@ class TensorBatches:
     skipped = 0
 
     def __init__(self, images: torch.Tensor, labels: torch.Tensor | None, batch_size: int,
-                 seed: int, device: torch.device, note: str, shard: Shard = WHOLE) -> None:
+                 seed: int, device: torch.device, note: str, shard: Shard = WHOLE,
+                 clusters: int = 0) -> None:
         if shard.size(images.shape[0]) < batch_size:
             raise DataError(f"{note}: {images.shape[0]} images{per_rank(shard)}, fewer than "
                             f"batch_size {batch_size}")
+        self.clusters: Clusters | None = None
+        """With ``clusters``: the fitted split; the labels are then each image's cluster."""
+        if clusters:
+            if clusters > images.shape[0]:
+                raise DataError(f"{note}: clusters {clusters:,} exceeds its "
+                                f"{images.shape[0]:,} images")
+            self.clusters, labels = clustering.fit(images.float().div(127.5).sub(1.0),
+                                                   clusters, seed)
+            note += (f"; k-means split it into {clusters} clusters of "
+                     f"{math.ceil(images.shape[0] / clusters)} images or fewer")
         self.images = images.to(device)
         self.labels = labels.to(device) if labels is not None else None
         self.batch_size = batch_size
@@ -125,12 +138,21 @@ class TensorBatches:
         return self._epoch
 
     def state_dict(self) -> dict[str, Any]:
-        return {"epoch": self._epoch, "index": self._index}
+        state: dict[str, Any] = {"epoch": self._epoch, "index": self._index}
+        if self.clusters is not None and self.labels is not None:  # as trained, not refitted
+            state["clusters"] = self.labels.to(torch.int32).cpu()
+        return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self._epoch = int(state["epoch"])
         self._index = int(state["index"])
         self._perm = self._permutation()
+        saved = state.get("clusters")
+        if self.clusters is not None and isinstance(saved, torch.Tensor):
+            if saved.shape != (self.images.shape[0],):
+                raise DataError(f"the checkpoint's clusters label {saved.shape[0]:,} images; "
+                                f"the data now holds {self.images.shape[0]:,}")
+            self.labels = saved.to(self.device, torch.int64)
 
 
 class Mixture(NamedTuple):
@@ -337,7 +359,7 @@ def mnist_batches(cfg: Config, device: torch.device, shard: Shard = WHOLE) -> Te
     split = mnist_split(cfg)
     return TensorBatches(fit_images(split.train_images, cfg),
                          split.train_labels if cfg.conditional else None, cfg.batch_size,
-                         cfg.seed, device, split.note, shard)
+                         cfg.seed, device, split.note, shard, cfg.clusters)
 
 
 def memory_batches(cfg: Config, device: torch.device, shard: Shard = WHOLE) -> TensorBatches:
@@ -350,7 +372,7 @@ def memory_batches(cfg: Config, device: torch.device, shard: Shard = WHOLE) -> T
                         f"n_classes {cfg.n_classes}")
     images = fit_images(found.images, cfg)
     return TensorBatches(images, found.labels if cfg.conditional else None, cfg.batch_size,
-                         cfg.seed, device, found.note, shard)
+                         cfg.seed, device, found.note, shard, cfg.clusters)
 
 
 class StackedBatches(_Endless):

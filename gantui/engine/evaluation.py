@@ -96,13 +96,15 @@ class Evaluation:
             held, held_y = evaluator.held_real, evaluator.held_labels
             pick = diag.spread_pick(len(evaluator.train_real), len(held))
             train, train_y = evaluator.train_real[pick], evaluator.train_labels[pick]
-            cond = t.cfg.conditional
+            clusters = getattr(t.batches, "clusters", None)
+            if clusters is not None:  # D is told clusters, not classes
+                train_y, held_y = clusters.assign(train), clusters.assign(held)
+            elif not t.cfg.conditional:
+                train_y = held_y = None
             common = {"threshold": diag.real_threshold(t.cfg.loss),
                       "batch_size": t.cfg.batch_size, "device": t.device}
-            values["d_acc_train"] = diag.d_accuracy(t.D, train, train_y if cond else None,
-                                                    **common)
-            values["d_acc_held"] = diag.d_accuracy(t.D, held, held_y if cond else None,
-                                                   **common)
+            values["d_acc_train"] = diag.d_accuracy(t.D, train, train_y, **common)
+            values["d_acc_held"] = diag.d_accuracy(t.D, held, held_y, **common)
             warnings = self.overfit.update(values["r_t"], values["d_acc_train"],
                                            values["d_acc_held"])
             if evaluator.offenders is not None:

@@ -17,6 +17,7 @@ from gantui import events as ev
 from gantui.data.grids import grid_image, scatter_image
 from gantui.data.sources import MixtureBatches
 from gantui.models.latent import code_rows, latent, with_code
+from gantui.models.latent import codes as latent_codes
 from gantui.quality.metrics import diversity, mode_coverage
 
 if TYPE_CHECKING:
@@ -41,8 +42,8 @@ class Previews:
             self.fixed_labels: torch.Tensor | None = labels.to(device)
             self.fixed_noise = latent(cfg, len(labels), gen).to(device)
         elif (codes := code_rows(cfg, cfg.n_samples)) is not None:
-            # InfoGAN: a row per code value, so each row shows what its code came to mean
-            self.nrow = cfg.n_samples // cfg.info_codes
+            # InfoGAN or clusters: a row per code value, so each row shows what it came to mean
+            self.nrow = cfg.n_samples // latent_codes(cfg)
             self.fixed_labels = None
             self.fixed_noise = with_code(cfg, latent(cfg, len(codes), gen), codes).to(device)
         else:

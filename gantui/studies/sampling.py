@@ -20,6 +20,7 @@ from gantui.files import read_toml_dict
 from gantui.models.builtin import build_encoder, build_models
 from gantui.models.latent import code as code_of
 from gantui.models.latent import code_rows, latent, with_code
+from gantui.models.latent import codes as latent_codes
 from gantui.run.restore import checker, checkpoint_config
 from gantui.run.store import RunStore, StoreError, load_checkpoint_file, save_png
 
@@ -82,20 +83,22 @@ def code_grid(cfg: Config, n: int, seed: int) -> tuple[torch.Tensor, int] | None
     codes = code_rows(cfg, n)
     if codes is None:
         return None
-    return with_code(cfg, latents(cfg, len(codes), seed), codes), n // cfg.info_codes
+    return with_code(cfg, latents(cfg, len(codes), seed), codes), n // latent_codes(cfg)
 
 
 def one_code(cfg: Config, k: int, n: int, seed: int) -> torch.Tensor:
-    """``n`` latents whose categorical code is ``k`` (InfoGAN runs).
+    """``n`` latents whose categorical code is ``k`` (InfoGAN and clustered runs).
 
     Raises:
         GantuiError: the run has no code, or ``k`` is not one of its values.
     """
-    if not cfg.info_codes:
-        raise GantuiError("--code needs an InfoGAN run (this one has info_codes = 0)")
-    if not 0 <= k < cfg.info_codes:
-        raise GantuiError(f"--code {k}: this run's code has {cfg.info_codes} values, 0 to "
-                          f"{cfg.info_codes - 1}")
+    values = latent_codes(cfg)
+    if not values:
+        raise GantuiError("--code needs an InfoGAN or clustered run (this one has "
+                          "info_codes = 0 and clusters = 0)")
+    if not 0 <= k < values:
+        raise GantuiError(f"--code {k}: this run's code has {values} values, 0 to "
+                          f"{values - 1}")
     return with_code(cfg, latents(cfg, n, seed), torch.full((n,), k, dtype=torch.long))
 
 
@@ -165,7 +168,7 @@ def interpolation(cfg: Config, rows: int, steps: int, seed: int, spherical: bool
         z = slerp(ends[:, 1:], ends[:, :1], alpha).reshape(rows * steps, cfg.nz)
     else:
         z = (alpha * ends[:, :1] + (1 - alpha) * ends[:, 1:]).reshape(rows * steps, cfg.nz)
-    if cfg.info_codes:
+    if latent_codes(cfg):
         z = with_code(cfg, z, code_of(cfg, drawn[0::2]).repeat_interleave(steps))
     labels = None
     if cfg.conditional:

@@ -1,0 +1,160 @@
+"""Self-conditioning on clusters of the training images (``clusters``): the balanced k-means
+split, what G and D are given in real training steps, the diagnostics with clusters, exact
+resume with the split as trained, and the refusals."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from gantui import config
+from gantui import events as ev
+from gantui.data import sources
+from gantui.data.clusters import balanced, fit
+from gantui.headless import follow
+from gantui.models.latent import code, width
+from gantui.run.store import RunStore, load_checkpoint_file
+from gantui.session import start
+
+from .conftest import cli, tiny
+
+
+def test_balanced_fills_every_cluster_evenly_and_prefers_near_ones() -> None:
+    rng = np.random.default_rng(0)
+    d = rng.random((103, 7))
+    labels = balanced(d)
+    sizes = np.bincount(labels, minlength=7)
+    assert labels.min() >= 0 and sizes.max() <= math.ceil(103 / 7) and sizes.sum() == 103
+    # with room for everyone at its nearest, nothing moves
+    near = np.tile(np.arange(4), 25)
+    d = np.ones((100, 4))
+    d[np.arange(100), near] = 0.0
+    assert np.array_equal(balanced(d), near)
+    # three points want cluster 0, which has room for two: the farthest goes elsewhere
+    d = np.array([[0.0, 5.0], [0.1, 5.0], [0.3, 0.4], [9.0, 0.0]])
+    assert balanced(d).tolist() == [0, 0, 1, 1]
+
+
+def test_fit_finds_separate_groups_of_images_without_labels() -> None:
+    gen = torch.Generator().manual_seed(0)
+    groups = []
+    for g in range(3):  # three shapes: a bright square in a different corner each
+        x = torch.full((40, 1, 8, 8), -1.0)
+        x[:, :, (g * 3):(g * 3) + 3, (g * 3):(g * 3) + 3] = 1.0
+        groups.append(x + 0.1 * torch.randn(x.shape, generator=gen))
+    images = torch.cat(groups)
+    clusters, labels = fit(images, 3, seed=0)
+    truth = torch.arange(3).repeat_interleave(40)
+    assert clusters.k == 3 and labels.shape == (120,)
+    for g in range(3):  # each group is one cluster, whatever its number
+        assert labels[truth == g].unique().numel() == 1
+    assert labels.unique().numel() == 3
+    assert torch.equal(clusters.assign(images), labels)  # new images go to the nearest centre
+    again, labels2 = fit(images, 3, seed=0)
+    assert torch.equal(labels, labels2) and np.array_equal(clusters.centres, again.centres)
+
+
+@pytest.mark.parametrize("preset, sets, message", [
+    ("dcgan-mnist", ["clusters=1"], "clusters must be 0 .off. or at least 2"),
+    ("dcgan-mnist", ["clusters=-3"], "clusters must be >= 0"),
+    ("cdcgan-mnist", ["clusters=10"], "clusters needs an unconditional model"),
+    ("dcgan-mnist", ["clusters=10", "info_codes=10"], "choose one"),
+    ("stacked-mnist", ["clusters=10"], "clusters needs data held in memory"),
+    ("ring-8", ["clusters=8"], "clusters needs data held in memory"),
+])
+def test_bad_cluster_settings_are_refused(preset: str, sets: list[str], message: str) -> None:
+    with pytest.raises(config.ConfigError, match=message):
+        config.load(preset, sets)
+
+
+def test_too_many_clusters_is_one_line_and_leaves_no_run(runs_dir: Path) -> None:
+    result = cli("train", "--preset", "dcgan-mnist", "--no-ui", "--device", "cpu",
+                 "--runs-dir", str(runs_dir), "--set", "train_digits=40",
+                 "--set", "clusters=50", "--set", "batch_size=8")
+    said = result.stdout + result.stderr
+    assert result.returncode != 0 and "clusters 50 exceeds its 40 images" in said
+    assert "Traceback" not in said and not list(runs_dir.iterdir())
+
+
+def test_a_clustered_run_conditions_d_on_clusters_and_scores_unconditionally(
+        trained_judge, runs_dir: Path) -> None:
+    cfg = tiny("dcgan-mnist", "clusters=5", "steps=8", "eval_every=8", "eval_samples=200",
+               "n_samples=20")
+    session = start(cfg, "dcgan-mnist", runs_dir=runs_dir, device="cpu")
+    events = follow(session, 180)
+    assert session.state == "finished" and not session.error
+    t = session.trainer
+    assert width(cfg) == cfg.nz + 5
+    assert t.D.net[0].in_channels == 1 + 5  # the image and a map per cluster
+    assert "k-means split it into 5 clusters" in t.batches.note
+    labels = t.batches.labels
+    assert torch.bincount(labels, minlength=5).tolist() == [800] * 5  # 4,000 digits evenly
+    x, y = t.batches.next()
+    assert y is not None and y.shape == (cfg.batch_size,) and int(y.max()) < 5
+    z, y_fake = t._noise(6)
+    assert torch.equal(y_fake, code(cfg, z))  # D is told the cluster G was asked for
+    # scored as an unconditional run: class shares, D's accuracy on real digits, no cond_acc
+    quality = [e for e in events if isinstance(e, ev.Quality)][-1].values
+    assert "cond_acc" not in quality and "class_0" in quality
+    assert 0.0 <= quality["d_acc_held"] <= 1.0 and 0.0 <= quality["d_acc_train"] <= 1.0
+    # previews: a row per cluster
+    assert code(cfg, t.previews.fixed_noise).tolist() == [k for k in range(5) for _ in range(4)]
+    state = load_checkpoint_file(RunStore.open(session.run_dir).checkpoint_paths()[-1])
+    assert torch.equal(state["data"]["clusters"].long(), labels)
+    result = cli("sample", str(session.run_dir), "--code", "4", "-n", "4")
+    assert result.returncode == 0, result.stderr
+
+
+def test_resume_of_a_clustered_run_is_exact_with_the_split_it_trained_on(
+        runs_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    base = ["clusters=4", "checkpoint_every=1000", "sample_every=1000", "log_every=2",
+            "lr_decay=none", "eval_every=0"]
+    straight = start(tiny("dcgan-mnist", *base, "steps=8"), "dcgan-mnist", runs_dir=runs_dir,
+                     name="straight", device="cpu")
+    follow(straight, 120)
+    half = start(tiny("dcgan-mnist", *base, "steps=4"), "dcgan-mnist", runs_dir=runs_dir,
+                 name="half", device="cpu")
+    follow(half, 120)
+    trained = half.trainer.batches.labels.clone()
+    # a refit that comes out differently (another machine, another library version) is not
+    # used: the split the run trained on is in its checkpoint
+    real_fit = sources.clustering.fit
+
+    def other_fit(images: torch.Tensor, k: int, seed: int):
+        clusters, labels = real_fit(images, k, seed)
+        return clusters, (labels + 1) % k
+
+    monkeypatch.setattr(sources.clustering, "fit", other_fit)
+    resumed = start(None, "", resume=half.run_dir, sets=["steps=8"], device="cpu")
+    assert torch.equal(resumed.trainer.batches.labels.cpu(), trained.cpu())
+    follow(resumed, 120)
+    assert resumed.state == "finished" and not resumed.error
+    a, b = (load_checkpoint_file(RunStore.open(s.run_dir).checkpoint_paths()[-1])
+            for s in (straight, half))
+    for part in ("G", "D"):
+        for key, value in a[part].items():
+            assert torch.equal(value, b[part][key]), f"{part}.{key}"
+
+
+@pytest.mark.parametrize("sets", [["clusters=7"], ["conditioning=onehot"],
+                                  ["conditioning=onehot", "spectral_norm=true"]])
+def test_the_one_hot_maps_cost_one_channel_and_compute_the_same(sets: list[str]) -> None:
+    from gantui.models.builtin import build_models
+    torch.manual_seed(0)
+    _, D = build_models(tiny("dcgan-mnist", *sets))
+    D.eval()  # batch norm from running statistics: both ways see the same numbers
+    x = torch.randn(12, 1, 28, 28, requires_grad=True)
+    y = torch.randint(0, D.label.n_classes, (12,))
+    fast = D(x, y)
+    maps = D.label(y)[:, :, None, None].expand(-1, -1, 28, 28)
+    concat = D.net(torch.cat([x, maps], 1)).flatten()
+    assert torch.allclose(fast, concat, atol=1e-5)
+    first = [p for p in D.parameters()][0]
+    g_fast = torch.autograd.grad(fast.sum(), (x, first))
+    g_concat = torch.autograd.grad(concat.sum(), (x, first))
+    for a, b in zip(g_fast, g_concat, strict=True):
+        assert torch.allclose(a, b, atol=1e-5)
