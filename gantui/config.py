@@ -197,8 +197,9 @@ class Config:
     each image's cluster (a real image's own, the code a fake was drawn with), as a
     conditional D sees a class; each cluster is then a narrow part of the data that G learns
     on its own. No labels are used and the run stays unconditional: scores, previews and
-    samples draw the code with z. 0 is off (built-in models; data held in memory: mnist,
-    fashion, cifar10, an array)."""
+    samples draw the code with z. Stacked MNIST clusters its single digits and gives each
+    channel a code of its own. 0 is off (built-in models; data held in memory: mnist,
+    stacked_mnist, fashion, cifar10, an array)."""
     pack: int = 1
     """PacGAN packing degree: D judges this many samples concatenated at once (1 is off).
     ``batch_size`` must be a multiple of it."""
@@ -589,7 +590,7 @@ def validate(cfg: Config) -> None:
 
 TEN_CLASS_SETS = ("mnist", "fashion", "cifar10")
 """Data sets with 10 classes whose labels come from the set itself."""
-CLUSTER_SETS = ("mnist", "fashion", "cifar10", "array")
+CLUSTER_SETS = ("mnist", "stacked_mnist", "fashion", "cifar10", "array")
 """Image data sets read whole into memory (``clusters`` splits them when a run starts)."""
 
 

@@ -147,12 +147,26 @@ class TensorBatches:
         self._epoch = int(state["epoch"])
         self._index = int(state["index"])
         self._perm = self._permutation()
-        saved = state.get("clusters")
-        if self.clusters is not None and isinstance(saved, torch.Tensor):
-            if saved.shape != (self.images.shape[0],):
-                raise DataError(f"the checkpoint's clusters label {saved.shape[0]:,} images; "
-                                f"the data now holds {self.images.shape[0]:,}")
-            self.labels = saved.to(self.device, torch.int64)
+        if self.clusters is not None:
+            self.labels = _saved_clusters(state, self.labels, self.images.shape[0],
+                                          self.device)
+
+
+def _saved_clusters(state: dict[str, Any], labels: torch.Tensor | None, n: int,
+                    device: torch.device) -> torch.Tensor | None:
+    """The clusters a checkpoint's data ``state`` says its images trained with (a refit on
+    another machine or library version could differ), else ``labels`` as they are.
+
+    Raises:
+        DataError: the checkpoint labels another number of images than the data holds.
+    """
+    saved = state.get("clusters")
+    if labels is None or not isinstance(saved, torch.Tensor):
+        return labels
+    if saved.shape != (n,):
+        raise DataError(f"the checkpoint's clusters label {saved.shape[0]:,} images; the data "
+                        f"now holds {n:,}")
+    return saved.to(device, torch.int64)
 
 
 class Mixture(NamedTuple):
@@ -380,19 +394,43 @@ class StackedBatches(_Endless):
     uniformly from the set, so its mode is one of 1,000 digit triples (VEEGAN, PacGAN)."""
 
     def __init__(self, digits: torch.Tensor, batch_size: int, seed: int, device: torch.device,
-                 note: str, shard: Shard = WHOLE) -> None:
+                 note: str, shard: Shard = WHOLE, clusters: int = 0) -> None:
         self.digits = digits.to(device)
         """uint8 ``(N, 1, H, W)``."""
         self.batch_size = batch_size
         self.device = device
         self.note = note
         self.gen = torch.Generator().manual_seed(seed * 1_000_003 + 13 + 7919 * shard.rank)
+        self.clusters: Clusters | None = None
+        """With ``clusters``: the split of the single digits; each channel's label is then
+        its digit's cluster."""
+        self.labels: torch.Tensor | None = None
+        if clusters:
+            if clusters > len(digits):
+                raise DataError(f"{note}: clusters {clusters:,} exceeds its {len(digits):,} "
+                                f"digits")
+            self.clusters, labels = clustering.fit(digits.float().div(127.5).sub(1.0),
+                                                   clusters, seed)
+            self.labels = labels.to(device)
+            self.note += (f"; k-means split the digits into {clusters} clusters of "
+                          f"{math.ceil(len(digits) / clusters)} or fewer, one per channel")
 
-    def next(self) -> tuple[torch.Tensor, None]:
+    def next(self) -> tuple[torch.Tensor, torch.Tensor | None]:
         idx = torch.randint(0, len(self.digits), (self.batch_size, 3), generator=self.gen)
-        x = self.digits[idx.flatten().to(self.device)].view(self.batch_size, 3,
-                                                           *self.digits.shape[2:])
-        return x.float().div_(127.5).sub_(1.0), None
+        idx = idx.to(self.device)
+        x = self.digits[idx.flatten()].view(self.batch_size, 3, *self.digits.shape[2:])
+        y = self.labels[idx] if self.labels is not None else None  # (N, 3): each channel's
+        return x.float().div_(127.5).sub_(1.0), y
+
+    def state_dict(self) -> dict[str, Any]:
+        state = super().state_dict()
+        if self.labels is not None:  # as trained, not refitted
+            state["clusters"] = self.labels.to(torch.int32).cpu()
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)
+        self.labels = _saved_clusters(state, self.labels, len(self.digits), self.device)
 
 
 def stacked_mnist_batches(cfg: Config, device: torch.device,
@@ -407,7 +445,7 @@ def stacked_mnist_batches(cfg: Config, device: torch.device,
     images = fit_images(images, cfg)[:, :1].contiguous()  # one digit: one channel
     note = (f"stacked MNIST: three digits drawn independently as the channels of one image "
             f"(1,000 modes), from {source}")
-    return StackedBatches(images, cfg.batch_size, cfg.seed, device, note, shard)
+    return StackedBatches(images, cfg.batch_size, cfg.seed, device, note, shard, cfg.clusters)
 
 
 # ---- image folders -----------------------------------------------------------------------

@@ -15,14 +15,15 @@ from torch import nn
 
 from gantui.config import POINT_SETS, Config, dcgan_start_size
 from gantui.models import user as usermodel
+from gantui.models.latent import groups as latent_groups
 from gantui.models.latent import width as latent_width
 
 
 def _label_code(cfg: Config, discriminator: bool = False) -> tuple[nn.Module | None, int]:
     """A label encoder and its width: an embedding, a one-hot code, or nothing. With
     ``clusters``, D sees an image's cluster one-hot (G reads it from z's code instead)."""
-    if discriminator and cfg.clusters:
-        return OneHot(cfg.clusters), cfg.clusters
+    if discriminator and cfg.clusters:  # stacked MNIST: a cluster per channel
+        return OneHot(cfg.clusters), cfg.clusters * latent_groups(cfg)
     if cfg.conditioning == "embedding":
         return nn.Embedding(cfg.n_classes, cfg.embed_dim), cfg.embed_dim
     if cfg.conditioning == "onehot":
@@ -31,14 +32,15 @@ def _label_code(cfg: Config, discriminator: bool = False) -> tuple[nn.Module | N
 
 
 class OneHot(nn.Module):
-    """Integer labels (N,) -> float one-hot codes (N, n_classes)."""
+    """Integer labels (N,) -> float one-hot codes (N, n_classes); (N, G) labels, one per
+    group -> G one-hot blocks side by side (N, G * n_classes)."""
 
     def __init__(self, n_classes: int) -> None:
         super().__init__()
         self.n_classes = n_classes
 
     def forward(self, y: torch.Tensor) -> torch.Tensor:
-        return nn.functional.one_hot(y, self.n_classes).float()
+        return nn.functional.one_hot(y, self.n_classes).float().flatten(1)
 
 
 class MLPGenerator(nn.Module):
@@ -185,7 +187,11 @@ class DCGANDiscriminator(nn.Module):
         per_class = nn.functional.conv2d(  # (1, K*out, h, w): each class's map of ones
             ones, labels.transpose(0, 1).reshape(k * out, 1, *labels.shape[2:]).to(x.dtype),
             None, first.stride, first.padding).view(k, out, *image.shape[2:])
-        return image + per_class[y]
+        if y.ndim == 1:
+            return image + per_class[y]
+        # one label per group: block g's maps are channels g*K ... g*K + K - 1
+        offsets = torch.arange(y.shape[1], device=y.device) * self.label.n_classes
+        return image + per_class[y + offsets].sum(1)
 
 
 def _conv_trunk(cfg: Config) -> tuple[nn.Sequential, int]:

@@ -21,6 +21,7 @@ from gantui.models.builtin import build_encoder, build_models
 from gantui.models.latent import code as code_of
 from gantui.models.latent import code_rows, latent, with_code
 from gantui.models.latent import codes as latent_codes
+from gantui.models.latent import groups as latent_groups
 from gantui.run.restore import checker, checkpoint_config
 from gantui.run.store import RunStore, StoreError, load_checkpoint_file, save_png
 
@@ -87,7 +88,8 @@ def code_grid(cfg: Config, n: int, seed: int) -> tuple[torch.Tensor, int] | None
 
 
 def one_code(cfg: Config, k: int, n: int, seed: int) -> torch.Tensor:
-    """``n`` latents whose categorical code is ``k`` (InfoGAN and clustered runs).
+    """``n`` latents whose categorical code is ``k`` (InfoGAN and clustered runs; stacked
+    MNIST's clusters: every channel's).
 
     Raises:
         GantuiError: the run has no code, or ``k`` is not one of its values.
@@ -99,7 +101,8 @@ def one_code(cfg: Config, k: int, n: int, seed: int) -> torch.Tensor:
     if not 0 <= k < values:
         raise GantuiError(f"--code {k}: this run's code has {values} values, 0 to "
                           f"{values - 1}")
-    return with_code(cfg, latents(cfg, n, seed), torch.full((n,), k, dtype=torch.long))
+    shape = (n,) if latent_groups(cfg) == 1 else (n, latent_groups(cfg))
+    return with_code(cfg, latents(cfg, n, seed), torch.full(shape, k, dtype=torch.long))
 
 
 def one_class(cfg: Config, k: int, n: int) -> tuple[torch.Tensor, int]:
@@ -169,7 +172,7 @@ def interpolation(cfg: Config, rows: int, steps: int, seed: int, spherical: bool
     else:
         z = (alpha * ends[:, :1] + (1 - alpha) * ends[:, 1:]).reshape(rows * steps, cfg.nz)
     if latent_codes(cfg):
-        z = with_code(cfg, z, code_of(cfg, drawn[0::2]).repeat_interleave(steps))
+        z = with_code(cfg, z, code_of(cfg, drawn[0::2]).repeat_interleave(steps, dim=0))
     labels = None
     if cfg.conditional:
         labels = (torch.arange(rows) % cfg.n_classes).repeat_interleave(steps)
