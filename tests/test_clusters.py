@@ -15,8 +15,10 @@ from gantui import config
 from gantui import events as ev
 from gantui.data import sources
 from gantui.data.clusters import balanced, fit
+from gantui.files import read_toml_dict
 from gantui.headless import follow
 from gantui.models.latent import code, code_rows, latent, width, with_code
+from gantui.run.follow import grid_nrow
 from gantui.run.store import RunStore, load_checkpoint_file
 from gantui.session import start
 
@@ -28,7 +30,14 @@ def test_balanced_fills_every_cluster_evenly_and_prefers_near_ones() -> None:
     d = rng.random((103, 7))
     labels = balanced(d)
     sizes = np.bincount(labels, minlength=7)
-    assert labels.min() >= 0 and sizes.max() <= math.ceil(103 / 7) and sizes.sum() == 103
+    assert labels.min() >= 0 and sizes.sum() == 103
+    assert sizes.min() == 103 // 7 and sizes.max() == math.ceil(103 / 7)
+    for n, k in ((1000, 300), (4000, 30)):  # every cluster within one of the others
+        sizes = np.bincount(balanced(rng.random((n, k))), minlength=k)
+        assert sizes.min() == n // k and sizes.max() <= n // k + 1
+    # two clusters wanted by everyone, one by no one: the last still gets its share
+    assert sorted(np.bincount(balanced(np.array([[0., 1, 2], [0, 1, 2], [1, 0, 2],
+                                                 [1, 0, 2]])), minlength=3)) == [1, 1, 2]
     # with room for everyone at its nearest, nothing moves
     near = np.tile(np.arange(4), 25)
     d = np.ones((100, 4))
@@ -94,14 +103,24 @@ def test_a_clustered_run_conditions_d_on_clusters_and_scores_unconditionally(
     assert torch.bincount(labels, minlength=5).tolist() == [800] * 5  # 4,000 digits evenly
     x, y = t.batches.next()
     assert y is not None and y.shape == (cfg.batch_size,) and int(y.max()) < 5
-    z, y_fake = t._noise(6)
-    assert torch.equal(y_fake, code(cfg, z))  # D is told the cluster G was asked for
+    # in a training step D is told each real digit's cluster and each fake's code
+    seen: list[torch.Tensor] = []
+    hook = t.D.register_forward_pre_hook(lambda _m, args: seen.append(args[1]))
+    state = torch.get_rng_state(), t.noise.get_state()
+    t.d_step()
+    hook.remove()
+    torch.set_rng_state(state[0])
+    t.noise.set_state(state[1])
+    z, _ = t._noise(cfg.batch_size)
+    assert len(seen) == 2 and seen[0].shape == (cfg.batch_size,)
+    assert torch.equal(seen[1], code(cfg, z))
     # scored as an unconditional run: class shares, D's accuracy on real digits, no cond_acc
     quality = [e for e in events if isinstance(e, ev.Quality)][-1].values
     assert "cond_acc" not in quality and "class_0" in quality
     assert 0.0 <= quality["d_acc_held"] <= 1.0 and 0.0 <= quality["d_acc_train"] <= 1.0
-    # previews: a row per cluster
+    # previews: a row per cluster, and followers cut the stored grid the same way
     assert code(cfg, t.previews.fixed_noise).tolist() == [k for k in range(5) for _ in range(4)]
+    assert grid_nrow(read_toml_dict(session.run_dir / "config.toml")) == t.previews.nrow == 4
     state = load_checkpoint_file(RunStore.open(session.run_dir).checkpoint_paths()[-1])
     assert torch.equal(state["data"]["clusters"].long(), labels)
     result = cli("sample", str(session.run_dir), "--code", "4", "-n", "4")
@@ -129,7 +148,11 @@ def test_resume_of_a_clustered_run_is_exact_with_the_split_it_trained_on(
 
     monkeypatch.setattr(sources.clustering, "fit", other_fit)
     resumed = start(None, "", resume=half.run_dir, sets=["steps=8"], device="cpu")
-    assert torch.equal(resumed.trainer.batches.labels.cpu(), trained.cpu())
+    batches = resumed.trainer.batches
+    assert torch.equal(batches.labels.cpu(), trained.cpu())
+    # and new images go where D learnt them: the centres follow the saved split
+    images = batches.images.float().div(127.5).sub(1.0)
+    assert (batches.clusters.assign(images) == trained.cpu()).float().mean() > 0.8
     follow(resumed, 120)
     assert resumed.state == "finished" and not resumed.error
     a, b = (load_checkpoint_file(RunStore.open(s.run_dir).checkpoint_paths()[-1])
@@ -139,15 +162,20 @@ def test_resume_of_a_clustered_run_is_exact_with_the_split_it_trained_on(
             assert torch.equal(value, b[part][key]), f"{part}.{key}"
 
 
-@pytest.mark.parametrize("sets", [["clusters=7"], ["conditioning=onehot"],
-                                  ["conditioning=onehot", "spectral_norm=true"]])
-def test_the_one_hot_maps_cost_one_channel_and_compute_the_same(sets: list[str]) -> None:
+@pytest.mark.parametrize("preset, sets", [
+    ("dcgan-mnist", ["clusters=7"]), ("dcgan-mnist", ["conditioning=onehot"]),
+    ("dcgan-mnist", ["conditioning=onehot", "spectral_norm=true"]),
+    ("stacked-mnist", ["clusters=5", "pack=1"]),  # three label blocks, one per channel
+])
+def test_the_one_hot_maps_cost_one_channel_and_compute_the_same(preset: str,
+                                                                 sets: list[str]) -> None:
     from gantui.models.builtin import build_models
     torch.manual_seed(0)
-    _, D = build_models(tiny("dcgan-mnist", *sets))
+    cfg = tiny(preset, *sets)
+    _, D = build_models(cfg)
     D.eval()  # batch norm from running statistics: both ways see the same numbers
-    x = torch.randn(12, 1, 28, 28, requires_grad=True)
-    y = torch.randint(0, D.label.n_classes, (12,))
+    x = torch.randn(12, cfg.channels, 28, 28, requires_grad=True)
+    y = torch.randint(0, D.label.n_classes, (12, 3) if preset == "stacked-mnist" else (12,))
     fast = D(x, y)
     maps = D.label(y)[:, :, None, None].expand(-1, -1, 28, 28)
     concat = D.net(torch.cat([x, maps], 1)).flatten()
@@ -181,5 +209,13 @@ def test_stacked_mnist_gives_each_channel_its_own_cluster(runs_dir: Path) -> Non
     assert (digits.view(-1, 3) == y.cpu()).float().mean() > 0.7
     _, y_fake = t._noise(5)
     assert y_fake.shape == (5, 3)
+    assert grid_nrow(read_toml_dict(session.run_dir / "config.toml")) == t.previews.nrow
     result = cli("sample", str(session.run_dir), "--code", "2", "-n", "4")
     assert result.returncode == 0, result.stderr
+
+
+def test_the_clusters_preset_is_dcgan_mnist_with_clusters() -> None:
+    plain = config.load("dcgan-mnist")[1].to_dict()
+    clustered = config.load("dcgan-mnist-clusters")[1].to_dict()
+    changed = {k for k in plain if plain[k] != clustered[k]}
+    assert changed == {"clusters", "steps", "description"} and clustered["clusters"] == 50

@@ -3,8 +3,8 @@ leading principal components of the pixels, then a balanced assignment so that e
 holds the same number of images (within one) and a uniform code draws them as often as the
 data holds them.
 
-No labels are read: the clusters are the data's own coarse modes (on MNIST, at 50 clusters
-about four in five images share their cluster's most common digit), so a D told an image's
+No labels are read: the clusters are the data's own coarse modes (at 50 clusters, 77% of the
+4,000 bundled training digits share their cluster's most common digit), so a D told an image's
 cluster judges it against a narrow part of the data, and G learns each part on its own, as a
 conditional GAN learns each class (Liu et al. 2020, self-conditioned GANs, cluster D's features
 instead; pixels need no trained network and are fixed for the run).
@@ -12,7 +12,6 @@ instead; pixels need no trained network and are fixed for the run).
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -55,15 +54,33 @@ class Clusters:
         """The nearest cluster (N,) int64 of each image, e.g. of held-out images."""
         return torch.from_numpy(self.distances(images).argmin(1).astype(np.int64))
 
+    def centred_on(self, images: torch.Tensor, labels: torch.Tensor) -> Clusters:
+        """The same projection with each cluster's centre moved to the mean of its images
+        under ``labels`` (a checkpoint's split, which a refit may have numbered otherwise)."""
+        coords = self.project(images)
+        lab = labels.cpu().numpy()
+        centres = np.stack([coords[lab == c].mean(0) if (lab == c).any() else self.centres[c]
+                            for c in range(self.k)])
+        return Clusters(self.mean, self.components, centres)
+
 
 def balanced(distances: np.ndarray) -> np.ndarray:
-    """Labels (N,) putting each of N points in one of K clusters, at most ``ceil(N / K)`` per
-    cluster, preferring near ones: in rounds, every unplaced point proposes to its nearest
-    cluster with room left and each cluster takes its closest proposers up to its room."""
+    """Labels (N,) putting each of N points in one of K clusters, ``N // K`` or one more per
+    cluster, preferring near ones: every cluster is first filled to ``N // K``, then the
+    ``N % K`` points left take one place each in as many clusters."""
     n, k = distances.shape
-    room = np.full(k, math.ceil(n / k))
     labels = np.full(n, -1, dtype=np.int64)
-    while (free := np.flatnonzero(labels < 0)).size:
+    _fill(distances, labels, np.full(k, n // k))
+    _fill(distances, labels, np.ones(k, dtype=np.int64))
+    return labels
+
+
+def _fill(distances: np.ndarray, labels: np.ndarray, room: np.ndarray) -> None:
+    """Place unplaced points (label -1) into clusters with ``room``, in rounds: every one
+    proposes to its nearest cluster with room left and each cluster takes its closest
+    proposers up to its room, until no point or no room is left."""
+    k = distances.shape[1]
+    while (free := np.flatnonzero(labels < 0)).size and room.sum() > 0:
         d = distances[free]
         d[:, room == 0] = np.inf
         choice = d.argmin(1)
@@ -74,7 +91,6 @@ def balanced(distances: np.ndarray) -> np.ndarray:
         take = (np.arange(len(order)) - starts) < room[chosen]
         labels[free[order[take]]] = chosen[take]
         room -= np.bincount(chosen[take], minlength=k)
-    return labels
 
 
 def fit(images: torch.Tensor, k: int, seed: int) -> tuple[Clusters, torch.Tensor]:

@@ -148,25 +148,35 @@ class TensorBatches:
         self._index = int(state["index"])
         self._perm = self._permutation()
         if self.clusters is not None:
-            self.labels = _saved_clusters(state, self.labels, self.images.shape[0],
-                                          self.device)
+            self.labels, self.clusters = _saved_clusters(
+                state, self.labels, self.clusters, self.images)
 
 
-def _saved_clusters(state: dict[str, Any], labels: torch.Tensor | None, n: int,
-                    device: torch.device) -> torch.Tensor | None:
-    """The clusters a checkpoint's data ``state`` says its images trained with (a refit on
-    another machine or library version could differ), else ``labels`` as they are.
+def _saved_clusters(state: dict[str, Any], labels: torch.Tensor, clusters: Clusters,
+                    images: torch.Tensor) -> tuple[torch.Tensor, Clusters]:
+    """The clusters a checkpoint's data ``state`` says its uint8 ``images`` trained with (a
+    refit on another machine or library version could differ), with the centres moved onto
+    them so that new images are assigned as D learnt them; else ``labels`` and ``clusters``
+    as they are.
 
     Raises:
-        DataError: the checkpoint labels another number of images than the data holds.
+        DataError: the checkpoint labels another number of images than the data holds, or
+            names clusters the run does not have.
     """
     saved = state.get("clusters")
-    if labels is None or not isinstance(saved, torch.Tensor):
-        return labels
+    if not isinstance(saved, torch.Tensor):
+        return labels, clusters
+    n = images.shape[0]
     if saved.shape != (n,):
         raise DataError(f"the checkpoint's clusters label {saved.shape[0]:,} images; the data "
                         f"now holds {n:,}")
-    return saved.to(device, torch.int64)
+    saved = saved.to(torch.int64)
+    if n and not (0 <= int(saved.min()) and int(saved.max()) < clusters.k):
+        raise DataError(f"the checkpoint's clusters are not 0 to {clusters.k - 1}")
+    if torch.equal(saved, labels.cpu()):
+        return labels, clusters
+    floats = images.float().div(127.5).sub(1.0)
+    return saved.to(labels.device), clusters.centred_on(floats, saved)
 
 
 class Mixture(NamedTuple):
@@ -430,7 +440,9 @@ class StackedBatches(_Endless):
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         super().load_state_dict(state)
-        self.labels = _saved_clusters(state, self.labels, len(self.digits), self.device)
+        if self.clusters is not None:
+            self.labels, self.clusters = _saved_clusters(state, self.labels, self.clusters,
+                                                         self.digits)
 
 
 def stacked_mnist_batches(cfg: Config, device: torch.device,

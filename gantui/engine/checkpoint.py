@@ -226,7 +226,10 @@ def rank_state_from(trainer: Trainer, state: dict[str, Any]) -> dict[str, Any]:
     data = dict(state["data"])
     batches = trainer.batches
     if isinstance(batches, (MixtureBatches, StackedBatches)) or "index" not in data:
-        data = batches.state_dict()  # a fresh stream for this rank
+        fresh = batches.state_dict()  # a fresh stream for this rank
+        if "clusters" in data:  # on the split the run began with
+            fresh["clusters"] = data["clusters"]
+        data = fresh
     elif batches.steps_per_epoch and int(data["index"]) >= batches.steps_per_epoch:
         data.update(epoch=int(data["epoch"]) + 1, index=0)  # shorter epochs per rank now
     seed = trainer.cfg.seed + 1 + 7919 * world.rank + 104_729 * int(state["step"])

@@ -97,8 +97,11 @@ class Evaluation:
             pick = diag.spread_pick(len(evaluator.train_real), len(held))
             train, train_y = evaluator.train_real[pick], evaluator.train_labels[pick]
             clusters = getattr(t.batches, "clusters", None)
-            if clusters is not None:  # D is told clusters, not classes
-                train_y, held_y = clusters.assign(train), clusters.assign(held)
+            if clusters is not None:  # D is told clusters, not classes: as it trained
+                labels = t.batches.labels
+                train_y = (labels[pick.to(labels.device)].cpu()
+                           if len(labels) == len(evaluator.train_real) else clusters.assign(train))
+                held_y = clusters.assign(held)
             elif not t.cfg.conditional:
                 train_y = held_y = None
             common = {"threshold": diag.real_threshold(t.cfg.loss),

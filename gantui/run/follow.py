@@ -223,7 +223,9 @@ def grid_nrow(config: dict[str, Any]) -> int:
     if config.get("conditioning", "none") != "none":
         classes = as_int(config.get("n_classes"))
         return max(1, n // classes) if classes and classes > 0 else 1
-    codes = as_int(config.get("info_codes")) or as_int(config.get("clusters"))
+    codes = as_int(config.get("info_codes"))
+    if not codes and config.get("dataset") != "stacked_mnist":  # stacked: a code per channel
+        codes = as_int(config.get("clusters"))
     if codes is not None and 2 <= codes and 2 * codes <= n:  # a row per code value
         return n // codes
     return max(1, round(math.sqrt(n)))
