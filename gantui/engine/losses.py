@@ -55,3 +55,13 @@ def d_prob(name: str, out: torch.Tensor) -> torch.Tensor:
     if name == "lsgan":
         return out.detach().float().clamp(0, 1).mean()
     return torch.sigmoid(out.detach().float()).mean()
+
+
+def r1_penalty(out_real: torch.Tensor, x: torch.Tensor, gamma: float, every: int = 1
+               ) -> torch.Tensor:
+    """R1 (Mescheder et al. 2018): gamma/2 E|grad_x D(x)|^2 on real data ``x`` (which must
+    require grad) with D's outputs ``out_real``, times ``every`` when applied lazily (every
+    ``every`` steps, as StyleGAN2 does), so its average weight stays gamma/2."""
+    (grad,) = torch.autograd.grad(out_real.float().sum(), x, create_graph=True)
+    penalty = grad.float().pow(2).flatten(1).sum(1).mean()
+    return penalty * (0.5 * gamma * every)

@@ -35,7 +35,7 @@ from gantui.engine.commands import Commands
 from gantui.engine.control import Controller
 from gantui.engine.distributed import SINGLE, Channel, LocalChannel, World
 from gantui.engine.evaluation import Evaluation
-from gantui.engine.losses import d_loss, d_prob, g_loss
+from gantui.engine.losses import d_loss, d_prob, g_loss, r1_penalty
 from gantui.engine.previews import Previews
 from gantui.errors import GantuiError
 from gantui.models.builtin import build_code_reader, build_encoder
@@ -308,7 +308,8 @@ class Trainer:
                     rebuilt = self._G_step(self._code(x.detach())[0], y)
                 loss = 0.5 * (loss + d_loss(self.cfg.loss, out_real.float(),
                                             D(rebuilt, y).float(), self.cfg.label_smoothing))
-            total = loss + self._r1_penalty(out_real, x) if r1 else loss
+            total = (loss + r1_penalty(out_real, x, self.cfg.r1_gamma, self.cfg.r1_every)
+                     if r1 else loss)
         self.opt_d.zero_grad(set_to_none=True)
         total.backward()
         grad = torch.nn.utils.get_total_norm([p.grad for p in self.D.parameters()
@@ -398,12 +399,6 @@ class Trainer:
             return x
         noise = torch.randn(x.shape, device=x.device, generator=self.noise, dtype=x.dtype)
         return x + sigma * noise
-
-    def _r1_penalty(self, out_real: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        """R1: gamma/2 E|grad_x D(x)|^2 on real data, times ``r1_every`` when applied lazily."""
-        (grad,) = torch.autograd.grad(out_real.float().sum(), x, create_graph=True)
-        penalty = grad.float().pow(2).flatten(1).sum(1).mean()
-        return penalty * (0.5 * self.cfg.r1_gamma * self.cfg.r1_every)
 
     @torch.no_grad()
     def _update_ema(self) -> None:

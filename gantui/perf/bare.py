@@ -26,7 +26,7 @@ from gantui import procs
 from gantui.config import Config
 from gantui.data.batches import make_batches
 from gantui.engine import fast
-from gantui.engine.losses import d_loss, g_loss
+from gantui.engine.losses import d_loss, g_loss, r1_penalty
 from gantui.errors import GantuiError
 from gantui.models.latent import training_noise
 
@@ -44,6 +44,8 @@ class BareLoop:
         models = fast.training_models(cfg, device)
         self.G, self.D, self.input = models.G, models.D, models.input
         self.g, self.d = models.G_step, models.D_step
+        self.d_eager = models.D_eager
+        self.steps = 0
         betas = (cfg.beta1, cfg.beta2)
         self.opt_g = torch.optim.Adam(self.G.parameters(), lr=cfg.lr_g, betas=betas)
         self.opt_d = torch.optim.Adam(self.D.parameters(), lr=cfg.lr_d, betas=betas)
@@ -67,11 +69,18 @@ class BareLoop:
             x, y = self.batches.next()
             n = x.shape[0]
             z, y_fake = self._z(n)
+            r1 = cfg.r1_gamma > 0 and self.steps % cfg.r1_every == 0
             with self._autocast():
                 with torch.no_grad():
                     fake = self.g(z, y_fake)
-                loss = d_loss(cfg.loss, self.d(self.input(x), y).float(),
-                              self.d(fake, y_fake).float(), cfg.label_smoothing)
+                x, d = self.input(x), self.d
+                if r1:  # as the trainer: R1 needs the real batch's gradient, D eager
+                    x, d = x.detach().requires_grad_(True), self.d_eager
+                out_real = d(x, y)
+                loss = d_loss(cfg.loss, out_real.float(), d(fake, y_fake).float(),
+                              cfg.label_smoothing)
+                if r1:
+                    loss = loss + r1_penalty(out_real, x, cfg.r1_gamma, cfg.r1_every)
             self.opt_d.zero_grad(set_to_none=True)
             loss.backward()
             self.opt_d.step()
@@ -84,6 +93,7 @@ class BareLoop:
         loss.backward()
         self.D.requires_grad_(True)
         self.opt_g.step()
+        self.steps += 1
         return images
 
     def flops_per_image(self) -> float:
