@@ -149,8 +149,9 @@ FIELDS: tuple[Field, ...] = (
           "the noise behind every preview"),
     Field("fixed_labels", lambda t: _cpu(t.previews.fixed_labels), _restore_fixed_labels,
           "the labels behind every preview (conditional), else None"),
-    Field("G_ema", lambda t: _optional(t.G_ema), _restore_ema,
-          "the moving average of G (ema > 0), else None"),
+    Field("G_ema", lambda t: None if t.G_ema is None else t.G_eval.state_dict(), _restore_ema,
+          "the moving average of G (ema > 0), with batch-norm statistics of its own, else "
+          "None"),
     Field("E", lambda t: _optional(t.E), _restore_encoder("E"), "the encoder (cVAE-GAN)"),
     Field("opt_e", lambda t: _optional(t.opt_e), _restore_encoder("opt_e"), "E's Adam state"),
     Field("Q", lambda t: _optional(t.Q), _restore_reader("Q"), "InfoGAN's Q (info_codes)"),

@@ -29,7 +29,7 @@ from gantui.config import LIVE_KEYS, Config, ConfigError
 from gantui.data.batches import make_batches
 from gantui.data.sources import Batches
 from gantui.engine import checkpoint as ckpt
-from gantui.engine import distributed, fast
+from gantui.engine import distributed, ema, fast
 from gantui.engine.augment import diff_augment
 from gantui.engine.commands import Commands
 from gantui.engine.control import Controller
@@ -106,6 +106,8 @@ class Trainer:
         evaluation and sampling show."""
         if cfg.ema:
             self.G_ema = _frozen_copy(self.G)
+        self._ema_calibrated = -1
+        """The step G_ema's batch-norm statistics were last computed for (see G_eval)."""
         betas = (cfg.beta1, cfg.beta2)
         self.opt_g = torch.optim.Adam(self.G.parameters(), lr=cfg.lr_g, betas=betas)
         self.opt_d = torch.optim.Adam(self.D.parameters(), lr=cfg.lr_d, betas=betas)
@@ -350,7 +352,7 @@ class Trainer:
         if self.Q is not None:
             self._acc[INFO_ACC] += read
         if self.G_ema is not None:
-            self._update_ema()
+            ema.update(self.G_ema, self.G, self.cfg.ema)
         self._acc[LOSS_G:GRAD_G + 1] += torch.stack([
             loss.detach().float(), d_prob(self.cfg.loss, out), grad.float()])
         self._n_g += 1
@@ -399,15 +401,6 @@ class Trainer:
             return x
         noise = torch.randn(x.shape, device=x.device, generator=self.noise, dtype=x.dtype)
         return x + sigma * noise
-
-    @torch.no_grad()
-    def _update_ema(self) -> None:
-        decay = self.cfg.ema
-        assert self.G_ema is not None
-        ema_params = list(self.G_ema.parameters())
-        torch._foreach_lerp_(ema_params, list(self.G.parameters()), 1.0 - decay)
-        for ema_buf, buf in zip(self.G_ema.buffers(), self.G.buffers(), strict=True):
-            ema_buf.copy_(buf)  # batch-norm statistics follow G's
 
     # ---- log / sample / checkpoint -----------------------------------------------------
 
@@ -472,8 +465,15 @@ class Trainer:
 
     @property
     def G_eval(self) -> torch.nn.Module:
-        """The generator to show and score: the EMA one when ``ema`` is on."""
-        return self.G_ema if self.G_ema is not None else self.G
+        """The generator to show, score and save as the one to sample: the EMA one when
+        ``ema`` is on, with batch-norm statistics of its own (:func:`ema.calibrate`, once a
+        step)."""
+        if self.G_ema is None:
+            return self.G
+        if self._ema_calibrated != self.step:
+            ema.calibrate(self.G_ema, self.cfg, self.step, self.device)
+            self._ema_calibrated = self.step
+        return self.G_ema
 
     def status(self) -> dict[str, Any]:
         """A plain snapshot for ``gantui ctl`` and ``gantui runs`` (safe from any thread)."""
