@@ -214,8 +214,8 @@ def test_stacked_mnist_gives_each_channel_its_own_cluster(runs_dir: Path) -> Non
     assert result.returncode == 0, result.stderr
 
 
-def test_the_clusters_preset_is_dcgan_mnist_with_clusters() -> None:
+def test_the_clusters_preset_is_dcgan_mnist_with_clusters_and_ema() -> None:
     plain = config.load("dcgan-mnist")[1].to_dict()
     clustered = config.load("dcgan-mnist-clusters")[1].to_dict()
     changed = {k for k in plain if plain[k] != clustered[k]}
-    assert changed == {"clusters", "steps", "description"} and clustered["clusters"] == 50
+    assert changed == {"clusters", "steps", "ema", "description"} and clustered["clusters"] == 50
