@@ -41,6 +41,30 @@ def tiny(preset: str = "ring-8", *extra: str) -> Config:
     return config.load(preset, [*sets, *extra])[1]
 
 
+def straight_and_resumed(runs_dir: Path, preset: str, sets: list[str], steps: int
+                         ) -> tuple[dict, dict]:
+    """Run ``preset`` for ``steps`` steps, and a twin of it stopped after its checkpoint
+    before the last (its last checkpoint removed) and resumed to the end: the two final
+    checkpoints, both at ``steps``, for a test to compare."""
+    from gantui.headless import follow
+    from gantui.run.store import RunStore, load_checkpoint_file
+    from gantui.session import start
+
+    straight = start(tiny(preset, *sets, f"steps={steps}"), preset, runs_dir=runs_dir,
+                     name="straight", device="cpu")
+    follow(straight, 120)
+    twin = runs_dir / "twin"
+    shutil.copytree(straight.run_dir, twin)
+    RunStore.open(twin).checkpoint_paths()[-1].unlink()
+    resumed = start(None, "", resume=twin, device="cpu")
+    follow(resumed, 120)
+    assert straight.state == resumed.state == "finished"
+    a = load_checkpoint_file(RunStore.open(straight.run_dir).checkpoint_paths()[-1])
+    b = load_checkpoint_file(RunStore.open(twin).checkpoint_paths()[-1])
+    assert a["step"] == b["step"] == steps
+    return a, b
+
+
 JUDGED_FILES = frozenset({"test_quality_judge.py", "test_diagnostics.py", "test_ecgan.py",
                           "test_clusters.py"})
 """The test files that use ``trained_judge``; pytest-xdist runs them on one worker."""

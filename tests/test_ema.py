@@ -4,19 +4,15 @@ and reproduced exactly on resume."""
 from __future__ import annotations
 
 import copy
-import shutil
 from pathlib import Path
 
 import torch
 
 from gantui.engine import ema
-from gantui.headless import follow
 from gantui.models.builtin import build_models
 from gantui.models.latent import training_noise
-from gantui.run.store import RunStore, load_checkpoint_file
-from gantui.session import start
 
-from .conftest import tiny
+from .conftest import straight_and_resumed, tiny
 
 
 def test_calibration_gives_the_averaged_g_its_own_statistics() -> None:
@@ -53,18 +49,7 @@ def test_calibration_gives_the_averaged_g_its_own_statistics() -> None:
 
 def test_a_run_saves_and_resumes_the_calibrated_average(runs_dir: Path) -> None:
     base = ["ema=0.9", "eval_every=0", "checkpoint_every=3", "sample_every=2", "log_every=3"]
-    straight = start(tiny("dcgan-mnist", *base, "steps=6"), "dcgan-mnist", runs_dir=runs_dir,
-                     name="straight", device="cpu")
-    follow(straight, 120)
-    twin = runs_dir / "twin"  # the same run, stopped after its checkpoint at step 3
-    shutil.copytree(straight.run_dir, twin)
-    (twin / "checkpoints" / "ckpt-00000006.pt").unlink()
-    resumed = start(None, "", resume=twin, device="cpu")
-    follow(resumed, 120)
-    assert straight.state == resumed.state == "finished"
-    a = load_checkpoint_file(RunStore.open(straight.run_dir).checkpoint_paths()[-1])
-    b = load_checkpoint_file(RunStore.open(twin).checkpoint_paths()[-1])
-    assert a["step"] == b["step"] == 6
+    a, b = straight_and_resumed(runs_dir, "dcgan-mnist", base, 6)  # the twin resumes from 3
     for part in ("G", "D", "G_ema"):
         for name, tensor in a[part].items():
             assert torch.equal(tensor, b[part][name]), (part, name)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
 from pathlib import Path
 
 import pytest
@@ -22,7 +21,7 @@ from gantui.run.runs import scan_runs
 from gantui.run.store import RunStore, load_checkpoint_file
 from gantui.session import start
 
-from .conftest import cli, scripted, tiny
+from .conftest import cli, scripted, straight_and_resumed, tiny
 
 
 def ring_run(runs_dir: Path, name: str, *extra: str):
@@ -120,18 +119,7 @@ def test_stabilizers_train_and_resume_exactly(runs_dir: Path, sets: list[str]) -
     """Each stabilizer through --set: it trains, is saved in the checkpoint and config, and
     resuming from the checkpoint at step N of a 2N-step run ends with the same weights."""
     base = ["checkpoint_every=20", "sample_every=10", "log_every=10", "eval_every=0", *sets]
-    straight = start(tiny("ring-8", *base, "steps=40"), "ring-8", runs_dir=runs_dir,
-                     name="straight", device="cpu")
-    follow(straight, 120)
-    twin = runs_dir / "twin"  # the same run, killed after its checkpoint at step 20
-    shutil.copytree(straight.run_dir, twin)
-    (twin / "checkpoints" / "ckpt-00000040.pt").unlink()
-    resumed = start(None, "", resume=twin, device="cpu")
-    follow(resumed, 120)
-    assert straight.state == resumed.state == "finished"
-    a = load_checkpoint_file(RunStore.open(straight.run_dir).checkpoint_paths()[-1])
-    b = load_checkpoint_file(RunStore.open(twin).checkpoint_paths()[-1])
-    assert a["step"] == b["step"] == 40
+    a, b = straight_and_resumed(runs_dir, "ring-8", base, 40)  # the twin resumes from step 20
     key, value = sets[0].split("=")
     assert b["config"][key] == config.coerce(key, value) != config.Config().to_dict()[key]
     for part in ("G", "D", "G_ema"):
