@@ -57,6 +57,12 @@ def d_prob(name: str, out: torch.Tensor) -> torch.Tensor:
     return torch.sigmoid(out.detach().float()).mean()
 
 
+def r1_due(gamma: float, every: int, step: int) -> bool:
+    """Whether the D steps of training step ``step`` (counted from 0) carry R1: on with
+    ``gamma`` > 0, lazily on every ``every``-th step."""
+    return gamma > 0 and step % every == 0
+
+
 def r1_penalty(out_real: torch.Tensor, x: torch.Tensor, gamma: float, every: int = 1
                ) -> torch.Tensor:
     """R1 (Mescheder et al. 2018): gamma/2 E|grad_x D(x)|^2 on real data ``x`` (which must

@@ -35,7 +35,7 @@ from gantui.engine.commands import Commands
 from gantui.engine.control import Controller
 from gantui.engine.distributed import SINGLE, Channel, LocalChannel, World
 from gantui.engine.evaluation import Evaluation
-from gantui.engine.losses import d_loss, d_prob, g_loss, r1_penalty
+from gantui.engine.losses import d_loss, d_prob, g_loss, r1_due, r1_penalty
 from gantui.engine.previews import Previews
 from gantui.errors import GantuiError
 from gantui.models.builtin import build_code_reader, build_encoder
@@ -290,7 +290,7 @@ class Trainer:
         self._waited += time.perf_counter() - waiting
         n = x.shape[0]
         z, y_fake = self._noise(n)
-        r1 = self.cfg.r1_gamma > 0 and self.step % self.cfg.r1_every == 0
+        r1 = r1_due(self.cfg.r1_gamma, self.cfg.r1_every, self.step)
         with self._autocast():
             with torch.no_grad():
                 fake = self._perturb(self._G_step(z, y_fake))

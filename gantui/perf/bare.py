@@ -26,7 +26,7 @@ from gantui import procs
 from gantui.config import Config
 from gantui.data.batches import make_batches
 from gantui.engine import fast
-from gantui.engine.losses import d_loss, g_loss, r1_penalty
+from gantui.engine.losses import d_loss, g_loss, r1_due, r1_penalty
 from gantui.errors import GantuiError
 from gantui.models.latent import training_noise
 
@@ -69,7 +69,7 @@ class BareLoop:
             x, y = self.batches.next()
             n = x.shape[0]
             z, y_fake = self._z(n)
-            r1 = cfg.r1_gamma > 0 and self.steps % cfg.r1_every == 0
+            r1 = r1_due(cfg.r1_gamma, cfg.r1_every, self.steps)
             with self._autocast():
                 with torch.no_grad():
                     fake = self.g(z, y_fake)
