@@ -21,6 +21,8 @@ from .conftest import cli
 TINY = ["--set", "g_hidden=32,32", "--set", "d_hidden=32,32", "--set", "batch_size=64",
         "--set", "log_every=10", "--set", "sample_every=40", "--set", "checkpoint_every=40",
         "--set", "eval_every=40"]
+KILLED_STEPS = 1200
+"""Steps of each run in the killed-sweep test."""
 
 
 def test_vary_parsing_and_the_grid() -> None:
@@ -70,9 +72,9 @@ def test_every_shipped_study_plans_and_is_listed(tmp_path: Path) -> None:
         sweep_mod.load_study("nope")
 
 
-def _sweep_args(tmp_path: Path, *extra: str) -> list[str]:
+def _sweep_args(tmp_path: Path, *extra: str, steps: int = 300) -> list[str]:
     return [sys.executable, "-m", "gantui", "sweep", "--preset", "ring-8", "--vary",
-            "pack=1,2", "--seeds", "2", "--set", "steps=300",
+            "pack=1,2", "--seeds", "2", "--set", f"steps={steps}",
             *TINY, "--runs-dir", str(tmp_path / "runs"), "--device", "cpu", *extra]
 
 
@@ -89,7 +91,10 @@ def test_a_killed_sweep_resumes_where_it_stopped(tmp_path: Path) -> None:
     """Two values with 2 seeds, two at a time: SIGTERM half-way (the running children
     checkpoint), rerun."""
     sweep_dir = tmp_path / "runs" / "ring-8-pack"
-    proc = subprocess.Popen(_sweep_args(tmp_path, "--parallel", "2"), stdout=subprocess.PIPE,
+    # runs long enough that the two still running at the signal cannot finish before it
+    # reaches them (at 300 steps all four sometimes had)
+    args = _sweep_args(tmp_path, "--parallel", "2", steps=KILLED_STEPS)
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:
@@ -112,7 +117,7 @@ def test_a_killed_sweep_resumes_where_it_stopped(tmp_path: Path) -> None:
     assert set(before.values()) <= {"finished", "stopped"}
     kept = {n: (sweep_dir / n / "metrics.jsonl").read_bytes() for n in finished_before}
 
-    again = subprocess.run(_sweep_args(tmp_path, "--parallel", "2"), capture_output=True,
+    again = subprocess.run(args, capture_output=True,
                            text=True, timeout=600)
     assert again.returncode == 0, again.stderr
     assert f"{len(finished_before)} of 4 runs already done" in again.stdout
@@ -122,7 +127,8 @@ def test_a_killed_sweep_resumes_where_it_stopped(tmp_path: Path) -> None:
         assert (sweep_dir / name / "metrics.jsonl").read_bytes() == data
     rows = list(csv.DictReader((sweep_dir / "summary.csv").open()))
     assert len(rows) == 4 and {r["state"] for r in rows} == {"finished"}
-    assert {r["step"] for r in rows} == {"300"} and all(r["metric"] == "modes" for r in rows)
+    assert {r["step"] for r in rows} == {str(KILLED_STEPS)}
+    assert all(r["metric"] == "modes" for r in rows)
     assert set(rows[0]) >= {"pack", "seed", "final", "best", "loss_d", "loss_g",
                             "img_per_s", "wall_s"}
     md = (sweep_dir / "summary.md").read_text()
@@ -139,7 +145,8 @@ def test_a_killed_sweep_resumes_where_it_stopped(tmp_path: Path) -> None:
     for name in kept:
         log = (sweep_dir / "logs" / f"{name}.log").read_text()
         assert f"CPU threads: {each} (the threads key)" in log
-    third = cli(*_sweep_args(tmp_path)[3:])  # nothing left to start: in this process
+    # nothing left to start: in this process
+    third = cli(*_sweep_args(tmp_path, steps=KILLED_STEPS)[3:])
     assert third.returncode == 0 and "4 of 4 runs already done" in third.stdout
     other = cli("sweep", "--preset", "ring-8", "--vary", "pack=1,4", "--runs-dir",
                 str(tmp_path / "runs"), "--name", "ring-8-pack", cwd=tmp_path)
