@@ -95,7 +95,7 @@ def presets() -> None:
         for name in studies:
             try:
                 found = load_study(name)
-                description = f"{found.description} [{found.preset or 'dcgan-mnist'}]"
+                description = f"{found.description} [{found.preset or config.DEFAULT_PRESET}]"
             except GantuiError as exc:
                 description = f"(broken: {exc})"
             typer.echo(f"{name:<{width}}  {description}")
@@ -448,7 +448,7 @@ def prepare(
 @app.command()
 def bench(
     preset: Annotated[str, typer.Option("--preset", "-p", help="Preset to measure.")] =
-        "dcgan-mnist",
+        "dcgan-mnist-plain",
     steps: Annotated[int, typer.Option(help="Training steps per measured run.", min=2,
                                        max=10**7)] = 200,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",

@@ -34,7 +34,8 @@ class ConfigError(GantuiError):
 
 @dataclass(frozen=True)
 class Config:
-    """Everything that defines a run. Defaults reproduce the ``dcgan-mnist`` preset."""
+    """Everything that defines a run. Defaults reproduce the ``dcgan-mnist-plain`` preset (the
+    default ``dcgan-mnist`` adds its cluster code, augmentation, EMA and step count)."""
 
     description: str = "DCGAN on MNIST (28x28 grey)"
     """One line shown by ``gantui presets``."""
@@ -668,6 +669,7 @@ def build(overrides: dict[str, Any], sets: list[str] | tuple[str, ...] = ()) -> 
             continue
         values[key] = coerce(key, value)
     values.update(steps_over_epochs(values, sets))
+    values.update(clusters_give_way(values, sets))
     try:
         return Config(**values)
     except TypeError as exc:  # pragma: no cover - coerce() rejects unknown keys first
@@ -681,6 +683,24 @@ def steps_over_epochs(values: dict[str, Any], sets: list[str] | tuple[str, ...])
     if "steps" in keys and "epochs" not in keys and values.get("epochs"):
         return {"epochs": 0}
     return {}
+
+
+def clusters_give_way(values: dict[str, Any], sets: list[str] | tuple[str, ...]) -> dict:
+    """A preset's ``clusters`` (the default preset has 50) give way to a ``--set`` that rules
+    them out: your own model or encoder, class labels, ``info_codes`` or data not held in
+    memory. ``{"clusters": 0}`` when that applies, else {}; ``--set clusters=N`` with any of
+    them is refused by :func:`validate` as before."""
+    keys = {parse_assignment(item)[0] for item in sets}
+    if not values.get("clusters") or "clusters" in keys:
+        return {}
+    defaults = Config()
+    given = {k: values.get(k, getattr(defaults, k)) for k in
+             ("model", "encoder", "conditioning", "info_codes", "dataset")}
+    rules_out = {
+        "model": bool(given["model"]), "encoder": bool(given["encoder"]),
+        "conditioning": given["conditioning"] != "none", "info_codes": bool(given["info_codes"]),
+        "dataset": given["dataset"] not in CLUSTER_SETS}
+    return {"clusters": 0} if any(rules_out[k] for k in keys & rules_out.keys()) else {}
 
 
 def parse_assignment(item: str) -> tuple[str, str]:

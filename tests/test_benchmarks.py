@@ -228,7 +228,7 @@ def test_diffaug_config_key_is_live_and_checked() -> None:
     assert "diffaug" in config.LIVE_KEYS
     assert config.parse_live("diffaug", "translation,cutout") == ("translation", "cutout")
     with pytest.raises(ConfigError, match="choose from color, translation, cutout"):
-        config.load("dcgan-mnist", ["diffaug=blur"])
+        config.load("dcgan-mnist-plain", ["diffaug=blur"])
     with pytest.raises(ConfigError, match="2-D points"):
         config.load("grid-25", ["diffaug=cutout"])
 

@@ -106,7 +106,7 @@ def _grid(nrow: int = 8, side: int = 28) -> ev.Preview:
 
 
 def _events(quality: bool) -> list:
-    out = [ev.RunStarted("/tmp/x", "toy", "dcgan-mnist", "cpu", 0, 1000, Config().to_dict(),
+    out = [ev.RunStarted("/tmp/x", "toy", "dcgan-mnist-plain", "cpu", 0, 1000, Config().to_dict(),
                          "toy data"),
            ev.StateChanged(0, "running"), _grid()]
     out += [ev.Metrics(s, 0, 1 + math.sin(s / 10), 1 + math.cos(s / 10), .6, .4, .4, 1., 2.,

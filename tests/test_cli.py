@@ -49,7 +49,7 @@ def test_help_and_presets(tmp_path: Path) -> None:
     presets_part, _, studies_part = out.stdout.partition("\n\n")
     lines = presets_part.splitlines()
     assert [line.split()[0] for line in lines] == config.preset_names()
-    assert any("[default]" in line and line.startswith("dcgan-mnist") for line in lines)
+    assert any("[default]" in line and line.split()[0] == "dcgan-mnist" for line in lines)
     assert studies_part.startswith("studies (gantui sweep --study NAME")
     assert "ngf" in studies_part.split()
 
@@ -91,7 +91,7 @@ def test_ring8_through_the_cli_covers_most_modes(tmp_path: Path) -> None:
     (["--preset", "ring-8", "--set", "steps"], "expected KEY=VALUE"),
     (["--preset", "dcgan-celeba"], "needs --data PATH"),
     (["--preset", "dcgan-celeba", "--data", "/no/such/dir"], "does not exist"),
-    (["--preset", "dcgan-mnist", "--data", "/no/such/dir"], "does not exist"),
+    (["--preset", "dcgan-mnist-plain", "--data", "/no/such/dir"], "does not exist"),
     (["--preset", "ring-8", "--device", "tpu"], "expected auto, cpu, cuda or cuda:N"),
     (["--resume", "/no/such/run"], "no run directory"),
     (["--preset", "/tmp/definitely-missing.toml"], "no such file"),
@@ -148,9 +148,9 @@ def test_signal_mid_run_checkpoints_and_says_how_to_resume(tmp_path: Path, sig) 
 
 @pytest.mark.slow  # a run in a child process, signalled twice
 def test_repeated_ctrl_c_quits_at_once_and_cleans_up(tmp_path: Path) -> None:
-    # dcgan-mnist at full width: a step and a checkpoint take long enough that the later
+    # dcgan-mnist-plain at full width: a step and a checkpoint take long enough that the later
     # signals arrive while the stop is still under way
-    proc = spawn("train", "--no-ui", "--preset", "dcgan-mnist", "--set", "steps=10000000",
+    proc = spawn("train", "--no-ui", "--preset", "dcgan-mnist-plain", "--set", "steps=10000000",
                  "--set", "log_every=2", "--name", "r", "--device", "cpu", cwd=tmp_path)
     run = tmp_path / "runs" / "r"
     try:
@@ -204,7 +204,7 @@ def test_default_preset_trains_headless_when_piped(tmp_path: Path) -> None:
               "--set", "sample_every=4", "--device", "cpu", "--name", "d", cwd=tmp_path)
     assert out.returncode == 0, out.stderr
     assert "starting d (dcgan-mnist) on cpu" in out.stdout
-    assert "bundled 5,000-digit subset" in out.stdout
+    assert "bundled 5,000-digit subset" in out.stdout and "into 50 clusters" in out.stdout
     assert list((tmp_path / "runs" / "d" / "samples").glob("step-*.png"))
 
 

@@ -68,19 +68,37 @@ def test_fit_finds_separate_groups_of_images_without_labels() -> None:
 
 
 @pytest.mark.parametrize("preset, sets, message", [
-    ("dcgan-mnist", ["clusters=1"], "clusters must be 0 .off. or at least 2"),
-    ("dcgan-mnist", ["clusters=-3"], "clusters must be >= 0"),
+    ("dcgan-mnist-plain", ["clusters=1"], "clusters must be 0 .off. or at least 2"),
+    ("dcgan-mnist-plain", ["clusters=-3"], "clusters must be >= 0"),
     ("cdcgan-mnist", ["clusters=10"], "clusters needs an unconditional model"),
-    ("dcgan-mnist", ["clusters=10", "info_codes=10"], "choose one"),
+    ("dcgan-mnist-plain", ["clusters=10", "info_codes=10"], "choose one"),
     ("ring-8", ["clusters=8"], "clusters needs data held in memory"),
+    (None, ["clusters=50", "conditioning=onehot"], "clusters needs an unconditional model"),
+    (None, ["clusters=50", "dataset=folder"], "clusters needs data held in memory"),
 ])
-def test_bad_cluster_settings_are_refused(preset: str, sets: list[str], message: str) -> None:
+def test_bad_cluster_settings_are_refused(preset: str | None, sets: list[str],
+                                          message: str) -> None:
     with pytest.raises(config.ConfigError, match=message):
         config.load(preset, sets)
 
 
+@pytest.mark.parametrize("sets", [
+    ["model=my_gan.py"], ["encoder=true", "conditioning=onehot"], ["conditioning=onehot"],
+    ["info_codes=10"],
+    ["dataset=folder", "data=faces"],
+])
+def test_the_default_presets_clusters_give_way_to_a_set_that_rules_them_out(
+        sets: list[str]) -> None:
+    """`gantui train --set model=my_gan.py` (or labels, or a folder) runs on the default
+    preset as it did before that preset clustered; the rest of the preset stays."""
+    name, cfg = config.load(None, sets)
+    assert name == "dcgan-mnist" and cfg.clusters == 0 and cfg.ema == 0.999
+    assert config.load(None, [])[1].clusters == 50
+    assert config.load(None, ["dataset=fashion"])[1].clusters == 50  # held in memory: kept
+
+
 def test_too_many_clusters_is_one_line_and_leaves_no_run(runs_dir: Path) -> None:
-    result = cli("train", "--preset", "dcgan-mnist", "--no-ui", "--device", "cpu",
+    result = cli("train", "--preset", "dcgan-mnist-plain", "--no-ui", "--device", "cpu",
                  "--runs-dir", str(runs_dir), "--set", "train_digits=40",
                  "--set", "clusters=50", "--set", "batch_size=8")
     said = result.stdout + result.stderr
@@ -90,9 +108,9 @@ def test_too_many_clusters_is_one_line_and_leaves_no_run(runs_dir: Path) -> None
 
 def test_a_clustered_run_conditions_d_on_clusters_and_scores_unconditionally(
         trained_judge, runs_dir: Path) -> None:
-    cfg = tiny("dcgan-mnist", "clusters=5", "steps=8", "eval_every=8", "eval_samples=200",
+    cfg = tiny("dcgan-mnist-plain", "clusters=5", "steps=8", "eval_every=8", "eval_samples=200",
                "n_samples=20")
-    session = start(cfg, "dcgan-mnist", runs_dir=runs_dir, device="cpu")
+    session = start(cfg, "dcgan-mnist-plain", runs_dir=runs_dir, device="cpu")
     events = follow(session, 180)
     assert session.state == "finished" and not session.error
     t = session.trainer
@@ -131,11 +149,11 @@ def test_resume_of_a_clustered_run_is_exact_with_the_split_it_trained_on(
         runs_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     base = ["clusters=4", "checkpoint_every=1000", "sample_every=1000", "log_every=2",
             "lr_decay=none", "eval_every=0"]
-    straight = start(tiny("dcgan-mnist", *base, "steps=8"), "dcgan-mnist", runs_dir=runs_dir,
-                     name="straight", device="cpu")
+    straight = start(tiny("dcgan-mnist-plain", *base, "steps=8"), "dcgan-mnist-plain",
+                     runs_dir=runs_dir, name="straight", device="cpu")
     follow(straight, 120)
-    half = start(tiny("dcgan-mnist", *base, "steps=4"), "dcgan-mnist", runs_dir=runs_dir,
-                 name="half", device="cpu")
+    half = start(tiny("dcgan-mnist-plain", *base, "steps=4"), "dcgan-mnist-plain",
+                 runs_dir=runs_dir, name="half", device="cpu")
     follow(half, 120)
     trained = half.trainer.batches.labels.clone()
     # a refit that comes out differently (another machine, another library version) is not
@@ -163,8 +181,8 @@ def test_resume_of_a_clustered_run_is_exact_with_the_split_it_trained_on(
 
 
 @pytest.mark.parametrize("preset, sets", [
-    ("dcgan-mnist", ["clusters=7"]), ("dcgan-mnist", ["conditioning=onehot"]),
-    ("dcgan-mnist", ["conditioning=onehot", "spectral_norm=true"]),
+    ("dcgan-mnist-plain", ["clusters=7"]), ("dcgan-mnist-plain", ["conditioning=onehot"]),
+    ("dcgan-mnist-plain", ["conditioning=onehot", "spectral_norm=true"]),
     ("stacked-mnist", ["clusters=5", "pack=1"]),  # three label blocks, one per channel
 ])
 def test_the_one_hot_maps_cost_one_channel_and_compute_the_same(preset: str,
@@ -214,8 +232,10 @@ def test_stacked_mnist_gives_each_channel_its_own_cluster(runs_dir: Path) -> Non
     assert result.returncode == 0, result.stderr
 
 
-def test_the_clusters_preset_is_dcgan_mnist_with_clusters_and_ema() -> None:
-    plain = config.load("dcgan-mnist")[1].to_dict()
-    clustered = config.load("dcgan-mnist-clusters")[1].to_dict()
+def test_the_default_preset_is_the_plain_dcgan_with_clusters_ema_and_translation() -> None:
+    plain = config.load("dcgan-mnist-plain")[1].to_dict()
+    clustered = config.load("dcgan-mnist")[1].to_dict()
     changed = {k for k in plain if plain[k] != clustered[k]}
-    assert changed == {"clusters", "steps", "ema", "description"} and clustered["clusters"] == 50
+    assert changed == {"clusters", "steps", "ema", "diffaug", "description"}
+    assert (clustered["clusters"], clustered["diffaug"], clustered["steps"]) == (
+        50, ["translation"], 10000)

@@ -9,7 +9,7 @@ import pytest
 from gantui import config
 from gantui.config import Config, ConfigError
 
-REQUIRED_PRESETS = {"ring-8", "mlp-mnist", "dcgan-mnist", "cgan-mnist", "cdcgan-mnist",
+REQUIRED_PRESETS = {"ring-8", "mlp-mnist", "dcgan-mnist-plain", "cgan-mnist", "cdcgan-mnist",
                     "dcgan-celeba"}
 STUDY_KNOBS = {"ngf", "ndf", "nz", "lr_g", "lr_d", "beta1", "beta2", "batch_size", "steps",
                "epochs", "weight_init", "loss", "d_steps", "label_smoothing", "seed",
@@ -29,6 +29,13 @@ def test_default_preset_is_dcgan_mnist_with_the_issue_values() -> None:
     assert name == "dcgan-mnist"
     assert (cfg.arch, cfg.dataset, cfg.ngf, cfg.ndf, cfg.nz) == ("dcgan", "mnist", 32, 32, 100)
     assert (cfg.lr_d, cfg.lr_g, cfg.beta1, cfg.weight_init) == (2e-4, 5e-4, 0.5, "dcgan")
+    assert cfg.clusters == 50 and not cfg.conditional
+
+
+def test_the_config_defaults_are_the_plain_dcgan_preset() -> None:
+    name, cfg = config.load("dcgan-mnist-plain")
+    assert cfg.replace(description="").to_dict() == config.Config(description="").to_dict()
+    assert (cfg.clusters, cfg.ema) == (0, 0.0)
 
 
 def test_celeba_preset_is_radford_dcgan() -> None:
@@ -99,13 +106,13 @@ def test_preset_from_a_path_overrides_only_what_it_names(tmp_path: Path) -> None
 
 def test_cross_field_checks() -> None:
     with pytest.raises(ConfigError, match="image_size 28 or 4"):
-        config.load("dcgan-mnist", ["image_size=30"])
+        config.load("dcgan-mnist-plain", ["image_size=30"])
     with pytest.raises(ConfigError, match="ring8 needs arch = mlp"):
         config.load("ring-8", ["arch=dcgan"])
     with pytest.raises(ConfigError, match="conditional models need labelled data"):
         config.load("ring-8", ["conditioning=onehot", "pack=1"])  # folders: class folders
     with pytest.raises(ConfigError, match="g_norm applies to the built-in MLP generator"):
-        config.load("dcgan-mnist", ["g_norm=batch"])
+        config.load("dcgan-mnist-plain", ["g_norm=batch"])
     with pytest.raises(ConfigError, match="g_norm = \"batch\" needs batch_size >= 2"):
         config.load("ring-8", ["g_norm=batch", "batch_size=1", "pack=1"])
     with pytest.raises(ConfigError, match="expected none \\| batch"):

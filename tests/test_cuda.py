@@ -22,7 +22,7 @@ def build(cfg, tmp_path: Path) -> Trainer:
                    device=torch.device("cuda"), preset="test", name="cuda")
 
 
-@pytest.mark.parametrize("preset", ["dcgan-mnist", "cdcgan-mnist", "mlp-mnist", "ring-8"])
+@pytest.mark.parametrize("preset", ["dcgan-mnist-plain", "cdcgan-mnist", "mlp-mnist", "ring-8"])
 @pytest.mark.parametrize("options", [("amp=false",), ("amp=true",),
                                      ("amp=true", "channels_last=true"),
                                      ("compile=true", "amp=true"),

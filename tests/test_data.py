@@ -25,7 +25,7 @@ def test_bundled_mnist_is_the_5k_subset() -> None:
     images, labels = data.load_bundled_mnist()
     assert images.shape == (5000, 1, 28, 28) and images.dtype == torch.uint8
     assert torch.bincount(labels).tolist() == [500] * 10
-    batches = make_batches(tiny("dcgan-mnist"), CPU)
+    batches = make_batches(tiny("dcgan-mnist-plain"), CPU)
     assert "bundled 5,000-digit subset" in batches.note
     x, y = batches.next()
     assert x.shape == (16, 1, 28, 28) and y is None
@@ -54,14 +54,15 @@ def test_full_mnist_from_a_torchvision_root(tmp_path: Path) -> None:
     x, y = batches.next()
     assert x.shape == (16, 1, 28, 28) and y is not None and y.max() < 10
     # the MNIST folder itself works too
-    assert make_batches(tiny("dcgan-mnist", f"data={tmp_path / 'MNIST'}"), CPU).steps_per_epoch
+    root = tmp_path / "MNIST"
+    assert make_batches(tiny("dcgan-mnist-plain", f"data={root}"), CPU).steps_per_epoch
 
 
 def test_missing_mnist_root_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(DataError, match="does not exist"):
-        make_batches(tiny("dcgan-mnist", f"data={tmp_path / 'nope'}"), CPU)
+        make_batches(tiny("dcgan-mnist-plain", f"data={tmp_path / 'nope'}"), CPU)
     with pytest.raises(DataError, match="no MNIST found under"):
-        make_batches(tiny("dcgan-mnist", f"data={tmp_path}"), CPU)
+        make_batches(tiny("dcgan-mnist-plain", f"data={tmp_path}"), CPU)
 
 
 def test_image_folder_is_searched_recursively_and_skips_bad_files(tmp_path: Path) -> None:

@@ -119,7 +119,7 @@ class Replay(nn.Module):
 
 
 def test_a_generator_of_training_images_is_all_near_copies(trained_judge) -> None:
-    evaluator = Evaluator(tiny("dcgan-mnist"), torch.device("cpu"), n=300)
+    evaluator = Evaluator(tiny("dcgan-mnist-plain"), torch.device("cpu"), n=300)
     copier = evaluator.evaluate(Replay(evaluator.train_real[::7]), step=1).values
     assert copier["near_copies"] > 0.95 and copier["nn_fake"] < 0.05 * copier["nn_real"]
     fakes, nearest = evaluator.offenders
@@ -169,15 +169,15 @@ def test_stacked_scores_say_how_much_kl_is_digit_skew(trained_judge) -> None:
 
 
 def test_the_split_holds_out_a_fifth_and_train_digits_cuts_the_rest() -> None:
-    whole = mnist_split(tiny("dcgan-mnist"))
+    whole = mnist_split(tiny("dcgan-mnist-plain"))
     assert (len(whole.train_images), len(whole.held_images)) == (4000, 1000)
-    few = mnist_split(tiny("dcgan-mnist", "train_digits=200"))
+    few = mnist_split(tiny("dcgan-mnist-plain", "train_digits=200"))
     assert len(few.train_images) == 200 and "200 trained on, 1,000 held out" in few.note
     # the subset comes from the training part: no held-out digit is ever trained on
     flat_held = few.held_images.flatten(1).float()
     assert torch.cdist(few.train_images.flatten(1).float(), flat_held).min() > 0
     with pytest.raises(DataError, match="train_digits 4,001 exceeds the 4,000"):
-        mnist_split(tiny("dcgan-mnist", "train_digits=4001"))
+        mnist_split(tiny("dcgan-mnist-plain", "train_digits=4001"))
     assert cli("train", "--set", "train_digits=-1").returncode == 1
 
 
@@ -191,9 +191,9 @@ def test_a_run_records_the_diagnostics_and_eval_and_the_report_show_them(
     from gantui.ui.model import RunModel
     from gantui.ui.panels import class_strip_text
 
-    cfg = tiny("dcgan-mnist", "train_digits=64", "steps=4", "eval_every=2", "eval_samples=60",
+    cfg = tiny("dcgan-mnist-plain", "train_digits=64", "steps=4", "eval_every=2", "eval_samples=60",
                "sample_every=100", "checkpoint_every=4")
-    session = start(cfg, "dcgan-mnist", runs_dir=tmp_path, name="d", device="cpu")
+    session = start(cfg, "dcgan-mnist-plain", runs_dir=tmp_path, name="d", device="cpu")
     follow(session, 120)
     assert session.state == "finished"
     run = session.run_dir

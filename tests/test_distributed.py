@@ -285,7 +285,7 @@ def _children(pid: int) -> list[int]:
 def test_two_gpu_ranks_with_sync_batchnorm(tmp_path):
     if torch.cuda.device_count() < 2:
         pytest.skip("needs 2 GPUs")
-    done = gantui("train", "--nproc-per-node", "2", "--no-ui", "--preset", "dcgan-mnist",
+    done = gantui("train", "--nproc-per-node", "2", "--no-ui", "--preset", "dcgan-mnist-plain",
                   "--set", "steps=40", "--set", "sync_bn=true", "--device", "cuda",
                   "--runs-dir", str(tmp_path))
     assert done.returncode == 0, said(done)

@@ -29,7 +29,7 @@ def test_the_preset_loads_and_refuses_an_unconditional_encoder() -> None:
     _, cfg = config.load("ecgan-mnist")
     assert cfg.encoder and cfg.conditional and cfg.recon_weight == 10.0
     with pytest.raises(ConfigError, match="encoder needs a conditional DCGAN"):
-        config.load("dcgan-mnist", ["encoder=true"])
+        config.load("dcgan-mnist-plain", ["encoder=true"])
     with pytest.raises(ConfigError, match="kl_weight"):
         config.load("ecgan-mnist", ["kl_weight=-1"])
 

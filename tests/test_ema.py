@@ -16,7 +16,7 @@ from .conftest import straight_and_resumed, tiny
 
 
 def test_calibration_gives_the_averaged_g_its_own_statistics() -> None:
-    cfg = tiny("dcgan-mnist", "batch_size=32")
+    cfg = tiny("dcgan-mnist-plain", "batch_size=32")
     G, _ = build_models(cfg)
     G.train()
     with torch.no_grad():  # G's statistics after a few batches of its own
@@ -49,12 +49,12 @@ def test_calibration_gives_the_averaged_g_its_own_statistics() -> None:
 
 def test_a_run_saves_and_resumes_the_calibrated_average(runs_dir: Path) -> None:
     base = ["ema=0.9", "eval_every=0", "checkpoint_every=3", "sample_every=2", "log_every=3"]
-    a, b = straight_and_resumed(runs_dir, "dcgan-mnist", base, 6)  # the twin resumes from 3
+    a, b = straight_and_resumed(runs_dir, "dcgan-mnist-plain", base, 6)  # the twin resumes from 3
     for part in ("G", "D", "G_ema"):
         for name, tensor in a[part].items():
             assert torch.equal(tensor, b[part][name]), (part, name)
     # what was saved is the averaged weights with statistics of their own, not G's
-    cfg = tiny("dcgan-mnist", *base, "steps=6")
+    cfg = tiny("dcgan-mnist-plain", *base, "steps=6")
     average, _ = build_models(cfg)
     average.load_state_dict(a["G_ema"])
     ema.calibrate(average, cfg, step=6, device="cpu")

@@ -104,7 +104,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory, one_thread) -> dict[str, Path
     """A ring run (samples, evaluations) and an MNIST run (grey image grids), both finished."""
     runs_dir = tmp_path_factory.mktemp("runs")
     return {"ring": trained(runs_dir, "ring-8", "ring", "eval_every=20"),
-            "mnist": trained(runs_dir, "dcgan-mnist", "mnist", "eval_every=0")}
+            "mnist": trained(runs_dir, "dcgan-mnist-plain", "mnist", "eval_every=0")}
 
 
 def test_the_crc_is_crc32c() -> None:

@@ -23,8 +23,8 @@ CPU = torch.device("cpu")
 
 
 @pytest.mark.parametrize(("preset", "extra"), [
-    ("ring-8", ()), ("dcgan-mnist", ()), ("cdcgan-mnist", ()),
-    ("dcgan-mnist", ("r1_gamma=0.1", "r1_every=3"))])  # lazy R1 on steps 0 and 3 of 4
+    ("ring-8", ()), ("dcgan-mnist-plain", ()), ("cdcgan-mnist", ()),
+    ("dcgan-mnist-plain", ("r1_gamma=0.1", "r1_every=3"))])  # lazy R1 on steps 0 and 3 of 4
 def test_the_bare_loop_trains_exactly_what_the_trainer_trains(preset: str, extra: tuple,
                                                               tmp_path: Path) -> None:
     """Same seed, same steps: bit-identical weights, so bench ratios compare like with like."""
@@ -45,14 +45,14 @@ def test_the_bare_loop_trains_exactly_what_the_trainer_trains(preset: str, extra
 
 
 def test_flops_and_peaks() -> None:
-    loop = BareLoop(tiny("dcgan-mnist"), CPU)
+    loop = BareLoop(tiny("dcgan-mnist-plain"), CPU)
     flops = loop.flops_per_image()
     assert 1e5 < flops < 1e9  # a toy DCGAN: well under a GFLOP per image
     assert peak_flops("NVIDIA H100 80GB HBM3", "bf16") == pytest.approx(989.4e12)
     assert peak_flops("NVIDIA H100 PCIe", "tf32") == pytest.approx(378e12)
     assert peak_flops("Tesla V100-SXM2-16GB", "bf16") is None  # no bf16 tensor cores
     assert peak_flops("some future GPU", "fp32") is None
-    assert measure_data(tiny("dcgan-mnist"), CPU, 5)["img_per_s"] > 0
+    assert measure_data(tiny("dcgan-mnist-plain"), CPU, 5)["img_per_s"] > 0
 
 
 @pytest.mark.slow  # the bench starts a fresh process per mode
@@ -101,7 +101,7 @@ def test_speed_options_are_no_ops_on_the_cpu(tmp_path: Path) -> None:
     """channels_last and tf32 apply to CUDA only: on the CPU the run is bit-identical."""
     weights = []
     for extra in ((), ("channels_last=true", "tf32=false")):
-        cfg = tiny("dcgan-mnist", "eval_every=0", *extra)
+        cfg = tiny("dcgan-mnist-plain", "eval_every=0", *extra)
         trainer = Trainer(cfg, store=RunStore.create(tmp_path, f"r{len(weights)}",
                                                      cfg.to_dict()),
                           emit=lambda e: None, controller=Controller(), device=CPU,
@@ -135,13 +135,13 @@ def test_channels_last_yields_to_compile_and_says_so() -> None:
     from gantui.engine.fast import speed_notes, uses_channels_last
 
     cuda = torch.device("cuda")  # a device object only: nothing runs on it
-    assert uses_channels_last(tiny("dcgan-mnist", "channels_last=true"), cuda)
-    both = tiny("dcgan-mnist", "channels_last=true", "compile=true")
+    assert uses_channels_last(tiny("dcgan-mnist-plain", "channels_last=true"), cuda)
+    both = tiny("dcgan-mnist-plain", "channels_last=true", "compile=true")
     assert not uses_channels_last(both, cuda)
     assert speed_notes(both, cuda) == ["channels_last is not applied with compile: "
                                        "torch.compile picks the convolution layouts itself"]
-    for quiet, device in ((both, CPU), (tiny("dcgan-mnist", "channels_last=true"), cuda),
-                          (tiny("dcgan-mnist", "compile=true"), cuda)):
+    for quiet, device in ((both, CPU), (tiny("dcgan-mnist-plain", "channels_last=true"), cuda),
+                          (tiny("dcgan-mnist-plain", "compile=true"), cuda)):
         assert speed_notes(quiet, device) == []
 
 

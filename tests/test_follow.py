@@ -32,8 +32,8 @@ def _run(tmp: Path, preset: str, *extra: str) -> tuple[Path, list[ev.Event]]:
 
 @pytest.fixture(scope="module")
 def grey_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[ev.Event]]:
-    """A finished dcgan-mnist run (grey 1-channel grids)."""
-    return _run(tmp_path_factory.mktemp("grey"), "dcgan-mnist")
+    """A finished dcgan-mnist-plain run (grey 1-channel grids)."""
+    return _run(tmp_path_factory.mktemp("grey"), "dcgan-mnist-plain")
 
 
 @pytest.fixture(scope="module")

@@ -110,8 +110,8 @@ def test_resume_with_q_is_exact(runs_dir: Path) -> None:
 
 
 def test_previews_and_samples_give_each_code_value_a_row(runs_dir: Path) -> None:
-    cfg = tiny("dcgan-mnist", "info_codes=10", "n_samples=30")
-    session = start(cfg, "dcgan-mnist", runs_dir=runs_dir, device="cpu")
+    cfg = tiny("dcgan-mnist-plain", "info_codes=10", "n_samples=30")
+    session = start(cfg, "dcgan-mnist-plain", runs_dir=runs_dir, device="cpu")
     previews = [e for e in follow(session, 120) if isinstance(e, ev.Preview)]
     assert session.state == "finished" and not session.error
     fixed = session.trainer.previews.fixed_noise
@@ -131,13 +131,13 @@ def test_previews_and_samples_give_each_code_value_a_row(runs_dir: Path) -> None
 
 
 def test_interpolation_walks_z_and_keeps_each_rows_code() -> None:
-    cfg = tiny("dcgan-mnist", "info_codes=10")
+    cfg = tiny("dcgan-mnist-plain", "info_codes=10")
     z, labels = interpolation(cfg, rows=4, steps=5, seed=1)
     assert labels is None and z.shape == (20, cfg.nz + 10)
     codes = code(cfg, z).view(4, 5)
     assert torch.equal(codes, codes[:, :1].expand(4, 5))  # one code value along a row
     assert torch.equal(z[:, cfg.nz:].sum(1), torch.ones(20))  # never a blend of two values
-    plain_z, _ = interpolation(tiny("dcgan-mnist"), rows=4, steps=5, seed=1)
+    plain_z, _ = interpolation(tiny("dcgan-mnist-plain"), rows=4, steps=5, seed=1)
     assert torch.equal(z[:, :cfg.nz], plain_z)  # the walk through z is a plain run's
 
 

@@ -31,7 +31,7 @@ SMALL = ["batch_size=8", "steps=4", "log_every=2", "sample_every=4", "checkpoint
 
 def folder_cfg(root: Path, *extra: str) -> config.Config:
     """A conditional DCGAN on the class folders under ``root`` at 16x16 RGB."""
-    _, cfg = config.load("dcgan-mnist", [f"data={root}", "dataset=folder", "image_size=16",
+    _, cfg = config.load("dcgan-mnist-plain", [f"data={root}", "dataset=folder", "image_size=16",
                                          "channels=3", "conditioning=onehot", *SMALL, *extra])
     return with_classes(cfg)
 
@@ -125,7 +125,7 @@ def test_labelled_data_of_one_class_is_one_line(tmp_path: Path) -> None:
     data = write_npz(tmp_path / "a.npz", n=32, side=16, channels=3)
     arrays = dict(np.load(data))
     np.savez(data, x=arrays["x"], y=np.zeros(32, np.int64))  # every image in class 0
-    _, cfg = config.load("dcgan-mnist", [f"data={data}", "dataset=array", "image_size=16",
+    _, cfg = config.load("dcgan-mnist-plain", [f"data={data}", "dataset=array", "image_size=16",
                                          "channels=3", *SMALL, "eval_every=0"])
     session = finished(start(cfg, "own", runs_dir=tmp_path / "runs", device="cpu"))
     result = cli("eval", str(session.run_dir), "-n", "20")

@@ -91,7 +91,7 @@ def test_truncated_idx_file_is_refused(tmp_path: Path) -> None:
 def test_labelled_folders_train_conditionally_with_their_names(tmp_path: Path) -> None:
     root = write_class_folders(tmp_path / "shapes", per_class=8)
     (root / "red" / "broken.png").write_bytes(b"not a png")
-    _, cfg = config.load("dcgan-mnist", [f"data={root}", "dataset=folder", "image_size=16",
+    _, cfg = config.load("dcgan-mnist-plain", [f"data={root}", "dataset=folder", "image_size=16",
                                          "channels=3", "conditioning=onehot", *SMALL,
                                          "n_samples=12"])
     session = start(cfg, "own", runs_dir=tmp_path / "runs", device="cpu")
@@ -124,7 +124,7 @@ def test_bad_class_folders_are_one_line(make, message: str, tmp_path: Path) -> N
 
 def test_npz_with_labels_trains_conditionally(tmp_path: Path) -> None:
     data = write_npz(tmp_path / "a.npz", n=32, side=16, channels=3)
-    _, cfg = config.load("dcgan-mnist", [f"data={data}", "dataset=array", "image_size=16",
+    _, cfg = config.load("dcgan-mnist-plain", [f"data={data}", "dataset=array", "image_size=16",
                                          "channels=3", "conditioning=embedding", *SMALL])
     session = start(cfg, "own", runs_dir=tmp_path / "runs", device="cpu")
     finish(session)
@@ -169,7 +169,7 @@ def test_evaluation_scores_labelled_data_by_its_judge_and_like_a_folder(tmp_path
 
 def test_model_args_and_class_names_reach_config_toml_and_run_started(tmp_path: Path) -> None:
     root = write_class_folders(tmp_path / "shapes", per_class=8)
-    _, cfg = config.load("dcgan-mnist", [f"data={root}", "dataset=folder", "image_size=16",
+    _, cfg = config.load("dcgan-mnist-plain", [f"data={root}", "dataset=folder", "image_size=16",
                                          "channels=3", "conditioning=onehot", *SMALL,
                                          "model_args.note=unused", "steps=2"])
     session = start(cfg, "own", runs_dir=tmp_path / "runs", device="cpu")

@@ -128,10 +128,10 @@ def _weights(run: Path) -> dict[str, torch.Tensor]:
 def test_own_model_resumes_exactly_with_spectral_norm_and_ema(own, tmp_path: Path) -> None:
     model, data = own
     sets = tiny_sets(model, data, "spectral_norm=true", "ema=0.9", "loss=hinge")
-    _, cfg = config.load(None, sets)
+    _, cfg = config.load("dcgan-mnist-plain", sets)
     straight = start(cfg, "own", runs_dir=tmp_path / "runs", name="straight", device="cpu")
     finish(straight)
-    _, half = config.load(None, [*sets, "steps=3"])
+    _, half = config.load("dcgan-mnist-plain", [*sets, "steps=3"])
     first = start(half, "own", runs_dir=tmp_path / "runs", name="halves", device="cpu")
     finish(first)
     second = start(None, "", resume=first.run_dir, sets=["steps=6"], device="cpu")
@@ -150,8 +150,8 @@ def test_module_spec_pack_and_spectral_norm_on_any_d(own, tmp_path: Path, monkey
     (package / "__init__.py").write_text("")
     (package / "models.py").write_text(MODEL)
     monkeypatch.syspath_prepend(str(tmp_path))
-    _, cfg = config.load(None, tiny_sets(Path("x"), data, "model=mypkg.models", "pack=2",
-                                             "spectral_norm=true"))
+    _, cfg = config.load("dcgan-mnist-plain", tiny_sets(Path("x"), data, "model=mypkg.models",
+                                                        "pack=2", "spectral_norm=true"))
     assert cfg.model == "mypkg.models"
     G, D = build_models(cfg)
     assert D(torch.zeros(8, 1, 16, 16)).shape == (4,)  # packed in pairs before D
@@ -210,7 +210,7 @@ def test_bad_model_is_one_line_and_leaves_nothing(case: str, source: str | None,
 def test_dry_batch_leaves_buffers_and_rng_alone(own) -> None:
     model, data = own
     model.write_text(MODEL.replace("nn.ReLU(),\n", "nn.BatchNorm1d(width), nn.ReLU(),\n", 1))
-    _, cfg = config.load(None, tiny_sets(model, data))
+    _, cfg = config.load("dcgan-mnist-plain", tiny_sets(model, data))
     from gantui.models import user as usermodel
 
     torch.manual_seed(5)
@@ -228,7 +228,7 @@ def test_an_exception_inside_a_builder_shows_the_users_line(tmp_path: Path) -> N
     model = tmp_path / "m.py"
     model.write_text(MODEL.replace("def generator(cfg):\n",
                                    "def generator(cfg):\n    1 / 0\n"))
-    _, cfg = config.load(None, tiny_sets(model, tmp_path / "x.npz"))
+    _, cfg = config.load("dcgan-mnist-plain", tiny_sets(model, tmp_path / "x.npz"))
     with pytest.raises(UserModelError) as caught:
         build_models(cfg)
     trace = "\n".join(caught.value.trace)

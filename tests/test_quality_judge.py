@@ -230,7 +230,7 @@ class OneDigit(nn.Module):
         return self.image.expand(len(z), -1, -1, -1)
 
 
-def evaluator(trained, preset: str = "dcgan-mnist") -> Evaluator:
+def evaluator(trained, preset: str = "dcgan-mnist-plain") -> Evaluator:
     cfg = config.load(preset)[1]
     return Evaluator(cfg, torch.device("cpu"), n=N_EVAL, cache_dir=trained["cache"])
 
@@ -290,7 +290,7 @@ def test_conditional_scores_follow_the_labels(trained, train_digits) -> None:
 
 
 def test_evaluate_restores_mode_repeats_its_noise_and_spares_the_rng(trained) -> None:
-    cfg = config.load("dcgan-mnist")[1]
+    cfg = config.load("dcgan-mnist-plain")[1]
     G, _ = build_models(cfg)
     G.train()
     before = torch.get_rng_state()
@@ -306,7 +306,7 @@ def test_evaluate_restores_mode_repeats_its_noise_and_spares_the_rng(trained) ->
 
 
 def test_a_generator_at_another_size_is_scored_at_its_size(trained, train_digits) -> None:
-    cfg = config.load("dcgan-mnist", ["image_size=32"])[1]
+    cfg = config.load("dcgan-mnist-plain", ["image_size=32"])[1]
     ev = Evaluator(cfg, torch.device("cpu"), n=N_EVAL, cache_dir=trained["cache"])
     images, labels = train_digits
     big = nn.functional.interpolate(images.float(), size=(32, 32), mode="bilinear",

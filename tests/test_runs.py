@@ -124,11 +124,11 @@ def test_scan_skips_non_runs_and_survives_broken_ones(tmp_path: Path) -> None:
 
 def test_newest_first_and_preset_from_config(tmp_path: Path) -> None:
     _write_run(tmp_path / "old", ["running", "finished"], age=1_000_000.0)
-    _write_run(tmp_path / "new", ["running"], preset="dcgan-mnist", age=2_000_000.0)
+    _write_run(tmp_path / "new", ["running"], preset="dcgan-mnist-plain", age=2_000_000.0)
     _write_run(tmp_path / "mid", ["running", "stopped"], age=1_500_000.0)
     found = scan_runs(tmp_path, alive)
     assert [r.name for r in found] == ["new", "mid", "old"]
-    assert found[0].preset == "dcgan-mnist" and found[0].updated == 2_000_000.0
+    assert found[0].preset == "dcgan-mnist-plain" and found[0].updated == 2_000_000.0
 
 
 def test_last_metrics_come_from_the_tail_past_a_torn_line(tmp_path: Path, monkeypatch) -> None:

@@ -221,8 +221,9 @@ def test_nonfinite_pauses_when_asked(runs_dir: Path) -> None:
 
 def test_losses_and_inits_are_selectable(runs_dir: Path) -> None:
     for loss in ("saturating", "hinge", "lsgan"):
-        cfg = tiny("dcgan-mnist", f"loss={loss}", "weight_init=default", "label_smoothing=0.1")
-        session = start(cfg, "dcgan-mnist", runs_dir=runs_dir, device="cpu")
+        cfg = tiny("dcgan-mnist-plain", f"loss={loss}", "weight_init=default",
+                   "label_smoothing=0.1")
+        session = start(cfg, "dcgan-mnist-plain", runs_dir=runs_dir, device="cpu")
         follow(session, 60)
         assert session.state == "finished", loss
 

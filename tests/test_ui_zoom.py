@@ -21,7 +21,7 @@ def finished(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("zoom")
     out = {}
     for preset, extra in (("cdcgan-mnist", ("steps=9", "n_samples=30")),
-                          ("ring-8", ("steps=60",)), ("dcgan-mnist", ("steps=6",))):
+                          ("ring-8", ("steps=60",)), ("dcgan-mnist-plain", ("steps=6",))):
         session = start(tiny(preset, "eval_every=0", *extra), preset, runs_dir=root,
                         device="cpu")
         follow(session, 120)
@@ -65,7 +65,7 @@ def test_zoom_shows_the_whole_labelled_grid_and_steps_back(finished, size) -> No
     asyncio.run(main())
 
 
-@pytest.mark.parametrize("preset", ["ring-8", "dcgan-mnist"])
+@pytest.mark.parametrize("preset", ["ring-8", "dcgan-mnist-plain"])
 def test_zoom_on_unconditional_runs(finished, preset: str) -> None:
     app = GantuiApp(RunFollower(finished[preset]).drain, None)
 

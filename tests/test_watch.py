@@ -25,7 +25,7 @@ from .test_cli import wait_for
 
 
 def test_watch_shows_a_finished_run_and_follows_appended_metrics(runs_dir: Path) -> None:
-    session = start(tiny("dcgan-mnist"), "dcgan-mnist", runs_dir=runs_dir, device="cpu")
+    session = start(tiny("dcgan-mnist-plain"), "dcgan-mnist-plain", runs_dir=runs_dir, device="cpu")
     follow(session, 120)
     run = session.run_dir
     app = GantuiApp(RunFollower(run).drain, None, attached=True)
@@ -34,7 +34,7 @@ def test_watch_shows_a_finished_run_and_follows_appended_metrics(runs_dir: Path)
     async def main() -> None:
         async with app.run_test(size=(80, 24)) as pilot:
             await until(pilot, lambda: app.model.step == last["step"])
-            assert app.model.state == "finished" and app.model.preset == "dcgan-mnist"
+            assert app.model.state == "finished" and app.model.preset == "dcgan-mnist-plain"
             assert len(app.model.series["loss_d"]) == len(RunStore.open(run).metrics())
             assert app.model.image is not None  # the newest samples/ PNG
             await until(pilot, lambda: all(p.draws for p in app.plots))

@@ -6,7 +6,7 @@ statistics (as gantui did, and as many training scripts do) leaves the averaged 
 normalising with the wrong numbers in eval mode. Before the averaged G is shown, scored or
 saved, :func:`calibrate` recomputes its statistics from its own activations on fresh noise
 ("standing statistics", as BigGAN does), once per step at most. Measured on MNIST at 8,000
-steps (seed 0): ``judge_fd`` 0.958 -> 0.902 (``dcgan-mnist-clusters``) and 0.581 -> 0.562
+steps (seed 0): ``judge_fd`` 0.958 -> 0.902 (``dcgan-mnist``) and 0.581 -> 0.562
 (``cdcgan-mnist``) from the same averaged weights.
 
 The noise comes from a generator seeded by the run's seed and the step, never from the

@@ -246,7 +246,7 @@ def parse_modes(text: str) -> tuple[str, ...]:
     return tuple(m for m in MODES if m in asked)
 
 
-def run_bench(preset: str = "dcgan-mnist", steps: int = 200, device: str = "cpu",
+def run_bench(preset: str = "dcgan-mnist-plain", steps: int = 200, device: str = "cpu",
               data: str | None = None, rounds: int = 3, sets: list[str] | None = None,
               say: Callable[[str], None] = print, modes: tuple[str, ...] = MODES
               ) -> BenchResult:

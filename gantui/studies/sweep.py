@@ -302,9 +302,9 @@ def plan_command(preset: str | None, vary: list[str], study: str | None, seeds: 
         seeds = found.seeds if seeds is None else seeds
         preset = preset or found.preset or None
         zipped = zipped or found.zipped
-        name = name or f"{found.name}-{(preset or 'dcgan-mnist')}"
-    return plan(preset or "dcgan-mnist", vary, 1 if seeds is None else seeds, sets, name,
-                runs_dir, zipped)
+        name = name or f"{found.name}-{(preset or config_mod.DEFAULT_PRESET)}"
+    return plan(preset or config_mod.DEFAULT_PRESET, vary, 1 if seeds is None else seeds, sets,
+                name, runs_dir, zipped)
 
 
 class Sweep:
