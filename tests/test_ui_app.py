@@ -213,6 +213,8 @@ def test_edit_modal_sets_any_live_key(tmp_path):
             await pilot.press("e")
             modal = app.screen
             assert isinstance(modal, KeyValueModal)
+            # pushed is not yet composed: on loaded cores the widgets mount a frame later
+            await until(pilot, lambda: bool(modal.query("#key-label")))
             modal.select("d_steps")
             assert modal.query_one("#value", Input).value == "1"
             modal.query_one("#value", Input).value = "2.5"
