@@ -689,12 +689,13 @@ def clusters_give_way(values: dict[str, Any], sets: list[str] | tuple[str, ...])
     """A preset's ``clusters`` (the default preset has 50) give way to a ``--set`` that rules
     them out: your own model or encoder, class labels, ``info_codes`` or data not held in
     memory. ``{"clusters": 0}`` when that applies, else {}; ``--set clusters=N`` with any of
-    them is refused by :func:`validate` as before."""
+    them is refused by :func:`validate` as before. Works on the raw values: a Config checks
+    itself when built, and would refuse the preset's clusters beside those keys."""
     keys = {parse_assignment(item)[0] for item in sets}
     if not values.get("clusters") or "clusters" in keys:
         return {}
-    defaults = Config()
-    given = {k: values.get(k, getattr(defaults, k)) for k in
+    fields = Config.__dataclass_fields__  # the defaults, without building (and validating) one
+    given = {k: values.get(k, fields[k].default) for k in
              ("model", "encoder", "conditioning", "info_codes", "dataset")}
     rules_out = {
         "model": bool(given["model"]), "encoder": bool(given["encoder"]),

@@ -33,7 +33,7 @@ def test_default_preset_is_dcgan_mnist_with_the_issue_values() -> None:
 
 
 def test_the_config_defaults_are_the_plain_dcgan_preset() -> None:
-    name, cfg = config.load("dcgan-mnist-plain")
+    _, cfg = config.load("dcgan-mnist-plain")
     assert cfg.replace(description="").to_dict() == config.Config(description="").to_dict()
     assert (cfg.clusters, cfg.ema) == (0, 0.0)
 
