@@ -268,6 +268,8 @@ DIFFAUG = ("color", "translation", "cutout")
 """The augmentations ``diffaug`` may name, in the order they are applied."""
 
 POINT_SETS = ("ring8", "grid25")
+POINT_PRESETS = {"ring8": "ring-8", "grid25": "grid-25"}
+"""The preset that trains each 2-D mixture, named in the errors of a config that cannot."""
 """Data sets of 2-D points (Gaussian mixtures) rather than images."""
 
 LIVE_KEYS: tuple[str, ...] = (
@@ -468,6 +470,12 @@ sign, decimal point and exponent, underscores only between digits (``5000``, ``1
 ``1e-4``, ``.5``); no spaces and no other scripts' digits."""
 
 
+def _point_preset(dataset: str) -> str:
+    """`` (--preset ring-8 trains it)`` for a 2-D mixture, else nothing."""
+    preset = POINT_PRESETS.get(dataset)
+    return f" (--preset {preset} trains it)" if preset else ""
+
+
 def _got(value: int | float) -> str:
     """A rejected number as echoed in an error: grouped digits, cut when absurdly long."""
     return safe(f"{value:,}" if isinstance(value, int) else f"{value}", 40)
@@ -545,11 +553,13 @@ def validate(cfg: Config) -> None:
                         f"; choose from {', '.join(DIFFAUG)}")
     _check(len(set(cfg.diffaug)) == len(cfg.diffaug), "diffaug names an augmentation twice")
     _check(not (cfg.diffaug and cfg.dataset in POINT_SETS),
-           f"diffaug augments images; dataset {cfg.dataset} is 2-D points")
+           f"diffaug augments images; dataset {cfg.dataset} is 2-D points"
+           f"{_point_preset(cfg.dataset)}")
     _check(not cfg.class_names or len(cfg.class_names) == cfg.n_classes,
            f"class_names lists {len(cfg.class_names)} names for n_classes {cfg.n_classes}")
     if cfg.arch == "dcgan" and not cfg.model:
-        _check(cfg.dataset not in POINT_SETS, f"dataset {cfg.dataset} needs arch = mlp")
+        _check(cfg.dataset not in POINT_SETS,
+               f"dataset {cfg.dataset} needs arch = mlp{_point_preset(cfg.dataset)}")
         _check(dcgan_start_size(cfg.image_size) is not None,
                f"arch dcgan needs image_size 28 or 4*2^k (8, 16, 32, 64, 128...); "
                f"got {cfg.image_size}")

@@ -109,6 +109,11 @@ def test_cross_field_checks() -> None:
         config.load("dcgan-mnist-plain", ["image_size=30"])
     with pytest.raises(ConfigError, match="ring8 needs arch = mlp"):
         config.load("ring-8", ["arch=dcgan"])
+    # the default preset pointed at a mixture is refused with the preset that trains it
+    with pytest.raises(ConfigError, match=r"ring8 is 2-D points \(--preset ring-8 trains it\)"):
+        config.load("dcgan-mnist", ["dataset=ring8"])
+    with pytest.raises(ConfigError, match=r"grid25 needs arch = mlp \(--preset grid-25 "):
+        config.load("dcgan-mnist-plain", ["dataset=grid25"])
     with pytest.raises(ConfigError, match="conditional models need labelled data"):
         config.load("ring-8", ["conditioning=onehot", "pack=1"])  # folders: class folders
     with pytest.raises(ConfigError, match="g_norm applies to the built-in MLP generator"):
