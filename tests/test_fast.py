@@ -24,7 +24,8 @@ CPU = torch.device("cpu")
 
 @pytest.mark.parametrize(("preset", "extra"), [
     ("ring-8", ()), ("dcgan-mnist-plain", ()), ("cdcgan-mnist", ()),
-    ("dcgan-mnist-plain", ("r1_gamma=0.1", "r1_every=3"))])  # lazy R1 on steps 0 and 3 of 4
+    ("dcgan-mnist-plain", ("r1_gamma=0.1", "r1_every=3")),  # lazy R1 on steps 0 and 3 of 4
+    ("dcgan-mnist", ("diffaug=translation,cutout",))])  # clusters, DiffAugment and EMA
 def test_the_bare_loop_trains_exactly_what_the_trainer_trains(preset: str, extra: tuple,
                                                               tmp_path: Path) -> None:
     """Same seed, same steps: bit-identical weights, so bench ratios compare like with like."""
@@ -39,9 +40,27 @@ def test_the_bare_loop_trains_exactly_what_the_trainer_trains(preset: str, extra
             trainer.d_step()
         trainer.g_step()
         trainer.step += 1  # as the run loop counts (lazy R1 reads it)
-    for ours, theirs in ((bare.G, trainer.G), (bare.D, trainer.D)):
+    pairs = [(bare.G, trainer.G), (bare.D, trainer.D)]
+    assert (bare.G_ema is None) == (trainer.G_ema is None) == (not cfg.ema)
+    if cfg.ema:
+        pairs.append((bare.G_ema, trainer.G_ema))
+    for ours, theirs in pairs:
         for a, b in zip(ours.state_dict().values(), theirs.state_dict().values(), strict=True):
             assert torch.equal(a, b)
+
+
+def test_the_bench_names_what_its_bare_loop_leaves_out() -> None:
+    from gantui.perf.bench import BenchResult, _not_in_bare, report
+
+    assert _not_in_bare(tiny("dcgan-mnist")) == ""  # clusters, diffaug and EMA are in it
+    assert _not_in_bare(tiny("grid-25")) == "InfoGAN's Q"
+    assert _not_in_bare(tiny("ecgan-mnist")) == "the encoder"
+    result = BenchResult("grid-25", "cpu", "cpu", 40, bare_leaves_out="InfoGAN's Q")
+    for mode in result.modes:
+        result.rounds[mode].append(100.0)
+    assert "the bare loop trains without InfoGAN's Q" in report(result)
+    result.bare_leaves_out = ""
+    assert "trains without" not in report(result)
 
 
 def test_flops_and_peaks() -> None:

@@ -1,10 +1,13 @@
 """The yardsticks of ``gantui bench``: a bare training loop and the data pipeline alone.
 
-The bare loop trains the same models on the same batches with the same losses, optimizers
-and speed options as :class:`~gantui.engine.trainer.Trainer`, and nothing else: no events,
+The bare loop trains the same models on the same batches with the same losses, optimizers,
+speed options, DiffAugment (``diffaug``), R1 and moving average of G (``ema``) as
+:class:`~gantui.engine.trainer.Trainer`, and nothing else: no events,
 no store, no statistics, no previews, no control. It syncs with the device once per
 ``log_every`` steps, as the trainer does, and reports images per second over the intervals
-after the first (the warm-up), the way ``metrics.jsonl`` is read for the trainer.
+after the first (the warm-up), the way ``metrics.jsonl`` is read for the trainer. An
+encoder (``encoder``) or InfoGAN's Q (``info_codes``) is not in it: with those the trainer's
+extra networks count as its overhead, which ``gantui bench`` says.
 
 Run as ``python -m gantui.perf.bare SPEC_JSON`` so each measurement is a fresh process; it
 prints one JSON object.
@@ -13,6 +16,7 @@ prints one JSON object.
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 import statistics
 import sys
@@ -25,7 +29,8 @@ from gantui import config as config_mod
 from gantui import procs
 from gantui.config import Config
 from gantui.data.batches import make_batches
-from gantui.engine import fast
+from gantui.engine import ema, fast
+from gantui.engine.augment import diff_augment
 from gantui.engine.losses import d_loss, g_loss, r1_due, r1_penalty
 from gantui.errors import GantuiError
 from gantui.models.latent import training_noise
@@ -52,6 +57,12 @@ class BareLoop:
         self.batches = make_batches(cfg, device)
         self.noise = torch.Generator(device=device).manual_seed(cfg.seed + 1)
         self.amp = cfg.amp and device.type == "cuda"
+        self.G_ema = None
+        if cfg.ema:  # as the trainer keeps it: a frozen copy moved after each G step
+            self.G_ema = copy.deepcopy(self.G).requires_grad_(False).eval()
+
+    def _augment(self, x: torch.Tensor) -> torch.Tensor:
+        return diff_augment(x, self.cfg.diffaug, self.noise)
 
     def _z(self, n: int) -> tuple[torch.Tensor, torch.Tensor | None]:
         return training_noise(self.cfg, n, self.noise, self.device)
@@ -72,8 +83,8 @@ class BareLoop:
             r1 = r1_due(cfg.r1_gamma, cfg.r1_every, self.steps)
             with self._autocast():
                 with torch.no_grad():
-                    fake = self.g(z, y_fake)
-                x, d = self.input(x), self.d
+                    fake = self._augment(self.g(z, y_fake))
+                x, d = self._augment(self.input(x)), self.d
                 if r1:  # as the trainer: R1 needs the real batch's gradient, D eager
                     x, d = x.detach().requires_grad_(True), self.d_eager
                 out_real = d(x, y)
@@ -88,11 +99,13 @@ class BareLoop:
         z, y = self._z(cfg.batch_size)
         self.D.requires_grad_(False)
         with self._autocast():
-            loss = g_loss(cfg.loss, self.d(self.g(z, y), y).float())
+            loss = g_loss(cfg.loss, self.d(self._augment(self.g(z, y)), y).float())
         self.opt_g.zero_grad(set_to_none=True)
         loss.backward()
         self.D.requires_grad_(True)
         self.opt_g.step()
+        if self.G_ema is not None:
+            ema.update(self.G_ema, self.G, cfg.ema)
         self.steps += 1
         return images
 

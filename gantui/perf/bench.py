@@ -171,6 +171,9 @@ class BenchResult:
     flops_per_image: float = 0.0
     precision: str = "fp32"
     peak: float | None = None
+    bare_leaves_out: str = ""
+    """The networks the training runs have and the bare loop does not (an encoder, InfoGAN's
+    Q), named in the report: their work counts as the trainer's overhead."""
     modes: tuple[str, ...] = MODES
     """The modes measured (``--modes``); ratios need ``bare``, the data's headroom and the
     FLOP/s achieved need ``headless``."""
@@ -276,7 +279,7 @@ def run_bench(preset: str = "dcgan-mnist-plain", steps: int = 200, device: str =
     resolved, name, precision = _device_facts(device, sets, preset)
     result = BenchResult(preset, resolved, name, steps, precision=precision,
                          peak=peak_flops(name, precision) if resolved.startswith("cuda")
-                         else None, modes=modes)
+                         else None, modes=modes, bare_leaves_out=_not_in_bare(cfg))
     with (procs.on_stop_signals(procs.raise_stopped()),
           tempfile.TemporaryDirectory(prefix="gantui-bench-") as tmp):
         cwd = Path(tmp)
@@ -305,6 +308,13 @@ def run_bench(preset: str = "dcgan-mnist-plain", steps: int = 200, device: str =
             result.decode_img_per_s = decoded["img_per_s"]
             say(f"data decoding files   {result.decode_img_per_s:>12,.1f} img/s")
     return result
+
+
+def _not_in_bare(cfg: Any) -> str:
+    """What of ``cfg``'s training the bare loop does not do (empty: all of it)."""
+    left = [what for what, on in (("the encoder", cfg.encoder), ("InfoGAN's Q", cfg.info_codes))
+            if on]
+    return " and ".join(left)
 
 
 def report(result: BenchResult) -> str:
@@ -336,6 +346,9 @@ def report(result: BenchResult) -> str:
                      f"{result.decode_img_per_s / used if used else 0:>7.1f}x with "
                      f"data_cache=false (the files decoded by num_workers)")
     lines.append("img/s: median over rounds; spread: (max - min) / median, the machine's noise")
+    if result.bare_leaves_out and "bare" in result.modes:
+        lines.append(f"the bare loop trains without {result.bare_leaves_out}: their work "
+                     f"counts as overhead in the ratios")
     if not {"bare", "headless"} <= set(result.modes):
         return "\n".join(lines)  # the FLOPs are counted by the bare loop, used by headless
     flops = result.flops_per_image
