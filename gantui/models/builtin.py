@@ -190,22 +190,37 @@ class DCGANDiscriminator(nn.Module):
         convolution of ``x`` plus, for the one map that is on, that class's kernel run over a
         map of ones: a response each class has whatever the image, so it is computed once
         per call for every class (C+K input channels cost C). The same weights and the same
-        function as the concatenation; with 50 clusters it is most of D's work saved."""
+        function as the concatenation; with 50 clusters it is most of D's work saved.
+
+        The responses are a matrix product (each output pixel sums the kernel taps that land
+        inside the image) and are picked per sample as embedding rows, summed over stacked
+        MNIST's three label blocks: as a convolution of ones and an index they took a fifth
+        of a stacked-mnist step on one CPU thread (150 codes, ndf 64; 2026-12-06)."""
         first = self.net[0]
         weight = first.weight  # read once: spectral norm's power iteration runs per read
         c = x.shape[1]
         image = nn.functional.conv2d(x, weight[:, :c], None, first.stride, first.padding)
         labels = weight[:, c:]  # (out, K, kh, kw)
-        out, k = labels.shape[:2]
-        ones = x.new_ones(1, 1, x.shape[2], x.shape[3])
-        per_class = nn.functional.conv2d(  # (1, K*out, h, w): each class's map of ones
-            ones, labels.transpose(0, 1).reshape(k * out, 1, *labels.shape[2:]).to(x.dtype),
-            None, first.stride, first.padding).view(k, out, *image.shape[2:])
+        out, k, kh, kw = labels.shape
+        h, w = image.shape[2:]
+        taps = _inside_taps(x.shape[2:], first, x.device)  # (kh*kw, h*w)
+        per_class = (labels.transpose(0, 1).reshape(k * out, kh * kw) @ taps.to(labels.dtype))
+        per_class = per_class.reshape(k, out * h * w).to(image.dtype)
         if y.ndim == 1:
-            return image + per_class[y]
+            return image + nn.functional.embedding(y, per_class).view_as(image)
         # one label per group: block g's maps are channels g*K ... g*K + K - 1
         offsets = torch.arange(y.shape[1], device=y.device) * self.label.n_classes
-        return image + per_class[y + offsets].sum(1)
+        picked = nn.functional.embedding_bag(y + offsets, per_class, mode="sum")
+        return image + picked.view_as(image)
+
+
+def _inside_taps(size: torch.Size, conv: nn.Conv2d, device: torch.device) -> torch.Tensor:
+    """(kh*kw, h*w): 1 where kernel tap t of ``conv`` lands inside an image of ``size`` of
+    ones for output pixel p (0 where it lands on the zero padding)."""
+    kh, kw = conv.kernel_size
+    ones = torch.ones(1, 1, *size, device=device)
+    eye = torch.eye(kh * kw, device=device).view(kh * kw, 1, kh, kw)
+    return nn.functional.conv2d(ones, eye, None, conv.stride, conv.padding)[0].flatten(1)
 
 
 def _conv_trunk(cfg: Config) -> tuple[nn.Sequential, int]:
