@@ -25,7 +25,8 @@ CPU = torch.device("cpu")
 @pytest.mark.parametrize(("preset", "extra"), [
     ("ring-8", ()), ("dcgan-mnist-plain", ()), ("cdcgan-mnist", ()),
     ("dcgan-mnist-plain", ("r1_gamma=0.1", "r1_every=3")),  # lazy R1 on steps 0 and 3 of 4
-    ("dcgan-mnist", ("diffaug=translation,cutout",))])  # clusters, DiffAugment and EMA
+    ("dcgan-mnist", ("diffaug=translation,cutout",)),  # clusters, DiffAugment and EMA
+    ("dcgan-mnist-plain", ("instance_noise=0.1", "lr_decay=cosine"))])
 def test_the_bare_loop_trains_exactly_what_the_trainer_trains(preset: str, extra: tuple,
                                                               tmp_path: Path) -> None:
     """Same seed, same steps: bit-identical weights, so bench ratios compare like with like."""
@@ -36,6 +37,8 @@ def test_the_bare_loop_trains_exactly_what_the_trainer_trains(preset: str, extra
                       name="t")
     for _ in range(4):
         bare.step()
+        if cfg.lr_decay != "none":  # as the run loop does before each step (ring-8: linear)
+            trainer.apply_optimizer_settings()
         for _ in range(cfg.d_steps):
             trainer.d_step()
         trainer.g_step()

@@ -1,7 +1,8 @@
 """The yardsticks of ``gantui bench``: a bare training loop and the data pipeline alone.
 
 The bare loop trains the same models on the same batches with the same losses, optimizers,
-speed options, DiffAugment (``diffaug``), R1 and moving average of G (``ema``) as
+speed options, lr schedule, DiffAugment (``diffaug``), instance noise, R1 and moving
+average of G (``ema``) as
 :class:`~gantui.engine.trainer.Trainer`, and nothing else: no events,
 no store, no statistics, no previews, no control. It syncs with the device once per
 ``log_every`` steps, as the trainer does, and reports images per second over the intervals
@@ -32,6 +33,7 @@ from gantui.data.batches import make_batches
 from gantui.engine import ema, fast
 from gantui.engine.augment import diff_augment
 from gantui.engine.losses import d_loss, g_loss, r1_due, r1_penalty
+from gantui.engine.trainer import lr_factor
 from gantui.errors import GantuiError
 from gantui.models.latent import training_noise
 
@@ -57,12 +59,20 @@ class BareLoop:
         self.batches = make_batches(cfg, device)
         self.noise = torch.Generator(device=device).manual_seed(cfg.seed + 1)
         self.amp = cfg.amp and device.type == "cuda"
+        per_epoch = self.batches.steps_per_epoch
+        self.total = cfg.epochs * per_epoch if cfg.epochs > 0 and per_epoch else cfg.steps
         self.G_ema = None
         if cfg.ema:  # as the trainer keeps it: a frozen copy moved after each G step
             self.G_ema = copy.deepcopy(self.G).requires_grad_(False).eval()
 
     def _augment(self, x: torch.Tensor) -> torch.Tensor:
-        return diff_augment(x, self.cfg.diffaug, self.noise)
+        """What D sees, drawn in the trainer's order: DiffAugment, then instance noise."""
+        x = diff_augment(x, self.cfg.diffaug, self.noise)
+        sigma = self.cfg.instance_noise * max(0.0, 1.0 - self.steps / self.total)
+        if sigma == 0:
+            return x
+        return x + sigma * torch.randn(x.shape, device=x.device, generator=self.noise,
+                                       dtype=x.dtype)
 
     def _z(self, n: int) -> tuple[torch.Tensor, torch.Tensor | None]:
         return training_noise(self.cfg, n, self.noise, self.device)
@@ -76,6 +86,11 @@ class BareLoop:
         """One training step; returns the real images it consumed."""
         cfg = self.cfg
         images = 0
+        if cfg.lr_decay != "none":  # as the trainer sets the rates before each step
+            scale = lr_factor(cfg.lr_decay, self.steps, self.total)
+            for opt, lr in ((self.opt_g, cfg.lr_g), (self.opt_d, cfg.lr_d)):
+                for group in opt.param_groups:
+                    group["lr"] = lr * scale
         for _ in range(cfg.d_steps):
             x, y = self.batches.next()
             n = x.shape[0]
