@@ -268,9 +268,10 @@ DIFFAUG = ("color", "translation", "cutout")
 """The augmentations ``diffaug`` may name, in the order they are applied."""
 
 POINT_SETS = ("ring8", "grid25")
+"""Data sets of 2-D points (Gaussian mixtures) rather than images."""
+
 POINT_PRESETS = {"ring8": "ring-8", "grid25": "grid-25"}
 """The preset that trains each 2-D mixture, named in the errors of a config that cannot."""
-"""Data sets of 2-D points (Gaussian mixtures) rather than images."""
 
 LIVE_KEYS: tuple[str, ...] = (
     "lr_g",

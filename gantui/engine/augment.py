@@ -14,7 +14,7 @@ from collections.abc import Iterable
 import torch
 import torch.nn.functional as F
 
-from gantui.config import DIFFAUG
+from gantui.config import DIFFAUG, Config
 
 TRANSLATION_RATIO = 0.125
 """Largest shift, as a fraction of the image side."""
@@ -45,6 +45,21 @@ def diff_augment(x: torch.Tensor, policy: Iterable[str], gen: torch.Generator) -
     if "cutout" in names:
         x = cutout(x, gen)
     return x
+
+
+def perturb(x: torch.Tensor, cfg: Config, step: int, total: int,
+            gen: torch.Generator) -> torch.Tensor:
+    """What D sees of a real or generated batch at ``step`` of ``total``: DiffAugment
+    (``cfg.diffaug``), then N(0, sigma^2) instance noise with sigma annealed from
+    ``cfg.instance_noise`` to 0; every draw from ``gen``, in that order (the trainer and the
+    bench's bare loop share it, so both draw alike)."""
+    x = diff_augment(x, cfg.diffaug, gen)
+    if not cfg.instance_noise:
+        return x
+    sigma = cfg.instance_noise * max(0.0, 1.0 - step / total)
+    if sigma == 0:
+        return x
+    return x + sigma * torch.randn(x.shape, device=x.device, generator=gen, dtype=x.dtype)
 
 
 def _uniform(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:

@@ -15,7 +15,6 @@ or many run the same code: a single process talks to itself through
 from __future__ import annotations
 
 import contextlib
-import copy
 import math
 import os
 import time
@@ -30,7 +29,7 @@ from gantui.data.batches import make_batches
 from gantui.data.sources import Batches
 from gantui.engine import checkpoint as ckpt
 from gantui.engine import distributed, ema, fast
-from gantui.engine.augment import diff_augment
+from gantui.engine.augment import perturb
 from gantui.engine.commands import Commands
 from gantui.engine.control import Controller
 from gantui.engine.distributed import SINGLE, Channel, LocalChannel, World
@@ -105,7 +104,7 @@ class Trainer:
         """An exponential moving average of G's weights (``ema`` > 0): what previews,
         evaluation and sampling show."""
         if cfg.ema:
-            self.G_ema = _frozen_copy(self.G)
+            self.G_ema = ema.frozen_copy(self.G)
         self._ema_calibrated = -1
         """The step G_ema's batch-norm statistics were last computed for (see G_eval)."""
         betas = (cfg.beta1, cfg.beta2)
@@ -136,7 +135,7 @@ class Trainer:
         self.amp = cfg.amp and device.type == "cuda"
 
         self.step = 0
-        self.total_steps = self._total_steps()
+        self.total_steps = total_steps(cfg, self.batches)
         self.health = HealthMonitor(data_fix=getattr(self.batches, "data_fix", ""))
         self._excluded = 0.0  # seconds in this log interval spent evaluating, not training
         self._waited = 0.0  # seconds in this log interval spent waiting for batches
@@ -182,13 +181,6 @@ class Trainer:
             raise GantuiError("r1_gamma > 0 cannot go with sync_bn: SyncBatchNorm has no "
                               "second derivative; use sync_bn=false or spectral_norm=true "
                               "(no batch norm in D)")
-
-    def _total_steps(self) -> int:
-        if self.cfg.epochs > 0:
-            if self.batches.steps_per_epoch is None:
-                raise GantuiError(f"dataset {self.cfg.dataset} has no epochs; set steps instead")
-            return self.cfg.epochs * self.batches.steps_per_epoch
-        return self.cfg.steps
 
     def add_note(self, event: ev.Event) -> None:
         """Queue a lifecycle event to be journaled when the run starts."""
@@ -388,19 +380,9 @@ class Trainer:
         return adversarial + self.cfg.recon_weight * l1 + self.cfg.kl_weight * kl
 
     def _perturb(self, x: torch.Tensor) -> torch.Tensor:
-        """What D sees of a real or generated batch: DiffAugment (``diffaug``), then instance
-        noise; both draw from :attr:`noise`, saved in checkpoints."""
-        return self._instance_noise(diff_augment(x, self.cfg.diffaug, self.noise))
-
-    def _instance_noise(self, x: torch.Tensor) -> torch.Tensor:
-        """``x`` plus N(0, sigma^2) noise, sigma annealed from ``instance_noise`` to 0."""
-        if not self.cfg.instance_noise:
-            return x
-        sigma = self.cfg.instance_noise * max(0.0, 1.0 - self.step / self.total_steps)
-        if sigma == 0:
-            return x
-        noise = torch.randn(x.shape, device=x.device, generator=self.noise, dtype=x.dtype)
-        return x + sigma * noise
+        """What D sees of a real or generated batch (:func:`augment.perturb`: DiffAugment,
+        then instance noise); the draws come from :attr:`noise`, saved in checkpoints."""
+        return perturb(x, self.cfg, self.step, self.total_steps, self.noise)
 
     # ---- log / sample / checkpoint -----------------------------------------------------
 
@@ -551,10 +533,7 @@ class Trainer:
             optimizers.append((self.opt_e, self.cfg.lr_g))  # E learns with G
         if self.opt_q is not None:
             optimizers.append((self.opt_q, self.cfg.lr_d))  # Q reads samples as D does
-        for opt, lr in optimizers:
-            for group in opt.param_groups:
-                group["lr"] = lr * scale
-                group["betas"] = betas
+        apply_rates(optimizers, scale, betas)
 
     # ---- lifecycle ---------------------------------------------------------------------
 
@@ -613,10 +592,25 @@ def lr_factor(schedule: str, step: int, total: int) -> float:
     return 0.5 * (1.0 + math.cos(math.pi * progress))  # cosine
 
 
-def _frozen_copy(module: torch.nn.Module) -> torch.nn.Module:
-    copied = copy.deepcopy(module).eval()
-    copied.requires_grad_(False)
-    return copied
+def total_steps(cfg: Config, batches: Batches) -> int:
+    """The steps a run of ``cfg`` trains: ``epochs`` passes over ``batches``, else ``steps``.
+
+    Raises:
+        GantuiError: ``epochs`` on a stream with no epochs (the 2-D mixtures)."""
+    if cfg.epochs > 0:
+        if batches.steps_per_epoch is None:
+            raise GantuiError(f"dataset {cfg.dataset} has no epochs; set steps instead")
+        return cfg.epochs * batches.steps_per_epoch
+    return cfg.steps
+
+
+def apply_rates(optimizers: list[tuple[torch.optim.Optimizer, float]], scale: float,
+                betas: tuple[float, float]) -> None:
+    """Set each optimizer's lr to its base lr times ``scale``, and its betas."""
+    for opt, lr in optimizers:
+        for group in opt.param_groups:
+            group["lr"] = lr * scale
+            group["betas"] = betas
 
 
 def _metrics_record(event: ev.Metrics | ev.Quality) -> dict[str, Any]:

@@ -17,7 +17,6 @@ prints one JSON object.
 from __future__ import annotations
 
 import contextlib
-import copy
 import json
 import statistics
 import sys
@@ -31,9 +30,9 @@ from gantui import procs
 from gantui.config import Config
 from gantui.data.batches import make_batches
 from gantui.engine import ema, fast
-from gantui.engine.augment import diff_augment
+from gantui.engine.augment import perturb
 from gantui.engine.losses import d_loss, g_loss, r1_due, r1_penalty
-from gantui.engine.trainer import lr_factor
+from gantui.engine.trainer import apply_rates, lr_factor, total_steps
 from gantui.errors import GantuiError
 from gantui.models.latent import training_noise
 
@@ -59,20 +58,12 @@ class BareLoop:
         self.batches = make_batches(cfg, device)
         self.noise = torch.Generator(device=device).manual_seed(cfg.seed + 1)
         self.amp = cfg.amp and device.type == "cuda"
-        per_epoch = self.batches.steps_per_epoch
-        self.total = cfg.epochs * per_epoch if cfg.epochs > 0 and per_epoch else cfg.steps
-        self.G_ema = None
-        if cfg.ema:  # as the trainer keeps it: a frozen copy moved after each G step
-            self.G_ema = copy.deepcopy(self.G).requires_grad_(False).eval()
+        self.total = total_steps(cfg, self.batches)
+        # as the trainer keeps it: a frozen copy moved after each G step
+        self.G_ema = ema.frozen_copy(self.G) if cfg.ema else None
 
     def _augment(self, x: torch.Tensor) -> torch.Tensor:
-        """What D sees, drawn in the trainer's order: DiffAugment, then instance noise."""
-        x = diff_augment(x, self.cfg.diffaug, self.noise)
-        sigma = self.cfg.instance_noise * max(0.0, 1.0 - self.steps / self.total)
-        if sigma == 0:
-            return x
-        return x + sigma * torch.randn(x.shape, device=x.device, generator=self.noise,
-                                       dtype=x.dtype)
+        return perturb(x, self.cfg, self.steps, self.total, self.noise)
 
     def _z(self, n: int) -> tuple[torch.Tensor, torch.Tensor | None]:
         return training_noise(self.cfg, n, self.noise, self.device)
@@ -87,10 +78,8 @@ class BareLoop:
         cfg = self.cfg
         images = 0
         if cfg.lr_decay != "none":  # as the trainer sets the rates before each step
-            scale = lr_factor(cfg.lr_decay, self.steps, self.total)
-            for opt, lr in ((self.opt_g, cfg.lr_g), (self.opt_d, cfg.lr_d)):
-                for group in opt.param_groups:
-                    group["lr"] = lr * scale
+            apply_rates([(self.opt_g, cfg.lr_g), (self.opt_d, cfg.lr_d)],
+                        lr_factor(cfg.lr_decay, self.steps, self.total), (cfg.beta1, cfg.beta2))
         for _ in range(cfg.d_steps):
             x, y = self.batches.next()
             n = x.shape[0]

@@ -33,11 +33,14 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gantui import procs
 from gantui.errors import GantuiError
 from gantui.files import read_jsonl
+
+if TYPE_CHECKING:  # the config loads where run_bench needs it
+    from gantui.config import Config
 
 MODES = ("bare", "headless", "dashboard")
 TARGETS = {"headless": 0.98, "dashboard": 0.95}
@@ -310,7 +313,7 @@ def run_bench(preset: str = "dcgan-mnist-plain", steps: int = 200, device: str =
     return result
 
 
-def _not_in_bare(cfg: Any) -> str:
+def _not_in_bare(cfg: Config) -> str:
     """What of ``cfg``'s training the bare loop does not do (empty: all of it)."""
     left = [what for what, on in (("the encoder", cfg.encoder), ("InfoGAN's Q", cfg.info_codes))
             if on]
