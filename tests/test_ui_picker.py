@@ -199,7 +199,9 @@ def test_x_stops_a_live_run_after_asking(runs: Path) -> None:
                 session.join(30)
                 assert session.state == "stopped" and not session.error
                 await until(pilot, lambda: shown(app).get("live") == "stopped")
-                assert any(m.startswith("live is stopping at step") for m in app.said), app.said
+                # The answer is polled apart from the table's rescan; either may come first.
+                await until(pilot, lambda: any(m.startswith("live is stopping at step")
+                                               for m in app.said))
                 assert app.selected is not None and app.selected.path == session.run_dir
                 assert "x" not in app.screen.active_bindings and app.stopping == {}
         finally:
