@@ -508,6 +508,7 @@ def eval_(
         fail("--best and --checkpoint name two different checkpoints; pick one")
     if n is not None and not 10 <= n <= 100_000:
         fail(f"-n must be between 10 and 100,000 (got {n})")
+    from gantui.quality import clustered
     from gantui.quality.evaluate import Evaluator
     from gantui.quality.tracker import score_table
     from gantui.session import resolve_device
@@ -525,12 +526,20 @@ def eval_(
         evaluator = Evaluator(cfg, torch_device, n=n or cfg.eval_samples or None,
                               fid_weights=cfg.fid_weights, log=log)
         score = evaluator.evaluate(generator, step, encoder=encoder)
+        reading = None
+        if cfg.clusters and getattr(evaluator, "judge", None) is not None:
+            # which clusters G draws as what: the judge reads G per code and each cluster
+            images, labels = sampling.cluster_split(run_dir, cfg, checkpoint, best)
+            reading = clustered.read_clusters(
+                evaluator.judge, evaluator.judge_info.n_classes, generator, cfg, images,
+                labels, seed=cfg.seed * 1_000_003 + 77)
     source = str(checkpoint) if checkpoint else ("best.pt" if best else "newest checkpoint")
     if as_json:
+        extra = {} if reading is None else {"clusters": clustered.as_dict(reading)}
         typer.echo(json.dumps({"run": str(run_dir), "checkpoint": source, "step": step,
                                "primary": score.primary, "values": score.values,
                                "n": evaluator.n, "seconds": round(score.seconds, 3),
-                               "notes": notes}))
+                               "notes": notes, **extra}))
         return
     from rich.console import Console
 
@@ -538,6 +547,11 @@ def eval_(
     console.print(f"{safe(run_dir)} · {source} · step {step} · {evaluator.n:,} samples · "
                   f"{score.seconds:.1f} s", markup=False)
     console.print(score_table(score))
+    if reading is not None:
+        console.print(f"\nclusters: {reading.per_code} samples per code, read by the judge",
+                      markup=False)
+        for line in clustered.lines(reading):
+            console.print(line, markup=False)
 
 
 @app.command()

@@ -4,6 +4,7 @@ resume with the split as trained, and the refusals."""
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -13,11 +14,13 @@ import torch
 
 from gantui import config
 from gantui import events as ev
+from gantui.data import clusters as clustering
 from gantui.data import sources
 from gantui.data.clusters import balanced, fit
 from gantui.files import read_toml_dict
 from gantui.headless import follow
 from gantui.models.latent import code, code_rows, latent, width, with_code
+from gantui.quality import clustered
 from gantui.run.follow import grid_nrow
 from gantui.run.store import RunStore, load_checkpoint_file
 from gantui.session import start
@@ -143,6 +146,22 @@ def test_a_clustered_run_conditions_d_on_clusters_and_scores_unconditionally(
     assert torch.equal(state["data"]["clusters"].long(), labels)
     result = cli("sample", str(session.run_dir), "--code", "4", "-n", "4")
     assert result.returncode == 0, result.stderr
+    # eval reads G per code against each cluster's own digits, on the split it trained on
+    result = cli("eval", str(session.run_dir), "-n", "100", "--json")
+    assert result.returncode == 0, result.stderr
+    reading = json.loads(result.stdout)["clusters"]
+    assert reading["per_code"] == clustered.PER_CODE and sum(reading["leads"]) == 5
+    apart = [row["apart"] for row in reading["furthest"]]
+    assert len(apart) == 5 and apart == sorted(apart, reverse=True)
+    for row in reading["furthest"]:  # both rows are shares, and the distance is theirs
+        assert math.isclose(sum(row["data"]), 1, abs_tol=1e-3)
+        assert math.isclose(sum(row["fake"]), 1, abs_tol=1e-3)
+        gap = 0.5 * sum(abs(a - b) for a, b in zip(row["data"], row["fake"], strict=True))
+        assert math.isclose(row["apart"], gap, abs_tol=2e-3)
+    assert 0.0 < reading["lead_data"] <= 1.0 and 0.0 <= reading["lead_fake"] <= 1.0
+    result = cli("eval", str(session.run_dir), "-n", "100")
+    assert result.returncode == 0, result.stderr
+    assert "draws its leading class" in result.stdout and "cluster " in result.stdout
 
 
 def test_resume_of_a_clustered_run_is_exact_with_the_split_it_trained_on(
@@ -239,3 +258,56 @@ def test_the_default_preset_is_the_plain_dcgan_with_clusters_ema_and_translation
     assert changed == {"clusters", "steps", "ema", "diffaug", "description"}
     assert (clustered["clusters"], clustered["diffaug"], clustered["steps"]) == (
         50, ["translation"], 10000)
+
+
+class _Shade(torch.nn.Module):
+    """A judge that reads an image's mean shade as one of ten classes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.unused = torch.nn.Parameter(torch.zeros(1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shade = ((x.mean((1, 2, 3)) + 1) / 2 * 9).round().long()
+        return torch.nn.functional.one_hot(shade, 10).float()
+
+
+class _Drawer(torch.nn.Module):
+    """A G that draws each channel in the shade of its code's class, except the last code,
+    which it draws as class 0."""
+
+    def __init__(self, cfg: config.Config) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.unused = torch.nn.Parameter(torch.zeros(1))
+
+    def forward(self, z: torch.Tensor, _y: None) -> torch.Tensor:
+        c = code(self.cfg, z).reshape(len(z), -1)
+        c = torch.where(c == self.cfg.clusters - 1, 0, c)
+        shade = c.float() / 9 * 2 - 1
+        return shade[:, :, None, None].expand(-1, -1, 4, 4).clone()
+
+
+@pytest.mark.parametrize("preset", ["dcgan-mnist-plain", "stacked-mnist"])
+def test_the_cluster_reading_says_which_clusters_g_draws_as_what(preset: str) -> None:
+    cfg = tiny(preset, "clusters=4")
+    shades = [0, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3]  # cluster 1 mixes classes 1 and 2
+    labels = torch.tensor([0, 1, 1, 1, 1, 2, 2, 2, 3, 3, 3, 3])
+    images = (torch.tensor(shades).float() / 9 * 2 - 1)[:, None, None, None].expand(
+        -1, 1, 4, 4)
+    reading = clustered.read_clusters(_Shade(), 10, _Drawer(cfg), cfg, images, labels,
+                                      per_code=6)
+    assert reading.data[1, 1] == 0.75 and reading.data[1, 2] == 0.25
+    assert reading.leading.tolist() == [0, 1, 2, 3]
+    assert reading.fake[:, :4].tolist() == [[1, 0, 0, 0], [0, 1, 0, 0], [0, 0, 1, 0],
+                                            [1, 0, 0, 0]]
+    assert reading.lead_shares() == (0.9375, 0.75)
+    assert reading.worst(2) == [3, 1] and reading.apart().tolist() == [0, 0.25, 0, 1]
+    said = clustered.lines(reading, n_worst=1)
+    assert "75.0% of the time" in said[0] and "93.8% that class" in said[0]
+    assert said[1].startswith("clusters each class leads: 0: 1  1: 1  2: 1  3: 1  4: 0")
+    assert said[-1].split() == ["cluster", "3", "1.00", "data", "3", "100%", "|", "G", "0",
+                                "100%"]
+    with pytest.raises(ValueError, match="needs a run with clusters"):
+        clustered.read_clusters(_Shade(), 10, _Drawer(cfg), tiny(preset, "clusters=0"), images,
+                                labels)

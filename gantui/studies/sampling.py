@@ -7,12 +7,15 @@ touches a live run.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from pathlib import Path
 
 import torch
 
 from gantui.config import POINT_SETS, Config
+from gantui.data.batches import make_batches
+from gantui.data.clusters import fit as fit_clusters
 from gantui.data.grids import grid_image, scatter_image
 from gantui.data.sources import mixture
 from gantui.errors import GantuiError
@@ -62,6 +65,30 @@ def load_state(run_dir: Path, checkpoint: Path | None = None, best: bool = False
         return load_checkpoint_file(store.best_path, checker(run_config, optimizers=False))
     _, state = store.load_checkpoint(check=checker(run_config, optimizers=False))
     return state
+
+
+def cluster_split(run_dir: Path, cfg: Config, checkpoint: Path | None = None,
+                  best: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """A clustered run's training images as float in [-1, 1] (stacked MNIST: its single
+    digits) and each image's cluster (N,) as the checkpoint says the run trained on them
+    (fitted again, as a start would, for a checkpoint that does not say).
+
+    Raises:
+        GantuiError: the run has no clusters, or the checkpoint labels another number of
+            images than the data holds; DataError: the data cannot be read.
+    """
+    if not cfg.clusters:
+        raise GantuiError(f"{run_dir} was not trained on clusters (clusters = 0)")
+    saved = load_state(run_dir, checkpoint, best).get("data", {}).get("clusters")
+    batches = make_batches(dataclasses.replace(cfg, clusters=0), torch.device("cpu"))
+    images = getattr(batches, "digits", None)
+    images = (images if images is not None else batches.images).float().div(127.5).sub(1.0)
+    if not isinstance(saved, torch.Tensor):
+        return images, fit_clusters(images, cfg.clusters, cfg.seed)[1]
+    if saved.shape != (len(images),):
+        raise GantuiError(f"the checkpoint's clusters label {saved.numel():,} images; the "
+                          f"data now holds {len(images):,}")
+    return images, saved.long()
 
 
 def latents(cfg: Config, n: int, seed: int) -> torch.Tensor:

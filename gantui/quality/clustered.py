@@ -1,0 +1,160 @@
+"""What a self-conditioned G (``clusters``) draws for each cluster code, against what that
+cluster's training images are, both as the data's judge reads them.
+
+A clustered run's scores are unconditional, so a skew in its class shares (MNIST's class
+shares, stacked MNIST's ``kl_digits``) says *that* G over- or under-draws a class, not
+*where*. Reading G per code and the cluster's own images with the same judge says where:
+whether G draws each cluster's leading class more often than the cluster holds it (it sharpens
+the clusters, so its class shares follow how many clusters each class leads), and which
+clusters it draws as something else (a cluster whose images mix classes, drawn as a blend).
+The judge's own mistakes fall on both sides alike.
+
+Pure functions of tensors and modules; nothing here knows the trainer, the run directory or
+the UI.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from gantui.config import Config
+from gantui.models.latent import codes, groups, latent, with_code
+
+BATCH = 500
+"""Images per forward pass of G and of the judge."""
+PER_CODE = 100
+"""G's samples per cluster code by default (each of stacked MNIST's three channels is read,
+so three readings a sample there)."""
+
+
+@dataclass(frozen=True)
+class ClusterReading:
+    """Class shares per cluster, of the training images and of G's samples."""
+
+    data: torch.Tensor
+    """(K, C): the share of cluster k's training images the judge reads as class c."""
+    fake: torch.Tensor
+    """(K, C): the same for G's samples given code k."""
+    per_code: int
+    """G's samples per code."""
+
+    @property
+    def leading(self) -> torch.Tensor:
+        """(K,) each cluster's most common class among its training images."""
+        return self.data.argmax(1)
+
+    def lead_shares(self) -> tuple[float, float]:
+        """The mean over clusters of the share of the leading class: ``(data, fake)``. G above
+        the data means it draws each cluster's leading class more often than the cluster
+        holds it."""
+        rows = torch.arange(len(self.data))
+        lead = self.leading
+        return float(self.data[rows, lead].mean()), float(self.fake[rows, lead].mean())
+
+    def apart(self) -> torch.Tensor:
+        """(K,) total variation between each cluster's data and G shares, 0 (the same
+        classes in the same shares) to 1 (no class in common)."""
+        return 0.5 * (self.fake - self.data).abs().sum(1)
+
+    def worst(self, n: int) -> list[int]:
+        """The ``n`` clusters whose G shares are furthest from their data's, furthest first."""
+        return self.apart().argsort(descending=True)[:n].tolist()
+
+
+def shares(classes: torch.Tensor, n_classes: int) -> torch.Tensor:
+    """(C,) the share of each class in ``classes`` (all zero when it is empty)."""
+    counts = torch.bincount(classes, minlength=n_classes).float()
+    return counts / counts.sum().clamp(min=1.0)
+
+
+@torch.no_grad()
+def read(judge: nn.Module, images: torch.Tensor, channels_apart: bool) -> torch.Tensor:
+    """The judge's class (N,) of float ``images`` in [-1, 1] (N, C, H, W); with
+    ``channels_apart`` each channel is read as an image of its own ((N * C,), stacked MNIST)."""
+    device = next(judge.parameters()).device
+    if channels_apart:
+        images = images.reshape(-1, 1, *images.shape[2:])
+    out = [judge(torch.nan_to_num(images[i:i + BATCH].float(), nan=-1.0).clamp(-1, 1)
+                 .to(device)).argmax(1).cpu() for i in range(0, len(images), BATCH)]
+    return torch.cat(out) if out else torch.empty(0, dtype=torch.long)
+
+
+@torch.no_grad()
+def read_clusters(judge: nn.Module, n_classes: int, G: nn.Module, cfg: Config,
+                  images: torch.Tensor, labels: torch.Tensor, *, per_code: int = PER_CODE,
+                  seed: int = 0) -> ClusterReading:
+    """Read each cluster's training ``images`` (float in [-1, 1], (N, C, H, W); stacked
+    MNIST: the single digits) and ``per_code`` samples of ``G`` (called as ``G(z, None)``)
+    given each cluster's code (stacked MNIST: every channel's), with ``judge``.
+
+    Args:
+        labels: each image's cluster (N,), as the run trained on them.
+        seed: seeds G's z, the same for every code.
+
+    Raises:
+        ValueError: ``cfg`` has no clusters, or ``labels`` does not fit ``images``.
+    """
+    k = cfg.clusters
+    if not k or codes(cfg) != k:
+        raise ValueError("a cluster reading needs a run with clusters")
+    if labels.shape != (len(images),):
+        raise ValueError(f"{len(labels)} cluster labels for {len(images)} images")
+    apart = groups(cfg) > 1
+    device = next(G.parameters()).device
+    z = latent(cfg, per_code, torch.Generator().manual_seed(seed))
+    data, fake = [], []
+    found = read(judge, images, channels_apart=False)
+    for c in range(k):
+        data.append(shares(found[labels == c], n_classes))
+        code = torch.full((per_code, groups(cfg)) if apart else (per_code,), c, dtype=torch.long)
+        zc = with_code(cfg, z, code)
+        samples = torch.cat([G(zc[i:i + BATCH].to(device), None).float().cpu()
+                             for i in range(0, per_code, BATCH)])
+        fake.append(shares(read(judge, samples, channels_apart=apart), n_classes))
+    return ClusterReading(torch.stack(data), torch.stack(fake), per_code)
+
+
+def top_classes(row: torch.Tensor, most: int = 3, least: float = 0.1) -> str:
+    """``"0 62% · 1 38%"``: the ``most`` largest shares of a class-share ``row`` of at least
+    ``least`` (the largest always)."""
+    order = row.argsort(descending=True).tolist()[:most]
+    kept = [c for i, c in enumerate(order) if i == 0 or float(row[c]) >= least]
+    return " · ".join(f"{c} {100 * float(row[c]):.0f}%" for c in kept)
+
+
+def lines(reading: ClusterReading, n_worst: int = 5) -> list[str]:
+    """The reading in words: the leading-class shares, how many clusters each class leads,
+    and the clusters G draws furthest from their data."""
+    k, n_classes = reading.data.shape
+    data, fake = reading.lead_shares()
+    leads = torch.bincount(reading.leading, minlength=n_classes).tolist()
+    said = [f"G given a cluster's code draws its leading class {100 * fake:.1f}% of the time; "
+            f"the cluster's training images are {100 * data:.1f}% that class (per cluster, "
+            f"then the mean of {k})",
+            "clusters each class leads: " + "  ".join(f"{c}: {n}" for c, n in enumerate(leads))]
+    if fake > data:
+        said.append("G sharpens its clusters, so its class shares lean towards these counts")
+    said.append("furthest from their data (total variation, 0 = the same shares):")
+    apart = reading.apart()
+    for c in reading.worst(n_worst):
+        said.append(f"  cluster {c:>3}  {float(apart[c]):.2f}  data {top_classes(reading.data[c])}"
+                    f"  |  G {top_classes(reading.fake[c])}")
+    return said
+
+
+def as_dict(reading: ClusterReading, n_worst: int = 5) -> dict:
+    """Plain values for ``--json``: the leading-class shares, the clusters each class leads,
+    and the furthest clusters with both rows of shares."""
+    data, fake = reading.lead_shares()
+    apart = reading.apart()
+    return {"per_code": reading.per_code, "lead_data": round(data, 4),
+            "lead_fake": round(fake, 4),
+            "leads": torch.bincount(reading.leading,
+                                    minlength=reading.data.shape[1]).tolist(),
+            "furthest": [{"cluster": c, "apart": round(float(apart[c]), 4),
+                          "data": [round(float(v), 4) for v in reading.data[c]],
+                          "fake": [round(float(v), 4) for v in reading.fake[c]]}
+                         for c in reading.worst(n_worst)]}
