@@ -42,7 +42,8 @@ def test_a_burst_of_keys_focuses_and_marks_the_row_it_chose(finished_ring: Path,
             await pilot.resize_terminal(80, 24)
             await until(pilot, lambda: sum(p.display for p in app.plots) == 2)
             _burst(app, "down", "space", "down", "enter")
-            await pilot.pause(0.3)
+            # leaving run_test does not drain queued keys: wait for enter's exit
+            await until(pilot, lambda: app.return_value is not None)
         assert app.return_value == Focus(2)
         assert [run.marked for run in state.runs] == [False, True, False]
 
@@ -51,7 +52,7 @@ def test_a_burst_of_keys_focuses_and_marks_the_row_it_chose(finished_ring: Path,
         async with app.run_test(size=(100, 30)) as pilot:
             await until(pilot, lambda: len(app.runs) == 3)
             _burst(app, "down", "enter")
-            await pilot.pause(0.3)
+            await until(pilot, lambda: app.return_value is not None)
         assert app.return_value == app.runs[1].path
 
     try:

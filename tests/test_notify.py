@@ -193,8 +193,8 @@ def test_watch_writes_the_escape_to_its_terminal_and_runs_the_command(
         wanted = (b"\x1bPtmux;\x1b\x1b]9;gantui: r collapse at step 60: diversity fell\x07"
                   b"\x1b\\\x07")
         assert _read_until(master, wanted, got), got[-2000:]
-        deadline = time.monotonic() + 10
-        while not out.exists() and time.monotonic() < deadline:
+        deadline = time.monotonic() + 10  # the shell makes the file before printf fills it
+        while not _lines(out) and time.monotonic() < deadline:
             time.sleep(0.05)
         assert _lines(out) == [["r", "warning", "collapse", "60", "diversity fell"]]
         assert b"]9;" not in got.replace(wanted, b"")  # the finished run's history: no notice

@@ -10,11 +10,12 @@ import torch
 
 from gantui import config
 from gantui import events as ev
+from gantui.engine.previews import Previews
 from gantui.headless import follow
 from gantui.run.store import RunStore, load_checkpoint_file
 from gantui.session import start
 
-from .conftest import tiny
+from .conftest import tiny, wait_until
 
 
 @pytest.mark.parametrize("preset", sorted(config.preset_names()))
@@ -129,8 +130,7 @@ def test_control_pause_set_checkpoint_stop(runs_dir: Path) -> None:
     path = Path(session.controller.checkpoint().result(timeout=30)["path"])
     assert path.is_file() and load_checkpoint_file(path)["step"] == held
     session.controller.resume().result(timeout=30)
-    follow_some(session, 0.5)
-    assert session.trainer.step > held
+    wait_until(lambda: session.trainer.step > held, 30, "a step after the resume")
     stop = session.controller.stop().result(timeout=30)
     session.join(30)
     assert not session.alive and session.state == "stopped"
@@ -271,14 +271,16 @@ def test_a_crash_inside_a_step_journals_it_and_keeps_the_checkpoints(runs_dir: P
     assert journal[-1]["event"] == "state" and journal[-1]["state"] == "error"
 
 
-def test_a_crash_between_steps_saves_the_completed_step(runs_dir: Path) -> None:
+def test_a_crash_between_steps_saves_the_completed_step(runs_dir: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
     cfg = tiny("ring-8", "steps=100000", "checkpoint_every=100000", "sample_every=7")
-    session = start(cfg, "ring-8", runs_dir=runs_dir, device="cpu")
 
-    def broken():
+    def broken(_previews):
         raise OSError(5, "Input/output error")
 
-    session.trainer.previews.draw = broken
+    # broken before the thread starts: patched after, a slow test thread could miss step 7
+    monkeypatch.setattr(Previews, "draw", broken)
+    session = start(cfg, "ring-8", runs_dir=runs_dir, device="cpu")
     session.join(30)
     assert session.state == "error"
     crash = [r for r in RunStore.open(session.run_dir).events()
