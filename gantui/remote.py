@@ -101,15 +101,24 @@ class ControlServer:
         """
         if self.path.exists() or self.path.is_symlink():
             self.path.unlink()  # we hold the run's lock: this is a dead process's socket
+        # Bound and listening under a private name first, then renamed into place: a client
+        # that sees control.sock can connect (bind creates the file before listen accepts).
+        private = self.path.with_name(f".{self.path.name}.{os.getpid()}")
+        private.unlink(missing_ok=True)
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         old_umask = os.umask(0o177)
         try:
-            with addressable(self.path) as address:
+            with addressable(private) as address:
                 sock.bind(address)
+            os.chmod(private, 0o600)
+            sock.listen(8)
+            os.replace(private, self.path)
+        except BaseException:
+            sock.close()
+            private.unlink(missing_ok=True)
+            raise
         finally:
             os.umask(old_umask)
-        os.chmod(self.path, 0o600)
-        sock.listen(8)
         sock.settimeout(0.2)
         self._sock = sock
         self._thread.start()
