@@ -183,7 +183,7 @@ def abandon(session: Session, code: int) -> NoReturn:
         session.server.close()
     with contextlib.suppress(Exception):  # one unbuffered O_APPEND line, as the trainer's are
         step = session.trainer.step
-        session.trainer.store.append_event(ev.to_record(ev.StateChanged(
+        session.trainer.store.last_event(ev.to_record(ev.StateChanged(
             step, "stopped", f"interrupted at step {step} (Ctrl-C twice): quit without a "
             "final checkpoint; a resume starts from the last one on disk")))
     with contextlib.suppress(Exception):

@@ -19,6 +19,7 @@ import os
 import re
 import shutil
 import socket
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -140,6 +141,8 @@ class RunStore:
         self.checkpoints = path / "checkpoints"
         self._metrics: JsonlWriter | None = None
         self._events: JsonlWriter | None = None
+        self._events_lock = threading.Lock()
+        self._sealed = False
         self._quality: JsonlWriter | None = None
         self._own: set[str] = set()
         """Names of the checkpoints this run wrote (see :meth:`claim_checkpoints`): the only
@@ -289,7 +292,22 @@ class RunStore:
         self._metrics.write(record)
 
     def append_event(self, record: dict[str, Any]) -> None:
-        """Append one lifecycle/control record to ``events.jsonl``."""
+        """Append one lifecycle/control record to ``events.jsonl`` (nothing after
+        :meth:`last_event`)."""
+        with self._events_lock:
+            self._write_event(record)
+
+    def last_event(self, record: dict[str, Any]) -> None:
+        """Append ``record`` as the journal's last line: this process is quitting while its
+        trainer may still be mid-step, and whatever the trainer would journal after it (a
+        checkpoint finished, an error from the half-written one removed) is dropped."""
+        with self._events_lock:
+            self._write_event(record)
+            self._sealed = True
+
+    def _write_event(self, record: dict[str, Any]) -> None:
+        if self._sealed:
+            return
         if self._events is None:
             self._events = JsonlWriter(self.path / "events.jsonl")
         self._events.write(record)
