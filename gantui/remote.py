@@ -70,6 +70,10 @@ def addressable(path: Path) -> Iterator[str]:
 
 # ---- server (inside the training process) ---------------------------------------------------
 
+PRIVATE = ".cs"
+"""The control socket's name while it is bound but not yet listening: this and the pid."""
+
+
 class ControlServer:
     """Serves a run's control socket in a named daemon thread.
 
@@ -99,12 +103,14 @@ class ControlServer:
         Raises:
             RemoteError: another live process already serves this run.
         """
-        if self.path.exists() or self.path.is_symlink():
-            self.path.unlink()  # we hold the run's lock: this is a dead process's socket
+        # we hold the run's lock: these are a dead process's sockets
+        for old in (self.path, *self.path.parent.glob(f"{PRIVATE}[0-9]*")):
+            if old.exists() or old.is_symlink():
+                old.unlink()
         # Bound and listening under a private name first, then renamed into place: a client
         # that sees control.sock can connect (bind creates the file before listen accepts).
-        private = self.path.with_name(f".{self.path.name}.{os.getpid()}")
-        private.unlink(missing_ok=True)
+        # No longer than control.sock, so a path that fits sun_path still does.
+        private = self.path.with_name(f"{PRIVATE}{os.getpid()}")
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         old_umask = os.umask(0o177)
         try:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from gantui.remote import RemoteError, addressable, request, socket_path
+from gantui.remote import PRIVATE, ControlServer, RemoteError, addressable, request, socket_path
 from gantui.run.store import RunStore, load_checkpoint_file
 from gantui.session import start
 
@@ -102,6 +102,25 @@ def live(runs_dir: Path):
 def test_socket_is_owner_only(live) -> None:
     mode = stat.S_IMODE(os.stat(socket_path(live.run_dir)).st_mode)
     assert mode == 0o600
+    assert not list(live.run_dir.glob(f"{PRIVATE}*"))  # renamed into place, not left beside
+
+
+def test_the_socket_appears_listening_and_clears_a_dead_process_leftovers(tmp_path: Path
+                                                                          ) -> None:
+    leftover = tmp_path / f"{PRIVATE}99999"  # killed between bind and rename
+    with socket.socket(socket.AF_UNIX) as dead:
+        dead.bind(str(leftover))
+    (tmp_path / ".csv").write_text("not ours")  # a user's file that only looks alike
+    server = ControlServer(tmp_path, None, lambda: {"state": "running"}, lambda _why: None)
+    server.start()
+    try:
+        assert not leftover.exists() and (tmp_path / ".csv").exists()
+        assert not list(tmp_path.glob(f"{PRIVATE}[0-9]*"))
+        assert len(PRIVATE) + len(str(2 ** 22)) <= len(socket_path(tmp_path).name)
+        assert request(tmp_path, {"action": "status"})["state"] == "running"
+    finally:
+        server.close()
+    assert not socket_path(tmp_path).exists()
 
 
 @pytest.mark.skipif(os.getuid() != 0, reason="needs root to act as another user")
