@@ -113,3 +113,15 @@ def test_atomic_write_replaces_whole_files(tmp_path: Path) -> None:
     atomic_write_bytes(target, json.dumps({"a": 2}).encode())
     assert json.loads(target.read_text()) == {"a": 2}
     assert [p.name for p in tmp_path.iterdir()] == ["f.json"]
+
+
+def test_the_last_event_stays_last_even_with_a_write_stuck_under_way(tmp_path: Path) -> None:
+    store = RunStore.create(tmp_path, "a", {"x": 1})
+    store.append_event({"event": "state", "state": "running"})
+    store._events_lock.acquire()  # a trainer write that hangs on the disk
+    try:
+        store.last_event({"event": "state", "state": "stopped"})  # waits a second, not forever
+    finally:
+        store._events_lock.release()
+    store.append_event({"event": "checkpoint", "reason": "stop"})  # the trainer, too late
+    assert [r.get("state") for r in store.events()] == ["running", "stopped"]

@@ -300,10 +300,16 @@ class RunStore:
     def last_event(self, record: dict[str, Any]) -> None:
         """Append ``record`` as the journal's last line: this process is quitting while its
         trainer may still be mid-step, and whatever the trainer would journal after it (a
-        checkpoint finished, an error from the half-written one removed) is dropped."""
-        with self._events_lock:
+        checkpoint finished, an error from the half-written one removed) is dropped. Waits at
+        most a second for a journal write under way (a disk that hangs must not hold up a
+        quit), then writes anyway."""
+        held = self._events_lock.acquire(timeout=1.0)
+        try:
             self._write_event(record)
+        finally:
             self._sealed = True
+            if held:
+                self._events_lock.release()
 
     def _write_event(self, record: dict[str, Any]) -> None:
         if self._sealed:
