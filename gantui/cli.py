@@ -550,7 +550,7 @@ def eval_(
     if reading is not None:
         console.print(f"\nclusters: {reading.per_code} samples per code, read by the judge",
                       markup=False)
-        for line in clustered.lines(reading):
+        for line in clustered.lines(reading, judge_accuracy=evaluator.judge_info.accuracy):
             console.print(line, markup=False)
 
 

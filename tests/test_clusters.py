@@ -17,6 +17,7 @@ from gantui import events as ev
 from gantui.data import clusters as clustering
 from gantui.data import sources
 from gantui.data.clusters import balanced, fit
+from gantui.errors import GantuiError
 from gantui.files import read_toml_dict
 from gantui.headless import follow
 from gantui.models.latent import code, code_rows, latent, width, with_code
@@ -24,6 +25,7 @@ from gantui.quality import clustered
 from gantui.run.follow import grid_nrow
 from gantui.run.store import RunStore, load_checkpoint_file
 from gantui.session import start
+from gantui.studies import sampling
 
 from .conftest import cli, tiny
 
@@ -159,6 +161,8 @@ def test_a_clustered_run_conditions_d_on_clusters_and_scores_unconditionally(
         gap = 0.5 * sum(abs(a - b) for a, b in zip(row["data"], row["fake"], strict=True))
         assert math.isclose(row["apart"], gap, abs_tol=2e-3)
     assert 0.0 < reading["lead_data"] <= 1.0 and 0.0 <= reading["lead_fake"] <= 1.0
+    images, split = sampling.cluster_split(session.run_dir, cfg)  # the split it trained on
+    assert torch.equal(split, labels.cpu()) and images.dtype == torch.uint8
     result = cli("eval", str(session.run_dir), "-n", "100")
     assert result.returncode == 0, result.stderr
     assert "draws its leading class" in result.stdout and "cluster " in result.stdout
@@ -304,10 +308,19 @@ def test_the_cluster_reading_says_which_clusters_g_draws_as_what(preset: str) ->
     assert reading.lead_shares() == (0.9375, 0.75)
     assert reading.worst(2) == [3, 1] and reading.apart().tolist() == [0, 0.25, 0, 1]
     said = clustered.lines(reading, n_worst=1)
-    assert "75.0% of the time" in said[0] and "93.8% that class" in said[0]
+    assert "75.0% (± 0.0) of the time" in said[0] and "93.8% that class" in said[0]
+    assert not any("more often than the cluster holds" in line for line in said)
     assert said[1].startswith("clusters each class leads: 0: 1  1: 1  2: 1  3: 1  4: 0")
     assert said[-1].split() == ["cluster", "3", "1.00", "data", "3", "100%", "|", "G", "0",
                                 "100%"]
-    with pytest.raises(ValueError, match="needs a run with clusters"):
+    # G drawing the leading class more often than the data holds it is said only beyond noise
+    data = torch.tensor([[0.8, 0.2], [0.2, 0.8]])
+    for fake, n, sharper in ((0.9, 100, True), (0.84, 100, False), (0.84, 10_000, True)):
+        sharp = clustered.ClusterReading(data, torch.tensor([[fake, 1 - fake],
+                                                             [1 - fake, fake]]), n)
+        said = " ".join(clustered.lines(sharp, judge_accuracy=0.987))
+        assert ("more often than the cluster holds it" in said) == sharper, (fake, n)
+        assert "right 98.7% of the time" in said
+    with pytest.raises(GantuiError, match="needs a run with clusters"):
         clustered.read_clusters(_Shade(), 10, _Drawer(cfg), tiny(preset, "clusters=0"), images,
                                 labels)

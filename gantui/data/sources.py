@@ -152,6 +152,22 @@ class TensorBatches:
                 state, self.labels, self.clusters, self.images)
 
 
+def saved_split(saved: torch.Tensor, n: int, k: int) -> torch.Tensor:
+    """A checkpoint's clusters (one per image) checked against data of ``n`` images and a
+    run of ``k`` clusters, as int64.
+
+    Raises:
+        DataError: it labels another number of images, or names clusters outside 0..k-1.
+    """
+    if saved.shape != (n,):
+        raise DataError(f"the checkpoint's clusters label {saved.numel():,} images; the data "
+                        f"now holds {n:,}")
+    saved = saved.to(torch.int64)
+    if n and not (0 <= int(saved.min()) and int(saved.max()) < k):
+        raise DataError(f"the checkpoint's clusters are not 0 to {k - 1}")
+    return saved
+
+
 def _saved_clusters(state: dict[str, Any], labels: torch.Tensor, clusters: Clusters,
                     images: torch.Tensor) -> tuple[torch.Tensor, Clusters]:
     """The clusters a checkpoint's data ``state`` says its uint8 ``images`` trained with (a
@@ -166,13 +182,7 @@ def _saved_clusters(state: dict[str, Any], labels: torch.Tensor, clusters: Clust
     saved = state.get("clusters")
     if not isinstance(saved, torch.Tensor):
         return labels, clusters
-    n = images.shape[0]
-    if saved.shape != (n,):
-        raise DataError(f"the checkpoint's clusters label {saved.shape[0]:,} images; the data "
-                        f"now holds {n:,}")
-    saved = saved.to(torch.int64)
-    if n and not (0 <= int(saved.min()) and int(saved.max()) < clusters.k):
-        raise DataError(f"the checkpoint's clusters are not 0 to {clusters.k - 1}")
+    saved = saved_split(saved, images.shape[0], clusters.k)
     if torch.equal(saved, labels.cpu()):
         return labels, clusters
     floats = images.float().div(127.5).sub(1.0)

@@ -7,7 +7,9 @@ shares, stacked MNIST's ``kl_digits``) says *that* G over- or under-draws a clas
 whether G draws each cluster's leading class more often than the cluster holds it (it sharpens
 the clusters, so its class shares follow how many clusters each class leads), and which
 clusters it draws as something else (a cluster whose images mix classes, drawn as a blend).
-The judge's own mistakes fall on both sides alike.
+The judge trained on most of the data's images, so it reads them about as well as it reads its
+training set and G's samples at best as well as held-out images: the lower its held-out
+accuracy, the more G's shares understate how often G draws the leading class.
 
 Pure functions of tensors and modules; nothing here knows the trainer, the run directory or
 the UI.
@@ -21,6 +23,7 @@ import torch
 from torch import nn
 
 from gantui.config import Config
+from gantui.errors import GantuiError
 from gantui.models.latent import codes, groups, latent, with_code
 
 BATCH = 500
@@ -45,6 +48,12 @@ class ClusterReading:
     def leading(self) -> torch.Tensor:
         """(K,) each cluster's most common class among its training images."""
         return self.data.argmax(1)
+
+    def lead_error(self) -> float:
+        """The standard error of G's mean leading-class share (binomial per code)."""
+        rows = torch.arange(len(self.fake))
+        p = self.fake[rows, self.leading]
+        return float((p * (1 - p) / self.per_code).sum().sqrt() / len(p))
 
     def lead_shares(self) -> tuple[float, float]:
         """The mean over clusters of the share of the leading class: ``(data, fake)``. G above
@@ -72,13 +81,17 @@ def shares(classes: torch.Tensor, n_classes: int) -> torch.Tensor:
 
 @torch.no_grad()
 def read(judge: nn.Module, images: torch.Tensor, channels_apart: bool) -> torch.Tensor:
-    """The judge's class (N,) of float ``images`` in [-1, 1] (N, C, H, W); with
+    """The judge's class (N,) of ``images`` (N, C, H, W), float in [-1, 1] or uint8; with
     ``channels_apart`` each channel is read as an image of its own ((N * C,), stacked MNIST)."""
     device = next(judge.parameters()).device
     if channels_apart:
         images = images.reshape(-1, 1, *images.shape[2:])
-    out = [judge(torch.nan_to_num(images[i:i + BATCH].float(), nan=-1.0).clamp(-1, 1)
-                 .to(device)).argmax(1).cpu() for i in range(0, len(images), BATCH)]
+    out = []
+    for i in range(0, len(images), BATCH):
+        part = images[i:i + BATCH]
+        part = part.float().div(127.5).sub(1.0) if part.dtype == torch.uint8 else part.float()
+        part = torch.nan_to_num(part, nan=-1.0).clamp(-1, 1)
+        out.append(judge(part.to(device)).argmax(1).cpu())
     return torch.cat(out) if out else torch.empty(0, dtype=torch.long)
 
 
@@ -86,8 +99,8 @@ def read(judge: nn.Module, images: torch.Tensor, channels_apart: bool) -> torch.
 def read_clusters(judge: nn.Module, n_classes: int, G: nn.Module, cfg: Config,
                   images: torch.Tensor, labels: torch.Tensor, *, per_code: int = PER_CODE,
                   seed: int = 0) -> ClusterReading:
-    """Read each cluster's training ``images`` (float in [-1, 1], (N, C, H, W); stacked
-    MNIST: the single digits) and ``per_code`` samples of ``G`` (called as ``G(z, None)``)
+    """Read each cluster's training ``images`` ((N, C, H, W), uint8 or float in [-1, 1];
+    stacked MNIST: the single digits) and ``per_code`` samples of ``G`` (called as ``G(z, None)``)
     given each cluster's code (stacked MNIST: every channel's), with ``judge``.
 
     Args:
@@ -95,13 +108,15 @@ def read_clusters(judge: nn.Module, n_classes: int, G: nn.Module, cfg: Config,
         seed: seeds G's z, the same for every code.
 
     Raises:
-        ValueError: ``cfg`` has no clusters, or ``labels`` does not fit ``images``.
+        GantuiError: ``cfg`` has no clusters, or ``labels`` does not fit ``images``.
     """
     k = cfg.clusters
     if not k or codes(cfg) != k:
-        raise ValueError("a cluster reading needs a run with clusters")
-    if labels.shape != (len(images),):
-        raise ValueError(f"{len(labels)} cluster labels for {len(images)} images")
+        raise GantuiError("a cluster reading needs a run with clusters")
+    if labels.shape != (len(images),) or (len(labels) and not 0 <= int(labels.min())
+                                           and int(labels.max()) < k):
+        raise GantuiError(f"{len(labels)} cluster labels (0 to {k - 1}) for {len(images)} "
+                          f"images")
     apart = groups(cfg) > 1
     device = next(G.parameters()).device
     z = latent(cfg, per_code, torch.Generator().manual_seed(seed))
@@ -125,18 +140,26 @@ def top_classes(row: torch.Tensor, most: int = 3, least: float = 0.1) -> str:
     return " · ".join(f"{c} {100 * float(row[c]):.0f}%" for c in kept)
 
 
-def lines(reading: ClusterReading, n_worst: int = 5) -> list[str]:
+def lines(reading: ClusterReading, n_worst: int = 5, judge_accuracy: float | None = None
+          ) -> list[str]:
     """The reading in words: the leading-class shares, how many clusters each class leads,
-    and the clusters G draws furthest from their data."""
+    and the clusters G draws furthest from their data; with ``judge_accuracy`` (on held-out
+    real images), how far the judge's own misreadings go."""
     k, n_classes = reading.data.shape
     data, fake = reading.lead_shares()
+    error = reading.lead_error()
     leads = torch.bincount(reading.leading, minlength=n_classes).tolist()
-    said = [f"G given a cluster's code draws its leading class {100 * fake:.1f}% of the time; "
-            f"the cluster's training images are {100 * data:.1f}% that class (per cluster, "
-            f"then the mean of {k})",
+    said = [f"G given a cluster's code draws its leading class {100 * fake:.1f}% "
+            f"(± {100 * error:.1f}) of the time; the cluster's training images are "
+            f"{100 * data:.1f}% that class (per cluster, then the mean of {k})",
             "clusters each class leads: " + "  ".join(f"{c}: {n}" for c, n in enumerate(leads))]
-    if fake > data:
-        said.append("G sharpens its clusters, so its class shares lean towards these counts")
+    if judge_accuracy is not None:
+        said.append(f"the judge reads held-out real images right {100 * judge_accuracy:.1f}% "
+                    f"of the time and trained on most of these: G's shares carry more of its "
+                    f"misreadings")
+    if fake - data > 2 * error:
+        said.append("G draws each cluster's leading class more often than the cluster holds "
+                    "it: its class shares lean towards these counts")
     said.append("furthest from their data (total variation, 0 = the same shares):")
     apart = reading.apart()
     for c in reading.worst(n_worst):
@@ -151,7 +174,7 @@ def as_dict(reading: ClusterReading, n_worst: int = 5) -> dict:
     data, fake = reading.lead_shares()
     apart = reading.apart()
     return {"per_code": reading.per_code, "lead_data": round(data, 4),
-            "lead_fake": round(fake, 4),
+            "lead_fake": round(fake, 4), "lead_fake_error": round(reading.lead_error(), 4),
             "leads": torch.bincount(reading.leading,
                                     minlength=reading.data.shape[1]).tolist(),
             "furthest": [{"cluster": c, "apart": round(float(apart[c]), 4),

@@ -17,7 +17,7 @@ from gantui.config import POINT_SETS, Config
 from gantui.data.batches import make_batches
 from gantui.data.clusters import fit as fit_clusters
 from gantui.data.grids import grid_image, scatter_image
-from gantui.data.sources import mixture
+from gantui.data.sources import mixture, saved_split
 from gantui.errors import GantuiError
 from gantui.files import read_toml_dict
 from gantui.models.builtin import build_encoder, build_models
@@ -69,26 +69,24 @@ def load_state(run_dir: Path, checkpoint: Path | None = None, best: bool = False
 
 def cluster_split(run_dir: Path, cfg: Config, checkpoint: Path | None = None,
                   best: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-    """A clustered run's training images as float in [-1, 1] (stacked MNIST: its single
-    digits) and each image's cluster (N,) as the checkpoint says the run trained on them
-    (fitted again, as a start would, for a checkpoint that does not say).
+    """A clustered run's training images, uint8 as the run holds them (stacked MNIST: its
+    single digits), and each image's cluster (N,) as the checkpoint says the run trained on
+    them (fitted again, as a start would, for a checkpoint that does not say).
 
     Raises:
-        GantuiError: the run has no clusters, or the checkpoint labels another number of
-            images than the data holds; DataError: the data cannot be read.
+        GantuiError: the run has no clusters; DataError: the data cannot be read, or the
+            checkpoint's clusters do not fit it.
     """
     if not cfg.clusters:
         raise GantuiError(f"{run_dir} was not trained on clusters (clusters = 0)")
     saved = load_state(run_dir, checkpoint, best).get("data", {}).get("clusters")
     batches = make_batches(dataclasses.replace(cfg, clusters=0), torch.device("cpu"))
     images = getattr(batches, "digits", None)
-    images = (images if images is not None else batches.images).float().div(127.5).sub(1.0)
+    images = images if images is not None else batches.images
     if not isinstance(saved, torch.Tensor):
-        return images, fit_clusters(images, cfg.clusters, cfg.seed)[1]
-    if saved.shape != (len(images),):
-        raise GantuiError(f"the checkpoint's clusters label {saved.numel():,} images; the "
-                          f"data now holds {len(images):,}")
-    return images, saved.long()
+        return images, fit_clusters(images.float().div(127.5).sub(1.0), cfg.clusters,
+                                    cfg.seed)[1]
+    return images, saved_split(saved, len(images), cfg.clusters)
 
 
 def latents(cfg: Config, n: int, seed: int) -> torch.Tensor:
