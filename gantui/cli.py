@@ -501,7 +501,8 @@ def eval_(
         False,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "cpu",
 ) -> None:
-    """Score a checkpoint: ring modes, the data's judge (FD, KID, classes...), FID."""
+    """Score a checkpoint: ring modes, the data's judge (FD, KID, classes...), FID; for a
+    clustered run, also what G draws for each cluster against the cluster's own images."""
     import json
 
     if best and checkpoint is not None:
