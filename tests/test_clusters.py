@@ -14,7 +14,6 @@ import torch
 
 from gantui import config
 from gantui import events as ev
-from gantui.data import clusters as clustering
 from gantui.data import sources
 from gantui.data.clusters import balanced, fit
 from gantui.errors import GantuiError
