@@ -320,6 +320,8 @@ def test_the_cluster_reading_says_which_clusters_g_draws_as_what(preset: str) ->
         said = " ".join(clustered.lines(sharp, judge_accuracy=0.987))
         assert ("more often than the cluster holds it" in said) == sharper, (fake, n)
         assert "right 98.7% of the time" in said
+    with pytest.raises(GantuiError, match="clusters are not 0 to 3"):  # a cluster too many
+        clustered.read_clusters(_Shade(), 10, _Drawer(cfg), cfg, images, labels + 1)
     with pytest.raises(GantuiError, match="needs a run with clusters"):
         clustered.read_clusters(_Shade(), 10, _Drawer(cfg), tiny(preset, "clusters=0"), images,
                                 labels)

@@ -23,8 +23,11 @@ import torch
 from torch import nn
 
 from gantui.config import Config
+from gantui.data.sources import saved_split
 from gantui.errors import GantuiError
 from gantui.models.latent import codes, groups, latent, with_code
+from gantui.quality.judge import to_unit
+from gantui.quality.stacked import read_channels
 
 BATCH = 500
 """Images per forward pass of G and of the judge."""
@@ -80,16 +83,13 @@ def shares(classes: torch.Tensor, n_classes: int) -> torch.Tensor:
 
 
 @torch.no_grad()
-def read(judge: nn.Module, images: torch.Tensor, channels_apart: bool) -> torch.Tensor:
-    """The judge's class (N,) of ``images`` (N, C, H, W), float in [-1, 1] or uint8; with
-    ``channels_apart`` each channel is read as an image of its own ((N * C,), stacked MNIST)."""
+def read(judge: nn.Module, images: torch.Tensor) -> torch.Tensor:
+    """The judge's class (N,) of ``images`` (N, C, H, W), float in [-1, 1] or uint8."""
     device = next(judge.parameters()).device
-    if channels_apart:
-        images = images.reshape(-1, 1, *images.shape[2:])
     out = []
     for i in range(0, len(images), BATCH):
         part = images[i:i + BATCH]
-        part = part.float().div(127.5).sub(1.0) if part.dtype == torch.uint8 else part.float()
+        part = to_unit(part) if part.dtype == torch.uint8 else part.float()
         part = torch.nan_to_num(part, nan=-1.0).clamp(-1, 1)
         out.append(judge(part.to(device)).argmax(1).cpu())
     return torch.cat(out) if out else torch.empty(0, dtype=torch.long)
@@ -108,27 +108,27 @@ def read_clusters(judge: nn.Module, n_classes: int, G: nn.Module, cfg: Config,
         seed: seeds G's z, the same for every code.
 
     Raises:
-        GantuiError: ``cfg`` has no clusters, or ``labels`` does not fit ``images``.
+        GantuiError: ``cfg`` has no clusters; DataError: ``labels`` does not fit ``images``
+            (one per image, 0 to ``clusters - 1``).
     """
     k = cfg.clusters
     if not k or codes(cfg) != k:
         raise GantuiError("a cluster reading needs a run with clusters")
-    if labels.shape != (len(images),) or (len(labels) and not 0 <= int(labels.min())
-                                           and int(labels.max()) < k):
-        raise GantuiError(f"{len(labels)} cluster labels (0 to {k - 1}) for {len(images)} "
-                          f"images")
+    labels = saved_split(labels, len(images), k)
     apart = groups(cfg) > 1
     device = next(G.parameters()).device
     z = latent(cfg, per_code, torch.Generator().manual_seed(seed))
     data, fake = [], []
-    found = read(judge, images, channels_apart=False)
+    found = read(judge, images)
     for c in range(k):
         data.append(shares(found[labels == c], n_classes))
         code = torch.full((per_code, groups(cfg)) if apart else (per_code,), c, dtype=torch.long)
         zc = with_code(cfg, z, code)
         samples = torch.cat([G(zc[i:i + BATCH].to(device), None).float().cpu()
                              for i in range(0, per_code, BATCH)])
-        fake.append(shares(read(judge, samples, channels_apart=apart), n_classes))
+        # stacked MNIST: each channel read as a digit of its own, as its scores read them
+        classes = read_channels(judge, samples)[1].argmax(1) if apart else read(judge, samples)
+        fake.append(shares(classes, n_classes))
     return ClusterReading(torch.stack(data), torch.stack(fake), per_code)
 
 
