@@ -183,6 +183,16 @@ class Config:
     real and fake alike, in the D and the G step: any of ``color`` (brightness, saturation,
     contrast), ``translation`` (up to 1/8 of the side) and ``cutout`` (a square of half the
     side), comma-separated, e.g. ``translation,cutout``; empty is off (live; images only)."""
+    diffaug_p: float = 1.0
+    """The chance that each augmentation of ``diffaug`` is applied to an image, drawn per image
+    and per augmentation (``color`` counts as one); 1 augments every image (live). While
+    ``ada_target`` is on, the chance is adapted instead and this key is not used."""
+    ada_target: float = 0.0
+    """Adaptive augmentation (Karras et al. 2020, StyleGAN2-ADA): the chance of ``diffaug``
+    starts at 0 and every 4 D steps moves up when D's ``r_t`` (the mean sign of its outputs
+    on the real batches) is over this target, down when under, by at most 1 per 100,000 real
+    images, so augmentation grows only as D starts to overfit. The standard target is 0.6;
+    0 is off (live; needs ``diffaug``). The chance in use is recorded as ``aug_p``."""
     info_codes: int = 0
     """InfoGAN (Chen et al. 2016): a categorical latent code of this many values, drawn
     uniformly and fed to G one-hot after z's ``nz`` dimensions, which a network Q must read
@@ -287,6 +297,8 @@ LIVE_KEYS: tuple[str, ...] = (
     "r1_gamma",
     "instance_noise",
     "diffaug",
+    "diffaug_p",
+    "ada_target",
     "info_weight",
 )
 """Keys that can be changed while a run is training."""
@@ -553,6 +565,12 @@ def validate(cfg: Config) -> None:
     _check(not unknown, f"diffaug: unknown augmentation {shown(unknown[0]) if unknown else ''}"
                         f"; choose from {', '.join(DIFFAUG)}")
     _check(len(set(cfg.diffaug)) == len(cfg.diffaug), "diffaug names an augmentation twice")
+    _check(0.0 <= cfg.diffaug_p <= 1.0, f"diffaug_p must be from 0 to 1 (got "
+                                        f"{_got(cfg.diffaug_p)})")
+    _check(0.0 <= cfg.ada_target < 1.0, f"ada_target must be from 0 (off) to below 1, e.g. "
+                                        f"0.6 (got {_got(cfg.ada_target)})")
+    _check(not cfg.ada_target or cfg.diffaug, "ada_target adapts how often diffaug's "
+           "augmentations are applied: name them too (e.g. --set diffaug=translation)")
     _check(not (cfg.diffaug and cfg.dataset in POINT_SETS),
            f"diffaug augments images; dataset {cfg.dataset} is 2-D points"
            f"{_point_preset(cfg.dataset)}")

@@ -58,6 +58,9 @@ class Metrics:
     info_acc: float = float("nan")
     """InfoGAN (``info_codes``): the share of G's samples whose categorical code Q read
     right over the interval (NaN: no code)."""
+    aug_p: float = float("nan")
+    """The chance each of DiffAugment's augmentations was applied with at the interval's end
+    (``diffaug_p``, or adapted by ``ada_target``; NaN: every image augmented, or none)."""
 
 
 @dataclass(frozen=True)

@@ -46,7 +46,8 @@ class LinePrinter:
                     f"D(x) {event.d_real:.3f}  D(G(z)) {event.d_fake:.3f}/{event.d_fake_g:.3f}  "
                     f"{event.img_per_s:8,.0f} img/s  eta {duration(event.eta_s)}"
                     + (f"  data wait {event.data_wait:.0%}" if event.data_wait >= 0.05 else "")
-                    + (f"  Q reads {event.info_acc:.0%}" if event.info_acc >= 0 else ""))
+                    + (f"  Q reads {event.info_acc:.0%}" if event.info_acc >= 0 else "")
+                    + (f"  aug {event.aug_p:.0%}" if event.aug_p >= 0 else ""))
         if isinstance(event, ev.Scalars):
             return scalars_line(event, self.total)
         if isinstance(event, ev.Points):

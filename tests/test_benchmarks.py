@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from gantui import config
+from gantui import events as ev
 from gantui.config import ConfigError
 from gantui.data.sources import (
     GRID_SIGMA,
@@ -19,8 +20,8 @@ from gantui.data.sources import (
     grid_modes,
     mixture,
 )
-from gantui.engine.augment import diff_augment
-from gantui.headless import follow
+from gantui.engine.augment import ADA_IMAGES, ADA_INTERVAL, AugmentChance, diff_augment
+from gantui.headless import LinePrinter, follow
 from gantui.quality import stacked
 from gantui.quality.describe import diagnosis_line
 from gantui.quality.diagnostics import legible
@@ -233,6 +234,97 @@ def test_diffaug_config_key_is_live_and_checked() -> None:
         config.load("grid-25", ["diffaug=cutout"])
 
 
+def test_each_augmentation_reaches_its_share_of_images() -> None:
+    """diffaug_p: each image is shifted with chance p (the others are left exactly as they
+    were); at 1 the draws are the same as without a chance, at 0 nothing is drawn."""
+    x = torch.rand(400, 1, 16, 16, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    gen = torch.Generator().manual_seed(3)
+    before = gen.get_state()
+    assert diff_augment(x, ("translation",), gen, p=0.0) is x
+    assert torch.equal(gen.get_state(), before)
+    assert torch.equal(diff_augment(x, ("translation",), torch.Generator().manual_seed(5), 1.0),
+                       diff_augment(x, ("translation",), torch.Generator().manual_seed(5)))
+    half = diff_augment(x, ("translation",), torch.Generator().manual_seed(5), 0.5)
+    kept = (half == x).flatten(1).all(1).float().mean().item()
+    # 400 images at p = 0.5: kept is the unshifted share (a zero shift also keeps one)
+    assert 0.4 < kept < 0.65, kept
+    leaf = x[:8].clone().requires_grad_(True)
+    diff_augment(leaf, ("color", "translation"), gen, 0.5).sum().backward()
+    assert leaf.grad is not None and leaf.grad.abs().sum() > 0
+
+
+def test_the_adaptive_chance_follows_r_t() -> None:
+    """Every ADA_INTERVAL batches the chance moves by the images seen over ADA_IMAGES: up
+    while D calls more real images real than the target, down (never below 0) when fewer;
+    off, it is ``diffaug_p``; its state carries an interval under way."""
+    cfg = config.load("dcgan-mnist", ["ada_target=0.6"])[1]
+    chance = AugmentChance(0.0, torch.device("cpu"))
+    sure, unsure = torch.full((64, 1), 3.0), torch.tensor([1.0, -1.0] * 32)
+    for _ in range(3 * ADA_INTERVAL):  # r_t = 1 > 0.6
+        chance.observe(sure, cfg)
+    assert chance.p(cfg) == pytest.approx(3 * ADA_INTERVAL * 64 / ADA_IMAGES)
+    for _ in range(ADA_INTERVAL):  # r_t = 0 < 0.6
+        chance.observe(unsure, cfg)
+    assert chance.p(cfg) == pytest.approx(2 * ADA_INTERVAL * 64 / ADA_IMAGES)
+    for _ in range(ADA_INTERVAL - 1):
+        chance.observe(unsure, cfg)
+    saved = chance.state_dict()
+    twin = AugmentChance(0.0, torch.device("cpu"))
+    twin.load_state_dict(saved)
+    for each in (chance, twin):  # the interval's last batch: the same adjustment
+        each.observe(sure, cfg)  # r_t = (3 * 0 + 64) / 256 = 0.25
+    assert twin.p(cfg) == chance.p(cfg) == pytest.approx(ADA_INTERVAL * 64 / ADA_IMAGES)
+    for _ in range(40 * ADA_INTERVAL):
+        chance.observe(unsure, cfg)
+    assert chance.p(cfg) == 0.0
+    off = cfg.replace(ada_target=0.0, diffaug_p=0.3)
+    chance.observe(sure, off)
+    assert chance.p(off) == 0.3 and chance.state_dict()["count"] == 0
+    old = AugmentChance(0.0, torch.device("cpu"))
+    old.load_state_dict(None)  # a checkpoint from before the chance was saved
+    assert old.p(cfg) == 0.0
+
+
+def test_the_chance_keys_are_live_and_checked() -> None:
+    assert {"diffaug_p", "ada_target"} <= set(config.LIVE_KEYS)
+    for sets, message in ((["diffaug_p=1.5"], "diffaug_p must be from 0 to 1"),
+                          (["ada_target=1"], "ada_target must be from 0"),
+                          (["diffaug=", "ada_target=0.6"], "name them too")):
+        with pytest.raises(ConfigError, match=message):
+            config.load("dcgan-mnist", sets)
+
+
+def test_an_adaptive_run_records_its_chance_and_resumes_exactly(runs_dir: Path) -> None:
+    """ada_target on a DCGAN: ``aug_p`` in the metrics and the headless line, and 5 steps,
+    resume, 3 more == 8 straight (the chance and an adjustment interval under way are in the
+    checkpoint; every mask is drawn from the saved generator)."""
+    base = ["checkpoint_every=1000", "sample_every=1000", "log_every=1", "eval_every=0",
+            "diffaug=color,translation", "ada_target=0.01", "batch_size=8", "d_steps=2"]
+    straight = start(tiny("dcgan-mnist-plain", *base, "steps=8"), "dcgan-mnist-plain",
+                     runs_dir=runs_dir, name="ada-straight", device="cpu")
+    events = follow(straight, 120)
+    assert straight.state == "finished", straight.error
+    shares = [r["aug_p"] for r in RunStore.open(straight.run_dir).metrics()]
+    # 2 D steps a step, an adjustment every 4, after steps 2, 4, 6 and 8: D calls more than
+    # 1% of the real images real from the start, so each adjustment is up
+    assert shares == pytest.approx([k // 2 * ADA_INTERVAL * 8 / ADA_IMAGES for k in range(1, 9)])
+    last = [e for e in events if isinstance(e, ev.Metrics)][-1]
+    assert last.aug_p == shares[-1] and "  aug 0%" in LinePrinter().line(last)
+    half = start(tiny("dcgan-mnist-plain", *base, "steps=5"), "dcgan-mnist-plain",
+                 runs_dir=runs_dir, name="ada-half", device="cpu")
+    follow(half, 120)
+    state = load_checkpoint_file(RunStore.open(half.run_dir).checkpoint_paths()[-1])
+    assert state["augment"]["adapted"] == shares[4] > 0  # masks drawn before and after
+    assert state["augment"]["batches"] == 10 and state["augment"]["count"] == 16
+    resumed = start(None, "", resume=half.run_dir, sets=["steps=8"], device="cpu")
+    follow(resumed, 120)
+    assert resumed.state == "finished" and not resumed.error
+    a, b = _weights(straight.run_dir), _weights(half.run_dir)
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    assert [r["aug_p"] for r in RunStore.open(half.run_dir).metrics()] == shares
+
+
 def _weights(run_dir: Path) -> dict[str, torch.Tensor]:
     state = load_checkpoint_file(RunStore.open(run_dir).checkpoint_paths()[-1])
     return {**{f"G.{k}": v for k, v in state["G"].items()},
@@ -253,6 +345,8 @@ def test_stacked_run_with_diffaug_resumes_exactly(runs_dir: Path) -> None:
     resumed = start(None, "", resume=half.run_dir, sets=["steps=8"], device="cpu")
     follow(resumed, 120)
     assert resumed.state == "finished" and not resumed.error
+    # every image augmented (diffaug_p = 1, no ada_target): no chance to record
+    assert all("aug_p" not in r for r in RunStore.open(straight.run_dir).metrics())
     a, b = _weights(straight.run_dir), _weights(half.run_dir)
     assert a.keys() == b.keys()
     for key in a:

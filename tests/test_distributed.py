@@ -185,7 +185,7 @@ def test_ranks_agree_on_weights_commands_pause_checkpoint_and_stop(tmp_path):
 @pytest.mark.slow  # three torchrun launches of two ranks each
 def test_sigterm_and_resume_on_two_ranks_is_bit_exact(tmp_path):
     """gantui train --nproc-per-node 2 with the user's own model file (spectral norm put on
-    its D by gantui, an EMA of its G) on CIFAR-10-format data: stopped by SIGTERM mid-run
+    its D by gantui, an EMA of its G, adaptive augmentation) on CIFAR-10-format data: stopped by SIGTERM mid-run
     and resumed, it ends with the same weights, optimizers, RNG and data position (a shard
     of an epoch-based source) as a straight run; resumed on one process it warns that
     exactness is lost and carries on."""
@@ -195,7 +195,7 @@ def test_sigterm_and_resume_on_two_ranks_is_bit_exact(tmp_path):
     data = write_cifar10(tmp_path / "cifar", per_batch=18)  # 45 images a rank: 5 steps an epoch
     sets = [f"model={model}", f"data={data}", "model_args.width=16", "nz=8", "batch_size=8",
             "d_steps=1", "spectral_norm=true", "ema=0.9", "steps=120", "log_every=10",
-            "eval_every=0", "sample_every=1000"]
+            "eval_every=0", "sample_every=1000", "diffaug=translation", "ada_target=0.01"]
     common = ["train", "--nproc-per-node", "2", "--no-ui", "--preset", "sngan-cifar10",
               "--device", "cpu", *[f"--set={s}" for s in sets], "--runs-dir", str(runs)]
     straight = gantui(*common, "--name", "A")
@@ -223,8 +223,10 @@ def test_sigterm_and_resume_on_two_ranks_is_bit_exact(tmp_path):
     assert "changed since this checkpoint" not in resumed.stdout  # the same model file
     a = load(runs / "A" / "checkpoints" / "ckpt-00000120.pt")
     b = load(runs / "B" / "checkpoints" / "ckpt-00000120.pt")
-    for key in ("G", "D", "G_ema", "opt_g", "opt_d", "rng", "data", "ranks", "model_source"):
+    for key in ("G", "D", "G_ema", "opt_g", "opt_d", "rng", "data", "ranks", "model_source",
+                "augment"):
         assert same(a[key], b[key]), key
+    assert a["augment"]["adapted"] > 0  # summed over both ranks' real batches
     assert a["model_source"] == hashlib.sha256(model.read_bytes()).hexdigest()
     assert any(k.endswith("parametrizations.weight.original") for k in a["D"])
     assert a["G_ema"] is not None

@@ -26,6 +26,7 @@ CPU = torch.device("cpu")
     ("ring-8", ()), ("dcgan-mnist-plain", ()), ("cdcgan-mnist", ()),
     ("dcgan-mnist-plain", ("r1_gamma=0.1", "r1_every=3")),  # lazy R1 on steps 0 and 3 of 4
     ("dcgan-mnist", ("diffaug=translation,cutout",)),  # clusters, DiffAugment and EMA
+    ("dcgan-mnist-plain", ("diffaug=color,translation", "ada_target=0.01")),  # adapted: up
     ("dcgan-mnist-plain", ("instance_noise=0.1", "lr_decay=cosine"))])
 def test_the_bare_loop_trains_exactly_what_the_trainer_trains(preset: str, extra: tuple,
                                                               tmp_path: Path) -> None:

@@ -161,6 +161,9 @@ FIELDS: tuple[Field, ...] = (
     Field("quality", _capture_quality, _restore_quality,
           "the quality tracker (best and latest score, warnings given) and the D-overfitting "
           "streak"),
+    Field("augment", lambda t: t.augment.state_dict(), lambda t, v, s: t.augment.load_state_dict(v),
+          "the adaptive augmentation's chance and its signs since the last adjustment "
+          "(ada_target); absent before it was saved: the chance starts from 0"),
     Field("model_source", lambda t: user_model.built_digest(t.cfg), None,
           "sha256 of a user's model file (\"\" for the built-in models): a resume warns "
           "when the file changed (read by the session and run/restore)"),

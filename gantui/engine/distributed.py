@@ -156,6 +156,11 @@ class Channel:
         n = len(counts)
         return [v / self.world.size for v in values[:-n]], values[-n:]
 
+    def total(self, values: torch.Tensor) -> torch.Tensor:
+        """``values`` summed over the ranks (on the training group, in place)."""
+        dist.all_reduce(values)
+        return values
+
     def exchange(self, payload: bytes, stop: bool) -> tuple[bytes, bool]:
         """Rank 0's ``payload`` on every rank, and whether any rank asked to stop."""
         head = torch.tensor([len(payload) if self.world.main else 0, int(stop)],
@@ -228,6 +233,9 @@ class LocalChannel:
     def average(self, stats: torch.Tensor, counts: list[float]) -> tuple[list[float],
                                                                          list[float]]:
         return stats.tolist(), counts
+
+    def total(self, values: torch.Tensor) -> torch.Tensor:
+        return values
 
     def gather(self, obj: Any) -> list[Any]:
         return [obj]

@@ -29,7 +29,7 @@ from gantui.data.batches import make_batches
 from gantui.data.sources import Batches
 from gantui.engine import checkpoint as ckpt
 from gantui.engine import distributed, ema, fast
-from gantui.engine.augment import perturb
+from gantui.engine.augment import AugmentChance, perturb
 from gantui.engine.commands import Commands
 from gantui.engine.control import Controller
 from gantui.engine.distributed import SINGLE, Channel, LocalChannel, World
@@ -39,6 +39,7 @@ from gantui.engine.previews import Previews
 from gantui.errors import GantuiError
 from gantui.models.builtin import build_code_reader, build_encoder
 from gantui.models.latent import code, training_noise
+from gantui.quality.diagnostics import real_threshold
 from gantui.quality.metrics import HealthMonitor
 from gantui.quality.tracker import QualityTracker
 from gantui.run.store import RunStore, StoreError
@@ -133,6 +134,8 @@ class Trainer:
         # each rank its own noise; rank 0's is a single process's
         self.noise = torch.Generator(device=device).manual_seed(cfg.seed + 1 + 7919 * world.rank)
         self.amp = cfg.amp and device.type == "cuda"
+        self.augment = AugmentChance(real_threshold(cfg.loss), device, self.channel.total)
+        """The chance DiffAugment's augmentations are applied with (``ada_target``)."""
 
         self.step = 0
         self.total_steps = total_steps(cfg, self.batches)
@@ -294,6 +297,7 @@ class Trainer:
             out_real = D(x, y)
             out_fake = D(fake, y_fake)
             self.evaluation.signs.add(out_real)  # ADA's r_t, read at evaluations
+            self.augment.observe(out_real, self.cfg)  # and the adaptive chance's
             loss = d_loss(self.cfg.loss, out_real.float(), out_fake.float(),
                           self.cfg.label_smoothing)
             if self.E is not None:  # cVAE-GAN: reconstructions are fakes too
@@ -382,7 +386,8 @@ class Trainer:
     def _perturb(self, x: torch.Tensor) -> torch.Tensor:
         """What D sees of a real or generated batch (:func:`augment.perturb`: DiffAugment,
         then instance noise); the draws come from :attr:`noise`, saved in checkpoints."""
-        return perturb(x, self.cfg, self.step, self.total_steps, self.noise)
+        return perturb(x, self.cfg, self.step, self.total_steps, self.noise,
+                       self.augment.p(self.cfg))
 
     # ---- log / sample / checkpoint -----------------------------------------------------
 
@@ -412,7 +417,8 @@ class Trainer:
             img_per_s=images / elapsed,  # on several ranks, the global figure
             eta_s=(self.total_steps - self.step) * elapsed / max(steps, 1), time=time.time(),
             data_wait=min(1.0, self._waited / elapsed),
-            info_acc=values[INFO_ACC] if self.Q is not None else float("nan"))
+            info_acc=values[INFO_ACC] if self.Q is not None else float("nan"),
+            aug_p=self._aug_p())
         self._acc.zero_()
         self._n_d = self._n_g = self._images = 0
         self._t_log = now
@@ -428,6 +434,14 @@ class Trainer:
                                                     data_wait=metrics.data_wait):
             self.emit(ev.Alert(self.step, kind, message))
         return True
+
+    def _aug_p(self) -> float:
+        """The chance of DiffAugment's augmentations, to record where it is not simply all
+        of them (``ada_target`` on, or ``diffaug_p`` below 1); else NaN."""
+        cfg = self.cfg
+        if cfg.diffaug and (cfg.ada_target or cfg.diffaug_p < 1):
+            return self.augment.p(cfg)
+        return float("nan")
 
     def _emit_once_per_count(self, kind: str, count: int) -> None:
         if count != self._skipped_reported:
@@ -616,6 +630,7 @@ def apply_rates(optimizers: list[tuple[torch.optim.Optimizer, float]], scale: fl
 def _metrics_record(event: ev.Metrics | ev.Quality) -> dict[str, Any]:
     record = ev.to_record(event)
     record.pop("event")
-    if not math.isfinite(record.get("info_acc", 0.0)):
-        del record["info_acc"]  # no InfoGAN code: nothing to record
+    for key in ("info_acc", "aug_p"):  # no InfoGAN code, no diffaug: nothing to record
+        if not math.isfinite(record.get(key, 0.0)):
+            del record[key]
     return record

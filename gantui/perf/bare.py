@@ -30,11 +30,12 @@ from gantui import procs
 from gantui.config import Config
 from gantui.data.batches import make_batches
 from gantui.engine import ema, fast
-from gantui.engine.augment import perturb
+from gantui.engine.augment import AugmentChance, perturb
 from gantui.engine.losses import d_loss, g_loss, r1_due, r1_penalty
 from gantui.engine.trainer import apply_rates, lr_factor, total_steps
 from gantui.errors import GantuiError
 from gantui.models.latent import training_noise
+from gantui.quality.diagnostics import real_threshold
 
 
 def _sync(device: torch.device) -> None:
@@ -61,9 +62,10 @@ class BareLoop:
         self.total = total_steps(cfg, self.batches)
         # as the trainer keeps it: a frozen copy moved after each G step
         self.G_ema = ema.frozen_copy(self.G) if cfg.ema else None
+        self.chance = AugmentChance(real_threshold(cfg.loss), device)  # ada_target
 
     def _augment(self, x: torch.Tensor) -> torch.Tensor:
-        return perturb(x, self.cfg, self.steps, self.total, self.noise)
+        return perturb(x, self.cfg, self.steps, self.total, self.noise, self.chance.p(self.cfg))
 
     def _z(self, n: int) -> tuple[torch.Tensor, torch.Tensor | None]:
         return training_noise(self.cfg, n, self.noise, self.device)
@@ -92,6 +94,7 @@ class BareLoop:
                 if r1:  # as the trainer: R1 needs the real batch's gradient, D eager
                     x, d = x.detach().requires_grad_(True), self.d_eager
                 out_real = d(x, y)
+                self.chance.observe(out_real, cfg)
                 loss = d_loss(cfg.loss, out_real.float(), d(fake, y_fake).float(),
                               cfg.label_smoothing)
                 if r1:

@@ -56,15 +56,16 @@ _METRIC_FIELDS = tuple(f.name for f in dataclasses.fields(ev.Metrics))
 _METRIC_KEYS = frozenset(_METRIC_FIELDS)
 _INT_FIELDS = frozenset({"step", "epoch"})
 _FLOAT_FIELDS = tuple(name for name in _METRIC_FIELDS if name not in _INT_FIELDS)
-_OPTIONAL_KEYS = frozenset({"info_acc"})
-"""Fields the trainer records only when they apply (``info_acc``: InfoGAN runs)."""
+_OPTIONAL_KEYS = frozenset({"info_acc", "aug_p"})
+"""Fields the trainer records only when they apply (``info_acc``: InfoGAN runs; ``aug_p``:
+runs with ``diffaug``)."""
 _PLAIN_KEYS = _METRIC_KEYS - _OPTIONAL_KEYS
 
 
 def _trainer_keys(record: dict[str, Any]) -> bool:
     """True when ``record`` has exactly the keys the trainer writes (with or without the
     optional ones): no script's own names among them."""
-    return record.keys() == _METRIC_KEYS or record.keys() == _PLAIN_KEYS
+    return _PLAIN_KEYS <= record.keys() <= _METRIC_KEYS
 _GREY_MODES = frozenset({"1", "L", "LA", "La", "I", "I;16", "I;16B", "I;16L", "F"})
 
 

@@ -22,7 +22,7 @@ from gantui.quality.describe import DESCRIPTIONS, describe_value, format_value
 from gantui.text import safe, shown
 
 METRICS = ("loss_d", "loss_g", "d_real", "d_fake", "d_fake_g", "grad_g", "grad_d", "img_per_s",
-           "info_acc")
+           "info_acc", "aug_p")
 """Training metrics, from metrics.jsonl."""
 QUALITY_METRICS = tuple(DESCRIPTIONS)
 """Quality values, from quality.jsonl (each run has those its data allows)."""

@@ -43,7 +43,7 @@ METRIC_TAGS = {
     "grad_g": "grad/g", "grad_d": "grad/d",
     "lr_g": "lr/g", "lr_d": "lr/d",
     "img_per_s": "speed/img_per_s", "eta_s": "speed/eta_s", "data_wait": "speed/data_wait",
-    "info_acc": "info/q_reads",
+    "info_acc": "info/q_reads", "aug_p": "augment/p",
 }
 """TensorBoard tag of each ``metrics.jsonl`` field; another numeric field ``x`` goes to
 ``train/x``."""

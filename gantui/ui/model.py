@@ -95,6 +95,8 @@ class RunModel:
     """Share of the last log interval spent waiting for batches (NaN: not recorded)."""
     info_acc: float = float("nan")
     """InfoGAN: the share of codes Q read right over the last log interval (NaN: no code)."""
+    aug_p: float = float("nan")
+    """The chance of DiffAugment's augmentations at the last log (NaN: all images or none)."""
     system: System | None = None
     """The latest GPU/CPU/RAM sample."""
     system_version: int = 0
@@ -266,7 +268,7 @@ class RunModel:
 
     def _metrics(self, m: Metrics) -> list[LogLine]:
         self.epoch, self.img_per_s, self.eta_s = m.epoch, m.img_per_s, m.eta_s
-        self.data_wait, self.info_acc = m.data_wait, m.info_acc
+        self.data_wait, self.info_acc, self.aug_p = m.data_wait, m.info_acc, m.aug_p
         for key in SERIES:
             self.series[key].append(m.step, getattr(m, key))
         if math.isfinite(m.time):

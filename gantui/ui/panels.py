@@ -45,6 +45,7 @@ def status_text(model: RunModel, view: str) -> Text:
         f"{model.img_per_s:.0f} img/s" if math.isfinite(model.img_per_s) else "",  # a script's
         f"data {model.data_wait:.0%}" if math.isfinite(model.data_wait) else "",
         f"Q reads {model.info_acc:.0%}" if math.isfinite(model.info_acc) else "",
+        f"aug {model.aug_p:.0%}" if math.isfinite(model.aug_p) else "",
         f"ETA {format_duration(model.eta_s) if model.live else '--'}",
         f"ep {model.epoch}",
         model.name or "…",
