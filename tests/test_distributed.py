@@ -185,9 +185,10 @@ def test_ranks_agree_on_weights_commands_pause_checkpoint_and_stop(tmp_path):
 @pytest.mark.slow  # three torchrun launches of two ranks each
 def test_sigterm_and_resume_on_two_ranks_is_bit_exact(tmp_path):
     """gantui train --nproc-per-node 2 with the user's own model file (spectral norm put on
-    its D by gantui, an EMA of its G, adaptive augmentation) on CIFAR-10-format data: stopped by SIGTERM mid-run
-    and resumed, it ends with the same weights, optimizers, RNG and data position (a shard
-    of an epoch-based source) as a straight run; resumed on one process it warns that
+    its D by gantui, an EMA of its G, adaptive augmentation) on CIFAR-10-format data:
+    stopped by SIGTERM mid-run and resumed, it ends with the same weights, optimizers, RNG,
+    augmentation chance and data position (a shard of an epoch-based source) as a straight
+    run; resumed on one process it warns that
     exactness is lost and carries on."""
     runs = tmp_path / "runs"
     model = tmp_path / "tiny_gan.py"

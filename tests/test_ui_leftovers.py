@@ -4,6 +4,7 @@ after replaying a resumed run, and watch steering a run that (re)starts while wa
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import math
 from pathlib import Path
 
@@ -31,6 +32,10 @@ def test_one_duration_format_for_the_headless_line_and_the_status_bar() -> None:
     model = RunModel(state="running")
     model.apply(metrics)
     assert "eta 3m05s" in line and "ETA 3m05s" in str(status_text(model, ""))
+    assert "aug" not in line and "aug" not in str(status_text(model, ""))
+    adapted = dataclasses.replace(metrics, aug_p=0.23)  # ada_target's chance
+    model.apply(adapted)
+    assert "aug 23%" in LinePrinter().line(adapted) and "aug 23%" in str(status_text(model, ""))
 
 
 def _resumed_after_a_lost_change(runs_dir: Path) -> Path:
