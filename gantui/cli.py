@@ -551,7 +551,11 @@ def eval_(
     if reading is not None:
         console.print(f"\nclusters: {reading.per_code} samples per code, read by the judge",
                       markup=False)
-        for line in clustered.lines(reading, judge_accuracy=evaluator.judge_info.accuracy):
+        from gantui.data.datasets import classes_of
+
+        names = classes_of(cfg.dataset, cfg.data, False) or ()  # CIFAR-10's, Fashion's
+        for line in clustered.lines(reading, judge_accuracy=evaluator.judge_info.accuracy,
+                                    names=names):
             console.print(line, markup=False)
 
 

@@ -312,6 +312,12 @@ def test_the_cluster_reading_says_which_clusters_g_draws_as_what(preset: str) ->
     assert said[1].startswith("clusters each class leads: 0: 1  1: 1  2: 1  3: 1  4: 0")
     assert said[-1].split() == ["cluster", "3", "1.00", "data", "3", "100%", "|", "G", "0",
                                 "100%"]
+    from gantui.data.datasets import FASHION_CLASSES
+
+    named = clustered.lines(reading, n_worst=1, names=FASHION_CLASSES)  # eval's names
+    assert named[1].startswith("clusters each class leads: T-shirt/top: 1  Trouser: 1  "
+                               "Pullover: 1  Dress: 1  Coat: 0")
+    assert named[-1].endswith("data Dress 100%  |  G T-shirt/top 100%")
     # G drawing the leading class more often than the data holds it is said only beyond noise
     data = torch.tensor([[0.8, 0.2], [0.2, 0.8]])
     for fake, n, sharper in ((0.9, 100, True), (0.84, 100, False), (0.84, 10_000, True)):

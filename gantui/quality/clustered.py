@@ -132,19 +132,25 @@ def read_clusters(judge: nn.Module, n_classes: int, G: nn.Module, cfg: Config,
     return ClusterReading(torch.stack(data), torch.stack(fake), per_code)
 
 
-def top_classes(row: torch.Tensor, most: int = 3, least: float = 0.1) -> str:
+def _name(c: int, names: tuple[str, ...]) -> str:
+    return names[c] if c < len(names) else str(c)
+
+
+def top_classes(row: torch.Tensor, most: int = 3, least: float = 0.1,
+                names: tuple[str, ...] = ()) -> str:
     """``"0 62% · 1 38%"``: the ``most`` largest shares of a class-share ``row`` of at least
-    ``least`` (the largest always)."""
+    ``least`` (the largest always), each class by its name in ``names`` (else its number)."""
     order = row.argsort(descending=True).tolist()[:most]
     kept = [c for i, c in enumerate(order) if i == 0 or float(row[c]) >= least]
-    return " · ".join(f"{c} {100 * float(row[c]):.0f}%" for c in kept)
+    return " · ".join(f"{_name(c, names)} {100 * float(row[c]):.0f}%" for c in kept)
 
 
-def lines(reading: ClusterReading, n_worst: int = 5, judge_accuracy: float | None = None
-          ) -> list[str]:
+def lines(reading: ClusterReading, n_worst: int = 5, judge_accuracy: float | None = None,
+          names: tuple[str, ...] = ()) -> list[str]:
     """The reading in words: the leading-class shares, how many clusters each class leads,
     and the clusters G draws furthest from their data; with ``judge_accuracy`` (on held-out
-    real images), how far the judge's own misreadings go."""
+    real images), how far the judge's own misreadings go. Classes are named by ``names``
+    (CIFAR-10's, Fashion-MNIST's) where given, else numbered (digits)."""
     k, n_classes = reading.data.shape
     data, fake = reading.lead_shares()
     error = reading.lead_error()
@@ -152,7 +158,8 @@ def lines(reading: ClusterReading, n_worst: int = 5, judge_accuracy: float | Non
     said = [f"G given a cluster's code draws its leading class {100 * fake:.1f}% "
             f"(± {100 * error:.1f}) of the time; the cluster's training images are "
             f"{100 * data:.1f}% that class (per cluster, then the mean of {k})",
-            "clusters each class leads: " + "  ".join(f"{c}: {n}" for c, n in enumerate(leads))]
+            "clusters each class leads: " + "  ".join(f"{_name(c, names)}: {n}"
+                                                      for c, n in enumerate(leads))]
     if judge_accuracy is not None:
         said.append(f"the judge reads held-out real images right {100 * judge_accuracy:.1f}% "
                     f"of the time and trained on most of these: G's shares carry more of its "
@@ -163,8 +170,9 @@ def lines(reading: ClusterReading, n_worst: int = 5, judge_accuracy: float | Non
     said.append("furthest from their data (total variation, 0 = the same shares):")
     apart = reading.apart()
     for c in reading.worst(n_worst):
-        said.append(f"  cluster {c:>3}  {float(apart[c]):.2f}  data {top_classes(reading.data[c])}"
-                    f"  |  G {top_classes(reading.fake[c])}")
+        said.append(f"  cluster {c:>3}  {float(apart[c]):.2f}  data "
+                    f"{top_classes(reading.data[c], names=names)}  |  G "
+                    f"{top_classes(reading.fake[c], names=names)}")
     return said
 
 
