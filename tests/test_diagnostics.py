@@ -70,7 +70,7 @@ def test_the_accuracy_gap_of_a_memorising_d_warns_when_it_lasts() -> None:
     assert monitor.update(0.9, acc_train, acc_held) == []  # one evaluation is not sustained
     (kind, message), = monitor.update(0.95, acc_train, acc_held)
     assert kind == "overfit" and "r_t = +0.95" in message and "100%" in message
-    for remedy in ("augmentation", "R1", "instance noise", "lr_d"):
+    for remedy in ("augmentation", "ada_target", "R1", "instance noise", "lr_d"):
         assert remedy in message
     assert monitor.update(0.95, acc_train, acc_held) == []  # said once per episode
     assert monitor.update(0.2, 0.8, 0.78) == []  # a small gap clears it...

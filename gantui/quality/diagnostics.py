@@ -197,8 +197,9 @@ class OverfitMonitor:
         return [("overfit", (
             f"the discriminator is overfitting its training images: it calls {acc_train:.0%} "
             f"of them real but only {acc_held:.0%} of held-out real images{rt}, "
-            f"{self._streak} evaluations in a row. Remedies: augmentation, R1 (r1_gamma), "
-            f"instance noise (instance_noise), a lower lr_d, or more training data"))]
+            f"{self._streak} evaluations in a row. Remedies: augmentation (diffaug, "
+            f"adapted to D by ada_target), R1 (r1_gamma), instance noise (instance_noise), a "
+            f"lower lr_d, or more training data"))]
 
     def state_dict(self) -> dict[str, Any]:
         """Plain values for a checkpoint: a resumed run continues the streak."""
