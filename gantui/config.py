@@ -189,10 +189,11 @@ class Config:
     ``ada_target`` is on, the chance is adapted instead and this key is not used."""
     ada_target: float = 0.0
     """Adaptive augmentation (Karras et al. 2020, StyleGAN2-ADA): the chance of ``diffaug``
-    starts at 0 and every 4 D steps moves up when D's ``r_t`` (the mean sign of its outputs
-    on the real batches) is over this target, down when under, by at most 1 per 100,000 real
-    images, so augmentation grows only as D starts to overfit. The standard target is 0.6;
-    0 is off (live; needs ``diffaug``). The chance in use is recorded as ``aug_p``."""
+    starts at 0 (switched off and on again, where it was) and every 4 D steps moves up when
+    D's ``r_t`` (the mean sign of its outputs on the real batches) is over this target, down
+    when under, by at most 1 per 100,000 real images, so augmentation grows only as D starts
+    to overfit. The standard target is 0.6; 0 is off (live; needs ``diffaug``). The chance in
+    use is recorded as ``aug_p``."""
     info_codes: int = 0
     """InfoGAN (Chen et al. 2016): a categorical latent code of this many values, drawn
     uniformly and fed to G one-hot after z's ``nz`` dimensions, which a network Q must read
@@ -570,7 +571,8 @@ def validate(cfg: Config) -> None:
     _check(0.0 <= cfg.ada_target < 1.0, f"ada_target must be from 0 (off) to below 1, e.g. "
                                         f"0.6 (got {_got(cfg.ada_target)})")
     _check(not cfg.ada_target or cfg.diffaug, "ada_target adapts how often diffaug's "
-           "augmentations are applied: name them too (e.g. --set diffaug=translation)")
+           "augmentations are applied, and diffaug names none: name one (e.g. translation), "
+           "or set ada_target to 0")
     _check(not (cfg.diffaug and cfg.dataset in POINT_SETS),
            f"diffaug augments images; dataset {cfg.dataset} is 2-D points"
            f"{_point_preset(cfg.dataset)}")

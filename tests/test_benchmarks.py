@@ -267,19 +267,21 @@ def test_the_adaptive_chance_follows_r_t() -> None:
         chance.observe(unsure, cfg)
     assert chance.p(cfg) == pytest.approx(2 * ADA_INTERVAL * 64 / ADA_IMAGES)
     for _ in range(ADA_INTERVAL - 1):
-        chance.observe(unsure, cfg)
+        chance.observe(sure, cfg)
     saved = chance.state_dict()
+    assert saved["sum"] == 3 * 64 and saved["count"] == 3 * 64
     twin = AugmentChance(0.0, torch.device("cpu"))
     twin.load_state_dict(saved)
     for each in (chance, twin):  # the interval's last batch: the same adjustment
-        each.observe(sure, cfg)  # r_t = (3 * 0 + 64) / 256 = 0.25
-    assert twin.p(cfg) == chance.p(cfg) == pytest.approx(ADA_INTERVAL * 64 / ADA_IMAGES)
+        each.observe(unsure, cfg)  # r_t = (3 * 64 + 0) / 256 = 0.75: up again
+    assert twin.p(cfg) == chance.p(cfg) == pytest.approx(3 * ADA_INTERVAL * 64 / ADA_IMAGES)
     for _ in range(40 * ADA_INTERVAL):
         chance.observe(unsure, cfg)
     assert chance.p(cfg) == 0.0
+    chance.observe(sure, cfg)  # an interval under way when it is switched off...
     off = cfg.replace(ada_target=0.0, diffaug_p=0.3)
     chance.observe(sure, off)
-    assert chance.p(off) == 0.3 and chance.state_dict()["count"] == 0
+    assert chance.p(off) == 0.3 and chance.state_dict()["count"] == 0  # ...is dropped
     old = AugmentChance(0.0, torch.device("cpu"))
     old.load_state_dict(None)  # a checkpoint from before the chance was saved
     assert old.p(cfg) == 0.0
@@ -289,7 +291,7 @@ def test_the_chance_keys_are_live_and_checked() -> None:
     assert {"diffaug_p", "ada_target"} <= set(config.LIVE_KEYS)
     for sets, message in ((["diffaug_p=1.5"], "diffaug_p must be from 0 to 1"),
                           (["ada_target=1"], "ada_target must be from 0"),
-                          (["diffaug=", "ada_target=0.6"], "name them too")):
+                          (["diffaug=", "ada_target=0.6"], "diffaug names none")):
         with pytest.raises(ConfigError, match=message):
             config.load("dcgan-mnist", sets)
 

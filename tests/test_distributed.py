@@ -137,6 +137,39 @@ def test_rank_0_shows_the_users_own_traceback_before_its_line(tmp_path, capsys):
     assert not (tmp_path / "runs" / "bad").exists()
 
 
+def test_each_rank_resumes_its_own_augmentation_signs() -> None:
+    """The adaptive chance's signs since its last adjustment are each rank's own: a resume on
+    as many ranks gives each rank its entry of ``ranks``; on another number of ranks the chance
+    carries on and the signs start afresh."""
+    from types import SimpleNamespace
+
+    from gantui.engine import checkpoint
+    from gantui.engine.augment import AugmentChance
+    from gantui.engine.distributed import World
+
+    from .conftest import tiny
+
+    def entry(signs: float) -> dict:
+        return {"rng": {"torch": torch.get_rng_state(), "cuda": [], "noise": None},
+                "data": {}, "augment": {"adapted": 0.25, "sum": signs, "count": 16,
+                                        "batches": 6}}
+
+    ranks = [entry(16.0), entry(-4.0)]
+    state = {"step": 6, "world_size": 2, "rng": ranks[0]["rng"], "data": {},
+             "augment": ranks[0]["augment"], "ranks": ranks}
+    notes: list = []
+    for world, signs, count in ((World(1, 2), -4.0, 16), (World(0, 1), 0.0, 0)):
+        trainer = SimpleNamespace(
+            world=world, device=torch.device("cpu"), cfg=tiny("dcgan-mnist", "steps=100"),
+            noise=torch.Generator(), add_note=notes.append,
+            batches=SimpleNamespace(load_state_dict=lambda data: None, state_dict=dict),
+            augment=AugmentChance(0.0, torch.device("cpu")))
+        checkpoint._restore_rank(trainer, None, state)
+        restored = trainer.augment.state_dict()
+        assert (restored["adapted"], restored["sum"], restored["count"]) == (0.25, signs, count)
+    assert len(notes) == 1  # "no longer exactly", on the single process
+
+
 def said(done: subprocess.CompletedProcess) -> str:
     """What the ranks and gantui printed, without torchrun's own traceback and log lines
     (they push the ranks' last lines out of an assertion's message)."""

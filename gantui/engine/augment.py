@@ -67,7 +67,9 @@ def diff_augment(x: torch.Tensor, policy: Iterable[str], gen: torch.Generator,
         if p >= 1:
             x = AUGMENTATIONS[name](x, gen)
         else:
-            chosen = _uniform(x, gen) < p
+            # drawn in float32: a bf16 U(0, 1) (a fake under autocast) is too coarse for the
+            # small chances adaptation starts from, and reals and fakes must share the chance
+            chosen = torch.rand(x.shape[0], 1, 1, 1, generator=gen, device=x.device) < p
             x = torch.where(chosen, AUGMENTATIONS[name](x, gen), x)
     return x
 
@@ -121,6 +123,9 @@ class AugmentChance:
         """Count one batch of D's raw outputs on (augmented) real images; adjust the chance
         every :data:`ADA_INTERVAL` batches. Nothing while ``ada_target`` is off."""
         if not cfg.ada_target or not cfg.diffaug:
+            if self._count:  # switched off mid-interval: switched on, it counts afresh
+                self._sum.zero_()
+                self._count = self._batches = 0
             return
         self._sum += torch.sign(out_real.detach().float() - self.threshold).sum()
         self._count += out_real.numel()

@@ -83,6 +83,7 @@ def _restore_rank(trainer: Trainer, value: Any, state: dict[str, Any]) -> None:
     if mine["rng"].get("noise") is not None:
         trainer.noise.set_state(mine["rng"]["noise"])
     trainer.batches.load_state_dict(mine["data"])
+    trainer.augment.load_state_dict(mine.get("augment"))
 
 
 def _restore_fixed_noise(trainer: Trainer, value: Any, state: dict[str, Any]) -> None:
@@ -161,9 +162,10 @@ FIELDS: tuple[Field, ...] = (
     Field("quality", _capture_quality, _restore_quality,
           "the quality tracker (best and latest score, warnings given) and the D-overfitting "
           "streak"),
-    Field("augment", lambda t: t.augment.state_dict(), lambda t, v, s: t.augment.load_state_dict(v),
-          "the adaptive augmentation's chance and its signs since the last adjustment "
-          "(ada_target); absent before it was saved: the chance starts from 0"),
+    Field("augment", lambda t: t.augment.state_dict(), None,
+          "rank 0's adaptive augmentation chance and its signs since the last adjustment "
+          "(ada_target; read with rng, each rank its own signs from ranks); absent before it "
+          "was saved: the chance starts from 0"),
     Field("model_source", lambda t: user_model.built_digest(t.cfg), None,
           "sha256 of a user's model file (\"\" for the built-in models): a resume warns "
           "when the file changed (read by the session and run/restore)"),
@@ -202,21 +204,23 @@ def rng_state(trainer: Trainer) -> dict[str, Any]:
 
 
 def rank_state(trainer: Trainer) -> dict[str, Any]:
-    """What differs between ranks: RNG streams and the data position (an entry of
-    ``ranks``)."""
-    return {"rng": rng_state(trainer), "data": trainer.batches.state_dict()}
+    """What differs between ranks: RNG streams, the data position and the adaptive
+    augmentation's signs since its last adjustment (an entry of ``ranks``)."""
+    return {"rng": rng_state(trainer), "data": trainer.batches.state_dict(),
+            "augment": trainer.augment.state_dict()}
 
 
 def rank_state_from(trainer: Trainer, state: dict[str, Any]) -> dict[str, Any]:
-    """This rank's RNG streams and data position from ``state``: its own when the checkpoint
-    was written by as many ranks, else rank 0's data position with fresh per-rank noise
-    (continuing, but no longer exactly; a note says so)."""
+    """This rank's RNG streams, data position and augmentation signs from ``state``: its own
+    when the checkpoint was written by as many ranks, else rank 0's data position and
+    augmentation chance with fresh per-rank noise and no signs counted yet (continuing, but
+    no longer exactly; a note says so)."""
     world = trainer.world
     saved = int(state.get("world_size", 1))
     ranks = state.get("ranks")
     if saved == world.size:
         if saved == 1:
-            return {"rng": state["rng"], "data": state["data"]}
+            return {"rng": state["rng"], "data": state["data"], "augment": state.get("augment")}
         if isinstance(ranks, list) and len(ranks) == saved:
             return ranks[world.rank]
     if trainer.cfg.epochs > 0:
@@ -238,7 +242,10 @@ def rank_state_from(trainer: Trainer, state: dict[str, Any]) -> dict[str, Any]:
         data.update(epoch=int(data["epoch"]) + 1, index=0)  # shorter epochs per rank now
     seed = trainer.cfg.seed + 1 + 7919 * world.rank + 104_729 * int(state["step"])
     noise = torch.Generator(device=trainer.device).manual_seed(seed).get_state()
-    return {"rng": dict(state["rng"], noise=noise), "data": data}
+    augment = state.get("augment")
+    if isinstance(augment, dict):  # the chance carries on; the signs were another split's
+        augment = dict(augment, sum=0.0, count=0)
+    return {"rng": dict(state["rng"], noise=noise), "data": data, "augment": augment}
 
 
 # ---- when writing fails ------------------------------------------------------------------

@@ -297,7 +297,6 @@ class Trainer:
             out_real = D(x, y)
             out_fake = D(fake, y_fake)
             self.evaluation.signs.add(out_real)  # ADA's r_t, read at evaluations
-            self.augment.observe(out_real, self.cfg)  # and the adaptive chance's
             loss = d_loss(self.cfg.loss, out_real.float(), out_fake.float(),
                           self.cfg.label_smoothing)
             if self.E is not None:  # cVAE-GAN: reconstructions are fakes too
@@ -313,6 +312,9 @@ class Trainer:
         grad = torch.nn.utils.get_total_norm([p.grad for p in self.D.parameters()
                                               if p.grad is not None])
         self.opt_d.step()
+        # the adaptive chance's r_t; after the update is queued, as its host read waits for
+        # the forward pass (every ADA_INTERVAL batches)
+        self.augment.observe(out_real, self.cfg)
         self._acc[LOSS_D:GRAD_D + 1] += torch.stack([  # slices: no index tensor to upload
             loss.detach().float(), d_prob(self.cfg.loss, out_real),
             d_prob(self.cfg.loss, out_fake), grad.float()])

@@ -94,7 +94,6 @@ class BareLoop:
                 if r1:  # as the trainer: R1 needs the real batch's gradient, D eager
                     x, d = x.detach().requires_grad_(True), self.d_eager
                 out_real = d(x, y)
-                self.chance.observe(out_real, cfg)
                 loss = d_loss(cfg.loss, out_real.float(), d(fake, y_fake).float(),
                               cfg.label_smoothing)
                 if r1:
@@ -102,6 +101,7 @@ class BareLoop:
             self.opt_d.zero_grad(set_to_none=True)
             loss.backward()
             self.opt_d.step()
+            self.chance.observe(out_real, cfg)  # as the trainer: after the update
             images += n
         z, y = self._z(cfg.batch_size)
         self.D.requires_grad_(False)
