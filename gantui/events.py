@@ -63,6 +63,11 @@ class Metrics:
     (``diffaug_p``, or adapted by ``ada_target``; NaN: every image augmented, or none)."""
 
 
+OPTIONAL_METRICS = ("info_acc", "aug_p")
+""":class:`Metrics` fields recorded only where they apply (NaN: left out of the record):
+``info_acc`` in InfoGAN runs, ``aug_p`` where ``diffaug``'s chance is not simply 1."""
+
+
 @dataclass(frozen=True)
 class Preview:
     """The fixed-noise grid, downsampled to at most 256 px a side, as row-major uint8 bytes

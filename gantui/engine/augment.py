@@ -33,16 +33,6 @@ ADA_IMAGES = 100_000
 for runs of tens of millions of images; these runs see about a million)."""
 
 
-def _colour(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-    return contrast(saturation(brightness(x, gen), gen), gen)
-
-
-AUGMENTATIONS: dict[str, Callable[[torch.Tensor, torch.Generator], torch.Tensor]] = {
-    "color": _colour, "translation": lambda x, gen: translation(x, gen),
-    "cutout": lambda x, gen: cutout(x, gen)}
-"""Each name of :data:`gantui.config.DIFFAUG` and what it does to a batch."""
-
-
 def diff_augment(x: torch.Tensor, policy: Iterable[str], gen: torch.Generator,
                  p: float = 1.0) -> torch.Tensor:
     """``x`` (N, C, H, W) augmented by each named augmentation, in :data:`DIFFAUG` order.
@@ -210,3 +200,13 @@ def cutout(x: torch.Tensor, gen: torch.Generator, ratio: float = CUTOUT_RATIO) -
     mask = torch.ones(n, h, w, dtype=x.dtype, device=x.device)
     mask[batch, rows, cols] = 0
     return x * mask.unsqueeze(1)
+
+
+def colour(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """DiffAugment's ``color``: brightness, saturation, then contrast."""
+    return contrast(saturation(brightness(x, gen), gen), gen)
+
+
+AUGMENTATIONS: dict[str, Callable[[torch.Tensor, torch.Generator], torch.Tensor]] = {
+    "color": colour, "translation": translation, "cutout": cutout}
+"""Each name of :data:`gantui.config.DIFFAUG` and what it does to a batch."""

@@ -632,7 +632,7 @@ def apply_rates(optimizers: list[tuple[torch.optim.Optimizer, float]], scale: fl
 def _metrics_record(event: ev.Metrics | ev.Quality) -> dict[str, Any]:
     record = ev.to_record(event)
     record.pop("event")
-    for key in ("info_acc", "aug_p"):  # no InfoGAN code, no diffaug: nothing to record
+    for key in ev.OPTIONAL_METRICS:  # no InfoGAN code, no chance: nothing to record
         if not math.isfinite(record.get(key, 0.0)):
             del record[key]
     return record

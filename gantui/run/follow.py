@@ -56,9 +56,8 @@ _METRIC_FIELDS = tuple(f.name for f in dataclasses.fields(ev.Metrics))
 _METRIC_KEYS = frozenset(_METRIC_FIELDS)
 _INT_FIELDS = frozenset({"step", "epoch"})
 _FLOAT_FIELDS = tuple(name for name in _METRIC_FIELDS if name not in _INT_FIELDS)
-_OPTIONAL_KEYS = frozenset({"info_acc", "aug_p"})
-"""Fields the trainer records only when they apply (``info_acc``: InfoGAN runs; ``aug_p``:
-runs with ``diffaug``)."""
+_OPTIONAL_KEYS = frozenset(ev.OPTIONAL_METRICS)
+"""Fields the trainer records only when they apply."""
 _PLAIN_KEYS = _METRIC_KEYS - _OPTIONAL_KEYS
 
 
