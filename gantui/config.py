@@ -143,7 +143,9 @@ class Config:
     seed: int = 0
     """Seed for weights, noise and data order; the same seed gives the same run."""
     amp: bool = False
-    """Mixed precision (bfloat16 autocast) on CUDA; ignored on the CPU."""
+    """Mixed precision: bfloat16 autocast of the training steps, on CUDA and on CPUs with
+    bfloat16 instructions (AVX512-BF16 or AMX; elsewhere on the CPU it is ignored, with a
+    note)."""
     tf32: bool = True
     """TensorFloat-32 matmuls and convolutions on CUDA (Ampere and newer); ignored on the
     CPU."""

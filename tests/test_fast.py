@@ -17,7 +17,7 @@ from gantui.perf.peaks import peak_flops
 from gantui.run.store import RunStore, load_checkpoint_file
 from gantui.session import start
 
-from .conftest import cli, make_image_folder, tiny
+from .conftest import cli, make_image_folder, straight_and_resumed, tiny
 
 CPU = torch.device("cpu")
 
@@ -27,7 +27,8 @@ CPU = torch.device("cpu")
     ("dcgan-mnist-plain", ("r1_gamma=0.1", "r1_every=3")),  # lazy R1 on steps 0 and 3 of 4
     ("dcgan-mnist", ("diffaug=translation,cutout",)),  # clusters, DiffAugment and EMA
     ("dcgan-mnist-plain", ("diffaug=color,translation", "ada_target=0.01")),  # adapted: up
-    ("dcgan-mnist-plain", ("instance_noise=0.1", "lr_decay=cosine"))])
+    ("dcgan-mnist-plain", ("instance_noise=0.1", "lr_decay=cosine")),
+    ("dcgan-mnist", ("amp=true",))])  # bfloat16 autocast where the CPU has it
 def test_the_bare_loop_trains_exactly_what_the_trainer_trains(preset: str, extra: tuple,
                                                               tmp_path: Path) -> None:
     """Same seed, same steps: bit-identical weights, so bench ratios compare like with like."""
@@ -166,6 +167,47 @@ def test_channels_last_yields_to_compile_and_says_so() -> None:
     for quiet, device in ((both, CPU), (tiny("dcgan-mnist-plain", "channels_last=true"), cuda),
                           (tiny("dcgan-mnist-plain", "compile=true"), cuda)):
         assert speed_notes(quiet, device) == []
+
+
+def test_amp_on_the_cpu_trains_in_bfloat16_where_it_can_and_says_so_where_not(
+        runs_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``amp`` on a CPU with bfloat16 instructions changes the arithmetic (not the run's
+    shape) and resumes exactly; on one without, it is float32 with one note."""
+    from gantui.engine import fast
+
+    base = ["eval_every=0", "checkpoint_every=3", "sample_every=2", "log_every=3"]
+    a, b = straight_and_resumed(runs_dir, "dcgan-mnist", [*base, "amp=true"], 6)
+    for part in ("G", "D", "G_ema"):
+        for name, tensor in a[part].items():
+            assert tensor.dtype != torch.bfloat16, (part, name)  # autocast: weights stay fp32
+            assert torch.equal(tensor, b[part][name]), (part, name)
+    plain = start(tiny("dcgan-mnist", *base, "steps=6"), "dcgan-mnist", runs_dir=runs_dir,
+                  name="fp32", device="cpu")
+    follow(plain, 120)
+    fp32 = load_checkpoint_file(RunStore.open(plain.run_dir).checkpoint_paths()[-1])
+    same = all(torch.equal(t, fp32["G"][k]) for k, t in a["G"].items())
+    amp = tiny("dcgan-mnist", "amp=true")
+    assert same == (not fast.cpu_has_bf16())  # this CPU's answer, whichever it is
+    assert (fast.speed_notes(amp, CPU) == []) == fast.cpu_has_bf16()
+    from gantui.perf.bench import _device_facts  # what `gantui bench` reports
+
+    assert _device_facts("cpu", ["amp=true"], "dcgan-mnist")[2] == (
+        "bf16" if fast.cpu_has_bf16() else "fp32")
+    assert _device_facts("cpu", [], "dcgan-mnist")[2] == "fp32"
+
+    monkeypatch.setattr(fast, "cpu_has_bf16", lambda: False)  # a CPU without bfloat16
+    assert not fast.uses_amp(amp, CPU)
+    assert fast.speed_notes(amp, CPU) == [
+        "amp is not applied: this CPU has no bfloat16 instructions (AVX512-BF16 or AMX), "
+        "where float32 is faster; training runs in float32"]
+    with fast.autocast(amp, CPU):
+        assert not torch.is_autocast_enabled("cpu")
+    monkeypatch.setattr(fast, "cpu_has_bf16", lambda: True)
+    assert fast.uses_amp(amp, CPU) and fast.speed_notes(amp, CPU) == []
+    with fast.autocast(amp, CPU):
+        assert torch.is_autocast_enabled("cpu")
+        assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.bfloat16
+    assert not fast.uses_amp(tiny("dcgan-mnist"), CPU)
 
 
 @pytest.mark.slow  # inductor compiles G and D on the CPU: half a minute

@@ -133,7 +133,7 @@ class Trainer:
         self._real: tuple[torch.Tensor, torch.Tensor | None] | None = None
         # each rank its own noise; rank 0's is a single process's
         self.noise = torch.Generator(device=device).manual_seed(cfg.seed + 1 + 7919 * world.rank)
-        self.amp = cfg.amp and device.type == "cuda"
+        self.amp = fast.uses_amp(cfg, device)
         self.augment = AugmentChance(real_threshold(cfg.loss), device, self.channel.total)
         """The chance DiffAugment's augmentations are applied with (``ada_target``)."""
 
@@ -271,9 +271,7 @@ class Trainer:
             self.store.close()
 
     def _autocast(self):
-        if self.amp:
-            return torch.autocast("cuda", dtype=torch.bfloat16)
-        return contextlib.nullcontext()
+        return fast.autocast(self.cfg, self.device)
 
     def _noise(self, n: int) -> tuple[torch.Tensor, torch.Tensor | None]:
         return training_noise(self.cfg, n, self.noise, self.device)

@@ -16,7 +16,6 @@ prints one JSON object.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import statistics
 import sys
@@ -58,7 +57,7 @@ class BareLoop:
         self.opt_d = torch.optim.Adam(self.D.parameters(), lr=cfg.lr_d, betas=betas)
         self.batches = make_batches(cfg, device)
         self.noise = torch.Generator(device=device).manual_seed(cfg.seed + 1)
-        self.amp = cfg.amp and device.type == "cuda"
+        self.amp = fast.uses_amp(cfg, device)
         self.total = total_steps(cfg, self.batches)
         # as the trainer keeps it: a frozen copy moved after each G step
         self.G_ema = ema.frozen_copy(self.G) if cfg.ema else None
@@ -71,9 +70,7 @@ class BareLoop:
         return training_noise(self.cfg, n, self.noise, self.device)
 
     def _autocast(self):
-        if self.amp:
-            return torch.autocast("cuda", dtype=torch.bfloat16)
-        return contextlib.nullcontext()
+        return fast.autocast(self.cfg, self.device)
 
     def step(self) -> int:
         """One training step; returns the real images it consumed."""

@@ -226,6 +226,7 @@ def _device_facts(device: str, sets: list[str], preset: str) -> tuple[str, str, 
     import torch
 
     from gantui import config as config_mod
+    from gantui.engine.fast import uses_amp
     from gantui.session import resolve_device
 
     resolved = resolve_device(device)
@@ -233,7 +234,8 @@ def _device_facts(device: str, sets: list[str], preset: str) -> tuple[str, str, 
     if resolved.type != "cuda":
         import platform
 
-        return str(resolved), platform.processor() or platform.machine() or "CPU", "fp32"
+        precision = "bf16" if uses_amp(cfg, resolved) else "fp32"
+        return str(resolved), platform.processor() or platform.machine() or "CPU", precision
     name = torch.cuda.get_device_name(resolved)
     precision = "bf16" if cfg.amp else ("tf32" if cfg.tf32 else "fp32")
     return str(resolved), name, precision
