@@ -258,9 +258,9 @@ def test_the_default_preset_is_the_plain_dcgan_with_clusters_ema_and_translation
     plain = config.load("dcgan-mnist-plain")[1].to_dict()
     clustered = config.load("dcgan-mnist")[1].to_dict()
     changed = {k for k in plain if plain[k] != clustered[k]}
-    assert changed == {"clusters", "steps", "ema", "diffaug", "description"}
-    assert (clustered["clusters"], clustered["diffaug"], clustered["steps"]) == (
-        50, ["translation"], 10000)
+    assert changed == {"clusters", "steps", "ema", "diffaug", "amp", "description"}
+    assert (clustered["clusters"], clustered["diffaug"], clustered["steps"], clustered["amp"]) == (
+        50, ["translation"], 10000, True)
 
 
 class _Shade(torch.nn.Module):

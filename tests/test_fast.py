@@ -28,7 +28,8 @@ CPU = torch.device("cpu")
     ("dcgan-mnist", ("diffaug=translation,cutout",)),  # clusters, DiffAugment and EMA
     ("dcgan-mnist-plain", ("diffaug=color,translation", "ada_target=0.01")),  # adapted: up
     ("dcgan-mnist-plain", ("instance_noise=0.1", "lr_decay=cosine")),
-    ("dcgan-mnist", ("amp=true",))])  # bfloat16 autocast where the CPU has it
+    ("stacked-mnist", ()),  # three cluster codes; bfloat16 autocast where the CPU has it
+    ("dcgan-mnist", ("amp=false",))])
 def test_the_bare_loop_trains_exactly_what_the_trainer_trains(preset: str, extra: tuple,
                                                               tmp_path: Path) -> None:
     """Same seed, same steps: bit-identical weights, so bench ratios compare like with like."""
@@ -193,7 +194,7 @@ def test_amp_on_the_cpu_trains_in_bfloat16_where_it_can_and_says_so_where_not(
 
     assert _device_facts("cpu", ["amp=true"], "dcgan-mnist")[2] == (
         "bf16" if fast.cpu_has_bf16() else "fp32")
-    assert _device_facts("cpu", [], "dcgan-mnist")[2] == "fp32"
+    assert _device_facts("cpu", ["amp=false"], "dcgan-mnist")[2] == "fp32"
 
     monkeypatch.setattr(fast, "cpu_has_bf16", lambda: False)  # a CPU without bfloat16
     assert not fast.uses_amp(amp, CPU)
@@ -207,7 +208,8 @@ def test_amp_on_the_cpu_trains_in_bfloat16_where_it_can_and_says_so_where_not(
     with fast.autocast(amp, CPU):
         assert torch.is_autocast_enabled("cpu")
         assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.bfloat16
-    assert not fast.uses_amp(tiny("dcgan-mnist"), CPU)
+    assert not fast.uses_amp(tiny("dcgan-mnist-plain"), CPU)
+    assert fast.uses_amp(tiny("dcgan-mnist"), CPU) and fast.uses_amp(tiny("stacked-mnist"), CPU)
 
 
 @pytest.mark.slow  # inductor compiles G and D on the CPU: half a minute
