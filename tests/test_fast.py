@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from gantui import events as ev
 from gantui.engine.control import Controller
 from gantui.engine.trainer import Trainer
 from gantui.headless import follow
@@ -203,6 +204,13 @@ def test_amp_on_the_cpu_trains_in_bfloat16_where_it_can_and_says_so_where_not(
         "where float32 is faster; training runs in float32"]
     with fast.autocast(amp, CPU):
         assert not torch.is_autocast_enabled("cpu")
+    # the run says so once, and trains what float32 trains
+    without = start(tiny("dcgan-mnist-plain", *base, "amp=true", "steps=6"), "dcgan-mnist-plain",
+                    runs_dir=runs_dir, name="no-bf16", device="cpu")
+    said = [e.message for e in follow(without, 120) if isinstance(e, ev.Note)]
+    assert sum("amp is not applied" in m for m in said) == 1
+    last = load_checkpoint_file(RunStore.open(without.run_dir).checkpoint_paths()[-1])
+    assert all(torch.equal(t, fp32["G"][k]) for k, t in last["G"].items())
     monkeypatch.setattr(fast, "cpu_has_bf16", lambda: True)
     assert fast.uses_amp(amp, CPU) and fast.speed_notes(amp, CPU) == []
     with fast.autocast(amp, CPU):
