@@ -143,9 +143,9 @@ class Config:
     seed: int = 0
     """Seed for weights, noise and data order; the same seed gives the same run."""
     amp: bool = False
-    """Mixed precision: bfloat16 autocast of the training steps, on CUDA and on CPUs with
-    bfloat16 instructions (AVX512-BF16 or AMX; elsewhere on the CPU it is ignored, with a
-    note)."""
+    """Mixed precision: bfloat16 autocast of the training steps where the device computes
+    bfloat16 natively (GPUs of compute capability 8.0 and newer; CPUs with AVX512-BF16, AMX or
+    Arm's BF16); elsewhere it is ignored, with a note."""
     tf32: bool = True
     """TensorFloat-32 matmuls and convolutions on CUDA (Ampere and newer); ignored on the
     CPU."""

@@ -171,6 +171,12 @@ def test_channels_last_yields_to_compile_and_says_so() -> None:
         assert speed_notes(quiet, device) == []
 
 
+AMP_ON = "amp: the training steps run in bfloat16 (weights, losses, previews and evaluation " \
+    "in float32)"
+NO_BF16_CPU = "amp is not applied: this CPU has no bfloat16 instructions (AVX512-BF16 or AMX), " \
+    "where float32 is faster; training runs in float32"
+
+
 def test_amp_on_the_cpu_trains_in_bfloat16_where_it_can_and_says_so_where_not(
         runs_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """``amp`` on a CPU with bfloat16 instructions changes the arithmetic (not the run's
@@ -190,7 +196,7 @@ def test_amp_on_the_cpu_trains_in_bfloat16_where_it_can_and_says_so_where_not(
     same = all(torch.equal(t, fp32["G"][k]) for k, t in a["G"].items())
     amp = tiny("dcgan-mnist", "amp=true")
     assert same == (not fast.cpu_has_bf16())  # this CPU's answer, whichever it is
-    assert (fast.speed_notes(amp, CPU) == []) == fast.cpu_has_bf16()
+    assert fast.speed_notes(amp, CPU) == [AMP_ON if fast.cpu_has_bf16() else NO_BF16_CPU]
     from gantui.perf.bench import _device_facts  # what `gantui bench` reports
 
     assert _device_facts("cpu", ["amp=true"], "dcgan-mnist")[2] == (
@@ -199,25 +205,66 @@ def test_amp_on_the_cpu_trains_in_bfloat16_where_it_can_and_says_so_where_not(
 
     monkeypatch.setattr(fast, "cpu_has_bf16", lambda: False)  # a CPU without bfloat16
     assert not fast.uses_amp(amp, CPU)
-    assert fast.speed_notes(amp, CPU) == [
-        "amp is not applied: this CPU has no bfloat16 instructions (AVX512-BF16 or AMX), "
-        "where float32 is faster; training runs in float32"]
-    with fast.autocast(amp, CPU):
-        assert not torch.is_autocast_enabled("cpu")
+    assert fast.speed_notes(amp, CPU) == [NO_BF16_CPU]
     # the run says so once, and trains what float32 trains
     without = start(tiny("dcgan-mnist-plain", *base, "amp=true", "steps=6"), "dcgan-mnist-plain",
                     runs_dir=runs_dir, name="no-bf16", device="cpu")
     said = [e.message for e in follow(without, 120) if isinstance(e, ev.Note)]
-    assert sum("amp is not applied" in m for m in said) == 1
+    assert said.count(NO_BF16_CPU) == 1 and AMP_ON not in said
     last = load_checkpoint_file(RunStore.open(without.run_dir).checkpoint_paths()[-1])
     assert all(torch.equal(t, fp32["G"][k]) for k, t in last["G"].items())
     monkeypatch.setattr(fast, "cpu_has_bf16", lambda: True)
-    assert fast.uses_amp(amp, CPU) and fast.speed_notes(amp, CPU) == []
-    with fast.autocast(amp, CPU):
+    assert fast.uses_amp(amp, CPU) and fast.speed_notes(amp, CPU) == [AMP_ON]
+    with fast.autocast(fast.uses_amp(amp, CPU), CPU):
         assert torch.is_autocast_enabled("cpu")
         assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.bfloat16
+    with fast.autocast(False, CPU):
+        assert not torch.is_autocast_enabled("cpu")
     assert not fast.uses_amp(tiny("dcgan-mnist-plain"), CPU)
     assert fast.uses_amp(tiny("dcgan-mnist"), CPU) and fast.uses_amp(tiny("stacked-mnist"), CPU)
+
+
+@pytest.mark.parametrize(("machine", "avx512_bf16", "amx", "onednn", "native"), [
+    ("x86_64", True, False, True, True),  # AVX512-BF16 (Cooper Lake, Zen 4)
+    ("x86_64", False, True, True, True),  # AMX (Sapphire Rapids)
+    ("x86_64", False, False, True, False),  # AVX-512 alone: oneDNN says yes, it emulates
+    ("x86_64", False, False, False, False),  # AVX2
+    ("aarch64", False, False, True, True),  # Arm's BF16 extension, as oneDNN reads it
+    ("aarch64", False, False, False, False)])
+def test_bfloat16_is_native_only_with_its_instructions(
+        monkeypatch: pytest.MonkeyPatch, machine: str, avx512_bf16: bool, amx: bool,
+        onednn: bool, native: bool) -> None:
+    from gantui.engine import fast
+
+    monkeypatch.setattr(fast.platform, "machine", lambda: machine)
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: onednn,
+                        raising=False)
+    fast.cpu_has_bf16.cache_clear()
+    try:
+        assert fast.cpu_has_bf16() is native
+    finally:
+        fast.cpu_has_bf16.cache_clear()
+
+
+@pytest.mark.parametrize(("capability", "applied"), [((8, 0), True), ((9, 0), True),
+                                                      ((7, 5), False), (None, False)])
+def test_amp_on_a_gpu_needs_native_bfloat16(monkeypatch: pytest.MonkeyPatch,
+                                            capability: tuple | None, applied: bool) -> None:
+    """Ampere and newer; a T4 or V100 would emulate bfloat16, slower than float32."""
+    from gantui.engine import fast
+
+    monkeypatch.setattr(fast, "gpu_capability", lambda index: capability)
+    cuda, amp = torch.device("cuda"), tiny("dcgan-mnist", "amp=true")
+    assert fast.uses_amp(amp, cuda) is applied
+    assert not fast.uses_amp(tiny("dcgan-mnist", "amp=false"), cuda)
+    (note,) = fast.speed_notes(amp, cuda)
+    if applied:
+        assert note == AMP_ON
+    else:
+        assert note.startswith("amp is not applied: this GPU has no native bfloat16 (")
+        assert ("compute capability 7.5; it needs 8.0" in note) == (capability == (7, 5))
 
 
 @pytest.mark.slow  # inductor compiles G and D on the CPU: half a minute

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import platform
 from collections.abc import Callable
 from typing import NamedTuple
 
@@ -40,41 +41,74 @@ def uses_channels_last(cfg: Config, device: torch.device) -> bool:
             and device.type == "cuda")
 
 
+_X86 = frozenset({"x86_64", "amd64", "i386", "i686", "x86"})
+
+
 @functools.cache
 def cpu_has_bf16() -> bool:
-    """Whether this CPU computes bfloat16 natively (AVX512-BF16 or AMX, as oneDNN reports it):
-    without, autocast emulates it and runs slower than float32."""
+    """Whether this CPU computes bfloat16 natively: AVX512-BF16 or AMX on x86, the BF16
+    extension (as oneDNN reports it) on Arm. Without, autocast emulates it and runs slower
+    than float32. oneDNN's own answer is no test on x86: it is true for any AVX-512 CPU."""
     try:
+        if platform.machine().lower() in _X86:
+            return bool(torch.cpu._is_avx512_bf16_supported()
+                        or torch.cpu._is_amx_tile_supported())
         return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):  # a build without oneDNN
+    except (AttributeError, RuntimeError):  # a build without them
         return False
 
 
+@functools.cache
+def gpu_capability(index: int | None) -> tuple[int, int] | None:
+    """A CUDA device's compute capability; None where it cannot be read."""
+    try:
+        return tuple(torch.cuda.get_device_capability(index))  # type: ignore[return-value]
+    except (AssertionError, RuntimeError):  # no driver, or a build without CUDA
+        return None
+
+
 def uses_amp(cfg: Config, device: torch.device) -> bool:
-    """bfloat16 autocast of the training steps (``amp``): on CUDA, and on a CPU that has
-    bfloat16 instructions. There the convolutions run in oneDNN's bfloat16 kernels: a
+    """bfloat16 autocast of the training steps (``amp``) where the device computes bfloat16
+    natively: a GPU of compute capability 8.0 (Ampere) or newer, a CPU with bfloat16
+    instructions. On such a CPU the convolutions run in oneDNN's bfloat16 kernels: a
     dcgan-mnist step (G and D forward and backward, batch 128, one thread) took 67-72 ms
-    against 112-122 ms in float32 (AVX512-BF16, 2026-12-07)."""
-    return cfg.amp and (device.type == "cuda" or (device.type == "cpu" and cpu_has_bf16()))
+    against 112-122 ms in float32 (AVX512-BF16, 2026-12-07). Elsewhere it would be emulated,
+    slower than float32."""
+    if not cfg.amp:
+        return False
+    if device.type == "cuda":
+        return (gpu_capability(device.index) or (0, 0)) >= (8, 0)
+    return device.type == "cpu" and cpu_has_bf16()
 
 
-def autocast(cfg: Config, device: torch.device) -> contextlib.AbstractContextManager:
-    """The context the training steps' forward passes run in: bfloat16 autocast where
-    :func:`uses_amp`, else nothing. Losses are taken in float32 either way."""
-    if uses_amp(cfg, device):
+def autocast(on: bool, device: torch.device) -> contextlib.AbstractContextManager[None]:
+    """The context the training steps' forward passes run in: bfloat16 autocast when ``on``
+    (:func:`uses_amp`), else nothing. Losses are taken in float32 either way."""
+    if on:
         return torch.autocast(device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
 
 
 def speed_notes(cfg: Config, device: torch.device) -> list[str]:
-    """What a run says of a speed option it was given and does not use."""
+    """What a run says of its speed options: one it was given and does not use, and that it
+    trains in bfloat16."""
     notes = []
     if cfg.channels_last and cfg.compile and cfg.arch == "dcgan" and device.type == "cuda":
         notes.append("channels_last is not applied with compile: torch.compile picks the "
                      "convolution layouts itself")
-    if cfg.amp and device.type == "cpu" and not uses_amp(cfg, device):
+    if uses_amp(cfg, device):
+        notes.append("amp: the training steps run in bfloat16 (weights, losses, previews and "
+                     "evaluation in float32)")
+    elif cfg.amp and device.type == "cpu":
         notes.append("amp is not applied: this CPU has no bfloat16 instructions (AVX512-BF16 "
                      "or AMX), where float32 is faster; training runs in float32")
+    elif cfg.amp and device.type == "cuda":
+        capability = gpu_capability(device.index)
+        which = f"compute capability {capability[0]}.{capability[1]}" if capability else (
+            "its compute capability unread")
+        notes.append(f"amp is not applied: this GPU has no native bfloat16 ({which}; it "
+                     "needs 8.0, Ampere, or newer), where float32 is faster; training runs "
+                     "in float32")
     return notes
 
 

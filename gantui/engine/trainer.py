@@ -271,7 +271,7 @@ class Trainer:
             self.store.close()
 
     def _autocast(self):
-        return fast.autocast(self.cfg, self.device)
+        return fast.autocast(self.amp, self.device)
 
     def _noise(self, n: int) -> tuple[torch.Tensor, torch.Tensor | None]:
         return training_noise(self.cfg, n, self.noise, self.device)

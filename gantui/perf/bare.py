@@ -70,7 +70,7 @@ class BareLoop:
         return training_noise(self.cfg, n, self.noise, self.device)
 
     def _autocast(self):
-        return fast.autocast(self.cfg, self.device)
+        return fast.autocast(self.amp, self.device)
 
     def step(self) -> int:
         """One training step; returns the real images it consumed."""
