@@ -231,14 +231,14 @@ def _device_facts(device: str, sets: list[str], preset: str) -> tuple[str, str, 
 
     resolved = resolve_device(device)
     _, cfg = config_mod.load(preset, sets)
-    if resolved.type != "cuda":
+    cuda = resolved.type == "cuda"
+    # what the trainer runs: amp only where bfloat16 is native, TF32 only on CUDA
+    precision = "bf16" if uses_amp(cfg, resolved) else ("tf32" if cuda and cfg.tf32 else "fp32")
+    if not cuda:
         import platform
 
-        precision = "bf16" if uses_amp(cfg, resolved) else "fp32"
         return str(resolved), platform.processor() or platform.machine() or "CPU", precision
-    name = torch.cuda.get_device_name(resolved)
-    precision = "bf16" if cfg.amp else ("tf32" if cfg.tf32 else "fp32")
-    return str(resolved), name, precision
+    return str(resolved), torch.cuda.get_device_name(resolved), precision
 
 
 def parse_modes(text: str) -> tuple[str, ...]:
