@@ -1,7 +1,7 @@
 """Speed options shared by the trainer and the bare loop of ``gantui bench``.
 
 Each option only changes how the same arithmetic runs: ``tf32`` and ``channels_last`` on
-CUDA, ``amp`` (bfloat16 autocast) on CUDA and on CPUs with bfloat16 instructions, ``compile``
+CUDA, ``amp`` (bfloat16 autocast) where the GPU or CPU computes bfloat16 natively, ``compile``
 (``torch.compile`` of the forward passes) anywhere. The modules themselves
 (their parameters, state dicts and checkpoints) are untouched; the trainer calls the
 returned forwards in its steps and the plain modules everywhere else.
