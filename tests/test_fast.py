@@ -206,6 +206,10 @@ def test_amp_on_the_cpu_trains_in_bfloat16_where_it_can_and_says_so_where_not(
     monkeypatch.setattr(fast, "cpu_has_bf16", lambda: False)  # a CPU without bfloat16
     assert not fast.uses_amp(amp, CPU)
     assert fast.speed_notes(amp, CPU) == [NO_BF16_CPU]
+    with monkeypatch.context() as arm:  # an Arm CPU lacks another instruction set
+        arm.setattr(fast.platform, "machine", lambda: "aarch64")
+        assert fast.speed_notes(amp, CPU) == [NO_BF16_CPU.replace(
+            "AVX512-BF16 or AMX", "the BF16 extension")]
     # the run says so once, and trains what float32 trains
     without = start(tiny("dcgan-mnist-plain", *base, "amp=true", "steps=6"), "dcgan-mnist-plain",
                     runs_dir=runs_dir, name="no-bf16", device="cpu")
@@ -222,6 +226,41 @@ def test_amp_on_the_cpu_trains_in_bfloat16_where_it_can_and_says_so_where_not(
         assert not torch.is_autocast_enabled("cpu")
     assert not fast.uses_amp(tiny("dcgan-mnist-plain"), CPU)
     assert fast.uses_amp(tiny("dcgan-mnist"), CPU) and fast.uses_amp(tiny("stacked-mnist"), CPU)
+
+
+def test_a_resume_in_another_precision_says_it_is_no_longer_exact(
+        runs_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A checkpoint records what its steps ran in: resumed where bfloat16 is not native, the
+    run continues in float32 and says so; resumed in the same precision it says nothing."""
+    import shutil
+
+    from gantui.engine import fast
+
+    monkeypatch.setattr(fast, "cpu_has_bf16", lambda: True)
+    sets = ["eval_every=0", "checkpoint_every=2", "sample_every=2", "log_every=2", "amp=true",
+            "steps=4"]
+    run = start(tiny("dcgan-mnist-plain", *sets), "dcgan-mnist-plain", runs_dir=runs_dir,
+                name="bf16", device="cpu")
+    follow(run, 120)
+    assert load_checkpoint_file(RunStore.open(run.run_dir).checkpoint_paths()[-1])[
+        "precision"] == "bfloat16"
+
+    def resumed(name: str) -> list[str]:
+        twin = runs_dir / name
+        shutil.copytree(run.run_dir, twin)
+        RunStore.open(twin).checkpoint_paths()[-1].unlink()
+        again = start(None, "", resume=twin, device="cpu")
+        said = [e.message for e in follow(again, 120) if isinstance(e, ev.Alert)]
+        assert again.state == "finished"
+        return [m for m in said if "no longer exactly" in m]
+
+    assert resumed("same") == []
+    monkeypatch.setattr(fast, "cpu_has_bf16", lambda: False)
+    assert resumed("other") == [
+        "the checkpoint's steps ran in bfloat16 and this machine runs them in float32: "
+        "training continues, but no longer exactly as it would have in bfloat16"]
+    last = load_checkpoint_file(RunStore.open(runs_dir / "other").checkpoint_paths()[-1])
+    assert last["precision"] == "float32"
 
 
 @pytest.mark.parametrize(("machine", "avx512_bf16", "amx", "onednn", "native"), [

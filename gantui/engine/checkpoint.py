@@ -117,6 +117,20 @@ def _restore_reader(attribute: str) -> Callable[[Trainer, Any, dict[str, Any]], 
     return restore
 
 
+def _precision(trainer: Trainer) -> str:
+    return "bfloat16" if trainer.amp else "float32"
+
+
+def _restore_precision(trainer: Trainer, value: Any, state: dict[str, Any]) -> None:
+    """A note when the training steps now run in another precision than they were saved in
+    (``amp`` on a machine with native bfloat16, resumed on one without, or the reverse)."""
+    now = _precision(trainer)
+    if isinstance(value, str) and value != now and trainer.world.main:
+        trainer.add_note(ev.Alert(int(state["step"]), "control", (
+            f"the checkpoint's steps ran in {value} and this machine runs them in {now}: "
+            f"training continues, but no longer exactly as it would have in {value}")))
+
+
 def _capture_quality(trainer: Trainer) -> dict[str, Any]:
     evaluation = trainer.evaluation
     return {**evaluation.tracker.state_dict(), "overfit": evaluation.overfit.state_dict()}
@@ -166,6 +180,9 @@ FIELDS: tuple[Field, ...] = (
           "rank 0's adaptive augmentation chance and its signs since the last adjustment "
           "(ada_target; read with rng, each rank its own signs from ranks); absent before it "
           "was saved: the chance starts from 0"),
+    Field("precision", _precision, _restore_precision,
+          "what the training steps ran in, bfloat16 (amp where native) or float32: a resume "
+          "in the other says it is no longer exact; absent before it was saved"),
     Field("model_source", lambda t: user_model.built_digest(t.cfg), None,
           "sha256 of a user's model file (\"\" for the built-in models): a resume warns "
           "when the file changed (read by the session and run/restore)"),

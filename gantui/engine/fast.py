@@ -100,8 +100,10 @@ def speed_notes(cfg: Config, device: torch.device) -> list[str]:
         notes.append("amp: the training steps run in bfloat16 (weights, losses, previews and "
                      "evaluation in float32)")
     elif cfg.amp and device.type == "cpu":
-        notes.append("amp is not applied: this CPU has no bfloat16 instructions (AVX512-BF16 "
-                     "or AMX), where float32 is faster; training runs in float32")
+        which = ("AVX512-BF16 or AMX" if platform.machine().lower() in _X86
+                 else "the BF16 extension")
+        notes.append(f"amp is not applied: this CPU has no bfloat16 instructions ({which}), "
+                     "where float32 is faster; training runs in float32")
     elif cfg.amp and device.type == "cuda":
         capability = gpu_capability(device.index)
         which = f"compute capability {capability[0]}.{capability[1]}" if capability else (
