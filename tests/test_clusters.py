@@ -254,13 +254,15 @@ def test_stacked_mnist_gives_each_channel_its_own_cluster(runs_dir: Path) -> Non
     assert result.returncode == 0, result.stderr
 
 
-def test_the_default_preset_is_the_plain_dcgan_with_clusters_ema_and_translation() -> None:
+def test_the_default_preset_is_the_plain_dcgan_with_clusters_ema_translation_and_r1() -> None:
     plain = config.load("dcgan-mnist-plain")[1].to_dict()
     clustered = config.load("dcgan-mnist")[1].to_dict()
     changed = {k for k in plain if plain[k] != clustered[k]}
-    assert changed == {"clusters", "steps", "ema", "diffaug", "amp", "description"}
-    assert (clustered["clusters"], clustered["diffaug"], clustered["steps"], clustered["amp"]) == (
-        50, ["translation"], 10000, True)
+    assert changed == {"clusters", "steps", "ema", "diffaug", "amp", "batch_size", "r1_gamma",
+                       "r1_every", "description"}
+    assert (clustered["clusters"], clustered["diffaug"], clustered["steps"], clustered["amp"],
+            clustered["batch_size"], clustered["r1_gamma"], clustered["r1_every"]) == (
+        50, ["translation"], 10000, True, 64, 0.1, 4)
 
 
 class _Shade(torch.nn.Module):
