@@ -21,7 +21,7 @@ from .conftest import cli
 TINY = ["--set", "g_hidden=32,32", "--set", "d_hidden=32,32", "--set", "batch_size=64",
         "--set", "log_every=10", "--set", "sample_every=40", "--set", "checkpoint_every=40",
         "--set", "eval_every=40"]
-KILLED_STEPS = 1200
+KILLED_STEPS = 700
 """Steps of each run in the killed-sweep test."""
 
 
