@@ -44,13 +44,19 @@ def uses_channels_last(cfg: Config, device: torch.device) -> bool:
 _X86 = frozenset({"x86_64", "amd64", "i386", "i686", "x86"})
 
 
+def _x86() -> bool:
+    """Whether this machine is x86, whose bfloat16 instructions are AVX512-BF16 and AMX
+    (elsewhere: Arm's BF16 extension)."""
+    return platform.machine().lower() in _X86
+
+
 @functools.cache
 def cpu_has_bf16() -> bool:
     """Whether this CPU computes bfloat16 natively: AVX512-BF16 or AMX on x86, the BF16
     extension (as oneDNN reports it) on Arm. Without, autocast emulates it and runs slower
     than float32. oneDNN's own answer is no test on x86: it is true for any AVX-512 CPU."""
     try:
-        if platform.machine().lower() in _X86:
+        if _x86():
             return bool(torch.cpu._is_avx512_bf16_supported()
                         or torch.cpu._is_amx_tile_supported())
         return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
@@ -100,8 +106,7 @@ def speed_notes(cfg: Config, device: torch.device) -> list[str]:
         notes.append("amp: the training steps run in bfloat16 (weights, losses, previews and "
                      "evaluation in float32)")
     elif cfg.amp and device.type == "cpu":
-        which = ("AVX512-BF16 or AMX" if platform.machine().lower() in _X86
-                 else "the BF16 extension")
+        which = "AVX512-BF16 or AMX" if _x86() else "the BF16 extension"
         notes.append(f"amp is not applied: this CPU has no bfloat16 instructions ({which}), "
                      "where float32 is faster; training runs in float32")
     elif cfg.amp and device.type == "cuda":
