@@ -204,6 +204,13 @@ class Config:
     or classes a continuous z passes through; 0 is off (built-in models only)."""
     info_weight: float = 1.0
     """With ``info_codes``: weight of Q's cross-entropy in G's loss (live)."""
+    ac_weight: float = 0.0
+    """AC-GAN's auxiliary classifier (Odena et al. 2017) for conditional models: a network Q
+    (D's layers without the label) learns the class of every real training batch, and G's
+    loss adds this weight times Q's cross-entropy on G's samples against the class each was
+    asked for, so a sample must read as its class to a classifier of the data as well as
+    pass D. Q learns from real images only, never from G's, so G cannot teach it a code of
+    its own. 0 is off (built-in models without an encoder; live while on, above 0)."""
     clusters: int = 0
     """Self-conditioning without labels: when the run starts, k-means (on 50 principal
     components of the pixels) splits the training images into this many equal-sized
@@ -270,6 +277,12 @@ class Config:
         return self.conditioning != "none"
 
     @property
+    def reader_classes(self) -> int:
+        """How many values Q reads: InfoGAN's code (``info_codes``), or the class labels of
+        an AC-GAN (``ac_weight`` > 0); 0 when the run has no Q."""
+        return self.info_codes or (self.n_classes if self.ac_weight > 0 else 0)
+
+    @property
     def image_shape(self) -> tuple[int, ...]:
         """Shape of one sample: ``(C, H, W)`` for images, ``(2,)`` for 2-D points."""
         if self.dataset in POINT_SETS:
@@ -303,6 +316,7 @@ LIVE_KEYS: tuple[str, ...] = (
     "diffaug_p",
     "ada_target",
     "info_weight",
+    "ac_weight",
 )
 """Keys that can be changed while a run is training."""
 
@@ -617,6 +631,13 @@ def validate(cfg: Config) -> None:
                "choose one")
     _check(0 <= cfg.info_weight <= 1e4,
            f"info_weight must be between 0 and 10000 (got {_got(cfg.info_weight)})")
+    _check(0 <= cfg.ac_weight <= 1e4,
+           f"ac_weight must be between 0 and 10000 (got {_got(cfg.ac_weight)})")
+    if cfg.ac_weight > 0:
+        _check(cfg.conditional, "ac_weight needs a conditional model (conditioning onehot or "
+               "embedding): its classifier reads the class labels")
+        _check(not (cfg.model or cfg.encoder), "ac_weight needs a built-in model without an "
+               "encoder (arch mlp or dcgan)")
     for key in ("recon_weight", "kl_weight"):
         _check(0 <= getattr(cfg, key) <= 1e4, f"{key} must be between 0 and 10000 "
                f"(got {_got(getattr(cfg, key))})")

@@ -57,7 +57,8 @@ class Metrics:
     recorded, as in runs from before it was)."""
     info_acc: float = float("nan")
     """InfoGAN (``info_codes``): the share of G's samples whose categorical code Q read
-    right over the interval (NaN: no code)."""
+    right over the interval; AC-GAN (``ac_weight``): the share whose class its classifier
+    read as the one asked for (NaN: neither)."""
     aug_p: float = float("nan")
     """The chance each of DiffAugment's augmentations was applied with at the interval's end
     (``diffaug_p``, or adapted by ``ada_target``; NaN: every image augmented, or none)."""
@@ -65,7 +66,7 @@ class Metrics:
 
 OPTIONAL_METRICS = ("info_acc", "aug_p")
 """:class:`Metrics` fields recorded only where they apply (NaN: left out of the record):
-``info_acc`` in InfoGAN runs, ``aug_p`` where ``diffaug``'s chance is not simply 1."""
+``info_acc`` in InfoGAN and AC-GAN runs, ``aug_p`` where ``diffaug``'s chance is not simply 1."""
 
 
 @dataclass(frozen=True)

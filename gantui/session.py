@@ -110,6 +110,10 @@ def prepare_resume(store: RunStore, sets: list[str] | tuple[str, ...] = (),
         values[key] = value
     values.update(config_mod.steps_over_epochs(values, sets))
     cfg = config_mod.from_dict(values)
+    if (float(state["config"].get("ac_weight", 0.0)) > 0) != (cfg.ac_weight > 0):
+        raise ConfigError("ac_weight cannot be switched on or off when resuming (the run's "
+                          "classifier is built with it, or not); change it between 0 and "
+                          "10000, above 0, in a run that has it")
     return str(state.get("preset", "custom")), cfg, state, path
 
 

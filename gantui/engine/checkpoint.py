@@ -112,7 +112,8 @@ def _restore_encoder(attribute: str) -> Callable[[Trainer, Any, dict[str, Any]],
 
 def _restore_reader(attribute: str) -> Callable[[Trainer, Any, dict[str, Any]], None]:
     def restore(trainer: Trainer, value: Any, state: dict[str, Any]) -> None:
-        if trainer.Q is not None and trainer.opt_q is not None:  # info_codes is fixed by config
+        if trainer.Q is not None and trainer.opt_q is not None:  # fixed by config (info_codes,
+            # ac_weight on or off)
             getattr(trainer, attribute).load_state_dict(value)
     return restore
 
@@ -169,7 +170,8 @@ FIELDS: tuple[Field, ...] = (
           "None"),
     Field("E", lambda t: _optional(t.E), _restore_encoder("E"), "the encoder (cVAE-GAN)"),
     Field("opt_e", lambda t: _optional(t.opt_e), _restore_encoder("opt_e"), "E's Adam state"),
-    Field("Q", lambda t: _optional(t.Q), _restore_reader("Q"), "InfoGAN's Q (info_codes)"),
+    Field("Q", lambda t: _optional(t.Q), _restore_reader("Q"),
+          "InfoGAN's Q (info_codes) or AC-GAN's classifier (ac_weight)"),
     Field("opt_q", lambda t: _optional(t.opt_q), _restore_reader("opt_q"), "Q's Adam state"),
     Field("fixed_real", lambda t: _cpu(t.previews.fixed_real), _restore_encoder("fixed_real"),
           "one real digit per class shown beside its reconstruction (cVAE-GAN)"),

@@ -121,10 +121,13 @@ class Trainer:
             self.opt_e = torch.optim.Adam(self.E.parameters(), lr=cfg.lr_g, betas=betas)
             self._E_step = distributed.wrap(self.E, device) if world.distributed else self.E
         self.Q: torch.nn.Module | None = None
-        """InfoGAN's Q (``info_codes``): a sample -> logits of the categorical code in its z."""
+        """InfoGAN's Q (``info_codes``): a sample -> logits of the categorical code in its z;
+        or AC-GAN's classifier (``ac_weight``): an image -> logits of its class."""
         self.opt_q: torch.optim.Optimizer | None = None
         self._Q_step: torch.nn.Module | None = None
-        if cfg.info_codes:
+        self._classifier = bool(cfg.ac_weight > 0)
+        """Q is AC-GAN's classifier: it learns in the D step, from real labelled images."""
+        if cfg.reader_classes:
             self.Q = build_code_reader(cfg).to(device)
             if world.distributed and cfg.sync_bn and device.type == "cuda":  # as G and D
                 self.Q = torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.Q)
@@ -305,11 +308,21 @@ class Trainer:
                                             D(rebuilt, y).float(), self.cfg.label_smoothing))
             total = (loss + r1_penalty(out_real, x, self.cfg.r1_gamma, self.cfg.r1_every)
                      if r1 else loss)
+            if self._classifier:
+                assert self._Q_step is not None and y is not None
+                total = total + torch.nn.functional.cross_entropy(
+                    self._Q_step(x.detach()).float(), y)
         self.opt_d.zero_grad(set_to_none=True)
+        if self._classifier:
+            assert self.opt_q is not None
+            self.opt_q.zero_grad(set_to_none=True)
         total.backward()
         grad = torch.nn.utils.get_total_norm([p.grad for p in self.D.parameters()
                                               if p.grad is not None])
         self.opt_d.step()
+        if self._classifier:
+            assert self.opt_q is not None
+            self.opt_q.step()
         # the adaptive chance's r_t; after the update is queued, as its host read waits for
         # the forward pass (every ADA_INTERVAL batches)
         self.augment.observe(out_real, self.cfg)
@@ -322,27 +335,35 @@ class Trainer:
     def g_step(self) -> None:
         """One generator update through a frozen discriminator."""
         z, y = self._noise(self.cfg.batch_size)
-        self.D.requires_grad_(False)
+        frozen = [self.D] + ([self.Q] if self._classifier and self.Q is not None else [])
+        for model in frozen:
+            model.requires_grad_(False)
+        # InfoGAN's Q learns beside G, from G's samples; AC-GAN's learns in the D step
+        learners = [self.opt_e] + ([] if self._classifier else [self.opt_q])
         try:
             with self._autocast():
                 fake = self._G_step(z, y)
                 out = self._D_frozen(self._perturb(fake), y)
                 loss = g_loss(self.cfg.loss, out.float())
                 total = loss + self._encoder_loss() if self.E is not None else loss
-                if self.Q is not None:
+                if self._classifier:
+                    label, read = self._class_loss(fake, y)
+                    total = total + self.cfg.ac_weight * label
+                elif self.Q is not None:
                     info, read = self._info_loss(fake, z)
                     total = total + self.cfg.info_weight * info
             self.opt_g.zero_grad(set_to_none=True)
-            for opt in (self.opt_e, self.opt_q):
+            for opt in learners:
                 if opt is not None:
                     opt.zero_grad(set_to_none=True)
             total.backward()
         finally:
-            self.D.requires_grad_(True)
+            for model in frozen:
+                model.requires_grad_(True)
         grad = torch.nn.utils.get_total_norm([p.grad for p in self.G.parameters()
                                               if p.grad is not None])
         self.opt_g.step()
-        for opt in (self.opt_e, self.opt_q):
+        for opt in learners:
             if opt is not None:
                 opt.step()
         if self.Q is not None:
@@ -363,6 +384,16 @@ class Trainer:
         logits = self._Q_step(fake).float()
         read = (logits.detach().argmax(1) == target).float().mean()
         return torch.nn.functional.cross_entropy(logits, target), read
+
+    def _class_loss(self, fake: torch.Tensor, y: torch.Tensor | None
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """AC-GAN's term for G: the cross-entropy of the (frozen) classifier reading G's
+        samples against the classes they were asked for, and the share it read right. The
+        module itself, not its DDP wrapper: no gradient of Q's is made here to reduce."""
+        assert self.Q is not None and y is not None
+        logits = self.Q(fake).float()
+        read = (logits.detach().argmax(1) == y).float().mean()
+        return torch.nn.functional.cross_entropy(logits, y), read
 
     def _code(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``(code, mu, logvar)``: E(x) and its reparameterised code mu + sigma * eps."""
@@ -523,7 +554,14 @@ class Trainer:
         if "info_weight" in changes and not self.cfg.info_codes:
             raise ConfigError("info_weight weighs InfoGAN's code; this run has none "
                               "(info_codes = 0)")
+        if "ac_weight" in changes and not self._classifier:
+            raise ConfigError("ac_weight weighs AC-GAN's classifier; this run started "
+                              "without one (ac_weight = 0)")
         new_cfg = self.cfg.replace(**changes)  # validates ranges together
+        if "ac_weight" in changes and not new_cfg.ac_weight > 0:
+            raise ConfigError("ac_weight stays above 0 in a run with the classifier (it "
+                              "is kept, and resumed, only while it is on): set a small "
+                              "weight such as 0.001 to quieten it")
         self._check_sync_bn(new_cfg)
         applied = []
         for key, value in changes.items():

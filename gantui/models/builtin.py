@@ -252,8 +252,10 @@ class DCGANEncoder(nn.Module):
 
 
 class CodeReader(nn.Module):
-    """Q of InfoGAN: a sample -> logits (N, info_codes) of the categorical code G was given.
-    D's layers without packing or labels: the conv trunk for DCGAN, ``d_hidden`` for MLP."""
+    """Q of InfoGAN, a sample -> logits (N, info_codes) of the categorical code G was given,
+    or AC-GAN's classifier, an image -> logits (N, n_classes) of its class
+    (``cfg.reader_classes``). D's layers without packing or labels: the conv trunk for DCGAN,
+    ``d_hidden`` for MLP."""
 
     def __init__(self, cfg: Config) -> None:
         super().__init__()
@@ -267,14 +269,14 @@ class CodeReader(nn.Module):
         else:
             trunk, flat = _conv_trunk(cfg)
             self.net = nn.Sequential(trunk, nn.Flatten())
-        self.head = nn.Linear(flat, cfg.info_codes)
+        self.head = nn.Linear(flat, cfg.reader_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.net(x))
 
 
 def build_code_reader(cfg: Config) -> nn.Module:
-    """Q for ``cfg.info_codes`` runs, initialised like G and D."""
+    """Q for ``cfg.info_codes`` and ``cfg.ac_weight`` runs, initialised like G and D."""
     reader = CodeReader(cfg)
     if cfg.weight_init == "dcgan":
         reader.apply(dcgan_init)

@@ -7,8 +7,9 @@ average of G (``ema``) as
 no store, no statistics, no previews, no control. It syncs with the device once per
 ``log_every`` steps, as the trainer does, and reports images per second over the intervals
 after the first (the warm-up), the way ``metrics.jsonl`` is read for the trainer. An
-encoder (``encoder``) or InfoGAN's Q (``info_codes``) is not in it: with those the trainer's
-extra networks count as its overhead, which ``gantui bench`` says.
+encoder (``encoder``), InfoGAN's Q (``info_codes``) or AC-GAN's classifier (``ac_weight``) is
+not in it: with those the trainer's extra networks count as its overhead, which ``gantui
+bench`` says.
 
 Run as ``python -m gantui.perf.bare SPEC_JSON`` so each measurement is a fresh process; it
 prints one JSON object.

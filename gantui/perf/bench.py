@@ -317,8 +317,8 @@ def run_bench(preset: str = "dcgan-mnist-plain", steps: int = 200, device: str =
 
 def _not_in_bare(cfg: Config) -> str:
     """What of ``cfg``'s training the bare loop does not do (empty: all of it)."""
-    left = [what for what, on in (("the encoder", cfg.encoder), ("InfoGAN's Q", cfg.info_codes))
-            if on]
+    left = [what for what, on in (("the encoder", cfg.encoder), ("InfoGAN's Q", cfg.info_codes),
+                                  ("AC-GAN's classifier", cfg.ac_weight > 0)) if on]
     return " and ".join(left)
 
 

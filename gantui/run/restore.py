@@ -57,7 +57,7 @@ def check_fits(state: dict[str, Any], cfg: Config, optimizers: bool = True) -> N
     models = [("G", G), ("D", D)]
     if cfg.encoder:
         models.append(("E", build_encoder(cfg)))
-    if cfg.info_codes:
+    if cfg.reader_classes:
         models.append(("Q", build_code_reader(cfg)))
     for key, model in models:
         weights = state.get(key)

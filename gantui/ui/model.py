@@ -43,6 +43,9 @@ LIVE_STATES = ("starting", "running", "paused", "checkpointing")
 ENDED_STATES = ("finished", "stopped", "error")
 """States after which the trainer thread is gone."""
 
+OWNED = {"info_weight": "info_codes", "ac_weight": "ac_weight"}
+"""Live weights of a network a run has only with a key on: offered only where it is."""
+
 SERIES = ("loss_d", "loss_g", "d_real", "d_fake", "d_fake_g", "grad_g", "grad_d")
 """Metric fields kept as plottable histories."""
 
@@ -162,8 +165,8 @@ class RunModel:
         """Current values of every live key (missing ones as None)."""
         keys = LIVE_KEYS if self.live_spec is None else self.live_spec
         return {key: self.config.get(key) for key in keys
-                if key != "info_weight" or self.live_spec is not None
-                or self.config.get("info_codes")}  # InfoGAN's weight: only with a code
+                if self.live_spec is not None or key not in OWNED
+                or self.config.get(OWNED[key])}  # InfoGAN's, AC-GAN's weight: only with Q
 
     def apply(self, event: Event) -> list[LogLine]:
         """Fold ``event`` into the model; return the log lines it produced."""
