@@ -88,3 +88,37 @@ def test_resume_with_the_classifier_is_exact(runs_dir: Path) -> None:
     for index, moments in a["opt_q"]["state"].items():
         for name in ("exp_avg", "exp_avg_sq"):
             assert torch.equal(moments[name], b["opt_q"]["state"][index][name]), (index, name)
+
+
+def test_q_learns_in_the_d_step_only_and_its_term_reaches_g_alone(tmp_path: Path) -> None:
+    """The shipped preset against itself without the classifier, same seed: D's update is
+    bit-identical (Q reads a detached batch), Q learns in the D step and not from G's
+    samples, and G's update differs (the term reaches it)."""
+    from gantui.engine.control import Controller
+    from gantui.engine.trainer import Trainer
+
+    def trainer(*extra: str) -> Trainer:
+        cfg = tiny("cdcgan-mnist", "eval_every=0", "r1_every=1", *extra)
+        store = RunStore.create(tmp_path, f"t{len(extra)}", cfg.to_dict())
+        return Trainer(cfg, store=store, emit=lambda e: None, controller=Controller(),
+                       device=torch.device("cpu"), preset="cdcgan-mnist", name="t")
+
+    def weights(model: torch.nn.Module) -> list[torch.Tensor]:
+        return [p.detach().clone() for p in model.parameters()]
+
+    with_q, without = trainer(), trainer("ac_weight=0")
+    assert with_q.cfg.ac_weight == 0.2 and with_q.Q is not None and without.Q is None
+    initial = weights(with_q.Q)
+    for t in (with_q, without):
+        t.d_step()  # with R1: the real batch requires grad
+    for a, b in zip(with_q.D.state_dict().values(), without.D.state_dict().values(),
+                    strict=True):
+        assert torch.equal(a, b)
+    learned = weights(with_q.Q)
+    assert any(not torch.equal(a, b) for a, b in zip(initial, learned, strict=True))
+    for t in (with_q, without):
+        t.g_step()
+    assert all(torch.equal(a, b) for a, b in zip(learned, weights(with_q.Q), strict=True))
+    assert all(p.requires_grad for p in with_q.Q.parameters())  # unfrozen after G's step
+    assert any(not torch.equal(a, b) for a, b in zip(weights(with_q.G), weights(without.G),
+                                                      strict=True))

@@ -24,7 +24,8 @@ CPU = torch.device("cpu")
 
 
 @pytest.mark.parametrize(("preset", "extra"), [
-    ("ring-8", ()), ("dcgan-mnist-plain", ()), ("cdcgan-mnist", ()),
+    ("ring-8", ()), ("dcgan-mnist-plain", ()),
+    ("cdcgan-mnist", ("ac_weight=0",)),  # AC-GAN's classifier is the trainer's, as InfoGAN's Q
     ("dcgan-mnist-plain", ("r1_gamma=0.1", "r1_every=3")),  # lazy R1 on steps 0 and 3 of 4
     ("dcgan-mnist", ("diffaug=translation,cutout",)),  # clusters, DiffAugment and EMA
     ("dcgan-mnist-plain", ("diffaug=color,translation", "ada_target=0.01")),  # adapted: up
@@ -62,6 +63,7 @@ def test_the_bench_names_what_its_bare_loop_leaves_out() -> None:
     assert _not_in_bare(tiny("dcgan-mnist")) == ""  # clusters, diffaug and EMA are in it
     assert _not_in_bare(tiny("grid-25")) == "InfoGAN's Q"
     assert _not_in_bare(tiny("ecgan-mnist")) == "the encoder"
+    assert _not_in_bare(tiny("cdcgan-mnist")) == "AC-GAN's classifier"
     result = BenchResult("grid-25", "cpu", "cpu", 40, bare_leaves_out="InfoGAN's Q")
     for mode in result.modes:
         result.rounds[mode].append(100.0)
