@@ -122,3 +122,16 @@ def test_q_learns_in_the_d_step_only_and_its_term_reaches_g_alone(tmp_path: Path
     assert all(p.requires_grad for p in with_q.Q.parameters())  # unfrozen after G's step
     assert any(not torch.equal(a, b) for a, b in zip(weights(with_q.G), weights(without.G),
                                                       strict=True))
+
+
+def test_the_dashboard_offers_the_weight_only_to_runs_with_the_classifier() -> None:
+    from gantui.ui.model import RunModel
+
+    for preset, sets, offered in (("cdcgan-mnist", [], True), ("cgan-mnist", [], False),
+                                  ("grid-25", [], False)):
+        model = RunModel()
+        model.config = config.load(preset, sets)[1].to_dict()
+        keys = model.hyperparameters()
+        assert ("ac_weight" in keys) == offered, preset
+        assert ("info_weight" in keys) == (preset == "grid-25"), preset  # InfoGAN's code
+        assert "lr_g" in keys
