@@ -221,6 +221,12 @@ class Config:
     samples draw the code with z. Stacked MNIST clusters its single digits and gives each
     channel a code of its own. 0 is off (built-in models; data held in memory: mnist,
     stacked_mnist, fashion, cifar10, an array)."""
+    cluster_refit: int = 0
+    """With ``clusters``: rounds of moving each cluster's centre to the mean of its images
+    under the equal-size split, and splitting again. k-means fits its centres to clusters of
+    any size; the equal split then sends the images a full cluster leaves over to a far one,
+    and a refitted split holds a purer part of the data in each cluster. 0 keeps k-means'
+    centres; without ``clusters`` it does nothing."""
     pack: int = 1
     """PacGAN packing degree: D judges this many samples concatenated at once (1 is off).
     ``batch_size`` must be a multiple of it."""
@@ -523,7 +529,7 @@ UPPER_BOUNDS = {
     "log_every": 10**9, "sample_every": 10**9, "checkpoint_every": 10**9,
     "nz": 65536, "ngf": 4096, "ndf": 4096, "n_classes": 10000, "embed_dim": 4096,
     "eval_every": 10**9, "eval_samples": 100_000, "pack": 16, "r1_every": 1000,
-    "info_codes": 10000, "clusters": 1000,
+    "info_codes": 10000, "clusters": 1000, "cluster_refit": 1000,
 }
 """Largest accepted values: beyond them a value is a typo, and a live one could stall a run
 (``d_steps`` loops inside a step, where no command can interrupt it)."""
@@ -536,7 +542,7 @@ def validate(cfg: Config) -> None:
                 "keep_checkpoints", "n_samples"):
         _check(getattr(cfg, key) >= 1, f"{key} must be >= 1 (got {_got(getattr(cfg, key))})")
     for key in ("steps", "epochs", "num_workers", "threads", "seed", "eval_every",
-                "eval_samples", "train_digits", "info_codes", "clusters"):
+                "eval_samples", "train_digits", "info_codes", "clusters", "cluster_refit"):
         _check(getattr(cfg, key) >= 0, f"{key} must be >= 0 (got {_got(getattr(cfg, key))})")
     for key, most in UPPER_BOUNDS.items():
         value = getattr(cfg, key)

@@ -71,6 +71,33 @@ def test_fit_finds_separate_groups_of_images_without_labels() -> None:
     assert torch.equal(labels, labels2) and np.array_equal(clusters.centres, again.centres)
 
 
+def test_a_refit_moves_the_centres_onto_the_equal_split_and_tightens_it() -> None:
+    """``cluster_refit``: each round's centres are the means of the last equal split; on the
+    training digits the split stays equal and its clusters lie closer to their centres."""
+    split = sources.mnist_split(tiny("dcgan-mnist"))
+    digits = split.train_images.float().div(127.5).sub(1.0)
+    first, labels = fit(digits, 50, seed=0)
+    once, _ = fit(digits, 50, seed=0, refit=1)
+    coords = first.project(digits)
+    means = np.stack([coords[labels.numpy() == c].mean(0) for c in range(50)])
+    assert np.allclose(once.centres, means)
+    refitted, labels20 = fit(digits, 50, seed=0, refit=20)
+    assert torch.equal(torch.bincount(labels20), torch.full((50,), 80))
+
+    def spread(clusters, labels) -> float:  # mean squared distance to the own centre
+        return float(clusters.distances(digits)[np.arange(len(labels)), labels.numpy()].mean())
+
+    assert spread(refitted, labels20) < spread(first, labels)
+    # the digits' classes, read by this test only: the refitted clusters are purer (seed 0)
+    truth = split.train_labels.numpy()
+
+    def purity(labels) -> float:
+        lab = labels.numpy()
+        return sum(np.bincount(truth[lab == c]).max() for c in range(50)) / len(lab)
+
+    assert purity(labels20) > purity(labels) + 0.01, (purity(labels20), purity(labels))
+
+
 @pytest.mark.parametrize("preset, sets, message", [
     ("dcgan-mnist-plain", ["clusters=1"], "clusters must be 0 .off. or at least 2"),
     ("dcgan-mnist-plain", ["clusters=-3"], "clusters must be >= 0"),
@@ -182,8 +209,8 @@ def test_resume_of_a_clustered_run_is_exact_with_the_split_it_trained_on(
     # used: the split the run trained on is in its checkpoint
     real_fit = sources.clustering.fit
 
-    def other_fit(images: torch.Tensor, k: int, seed: int):
-        clusters, labels = real_fit(images, k, seed)
+    def other_fit(images: torch.Tensor, k: int, seed: int, refit: int = 0):
+        clusters, labels = real_fit(images, k, seed, refit)
         return clusters, (labels + 1) % k
 
     monkeypatch.setattr(sources.clustering, "fit", other_fit)

@@ -93,8 +93,11 @@ def _fill(distances: np.ndarray, labels: np.ndarray, room: np.ndarray) -> None:
         room -= np.bincount(chosen[take], minlength=k)
 
 
-def fit(images: torch.Tensor, k: int, seed: int) -> tuple[Clusters, torch.Tensor]:
-    """Split float images in [-1, 1] (N, ...) into ``k`` equal clusters.
+def fit(images: torch.Tensor, k: int, seed: int, refit: int = 0
+        ) -> tuple[Clusters, torch.Tensor]:
+    """Split float images in [-1, 1] (N, ...) into ``k`` equal clusters; with ``refit``, that
+    many rounds of moving each centre to the mean of its equal-size cluster and splitting
+    again (k-means' centres are fitted to clusters of any size; these fit the equal split).
 
     Returns:
         the fitted :class:`Clusters` and each image's cluster (N,) int64.
@@ -109,4 +112,9 @@ def fit(images: torch.Tensor, k: int, seed: int) -> tuple[Clusters, torch.Tensor
     coords = clusters.project(images)
     kmeans = KMeans(k, n_init=RESTARTS, random_state=seed).fit(coords)
     clusters = Clusters(pca.mean_, pca.components_, kmeans.cluster_centers_)
-    return clusters, torch.from_numpy(balanced(clusters.distances(images)))
+    labels = balanced(clusters.distances(images))
+    for _ in range(refit):
+        centres = np.stack([coords[labels == c].mean(0) for c in range(k)])
+        clusters = Clusters(pca.mean_, pca.components_, centres)
+        labels = balanced(clusters.distances(images))
+    return clusters, torch.from_numpy(labels)

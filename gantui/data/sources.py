@@ -93,7 +93,7 @@ class TensorBatches:
 
     def __init__(self, images: torch.Tensor, labels: torch.Tensor | None, batch_size: int,
                  seed: int, device: torch.device, note: str, shard: Shard = WHOLE,
-                 clusters: int = 0) -> None:
+                 clusters: int = 0, refit: int = 0) -> None:
         if shard.size(images.shape[0]) < batch_size:
             raise DataError(f"{note}: {images.shape[0]} images{per_rank(shard)}, fewer than "
                             f"batch_size {batch_size}")
@@ -104,9 +104,9 @@ class TensorBatches:
                 raise DataError(f"{note}: clusters {clusters:,} exceeds its "
                                 f"{images.shape[0]:,} images")
             self.clusters, labels = clustering.fit(images.float().div(127.5).sub(1.0),
-                                                   clusters, seed)
+                                                   clusters, seed, refit)
             note += (f"; k-means split it into {clusters} clusters of "
-                     f"{math.ceil(images.shape[0] / clusters)} images or fewer")
+                     f"{math.ceil(images.shape[0] / clusters)} images or fewer{_refitted(refit)}")
         self.images = images.to(device)
         self.labels = labels.to(device) if labels is not None else None
         self.batch_size = batch_size
@@ -150,6 +150,11 @@ class TensorBatches:
         if self.clusters is not None:
             self.labels, self.clusters = _saved_clusters(
                 state, self.labels, self.clusters, self.images)
+
+
+def _refitted(rounds: int) -> str:
+    """The log's word on ``cluster_refit``."""
+    return f" (centres refitted {rounds} times)" if rounds else ""
 
 
 def saved_split(saved: torch.Tensor, n: int, k: int) -> torch.Tensor:
@@ -393,7 +398,8 @@ def mnist_batches(cfg: Config, device: torch.device, shard: Shard = WHOLE) -> Te
     split = mnist_split(cfg)
     return TensorBatches(fit_images(split.train_images, cfg),
                          split.train_labels if cfg.conditional else None, cfg.batch_size,
-                         cfg.seed, device, split.note, shard, cfg.clusters)
+                         cfg.seed, device, split.note, shard, cfg.clusters,
+                         cfg.cluster_refit)
 
 
 def memory_batches(cfg: Config, device: torch.device, shard: Shard = WHOLE) -> TensorBatches:
@@ -406,7 +412,8 @@ def memory_batches(cfg: Config, device: torch.device, shard: Shard = WHOLE) -> T
                         f"n_classes {cfg.n_classes}")
     images = fit_images(found.images, cfg)
     return TensorBatches(images, found.labels if cfg.conditional else None, cfg.batch_size,
-                         cfg.seed, device, found.note, shard, cfg.clusters)
+                         cfg.seed, device, found.note, shard, cfg.clusters,
+                         cfg.cluster_refit)
 
 
 class StackedBatches(_Endless):
@@ -414,7 +421,7 @@ class StackedBatches(_Endless):
     uniformly from the set, so its mode is one of 1,000 digit triples (VEEGAN, PacGAN)."""
 
     def __init__(self, digits: torch.Tensor, batch_size: int, seed: int, device: torch.device,
-                 note: str, shard: Shard = WHOLE, clusters: int = 0) -> None:
+                 note: str, shard: Shard = WHOLE, clusters: int = 0, refit: int = 0) -> None:
         self.digits = digits.to(device)
         """uint8 ``(N, 1, H, W)``."""
         self.batch_size = batch_size
@@ -430,10 +437,11 @@ class StackedBatches(_Endless):
                 raise DataError(f"{note}: clusters {clusters:,} exceeds its {len(digits):,} "
                                 f"digits")
             self.clusters, labels = clustering.fit(digits.float().div(127.5).sub(1.0),
-                                                   clusters, seed)
+                                                   clusters, seed, refit)
             self.labels = labels.to(device)
             self.note += (f"; k-means split the digits into {clusters} clusters of "
-                          f"{math.ceil(len(digits) / clusters)} or fewer, one per channel")
+                          f"{math.ceil(len(digits) / clusters)} or fewer{_refitted(refit)}, "
+                          f"one per channel")
 
     def next(self) -> tuple[torch.Tensor, torch.Tensor | None]:
         idx = torch.randint(0, len(self.digits), (self.batch_size, 3), generator=self.gen)
@@ -467,7 +475,8 @@ def stacked_mnist_batches(cfg: Config, device: torch.device,
     images = fit_images(images, cfg)[:, :1].contiguous()  # one digit: one channel
     note = (f"stacked MNIST: three digits drawn independently as the channels of one image "
             f"(1,000 modes), from {source}")
-    return StackedBatches(images, cfg.batch_size, cfg.seed, device, note, shard, cfg.clusters)
+    return StackedBatches(images, cfg.batch_size, cfg.seed, device, note, shard, cfg.clusters,
+                          cfg.cluster_refit)
 
 
 # ---- image folders -----------------------------------------------------------------------

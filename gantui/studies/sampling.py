@@ -85,7 +85,7 @@ def cluster_split(run_dir: Path, cfg: Config, checkpoint: Path | None = None,
     images = images if images is not None else batches.images
     if not isinstance(saved, torch.Tensor):
         return images, fit_clusters(images.float().div(127.5).sub(1.0), cfg.clusters,
-                                    cfg.seed)[1]
+                                    cfg.seed, cfg.cluster_refit)[1]
     return images, saved_split(saved, len(images), cfg.clusters)
 
 
