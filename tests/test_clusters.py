@@ -16,6 +16,7 @@ from gantui import config
 from gantui import events as ev
 from gantui.data import sources
 from gantui.data.clusters import balanced, fit
+from gantui.data.clusters import refitted as refitted_split
 from gantui.errors import GantuiError
 from gantui.files import read_toml_dict
 from gantui.headless import follow
@@ -77,11 +78,11 @@ def test_a_refit_moves_the_centres_onto_the_equal_split_and_tightens_it() -> Non
     split = sources.mnist_split(tiny("dcgan-mnist"))
     digits = split.train_images.float().div(127.5).sub(1.0)
     first, labels = fit(digits, 50, seed=0)
-    once, _ = fit(digits, 50, seed=0, refit=1)
+    once, _ = refitted_split(first, digits, labels, 1)
     coords = first.project(digits)
     means = np.stack([coords[labels.numpy() == c].mean(0) for c in range(50)])
     assert np.allclose(once.centres, means)
-    refitted, labels20 = fit(digits, 50, seed=0, refit=20)
+    refitted, labels20 = refitted_split(first, digits, labels, 20)
     assert torch.equal(torch.bincount(labels20), torch.full((50,), 80))
 
     def spread(clusters, labels) -> float:  # mean squared distance to the own centre

@@ -112,9 +112,16 @@ def fit(images: torch.Tensor, k: int, seed: int, refit: int = 0
     coords = clusters.project(images)
     kmeans = KMeans(k, n_init=RESTARTS, random_state=seed).fit(coords)
     clusters = Clusters(pca.mean_, pca.components_, kmeans.cluster_centers_)
-    labels = balanced(clusters.distances(images))
-    for _ in range(refit):
-        centres = np.stack([coords[labels == c].mean(0) for c in range(k)])
-        clusters = Clusters(pca.mean_, pca.components_, centres)
-        labels = balanced(clusters.distances(images))
-    return clusters, torch.from_numpy(labels)
+    return refitted(clusters, images, torch.from_numpy(balanced(clusters.distances(images))),
+                    refit)
+
+
+def refitted(clusters: Clusters, images: torch.Tensor, labels: torch.Tensor, rounds: int
+             ) -> tuple[Clusters, torch.Tensor]:
+    """``rounds`` times: each centre moved to the mean of its images under ``labels``, then
+    the equal split of ``images`` (float, in [-1, 1]) again. Returns the last centres and
+    split (``clusters`` and ``labels`` themselves for 0 rounds)."""
+    for _ in range(rounds):
+        clusters = clusters.centred_on(images, labels)
+        labels = torch.from_numpy(balanced(clusters.distances(images)))
+    return clusters, labels
