@@ -380,10 +380,7 @@ class Trainer:
         code in their z (a lower bound on their mutual information, less the code's entropy),
         and the share Q read right."""
         assert self._Q_step is not None
-        target = code(self.cfg, z)
-        logits = self._Q_step(fake).float()
-        read = (logits.detach().argmax(1) == target).float().mean()
-        return torch.nn.functional.cross_entropy(logits, target), read
+        return _read_back(self._Q_step(fake).float(), code(self.cfg, z))
 
     def _class_loss(self, fake: torch.Tensor, y: torch.Tensor | None
                     ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -391,9 +388,7 @@ class Trainer:
         samples against the classes they were asked for, and the share it read right. The
         module itself, not its DDP wrapper: no gradient of Q's is made here to reduce."""
         assert self.Q is not None and y is not None
-        logits = self.Q(fake).float()
-        read = (logits.detach().argmax(1) == y).float().mean()
-        return torch.nn.functional.cross_entropy(logits, y), read
+        return _read_back(self.Q(fake).float(), y)
 
     def _code(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``(code, mu, logvar)``: E(x) and its reparameterised code mu + sigma * eps."""
@@ -672,3 +667,10 @@ def _metrics_record(event: ev.Metrics | ev.Quality) -> dict[str, Any]:
         if not math.isfinite(record.get(key, 0.0)):
             del record[key]
     return record
+
+
+def _read_back(logits: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Q's cross-entropy on ``logits`` against ``target`` and the share it read right
+    (InfoGAN's code, AC-GAN's class)."""
+    read = (logits.detach().argmax(1) == target).float().mean()
+    return torch.nn.functional.cross_entropy(logits, target), read
