@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from textual.widgets import Input
+from textual.widgets import Input, OptionList
 
 from gantui import events as ev
 from gantui.config import Config
@@ -192,9 +192,8 @@ def test_lr_modal_refuses_invalid_input(tmp_path, bad, message):
             field.value = bad
             field.focus()
             await pilot.press("enter")
-            await pilot.pause()
+            await until(pilot, lambda: message in modal.error)
             assert app.screen is modal  # still open
-            assert message in modal.error
             assert message in str(modal.query_one("#error").render())
             await pilot.press("escape")
             await until(pilot, lambda: app.screen is not modal)
@@ -215,12 +214,17 @@ def test_edit_modal_sets_any_live_key(tmp_path):
             assert isinstance(modal, KeyValueModal)
             # pushed is not yet composed: on loaded cores the widgets mount a frame later
             await until(pilot, lambda: bool(modal.query("#key-label")))
-            modal.select("d_steps")
+            # pick the key as a user does, through the list; its highlight message queues
+            # behind on_mount's own, so once it lands nothing resets the field after us
+            keys = modal.query_one("#keys", OptionList)
+            keys.highlighted = keys.get_option_index("d_steps")
+            await until(pilot, lambda: modal.key == "d_steps"
+                        and modal.focused is modal.query_one("#value", Input))
             assert modal.query_one("#value", Input).value == "1"
             modal.query_one("#value", Input).value = "2.5"
             await pilot.press("enter")
-            await pilot.pause()
-            assert "d_steps" in modal.error and app.screen is modal
+            await until(pilot, lambda: "d_steps" in modal.error)
+            assert app.screen is modal
             modal.query_one("#value", Input).value = "3"
             await pilot.press("enter")
             await until(pilot, lambda: app.model.config["d_steps"] == 3)

@@ -61,8 +61,8 @@ def test_dashboard_steers_the_real_trainer(live):
             field.value = "-0.5"
             field.focus()
             await pilot.press("enter")
-            await pilot.pause()
-            assert app.screen is modal and "lr_d must be" in modal.error
+            await until(pilot, lambda: "lr_d must be" in modal.error)
+            assert app.screen is modal
             await pilot.press("escape")
             await until(pilot, lambda: app.screen is not modal)
 
