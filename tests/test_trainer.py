@@ -28,6 +28,9 @@ def test_every_preset_builds_and_takes_real_steps(preset: str, runs_dir: Path,
     if config.load(preset)[1].dataset == "folder":
         extra.append(f"data={make_image_folder(tmp_path / 'imgs', n=20)}")
     extra += own_data(config.load(preset)[1].dataset, tmp_path)
+    # the user-model example's own widths (256 and 128) shrunk as tiny() shrinks ngf and ndf
+    extra += [f"model_args.{k}=16" for k in ("g_width", "d_width")
+              if k in config.load(preset)[1].model_args]
     cfg = tiny(preset, *extra)
     session = start(cfg, preset, runs_dir=runs_dir, device="cpu")
     events = follow(session, timeout=120)
