@@ -196,7 +196,8 @@ def test_stacked_batches_stack_three_digits_and_resume() -> None:
 
 def test_stacked_config_rules() -> None:
     cfg = config.load("stacked-mnist")[1]
-    assert cfg.image_shape == (3, 28, 28) and cfg.clusters == 50 and cfg.pack == 1
+    assert cfg.image_shape == (3, 28, 28) and cfg.pack == 1
+    assert cfg.clusters == 80 and cfg.cluster_refit == 20
     with pytest.raises(ConfigError, match="set channels = 3"):
         config.load("stacked-mnist", ["channels=1"])
     with pytest.raises(ConfigError, match="conditional models need labelled data"):
