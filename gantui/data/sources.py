@@ -100,11 +100,7 @@ class TensorBatches:
         self.clusters: Clusters | None = None
         """With ``clusters``: the fitted split; the labels are then each image's cluster."""
         if clusters:
-            if clusters > images.shape[0]:
-                raise DataError(f"{note}: clusters {clusters:,} exceeds its "
-                                f"{images.shape[0]:,} images")
-            self.clusters, labels = clustering.fit(images.float().div(127.5).sub(1.0),
-                                                   clusters, seed, refit)
+            self.clusters, labels = fit_split(images, clusters, seed, refit, note)
             note += (f"; k-means split it into {clusters} clusters of "
                      f"{math.ceil(images.shape[0] / clusters)} images or fewer{_refitted(refit)}")
         self.images = images.to(device)
@@ -150,6 +146,19 @@ class TensorBatches:
         if self.clusters is not None:
             self.labels, self.clusters = _saved_clusters(
                 state, self.labels, self.clusters, self.images)
+
+
+def fit_split(images: torch.Tensor, k: int, seed: int, refit: int, note: str,
+              noun: str = "images") -> tuple[Clusters, torch.Tensor]:
+    """uint8 ``images`` split into ``k`` equal clusters (:func:`clustering.fit` on them in
+    [-1, 1], ``refit`` rounds); each image's cluster.
+
+    Raises:
+        DataError: ``k`` exceeds the images (``note`` names the data, ``noun`` its items).
+    """
+    if k > len(images):
+        raise DataError(f"{note}: clusters {k:,} exceeds its {len(images):,} {noun}")
+    return clustering.fit(images.float().div(127.5).sub(1.0), k, seed, refit)
 
 
 def _refitted(rounds: int) -> str:
@@ -433,11 +442,7 @@ class StackedBatches(_Endless):
         its digit's cluster."""
         self.labels: torch.Tensor | None = None
         if clusters:
-            if clusters > len(digits):
-                raise DataError(f"{note}: clusters {clusters:,} exceeds its {len(digits):,} "
-                                f"digits")
-            self.clusters, labels = clustering.fit(digits.float().div(127.5).sub(1.0),
-                                                   clusters, seed, refit)
+            self.clusters, labels = fit_split(digits, clusters, seed, refit, note, "digits")
             self.labels = labels.to(device)
             self.note += (f"; k-means split the digits into {clusters} clusters of "
                           f"{math.ceil(len(digits) / clusters)} or fewer{_refitted(refit)}, "

@@ -15,9 +15,8 @@ import torch
 
 from gantui.config import POINT_SETS, Config
 from gantui.data.batches import make_batches
-from gantui.data.clusters import fit as fit_clusters
 from gantui.data.grids import grid_image, scatter_image
-from gantui.data.sources import mixture, saved_split
+from gantui.data.sources import fit_split, mixture, saved_split
 from gantui.errors import GantuiError
 from gantui.files import read_toml_dict
 from gantui.models.builtin import build_encoder, build_models
@@ -84,8 +83,8 @@ def cluster_split(run_dir: Path, cfg: Config, checkpoint: Path | None = None,
     images = getattr(batches, "digits", None)
     images = images if images is not None else batches.images
     if not isinstance(saved, torch.Tensor):
-        return images, fit_clusters(images.float().div(127.5).sub(1.0), cfg.clusters,
-                                    cfg.seed, cfg.cluster_refit)[1]
+        return images, fit_split(images, cfg.clusters, cfg.seed, cfg.cluster_refit,
+                                 str(run_dir))[1]
     return images, saved_split(saved, len(images), cfg.clusters)
 
 
