@@ -26,11 +26,12 @@ from gantui.config import Config
 from gantui.data.sources import saved_split
 from gantui.errors import GantuiError
 from gantui.models.latent import codes, groups, latent, with_code
-from gantui.quality.judge import to_unit
+from gantui.quality.judge import scoring_batch, to_unit
 from gantui.quality.stacked import read_channels
 
 BATCH = 500
-"""Images per forward pass of G and of the judge."""
+"""Images per forward pass of G and of the judge on an accelerator (fewer on the CPU:
+:func:`~gantui.quality.judge.scoring_batch`)."""
 PER_CODE = 100
 """G's samples per cluster code by default (each of stacked MNIST's three channels is read,
 so three readings a sample there)."""
@@ -87,8 +88,9 @@ def read(judge: nn.Module, images: torch.Tensor) -> torch.Tensor:
     """The judge's class (N,) of ``images`` (N, C, H, W), float in [-1, 1] or uint8."""
     device = next(judge.parameters()).device
     out = []
-    for i in range(0, len(images), BATCH):
-        part = images[i:i + BATCH]
+    step = scoring_batch(device, BATCH)
+    for i in range(0, len(images), step):
+        part = images[i:i + step]
         part = to_unit(part) if part.dtype == torch.uint8 else part.float()
         part = torch.nan_to_num(part, nan=-1.0).clamp(-1, 1)
         out.append(judge(part.to(device)).argmax(1).cpu())
@@ -117,6 +119,7 @@ def read_clusters(judge: nn.Module, n_classes: int, G: nn.Module, cfg: Config,
     labels = saved_split(labels, len(images), k)
     apart = groups(cfg) > 1
     device = next(G.parameters()).device
+    step = scoring_batch(device, BATCH)
     z = latent(cfg, per_code, torch.Generator().manual_seed(seed))
     data, fake = [], []
     found = read(judge, images)
@@ -124,8 +127,8 @@ def read_clusters(judge: nn.Module, n_classes: int, G: nn.Module, cfg: Config,
         data.append(shares(found[labels == c], n_classes))
         code = torch.full((per_code, groups(cfg)) if apart else (per_code,), c, dtype=torch.long)
         zc = with_code(cfg, z, code)
-        samples = torch.cat([G(zc[i:i + BATCH].to(device), None).float().cpu()
-                             for i in range(0, per_code, BATCH)])
+        samples = torch.cat([G(zc[i:i + step].to(device), None).float().cpu()
+                             for i in range(0, per_code, step)])
         # stacked MNIST: each channel read as a digit of its own, as its scores read them
         classes = read_channels(judge, samples)[1].argmax(1) if apart else read(judge, samples)
         fake.append(shares(classes, n_classes))

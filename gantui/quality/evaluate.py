@@ -53,6 +53,7 @@ from gantui.quality.judge import (
     labelled_data,
     load_data_judge,
     load_judge,
+    scoring_batch,
     to_unit,
 )
 
@@ -64,7 +65,8 @@ DEFAULT_N = {"ring": 2500, "stacked": 26_000, "mnist": 5000, "labelled": 2000,
              "folder": 2000}
 """Generated samples per evaluation (and, for folders, real reference images)."""
 BATCH = 500
-"""Samples generated per forward pass."""
+"""Samples generated (and real images judged) per forward pass on an accelerator
+(:func:`~gantui.quality.judge.scoring_batch`: fewer on the CPU)."""
 PRDC_K = 5
 """Neighbourhood size of precision, recall, density and coverage."""
 REFERENCE_MAX = 5000
@@ -190,6 +192,8 @@ class Evaluator:
             raise EvaluationError(f"no evaluation for dataset {cfg.dataset!r}")
         self.cfg = cfg
         self.device = torch.device(device)
+        self.batch = scoring_batch(self.device, BATCH)
+        """Samples per forward pass (fewer on the CPU)."""
         self.offenders: tuple[torch.Tensor, torch.Tensor] | None = None
         """The latest evaluation's worst near-copies and their nearest training images,
         ``(k, C, H, W)`` each in [-1, 1], worst first (MNIST-family runs)."""
@@ -239,8 +243,8 @@ class Evaluator:
         """The judge's features and logits of real ``images``, in batches."""
         feats, logits = [], []
         with torch.no_grad():
-            for i in range(0, len(images), BATCH):
-                f, lg = self.judge.features_and_logits(images[i:i + BATCH].to(self.device))
+            for i in range(0, len(images), self.batch):
+                f, lg = self.judge.features_and_logits(images[i:i + self.batch].to(self.device))
                 feats.append(f)
                 logits.append(lg)
         return torch.cat(feats), torch.cat(logits)
@@ -291,9 +295,9 @@ class Evaluator:
             self.reference = memory_reference(self.cfg, self.n)
         real = self.reference.images
         with torch.no_grad():
-            feats = torch.cat([self.rcfd_net(fidlib.from_uint8(real[i:i + BATCH])
+            feats = torch.cat([self.rcfd_net(fidlib.from_uint8(real[i:i + self.batch])
                                              .to(self.device))
-                               for i in range(0, len(real), BATCH)])
+                               for i in range(0, len(real), self.batch)])
         self.rcfd_stats = scores.gaussian_stats(feats)
         self.inception: nn.Module | None = None
         try:
@@ -331,9 +335,9 @@ class Evaluator:
     def _batches(self, G: nn.Module) -> Iterator[tuple[torch.Tensor, torch.Tensor | None]]:
         """Yield ``(samples, labels or None)`` batches of G's output on the device."""
         z, y = self._noise()
-        for i in range(0, self.n, BATCH):
-            zb = z[i:i + BATCH].to(self.device)
-            yb = y[i:i + BATCH].to(self.device) if y is not None else None
+        for i in range(0, self.n, self.batch):
+            zb = z[i:i + self.batch].to(self.device)
+            yb = y[i:i + self.batch].to(self.device) if y is not None else None
             yield G(zb, yb).float(), yb
 
     def evaluate(self, G: nn.Module, step: int, encoder: nn.Module | None = None) -> Score:
@@ -470,9 +474,9 @@ class Evaluator:
         """``recon_l1``: mean |G(mu(E(x)), y) - x| per pixel on the [-1, 1] scale over
         held-out digits; ``recon_acc``: the judge's class of the rebuilt digit is y."""
         errors, hits = [], []
-        for i in range(0, len(self.held_real), BATCH):
-            x = self.held_real[i:i + BATCH].to(self.device)
-            y = self.held_labels[i:i + BATCH].to(self.device)
+        for i in range(0, len(self.held_real), self.batch):
+            x = self.held_real[i:i + self.batch].to(self.device)
+            y = self.held_labels[i:i + self.batch].to(self.device)
             rebuilt = G(encoder(x)[0], y).float()
             errors.append((rebuilt - x).abs().flatten(1).mean(1))
             hits.append(self.judge.features_and_logits(rebuilt.clamp(-1, 1))[1].argmax(1) == y)

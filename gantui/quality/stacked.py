@@ -12,14 +12,15 @@ from collections.abc import Iterator
 import torch
 
 from gantui.quality.diagnostics import class_shares, legible
-from gantui.quality.judge import DigitJudge
+from gantui.quality.judge import DigitJudge, scoring_batch
 
 MODES = 1000
 """Digit triples: 10^3."""
 STANDARD_N = 26_000
 """Samples per evaluation in PacGAN's Table 2."""
 BATCH = 1000
-"""Images read by the judge per forward pass."""
+"""Stacked images read per judge pass on an accelerator (3,000 digits); on the CPU a third
+of :data:`~gantui.quality.judge.CPU_BATCH` (:func:`~gantui.quality.judge.scoring_batch`)."""
 
 
 @torch.no_grad()
@@ -36,8 +37,9 @@ def read_channels(judge: DigitJudge, images: torch.Tensor) -> tuple[torch.Tensor
         raise ValueError(f"stacked MNIST images are (N, 3, H, W); got {tuple(images.shape)}")
     device = next(judge.parameters()).device
     logits = []
-    for i in range(0, len(images), BATCH):
-        part = torch.nan_to_num(images[i:i + BATCH].float(), nan=-1.0).clamp(-1, 1)
+    step = max(1, scoring_batch(device, 3 * BATCH) // 3)
+    for i in range(0, len(images), step):
+        part = torch.nan_to_num(images[i:i + step].float(), nan=-1.0).clamp(-1, 1)
         flat = part.reshape(-1, 1, *part.shape[2:]).to(device)  # one channel per image
         logits.append(judge(flat).cpu())
     if not logits:
