@@ -62,7 +62,7 @@ CPU_BATCH = 96
 (tens of MB) lie above glibc's mmap threshold, so a pass can map fresh pages and the kernel's
 page faults cost as much as the arithmetic: the stacked-MNIST evaluation (26,000 samples, 78,000
 digits judged, one thread) took 30-31 s of wall time, 13 s of it system time, in passes of 500
-samples and 3,000 digits, and 17 s (under 0.1 s system) in passes of 96 samples and digits; the
+samples and 1,500 digits, and 17 s (under 0.1 s system) in passes of 96 samples and digits; the
 scores are the same. Accelerators keep their large batches (their allocators cache)."""
 
 Log = Callable[[str], None]
