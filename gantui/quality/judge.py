@@ -217,9 +217,10 @@ def _own_rng(seed: int, device: torch.device) -> Iterator[None]:
 
 
 @torch.no_grad()
-def predict(judge: DigitJudge, x: torch.Tensor, batch_size: int = 1000) -> torch.Tensor:
+def predict(judge: DigitJudge, x: torch.Tensor) -> torch.Tensor:
     """Predicted classes ``(N,)`` of float images in [-1, 1] (judge in eval mode)."""
     device = next(judge.parameters()).device
+    batch_size = scoring_batch(device, 1000)
     out = [judge(x[i:i + batch_size].to(device)).argmax(dim=1).cpu()
            for i in range(0, len(x), batch_size)]
     return torch.cat(out) if out else torch.empty(0, dtype=torch.long)
@@ -301,8 +302,9 @@ def train_judge(images: torch.Tensor, labels: torch.Tensor, *, seed: int = 0,
                 sched.step()
     judge.eval()
     with torch.no_grad():
-        square = torch.cat([judge.body(x_train[i:i + 1000]).square().mean(dim=1)
-                            for i in range(0, len(x_train), 1000)]).mean()
+        step = scoring_batch(x_train.device, 1000)
+        square = torch.cat([judge.body(x_train[i:i + step]).square().mean(dim=1)
+                            for i in range(0, len(x_train), step)]).mean()
         judge.feature_scale.fill_(float(square.clamp(min=1e-12).rsqrt()))
     pred = predict(judge, to_unit(images[held_idx]))
     accuracy = float((pred == labels[held_idx].cpu()).double().mean())
@@ -316,10 +318,10 @@ def train_judge(images: torch.Tensor, labels: torch.Tensor, *, seed: int = 0,
 
 
 @torch.no_grad()
-def judge_features(judge: DigitJudge, images: torch.Tensor, batch_size: int = 1000
-                   ) -> torch.Tensor:
+def judge_features(judge: DigitJudge, images: torch.Tensor) -> torch.Tensor:
     """The judge's features ``(N, 128)`` of uint8 images, on the judge's device."""
     device = next(judge.parameters()).device
+    batch_size = scoring_batch(device, 1000)
     return torch.cat([judge.features(to_unit(images[i:i + batch_size]).to(device))
                       for i in range(0, len(images), batch_size)])
 
